@@ -1,0 +1,524 @@
+// Fused CPU time loops of one layer and one direction, forward and backward, for RNN, GRU and LSTM.
+//
+// Every step is one recurrent GEMM into a preallocated buffer (gemm_rowmajor, straight to BLAS)
+// followed by ONE pass over the batch rows doing all gate pointwise work (gate_math.h). Backward
+// runs the same way in reverse; weight gradients are one GEMM over all steps at the end.
+// Shapes and workspaces are documented with the schemas in csrc/ops.cpp.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstring>
+#include <optional>
+#include <tuple>
+
+#include "../gate_math.h"
+#include "../op_checks.h"
+#include "blas.h"
+
+namespace fusedrnn {
+namespace cpu {
+namespace {
+
+using at::Tensor;
+
+// Which time slot batch row b works on at step s. Rows run lengths[b] steps (all T without
+// lengths); afterwards they are inactive: state frozen, and step s zeroes the padded slot s
+// (s >= lengths[b]), so every slot of every row is written exactly once.
+struct Schedule {
+  int64_t T;
+  bool reverse;
+  const int64_t* lengths;  // (B) or nullptr
+
+  bool active(int64_t s, int64_t b) const { return lengths == nullptr || s < lengths[b]; }
+  int64_t slot(int64_t s, int64_t b) const {
+    if (!reverse || !active(s, b)) return s;
+    return (lengths ? lengths[b] : T) - 1 - s;
+  }
+};
+
+Schedule make_schedule(int64_t T, bool reverse, const std::optional<Tensor>& lengths) {
+  const int64_t* lens = nullptr;
+  if (lengths.has_value()) {
+    TORCH_CHECK(lengths->device().is_cpu(), "fusedrnn: lengths must be on the CPU for a CPU op");
+    lens = lengths->data_ptr<int64_t>();
+    for (int64_t b = 0; b < lengths->numel(); ++b) {
+      TORCH_CHECK(lens[b] >= 0 && lens[b] <= T, "fusedrnn: lengths[", b, "] = ", lens[b],
+                  " is outside [0, ", T, "]");
+    }
+  }
+  return Schedule{T, reverse, lens};
+}
+
+// Runs fn(b) for every batch row, in parallel when a step has enough work to pay for threads.
+template <typename Fn>
+void for_each_row(int64_t B, int64_t work_per_row, const Fn& fn) {
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, work_per_row));
+  at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) fn(b);
+  });
+}
+
+template <typename T>
+void copy_row(T* dst, const T* src, int64_t n) {
+  std::memcpy(dst, src, sizeof(T) * n);
+}
+template <typename T>
+void zero_row(T* dst, int64_t n) {
+  std::fill(dst, dst + n, T(0));
+}
+
+// A workspace output: (T, B, width) when saved, (0) otherwise.
+Tensor workspace(bool save, const Tensor& like, int64_t T, int64_t B, int64_t width) {
+  return save ? at::empty({T, B, width}, like.options()) : at::empty({0}, like.options());
+}
+
+// grad_w = grad_rows^T · inputs over all (time, batch) rows: the one weight GEMM of backward.
+Tensor weight_grad(const Tensor& grad_rows, const Tensor& inputs) {
+  return at::mm(grad_rows.reshape({-1, grad_rows.size(-1)}).t(),
+                inputs.reshape({-1, inputs.size(-1)}));
+}
+
+// ============================================================================ RNN (tanh / relu)
+
+std::tuple<Tensor, Tensor, Tensor> rnn_forward(const Tensor& xproj_in, const Tensor& h0_in,
+                                               const Tensor& w_hh_in,
+                                               const std::optional<Tensor>& lengths, bool reverse,
+                                               bool relu, bool save_workspace) {
+  const LayerSizes sz = check_forward_inputs(xproj_in, 1, h0_in, w_hh_in, std::nullopt, lengths);
+  const int64_t T = sz.T, B = sz.B, H = sz.H;
+  const Schedule sched = make_schedule(T, reverse, lengths);
+  const Tensor xproj = xproj_in.contiguous(), w_hh = w_hh_in.contiguous();
+
+  Tensor output = at::empty({T, B, H}, xproj.options());
+  Tensor hprev = workspace(save_workspace, xproj, T, B, H);
+  Tensor state = at::empty({2, B, H}, xproj.options());  // ping-pong h_{t-1} / h_t
+  state[0].copy_(h0_in);
+  Tensor pre_h = at::empty({B, H}, xproj.options());  // W_hh h_{t-1}
+
+  AT_DISPATCH_FLOATING_TYPES(xproj.scalar_type(), "fusedrnn::rnn_forward", [&] {
+    const scalar_t* x = xproj.data_ptr<scalar_t>();
+    const scalar_t* w = w_hh.data_ptr<scalar_t>();
+    scalar_t* out = output.data_ptr<scalar_t>();
+    scalar_t* hp_ws = save_workspace ? hprev.data_ptr<scalar_t>() : nullptr;
+    scalar_t* gh = pre_h.data_ptr<scalar_t>();
+    for (int64_t s = 0; s < T; ++s) {
+      const scalar_t* h_cur = state.data_ptr<scalar_t>() + (s & 1) * B * H;
+      scalar_t* h_next = state.data_ptr<scalar_t>() + ((s + 1) & 1) * B * H;
+      gemm_rowmajor<scalar_t>(B, H, H, h_cur, H, w, H, /*b_is_nk=*/true, 0, gh, H);
+      for_each_row(B, H, [&](int64_t b) {
+        const int64_t t = sched.slot(s, b);
+        scalar_t* out_row = out + (t * B + b) * H;
+        if (!sched.active(s, b)) {
+          copy_row(h_next + b * H, h_cur + b * H, H);
+          zero_row(out_row, H);
+          if (hp_ws) zero_row(hp_ws + (t * B + b) * H, H);
+          return;
+        }
+        const scalar_t* x_row = x + (t * B + b) * H;
+        for (int64_t j = 0; j < H; ++j) {
+          const scalar_t h = gates::rnn_activation(x_row[j] + gh[b * H + j], relu);
+          h_next[b * H + j] = h;
+          out_row[j] = h;
+        }
+        if (hp_ws) copy_row(hp_ws + (t * B + b) * H, h_cur + b * H, H);
+      });
+    }
+  });
+  return {output, state[T & 1].clone(), hprev};
+}
+
+std::tuple<Tensor, Tensor, Tensor> rnn_backward(const Tensor& grad_output_in,
+                                                const Tensor& grad_h_n, const Tensor& w_hh_in,
+                                                const Tensor& output_in, const Tensor& hprev_in,
+                                                const std::optional<Tensor>& lengths,
+                                                bool reverse, bool relu) {
+  const LayerSizes sz = check_forward_inputs(output_in, 1, grad_h_n, w_hh_in, std::nullopt, lengths);
+  const int64_t T = sz.T, B = sz.B, H = sz.H;
+  check_tensor(grad_output_in, output_in, "grad_output", {T, B, H});
+  TORCH_CHECK(hprev_in.numel() > 0, "fusedrnn: backward needs the forward's workspace "
+              "(run forward with save_workspace=True)");
+  check_tensor(hprev_in, output_in, "hprev", {T, B, H});
+  const Schedule sched = make_schedule(T, reverse, lengths);
+  const Tensor grad_output = grad_output_in.contiguous(), w_hh = w_hh_in.contiguous(),
+               output = output_in.contiguous(), hprev = hprev_in.contiguous();
+
+  Tensor grad_xproj = at::zeros({T, B, H}, output.options());
+  Tensor carry = at::empty({2, B, H}, output.options());  // ping-pong d h_t / d h_{t-1}
+  carry[0].copy_(grad_h_n);
+  Tensor grad_pre = at::empty({B, H}, output.options());  // this step's d(pre-activation)
+
+  AT_DISPATCH_FLOATING_TYPES(output.scalar_type(), "fusedrnn::rnn_backward", [&] {
+    const scalar_t* gout = grad_output.data_ptr<scalar_t>();
+    const scalar_t* out = output.data_ptr<scalar_t>();
+    const scalar_t* w = w_hh.data_ptr<scalar_t>();
+    scalar_t* gx = grad_xproj.data_ptr<scalar_t>();
+    scalar_t* gp = grad_pre.data_ptr<scalar_t>();
+    for (int64_t step = 0; step < T; ++step) {
+      const int64_t s = T - 1 - step;
+      const scalar_t* dh = carry.data_ptr<scalar_t>() + (step & 1) * B * H;
+      scalar_t* dh_prev = carry.data_ptr<scalar_t>() + ((step + 1) & 1) * B * H;
+      for_each_row(B, H, [&](int64_t b) {
+        if (!sched.active(s, b)) {
+          zero_row(gp + b * H, H);
+          copy_row(dh_prev + b * H, dh + b * H, H);
+          return;
+        }
+        const int64_t row = sched.slot(s, b) * B + b;
+        for (int64_t j = 0; j < H; ++j) {
+          const scalar_t g = gates::rnn_activation_grad(
+              out[row * H + j], gout[row * H + j] + dh[b * H + j], relu);
+          gp[b * H + j] = g;
+          gx[row * H + j] = g;
+          dh_prev[b * H + j] = 0;
+        }
+      });
+      // d h_{t-1} += d pre · W_hh   (inactive rows have d pre = 0 and pass d h through)
+      gemm_rowmajor<scalar_t>(B, H, H, gp, H, w, H, /*b_is_nk=*/false, 1, dh_prev, H);
+    }
+  });
+  return {grad_xproj, carry[T & 1].clone(), weight_grad(grad_xproj, hprev)};
+}
+
+// ============================================================================ GRU
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(const Tensor& xproj_in, const Tensor& h0_in,
+                                                       const Tensor& w_hh_in,
+                                                       const std::optional<Tensor>& b_hh_in,
+                                                       const std::optional<Tensor>& lengths,
+                                                       bool reverse, bool save_workspace) {
+  const LayerSizes sz = check_forward_inputs(xproj_in, 3, h0_in, w_hh_in, std::nullopt, lengths);
+  const int64_t T = sz.T, B = sz.B, H = sz.H;
+  if (b_hh_in.has_value()) check_tensor(*b_hh_in, xproj_in, "b_hh", {3 * H});
+  const Schedule sched = make_schedule(T, reverse, lengths);
+  const Tensor xproj = xproj_in.contiguous(), w_hh = w_hh_in.contiguous();
+  const Tensor b_hh = b_hh_in.has_value() ? b_hh_in->contiguous() : at::zeros({3 * H}, xproj.options());
+
+  Tensor output = at::empty({T, B, H}, xproj.options());
+  Tensor gates_ws = workspace(save_workspace, xproj, T, B, 4 * H);
+  Tensor hprev = workspace(save_workspace, xproj, T, B, H);
+  Tensor state = at::empty({2, B, H}, xproj.options());
+  state[0].copy_(h0_in);
+  Tensor pre_h = at::empty({B, 3 * H}, xproj.options());  // W_hh h_{t-1} (bias added below)
+
+  AT_DISPATCH_FLOATING_TYPES(xproj.scalar_type(), "fusedrnn::gru_forward", [&] {
+    const scalar_t* x = xproj.data_ptr<scalar_t>();
+    const scalar_t* w = w_hh.data_ptr<scalar_t>();
+    const scalar_t* bias = b_hh.data_ptr<scalar_t>();
+    scalar_t* out = output.data_ptr<scalar_t>();
+    scalar_t* g_ws = save_workspace ? gates_ws.data_ptr<scalar_t>() : nullptr;
+    scalar_t* hp_ws = save_workspace ? hprev.data_ptr<scalar_t>() : nullptr;
+    scalar_t* gh = pre_h.data_ptr<scalar_t>();
+    for (int64_t s = 0; s < T; ++s) {
+      const scalar_t* h_cur = state.data_ptr<scalar_t>() + (s & 1) * B * H;
+      scalar_t* h_next = state.data_ptr<scalar_t>() + ((s + 1) & 1) * B * H;
+      gemm_rowmajor<scalar_t>(B, 3 * H, H, h_cur, H, w, H, /*b_is_nk=*/true, 0, gh, 3 * H);
+      for_each_row(B, 3 * H, [&](int64_t b) {
+        const int64_t t = sched.slot(s, b);
+        const int64_t row = t * B + b;
+        if (!sched.active(s, b)) {
+          copy_row(h_next + b * H, h_cur + b * H, H);
+          zero_row(out + row * H, H);
+          if (g_ws) zero_row(g_ws + row * 4 * H, 4 * H);
+          if (hp_ws) zero_row(hp_ws + row * H, H);
+          return;
+        }
+        const scalar_t* x_row = x + row * 3 * H;
+        const scalar_t* gh_row = gh + b * 3 * H;
+        for (int64_t j = 0; j < H; ++j) {
+          scalar_t h;
+          const auto g = gates::gru_forward<scalar_t>(
+              x_row[j], x_row[H + j], x_row[2 * H + j], gh_row[j] + bias[j],
+              gh_row[H + j] + bias[H + j], gh_row[2 * H + j] + bias[2 * H + j],
+              h_cur[b * H + j], &h);
+          h_next[b * H + j] = h;
+          out[row * H + j] = h;
+          if (g_ws) {
+            scalar_t* ws = g_ws + row * 4 * H;
+            ws[j] = g.r;
+            ws[H + j] = g.z;
+            ws[2 * H + j] = g.n;
+            ws[3 * H + j] = g.hn;
+          }
+        }
+        if (hp_ws) copy_row(hp_ws + row * H, h_cur + b * H, H);
+      });
+    }
+  });
+  return {output, state[T & 1].clone(), gates_ws, hprev};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
+    const Tensor& grad_output_in, const Tensor& grad_h_n, const Tensor& w_hh_in,
+    const Tensor& gates_in, const Tensor& hprev_in, const std::optional<Tensor>& lengths,
+    bool reverse) {
+  TORCH_CHECK(hprev_in.numel() > 0 && gates_in.numel() > 0, "fusedrnn: backward needs the "
+              "forward's workspace (run forward with save_workspace=True)");
+  TORCH_CHECK(hprev_in.dim() == 3, "fusedrnn: hprev must be (T, B, H)");
+  const int64_t T = hprev_in.size(0), B = hprev_in.size(1), H = hprev_in.size(2);
+  check_tensor(grad_output_in, hprev_in, "grad_output", {T, B, H});
+  check_tensor(grad_h_n, hprev_in, "grad_h_n", {B, H});
+  check_tensor(w_hh_in, hprev_in, "w_hh", {3 * H, H});
+  check_tensor(gates_in, hprev_in, "gates", {T, B, 4 * H});
+  check_lengths(lengths, B);
+  const Schedule sched = make_schedule(T, reverse, lengths);
+  const Tensor grad_output = grad_output_in.contiguous(), w_hh = w_hh_in.contiguous(),
+               gates_ws = gates_in.contiguous(), hprev = hprev_in.contiguous();
+
+  Tensor grad_xproj = at::zeros({T, B, 3 * H}, hprev.options());  // d(W_ih x + b_ih)
+  Tensor grad_hproj = at::zeros({T, B, 3 * H}, hprev.options());  // d(W_hh h + b_hh)
+  Tensor carry = at::empty({2, B, H}, hprev.options());
+  carry[0].copy_(grad_h_n);
+  Tensor grad_step = at::empty({B, 3 * H}, hprev.options());  // this step's d(W_hh h + b_hh)
+
+  AT_DISPATCH_FLOATING_TYPES(hprev.scalar_type(), "fusedrnn::gru_backward", [&] {
+    const scalar_t* gout = grad_output.data_ptr<scalar_t>();
+    const scalar_t* g_ws = gates_ws.data_ptr<scalar_t>();
+    const scalar_t* hp_ws = hprev.data_ptr<scalar_t>();
+    const scalar_t* w = w_hh.data_ptr<scalar_t>();
+    scalar_t* gx = grad_xproj.data_ptr<scalar_t>();
+    scalar_t* gh = grad_hproj.data_ptr<scalar_t>();
+    scalar_t* gs = grad_step.data_ptr<scalar_t>();
+    for (int64_t step = 0; step < T; ++step) {
+      const int64_t s = T - 1 - step;
+      const scalar_t* dh = carry.data_ptr<scalar_t>() + (step & 1) * B * H;
+      scalar_t* dh_prev = carry.data_ptr<scalar_t>() + ((step + 1) & 1) * B * H;
+      for_each_row(B, 3 * H, [&](int64_t b) {
+        if (!sched.active(s, b)) {
+          zero_row(gs + b * 3 * H, 3 * H);
+          copy_row(dh_prev + b * H, dh + b * H, H);
+          return;
+        }
+        const int64_t row = sched.slot(s, b) * B + b;
+        const scalar_t* ws = g_ws + row * 4 * H;
+        for (int64_t j = 0; j < H; ++j) {
+          const gates::GruGates<scalar_t> g{ws[j], ws[H + j], ws[2 * H + j], ws[3 * H + j]};
+          const auto d = gates::gru_backward<scalar_t>(g, hp_ws[row * H + j],
+                                                       gout[row * H + j] + dh[b * H + j]);
+          gx[row * 3 * H + j] = d.r;
+          gx[row * 3 * H + H + j] = d.z;
+          gx[row * 3 * H + 2 * H + j] = d.n;
+          gh[row * 3 * H + j] = d.r;
+          gh[row * 3 * H + H + j] = d.z;
+          gh[row * 3 * H + 2 * H + j] = d.hn;
+          dh_prev[b * H + j] = d.h_prev;
+        }
+        copy_row(gs + b * 3 * H, gh + row * 3 * H, 3 * H);
+      });
+      gemm_rowmajor<scalar_t>(B, H, 3 * H, gs, 3 * H, w, H, /*b_is_nk=*/false, 1, dh_prev, H);
+    }
+  });
+  return {grad_xproj, carry[T & 1].clone(), weight_grad(grad_hproj, hprev),
+          grad_hproj.sum({0, 1})};
+}
+
+// ============================================================================ LSTM
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
+    const Tensor& xproj_in, const Tensor& h0_in, const Tensor& c0_in, const Tensor& w_hh_in,
+    const std::optional<Tensor>& w_hr_in, const std::optional<Tensor>& lengths, bool reverse,
+    bool save_workspace) {
+  const LayerSizes sz = check_forward_inputs(xproj_in, 4, h0_in, w_hh_in, w_hr_in, lengths);
+  const int64_t T = sz.T, B = sz.B, H = sz.H, P = sz.P;
+  check_tensor(c0_in, xproj_in, "c0", {B, H});
+  const bool proj = w_hr_in.has_value();
+  const Schedule sched = make_schedule(T, reverse, lengths);
+  const Tensor xproj = xproj_in.contiguous(), w_hh = w_hh_in.contiguous();
+  const Tensor w_hr = proj ? w_hr_in->contiguous() : Tensor();
+
+  Tensor output = at::empty({T, B, P}, xproj.options());
+  Tensor gates_ws = workspace(save_workspace, xproj, T, B, 4 * H);
+  Tensor cells_ws = workspace(save_workspace, xproj, T, B, H);
+  Tensor prev_cells_ws = workspace(save_workspace, xproj, T, B, H);
+  Tensor hprev = workspace(save_workspace, xproj, T, B, P);
+  Tensor h_state = at::empty({2, B, P}, xproj.options());
+  Tensor c_state = at::empty({2, B, H}, xproj.options());
+  h_state[0].copy_(h0_in);
+  c_state[0].copy_(c0_in);
+  Tensor pre_h = at::empty({B, 4 * H}, xproj.options());  // W_hh h_{t-1}
+  Tensor unprojected = at::zeros({proj ? B : 0, H}, xproj.options());  // o*tanh(c) before W_hr
+
+  AT_DISPATCH_FLOATING_TYPES(xproj.scalar_type(), "fusedrnn::lstm_forward", [&] {
+    const scalar_t* x = xproj.data_ptr<scalar_t>();
+    const scalar_t* w = w_hh.data_ptr<scalar_t>();
+    scalar_t* out = output.data_ptr<scalar_t>();
+    scalar_t* g_ws = save_workspace ? gates_ws.data_ptr<scalar_t>() : nullptr;
+    scalar_t* c_ws = save_workspace ? cells_ws.data_ptr<scalar_t>() : nullptr;
+    scalar_t* cp_ws = save_workspace ? prev_cells_ws.data_ptr<scalar_t>() : nullptr;
+    scalar_t* hp_ws = save_workspace ? hprev.data_ptr<scalar_t>() : nullptr;
+    scalar_t* gh = pre_h.data_ptr<scalar_t>();
+    scalar_t* unproj = proj ? unprojected.data_ptr<scalar_t>() : nullptr;
+    for (int64_t s = 0; s < T; ++s) {
+      const scalar_t* h_cur = h_state.data_ptr<scalar_t>() + (s & 1) * B * P;
+      scalar_t* h_next = h_state.data_ptr<scalar_t>() + ((s + 1) & 1) * B * P;
+      const scalar_t* c_cur = c_state.data_ptr<scalar_t>() + (s & 1) * B * H;
+      scalar_t* c_next = c_state.data_ptr<scalar_t>() + ((s + 1) & 1) * B * H;
+      gemm_rowmajor<scalar_t>(B, 4 * H, P, h_cur, P, w, P, /*b_is_nk=*/true, 0, gh, 4 * H);
+      for_each_row(B, 4 * H, [&](int64_t b) {
+        const int64_t t = sched.slot(s, b);
+        const int64_t row = t * B + b;
+        if (!sched.active(s, b)) {
+          copy_row(c_next + b * H, c_cur + b * H, H);
+          if (!proj) copy_row(h_next + b * P, h_cur + b * P, P);  // with proj: after the GEMM
+          zero_row(out + row * P, P);
+          if (save_workspace) {
+            zero_row(g_ws + row * 4 * H, 4 * H);
+            zero_row(c_ws + row * H, H);
+            zero_row(cp_ws + row * H, H);
+            zero_row(hp_ws + row * P, P);
+          }
+          return;
+        }
+        const scalar_t* x_row = x + row * 4 * H;
+        const scalar_t* gh_row = gh + b * 4 * H;
+        scalar_t* h_out = proj ? unproj + b * H : h_next + b * P;
+        for (int64_t j = 0; j < H; ++j) {
+          const auto a = gates::lstm_forward<scalar_t>(
+              x_row[j] + gh_row[j], x_row[H + j] + gh_row[H + j],
+              x_row[2 * H + j] + gh_row[2 * H + j], x_row[3 * H + j] + gh_row[3 * H + j],
+              c_cur[b * H + j], &c_next[b * H + j], &h_out[j]);
+          if (save_workspace) {
+            scalar_t* ws = g_ws + row * 4 * H;
+            ws[j] = a.i;
+            ws[H + j] = a.f;
+            ws[2 * H + j] = a.g;
+            ws[3 * H + j] = a.o;
+          }
+        }
+        if (!proj) copy_row(out + row * P, h_out, P);
+        if (save_workspace) {
+          copy_row(c_ws + row * H, c_next + b * H, H);
+          copy_row(cp_ws + row * H, c_cur + b * H, H);
+          copy_row(hp_ws + row * P, h_cur + b * P, P);
+        }
+      });
+      if (proj) {
+        // h_t = W_hr (o*tanh(c_t)); inactive rows keep h_{t-1}.
+        gemm_rowmajor<scalar_t>(B, P, H, unproj, H, w_hr.data_ptr<scalar_t>(), H,
+                                /*b_is_nk=*/true, 0, h_next, P);
+        for_each_row(B, P, [&](int64_t b) {
+          if (sched.active(s, b)) {
+            copy_row(out + (sched.slot(s, b) * B + b) * P, h_next + b * P, P);
+          } else {
+            copy_row(h_next + b * P, h_cur + b * P, P);
+          }
+        });
+      }
+    }
+  });
+  return {output, h_state[T & 1].clone(), c_state[T & 1].clone(), gates_ws, cells_ws,
+          prev_cells_ws, hprev};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
+    const Tensor& grad_output_in, const Tensor& grad_h_n, const Tensor& grad_c_n,
+    const Tensor& w_hh_in, const std::optional<Tensor>& w_hr_in, const Tensor& gates_in,
+    const Tensor& cells_in, const Tensor& prev_cells_in, const Tensor& hprev_in,
+    const std::optional<Tensor>& lengths, bool reverse) {
+  TORCH_CHECK(gates_in.numel() > 0 && hprev_in.numel() > 0, "fusedrnn: backward needs the "
+              "forward's workspace (run forward with save_workspace=True)");
+  TORCH_CHECK(gates_in.dim() == 3 && hprev_in.dim() == 3, "fusedrnn: workspaces must be 3-D");
+  const int64_t T = gates_in.size(0), B = gates_in.size(1), H = gates_in.size(2) / 4,
+                P = hprev_in.size(2);
+  const bool proj = w_hr_in.has_value();
+  check_forward_inputs(gates_in, 4, grad_h_n, w_hh_in, w_hr_in, lengths);
+  check_tensor(grad_output_in, gates_in, "grad_output", {T, B, P});
+  check_tensor(grad_c_n, gates_in, "grad_c_n", {B, H});
+  check_tensor(cells_in, gates_in, "cells", {T, B, H});
+  check_tensor(prev_cells_in, gates_in, "prev_cells", {T, B, H});
+  check_tensor(hprev_in, gates_in, "hprev", {T, B, P});
+  const Schedule sched = make_schedule(T, reverse, lengths);
+  const Tensor grad_output = grad_output_in.contiguous(), w_hh = w_hh_in.contiguous(),
+               gates_ws = gates_in.contiguous(), cells = cells_in.contiguous(),
+               prev_cells = prev_cells_in.contiguous(), hprev = hprev_in.contiguous();
+  const Tensor w_hr = proj ? w_hr_in->contiguous() : Tensor();
+
+  Tensor grad_xproj = at::zeros({T, B, 4 * H}, hprev.options());
+  Tensor carry = at::empty({2, B, P}, hprev.options());  // ping-pong d h_t / d h_{t-1}
+  carry[0].copy_(grad_h_n);
+  Tensor grad_c = grad_c_n.contiguous().clone();  // d c, updated in place row by row
+  Tensor grad_step = at::empty({B, 4 * H}, hprev.options());  // this step's d(gate pre-activations)
+  // With proj_size: d h_t and o*tanh(c_t) for every slot (zero where inactive), for d W_hr.
+  Tensor grad_h_all = at::zeros({proj ? T : 0, B, P}, hprev.options());
+  Tensor unprojected_all = at::zeros({proj ? T : 0, B, H}, hprev.options());
+  Tensor grad_h_step = at::empty({proj ? B : 0, P}, hprev.options());  // d h_t of this step
+  Tensor grad_unproj = at::empty({proj ? B : 0, H}, hprev.options());  // d h_t · W_hr
+
+  AT_DISPATCH_FLOATING_TYPES(hprev.scalar_type(), "fusedrnn::lstm_backward", [&] {
+    const scalar_t* gout = grad_output.data_ptr<scalar_t>();
+    const scalar_t* g_ws = gates_ws.data_ptr<scalar_t>();
+    const scalar_t* c_ws = cells.data_ptr<scalar_t>();
+    const scalar_t* cp_ws = prev_cells.data_ptr<scalar_t>();
+    const scalar_t* w = w_hh.data_ptr<scalar_t>();
+    scalar_t* gx = grad_xproj.data_ptr<scalar_t>();
+    scalar_t* dc = grad_c.data_ptr<scalar_t>();
+    scalar_t* gs = grad_step.data_ptr<scalar_t>();
+    scalar_t* dh_all = proj ? grad_h_all.data_ptr<scalar_t>() : nullptr;
+    scalar_t* r_all = proj ? unprojected_all.data_ptr<scalar_t>() : nullptr;
+    scalar_t* dh_step = proj ? grad_h_step.data_ptr<scalar_t>() : nullptr;
+    scalar_t* dr = proj ? grad_unproj.data_ptr<scalar_t>() : nullptr;
+    for (int64_t step = 0; step < T; ++step) {
+      const int64_t s = T - 1 - step;
+      const scalar_t* dh = carry.data_ptr<scalar_t>() + (step & 1) * B * P;
+      scalar_t* dh_prev = carry.data_ptr<scalar_t>() + ((step + 1) & 1) * B * P;
+      if (proj) {
+        // d(o*tanh(c_t)) = d h_t · W_hr, with d h_t = d output_t + carried d h (zero if inactive).
+        for_each_row(B, P, [&](int64_t b) {
+          if (!sched.active(s, b)) {
+            zero_row(dh_step + b * P, P);
+            return;
+          }
+          const int64_t row = sched.slot(s, b) * B + b;
+          for (int64_t p = 0; p < P; ++p) dh_step[b * P + p] = gout[row * P + p] + dh[b * P + p];
+          copy_row(dh_all + row * P, dh_step + b * P, P);
+        });
+        gemm_rowmajor<scalar_t>(B, H, P, dh_step, P, w_hr.data_ptr<scalar_t>(), H,
+                                /*b_is_nk=*/false, 0, dr, H);
+      }
+      for_each_row(B, 4 * H, [&](int64_t b) {
+        if (!sched.active(s, b)) {
+          zero_row(gs + b * 4 * H, 4 * H);
+          copy_row(dh_prev + b * P, dh + b * P, P);
+          return;
+        }
+        const int64_t row = sched.slot(s, b) * B + b;
+        const scalar_t* ws = g_ws + row * 4 * H;
+        scalar_t* g_row = gs + b * 4 * H;
+        for (int64_t j = 0; j < H; ++j) {
+          const gates::LstmGates<scalar_t> a{ws[j], ws[H + j], ws[2 * H + j], ws[3 * H + j]};
+          const scalar_t grad_h = proj ? dr[b * H + j] : gout[row * P + j] + dh[b * P + j];
+          const auto d = gates::lstm_backward<scalar_t>(a, c_ws[row * H + j], cp_ws[row * H + j],
+                                                        grad_h, dc[b * H + j]);
+          g_row[j] = d.i;
+          g_row[H + j] = d.f;
+          g_row[2 * H + j] = d.g;
+          g_row[3 * H + j] = d.o;
+          dc[b * H + j] = d.c_prev;
+          if (proj) r_all[row * H + j] = d.h_unprojected;
+        }
+        copy_row(gx + row * 4 * H, g_row, 4 * H);
+        zero_row(dh_prev + b * P, P);
+      });
+      // d h_{t-1} += d gates · W_hh   (inactive rows have zero gate grads and pass d h through)
+      gemm_rowmajor<scalar_t>(B, P, 4 * H, gs, 4 * H, w, P, /*b_is_nk=*/false, 1, dh_prev, P);
+    }
+  });
+  Tensor grad_w_hr = proj ? weight_grad(grad_h_all, unprojected_all) : at::empty({0}, hprev.options());
+  return {grad_xproj, carry[T & 1].clone(), grad_c, weight_grad(grad_xproj, hprev), grad_w_hr};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fusedrnn, CPU, m) {
+  m.impl("rnn_forward", &rnn_forward);
+  m.impl("rnn_backward", &rnn_backward);
+  m.impl("gru_forward", &gru_forward);
+  m.impl("gru_backward", &gru_backward);
+  m.impl("lstm_forward", &lstm_forward);
+  m.impl("lstm_backward", &lstm_backward);
+}
+
+}  // namespace cpu
+}  // namespace fusedrnn

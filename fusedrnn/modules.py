@@ -1,0 +1,287 @@
+"""Drop-in replacements for torch.nn.RNN/GRU/LSTM and RNNCell/GRUCell/LSTMCell.
+
+Same constructors, parameters (names, shapes, order, init), state_dict, repr, forward signatures,
+outputs and error messages as torch.nn; the time loop runs in fused ops (fusedrnn.functional).
+
+They derive from nn.RNNBase / nn.RNNCellBase, never from nn.RNN/GRU/LSTM: torch.compile's Dynamo
+refuses any module that is an instance of those three.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
+
+from .functional import recurrent_stack
+
+__all__ = ["RNN", "GRU", "LSTM", "RNNCell", "GRUCell", "LSTMCell"]
+
+_CELL_OF_MODE = {"RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu", "GRU": "gru", "LSTM": "lstm"}
+
+
+def _unpack(packed: PackedSequence) -> tuple[Tensor, Tensor]:
+    """PackedSequence data -> padded (T, B, *) in sorted order, and lengths (B,) int64 on CPU."""
+    padded, lengths = torch.ops.aten._pad_packed_sequence(
+        packed.data, packed.batch_sizes, False, 0.0, packed.batch_sizes.size(0))
+    return padded, lengths
+
+
+def _repack(padded: Tensor, lengths: Tensor) -> Tensor:
+    """Padded (T, B, *) in sorted order -> PackedSequence data (sum(lengths), *)."""
+    data, _ = torch.ops.aten._pack_padded_sequence(padded, lengths, False)
+    return data
+
+
+class _FusedRNNBase(nn.RNNBase):
+    """Shared forward of RNN/GRU/LSTM: input forms and checks as torch.nn, then the fused stack."""
+
+    def _zeros_state(self, batch: int, size: int, like: Tensor) -> Tensor:
+        num_directions = 2 if self.bidirectional else 1
+        return torch.zeros(self.num_layers * num_directions, batch, size,
+                           dtype=like.dtype, device=like.device)
+
+    def _initial_state(self, batch: int, like: Tensor):
+        real_hidden_size = self.proj_size if self.proj_size > 0 else self.hidden_size
+        h = self._zeros_state(batch, real_hidden_size, like)
+        if self.mode == "LSTM":
+            return h, self._zeros_state(batch, self.hidden_size, like)
+        return h
+
+    def _check_hx_dims(self, hx, expected: int) -> None:
+        """torch.nn's check that hx is 3-D for batched and 2-D for unbatched input."""
+        kind = "batched 3-D" if expected == 3 else "unbatched 2-D"
+        if self.mode == "LSTM":
+            if hx[0].dim() != expected or hx[1].dim() != expected:
+                raise RuntimeError(
+                    f"For {kind} input, hx and cx should also be {expected}-D but got "
+                    f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors")
+        elif hx.dim() != expected:
+            raise RuntimeError(
+                f"For {kind} input, hx should also be {expected}-D but got {hx.dim()}-D tensor")
+
+    def forward(self, input, hx=None):
+        self._update_flat_weights()
+        is_lstm = self.mode == "LSTM"
+        orig_input = input
+        lengths = None
+        is_batched = True
+        if isinstance(orig_input, PackedSequence):
+            input, batch_sizes, sorted_indices, unsorted_indices = orig_input
+            max_batch_size = int(batch_sizes[0])
+        else:
+            batch_sizes = sorted_indices = unsorted_indices = None
+            if input.dim() not in (2, 3):
+                name = "RNN" if self.mode.startswith("RNN") else self.mode
+                tensor_word = " tensor" if name == "RNN" else ""
+                raise ValueError(
+                    f"{name}: Expected input to be 2D or 3D, got {input.dim()}D{tensor_word} instead")
+            is_batched = input.dim() == 3
+            batch_dim = 0 if self.batch_first else 1
+            if not is_batched:
+                input = input.unsqueeze(batch_dim)
+            max_batch_size = input.size(0) if self.batch_first else input.size(1)
+            if hx is not None:
+                self._check_hx_dims(hx, 3 if is_batched else 2)
+                if not is_batched:
+                    hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1)) if is_lstm else hx.unsqueeze(1)
+        if hx is None:
+            hx = self._initial_state(max_batch_size, input)
+            self.check_forward_args(input, hx, batch_sizes)
+        else:
+            self.check_forward_args(input, hx, batch_sizes)
+            hx = self.permute_hidden(hx, sorted_indices)
+
+        if batch_sizes is not None:
+            x, lengths = _unpack(orig_input)
+        else:
+            if input.size(0 if not self.batch_first else 1) == 0:
+                raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+            x = input.transpose(0, 1) if self.batch_first else input
+        h0, c0 = hx if is_lstm else (hx, None)
+        output, h_n, c_n = recurrent_stack(
+            _CELL_OF_MODE[self.mode], x, h0, c0, self._flat_weights,
+            num_layers=self.num_layers, bidirectional=self.bidirectional, bias=self.bias,
+            proj_size=self.proj_size, dropout=self.dropout, training=self.training,
+            lengths=lengths)
+        hidden = (h_n, c_n) if is_lstm else h_n
+
+        if batch_sizes is not None:
+            packed = PackedSequence(_repack(output, lengths), batch_sizes, sorted_indices,
+                                    unsorted_indices)
+            return packed, self.permute_hidden(hidden, unsorted_indices)
+        if self.batch_first:
+            output = output.transpose(0, 1)
+        if not is_batched:
+            output = output.squeeze(0 if self.batch_first else 1)
+            hidden = (hidden[0].squeeze(1), hidden[1].squeeze(1)) if is_lstm else hidden.squeeze(1)
+        return output, hidden
+
+
+class RNN(_FusedRNNBase):
+    """Drop-in for torch.nn.RNN (tanh or relu)."""
+
+    def __init__(self, *args, **kwargs):
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        if len(args) > 3:
+            self.nonlinearity = args[3]
+            args = args[:3] + args[4:]
+        else:
+            self.nonlinearity = kwargs.pop("nonlinearity", "tanh")
+        if self.nonlinearity == "tanh":
+            mode = "RNN_TANH"
+        elif self.nonlinearity == "relu":
+            mode = "RNN_RELU"
+        else:
+            raise ValueError(
+                f"Unknown nonlinearity '{self.nonlinearity}'. Select from 'tanh' or 'relu'.")
+        super().__init__(mode, *args, **kwargs)
+
+
+class GRU(_FusedRNNBase):
+    """Drop-in for torch.nn.GRU."""
+
+    def __init__(self, *args, **kwargs):
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        super().__init__("GRU", *args, **kwargs)
+
+
+class LSTM(_FusedRNNBase):
+    """Drop-in for torch.nn.LSTM (with proj_size)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__("LSTM", *args, **kwargs)
+
+    # torch.nn.LSTM's own checks of (h, c), reused so messages match exactly.
+    get_expected_cell_size = nn.LSTM.get_expected_cell_size
+    check_forward_args = nn.LSTM.check_forward_args
+    permute_hidden = nn.LSTM.permute_hidden
+
+
+# ------------------------------------------------------------------------------------ cells
+
+
+class _FusedCellBase(nn.RNNCellBase):
+    """Shared forward of the cells: torch.nn's checks, then one fused step (T = 1)."""
+
+    _cell: str
+    _name: str
+
+    def _cell_name(self) -> str:
+        return self._cell
+
+    def _check_batch_and_sizes(self, input: Tensor, states: tuple[Tensor, ...]) -> None:
+        # ATen's check_rnn_cell_forward_input / _hidden messages.
+        if input.size(1) != self.input_size:
+            raise RuntimeError(
+                f"input has inconsistent input_size: got {input.size(1)} expected {self.input_size}")
+        for i, h in enumerate(states):
+            if input.size(0) != h.size(0):
+                raise RuntimeError(
+                    f"Input batch size {input.size(0)} doesn't match hidden{i} batch size {h.size(0)}")
+            if h.size(1) != self.hidden_size:
+                raise RuntimeError(
+                    f"hidden{i} has inconsistent hidden_size: got {h.size(1)}, expected {self.hidden_size}")
+
+    def _check_dtype(self, input: Tensor) -> None:
+        if input.dtype != self.weight_ih.dtype and not torch._C._is_any_autocast_enabled():
+            raise RuntimeError(
+                f"mat1 and mat2 must have the same dtype, but got "
+                f"{_aten_dtype_name(input.dtype)} and {_aten_dtype_name(self.weight_ih.dtype)}")
+
+    def _step(self, input: Tensor, states: tuple[Tensor, ...]):
+        """One step over batched input (B, I) from states (B, H) each."""
+        weights = [self.weight_ih, self.weight_hh]
+        if self.bias:
+            weights += [self.bias_ih, self.bias_hh]
+        h0 = states[0].unsqueeze(0)
+        c0 = states[1].unsqueeze(0) if len(states) > 1 else None
+        _, h_n, c_n = recurrent_stack(
+            self._cell_name(), input.unsqueeze(0), h0, c0, weights,
+            num_layers=1, bidirectional=False, bias=self.bias)
+        return h_n[0] if c_n is None else (h_n[0], c_n[0])
+
+    def _prepare(self, input: Tensor, hx, num_states: int):
+        """torch.nn's dim checks and unbatched handling; returns (batched input, states, batched)."""
+        if input.dim() not in (1, 2):
+            raise ValueError(f"{self._name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        if hx is not None:
+            for idx, value in enumerate(hx if num_states > 1 else (hx,)):
+                if value.dim() not in (1, 2):
+                    what = f"hx[{idx}]" if num_states > 1 else "hidden"
+                    raise ValueError(
+                        f"{self._name}: Expected {what} to be 1D or 2D, got {value.dim()}D instead")
+        is_batched = input.dim() == 2
+        if not is_batched:
+            input = input.unsqueeze(0)
+        if hx is None:
+            zeros = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype,
+                                device=input.device)
+            states = (zeros,) * num_states
+        else:
+            states = tuple(hx) if num_states > 1 else (hx,)
+            if not is_batched:
+                states = tuple(s.unsqueeze(0) for s in states)
+        self._check_dtype(input)
+        self._check_batch_and_sizes(input, states)
+        return input, states, is_batched
+
+
+def _aten_dtype_name(dtype: torch.dtype) -> str:
+    """ATen's ScalarType name (torch.float32 -> 'Float'), as used in its error messages."""
+    return {torch.float32: "Float", torch.float64: "Double", torch.float16: "Half",
+            torch.bfloat16: "BFloat16"}.get(dtype, str(dtype))
+
+
+class RNNCell(_FusedCellBase):
+    """Drop-in for torch.nn.RNNCell."""
+
+    _name = "RNNCell"
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                 nonlinearity: str = "tanh", device=None, dtype=None) -> None:
+        super().__init__(input_size, hidden_size, bias, num_chunks=1, device=device, dtype=dtype)
+        self.nonlinearity = nonlinearity
+
+    def _cell_name(self) -> str:
+        if self.nonlinearity not in ("tanh", "relu"):
+            raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
+        return "rnn_" + self.nonlinearity
+
+    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
+        input, states, is_batched = self._prepare(input, hx, 1)
+        h = self._step(input, states)
+        return h if is_batched else h.squeeze(0)
+
+
+class GRUCell(_FusedCellBase):
+    """Drop-in for torch.nn.GRUCell."""
+
+    _name = "GRUCell"
+    _cell = "gru"
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                 device=None, dtype=None) -> None:
+        super().__init__(input_size, hidden_size, bias, num_chunks=3, device=device, dtype=dtype)
+
+    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
+        input, states, is_batched = self._prepare(input, hx, 1)
+        h = self._step(input, states)
+        return h if is_batched else h.squeeze(0)
+
+
+class LSTMCell(_FusedCellBase):
+    """Drop-in for torch.nn.LSTMCell."""
+
+    _name = "LSTMCell"
+    _cell = "lstm"
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                 device=None, dtype=None) -> None:
+        super().__init__(input_size, hidden_size, bias, num_chunks=4, device=device, dtype=dtype)
+
+    def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None):
+        input, states, is_batched = self._prepare(input, hx, 2)
+        h, c = self._step(input, states)
+        return (h, c) if is_batched else (h.squeeze(0), c.squeeze(0))
