@@ -17,6 +17,7 @@
 #include "../gate_math.h"
 #include "../op_checks.h"
 #include "blas.h"
+#include "row_kernels.h"
 
 namespace fusedrnn {
 namespace cpu {
@@ -117,12 +118,7 @@ std::tuple<Tensor, Tensor, Tensor> rnn_forward(const Tensor& xproj_in, const Ten
           if (hp_ws) zero_row(hp_ws + (t * B + b) * H, H);
           return;
         }
-        const scalar_t* x_row = x + (t * B + b) * H;
-        for (int64_t j = 0; j < H; ++j) {
-          const scalar_t h = gates::rnn_activation(x_row[j] + gh[b * H + j], relu);
-          h_next[b * H + j] = h;
-          out_row[j] = h;
-        }
+        rnn_forward_row(x + (t * B + b) * H, gh + b * H, h_next + b * H, out_row, H, relu);
         if (hp_ws) copy_row(hp_ws + (t * B + b) * H, h_cur + b * H, H);
       });
     }
@@ -167,13 +163,9 @@ std::tuple<Tensor, Tensor, Tensor> rnn_backward(const Tensor& grad_output_in,
           return;
         }
         const int64_t row = sched.slot(s, b) * B + b;
-        for (int64_t j = 0; j < H; ++j) {
-          const scalar_t g = gates::rnn_activation_grad(
-              out[row * H + j], gout[row * H + j] + dh[b * H + j], relu);
-          gp[b * H + j] = g;
-          gx[row * H + j] = g;
-          dh_prev[b * H + j] = 0;
-        }
+        rnn_backward_row(out + row * H, gout + row * H, dh + b * H, gp + b * H, dh_prev + b * H,
+                         H, relu);
+        copy_row(gx + row * H, gp + b * H, H);
       });
       // d h_{t-1} += d pre · W_hh   (inactive rows have d pre = 0 and pass d h through)
       gemm_rowmajor<scalar_t>(B, H, H, gp, H, w, H, /*b_is_nk=*/false, 1, dh_prev, H);
@@ -202,6 +194,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(const Tensor& xproj_in, c
   Tensor state = at::empty({2, B, H}, xproj.options());
   state[0].copy_(h0_in);
   Tensor pre_h = at::empty({B, 3 * H}, xproj.options());  // W_hh h_{t-1} (bias added below)
+  Tensor gates_scratch = at::empty({save_workspace ? 0 : B, 4 * H}, xproj.options());
 
   AT_DISPATCH_FLOATING_TYPES(xproj.scalar_type(), "fusedrnn::gru_forward", [&] {
     const scalar_t* x = xproj.data_ptr<scalar_t>();
@@ -225,24 +218,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(const Tensor& xproj_in, c
           if (hp_ws) zero_row(hp_ws + row * H, H);
           return;
         }
-        const scalar_t* x_row = x + row * 3 * H;
-        const scalar_t* gh_row = gh + b * 3 * H;
-        for (int64_t j = 0; j < H; ++j) {
-          scalar_t h;
-          const auto g = gates::gru_forward<scalar_t>(
-              x_row[j], x_row[H + j], x_row[2 * H + j], gh_row[j] + bias[j],
-              gh_row[H + j] + bias[H + j], gh_row[2 * H + j] + bias[2 * H + j],
-              h_cur[b * H + j], &h);
-          h_next[b * H + j] = h;
-          out[row * H + j] = h;
-          if (g_ws) {
-            scalar_t* ws = g_ws + row * 4 * H;
-            ws[j] = g.r;
-            ws[H + j] = g.z;
-            ws[2 * H + j] = g.n;
-            ws[3 * H + j] = g.hn;
-          }
-        }
+        gru_forward_row(x + row * 3 * H, gh + b * 3 * H, bias, h_cur + b * H, h_next + b * H,
+                        out + row * H,
+                        g_ws ? g_ws + row * 4 * H : gates_scratch.data_ptr<scalar_t>() + b * 4 * H, H);
         if (hp_ws) copy_row(hp_ws + row * H, h_cur + b * H, H);
       });
     }
@@ -292,19 +270,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
           return;
         }
         const int64_t row = sched.slot(s, b) * B + b;
-        const scalar_t* ws = g_ws + row * 4 * H;
-        for (int64_t j = 0; j < H; ++j) {
-          const gates::GruGates<scalar_t> g{ws[j], ws[H + j], ws[2 * H + j], ws[3 * H + j]};
-          const auto d = gates::gru_backward<scalar_t>(g, hp_ws[row * H + j],
-                                                       gout[row * H + j] + dh[b * H + j]);
-          gx[row * 3 * H + j] = d.r;
-          gx[row * 3 * H + H + j] = d.z;
-          gx[row * 3 * H + 2 * H + j] = d.n;
-          gh[row * 3 * H + j] = d.r;
-          gh[row * 3 * H + H + j] = d.z;
-          gh[row * 3 * H + 2 * H + j] = d.hn;
-          dh_prev[b * H + j] = d.h_prev;
-        }
+        gru_backward_row(g_ws + row * 4 * H, hp_ws + row * H, gout + row * H, dh + b * H,
+                         gx + row * 3 * H, gh + row * 3 * H, dh_prev + b * H, H);
         copy_row(gs + b * 3 * H, gh + row * 3 * H, 3 * H);
       });
       gemm_rowmajor<scalar_t>(B, H, 3 * H, gs, 3 * H, w, H, /*b_is_nk=*/false, 1, dh_prev, H);
@@ -338,6 +305,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
   h_state[0].copy_(h0_in);
   c_state[0].copy_(c0_in);
   Tensor pre_h = at::empty({B, 4 * H}, xproj.options());  // W_hh h_{t-1}
+  Tensor gates_scratch = at::empty({save_workspace ? 0 : B, 4 * H}, xproj.options());
   Tensor unprojected = at::zeros({proj ? B : 0, H}, xproj.options());  // o*tanh(c) before W_hr
 
   AT_DISPATCH_FLOATING_TYPES(xproj.scalar_type(), "fusedrnn::lstm_forward", [&] {
@@ -371,22 +339,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
           }
           return;
         }
-        const scalar_t* x_row = x + row * 4 * H;
-        const scalar_t* gh_row = gh + b * 4 * H;
         scalar_t* h_out = proj ? unproj + b * H : h_next + b * P;
-        for (int64_t j = 0; j < H; ++j) {
-          const auto a = gates::lstm_forward<scalar_t>(
-              x_row[j] + gh_row[j], x_row[H + j] + gh_row[H + j],
-              x_row[2 * H + j] + gh_row[2 * H + j], x_row[3 * H + j] + gh_row[3 * H + j],
-              c_cur[b * H + j], &c_next[b * H + j], &h_out[j]);
-          if (save_workspace) {
-            scalar_t* ws = g_ws + row * 4 * H;
-            ws[j] = a.i;
-            ws[H + j] = a.f;
-            ws[2 * H + j] = a.g;
-            ws[3 * H + j] = a.o;
-          }
-        }
+        lstm_forward_row(x + row * 4 * H, gh + b * 4 * H, c_cur + b * H, c_next + b * H, h_out,
+                         save_workspace ? g_ws + row * 4 * H
+                                        : gates_scratch.data_ptr<scalar_t>() + b * 4 * H, H);
         if (!proj) copy_row(out + row * P, h_out, P);
         if (save_workspace) {
           copy_row(c_ws + row * H, c_next + b * H, H);
@@ -484,20 +440,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
           return;
         }
         const int64_t row = sched.slot(s, b) * B + b;
-        const scalar_t* ws = g_ws + row * 4 * H;
         scalar_t* g_row = gs + b * 4 * H;
-        for (int64_t j = 0; j < H; ++j) {
-          const gates::LstmGates<scalar_t> a{ws[j], ws[H + j], ws[2 * H + j], ws[3 * H + j]};
-          const scalar_t grad_h = proj ? dr[b * H + j] : gout[row * P + j] + dh[b * P + j];
-          const auto d = gates::lstm_backward<scalar_t>(a, c_ws[row * H + j], cp_ws[row * H + j],
-                                                        grad_h, dc[b * H + j]);
-          g_row[j] = d.i;
-          g_row[H + j] = d.f;
-          g_row[2 * H + j] = d.g;
-          g_row[3 * H + j] = d.o;
-          dc[b * H + j] = d.c_prev;
-          if (proj) r_all[row * H + j] = d.h_unprojected;
-        }
+        // Without proj, d(o*tanh(c)) is d output_t + carried d h_t (P == H).
+        lstm_backward_row(g_ws + row * 4 * H, c_ws + row * H, cp_ws + row * H,
+                          proj ? dr + b * H : gout + row * P, proj ? nullptr : dh + b * P,
+                          dc + b * H, g_row, proj ? r_all + row * H : nullptr, H);
         copy_row(gx + row * 4 * H, g_row, 4 * H);
         zero_row(dh_prev + b * P, P);
       });
