@@ -3,6 +3,8 @@
     import fusedrnn
     lstm = fusedrnn.LSTM(64, 256, num_layers=2)   # same signature and weights as torch.nn.LSTM
 """
+import torch  # noqa: F401  (loads libc10/libtorch before the extension)
+
 from . import _C  # noqa: F401  (registers the torch.ops.fusedrnn.* kernels)
 from . import _ops  # noqa: F401  (fake kernels and autograd for those ops)
 from .functional import recurrent_layer, recurrent_stack

@@ -134,7 +134,7 @@ std::tuple<Tensor, Tensor, Tensor> rnn_backward(const Tensor& grad_output_in,
   const LayerSizes sz = check_forward_inputs(output_in, 1, grad_h_n, w_hh_in, std::nullopt, lengths);
   const int64_t T = sz.T, B = sz.B, H = sz.H;
   check_tensor(grad_output_in, output_in, "grad_output", {T, B, H});
-  TORCH_CHECK(hprev_in.numel() > 0, "fusedrnn: backward needs the forward's workspace "
+  TORCH_CHECK(hprev_in.dim() == 3, "fusedrnn: backward needs the forward's workspace "
               "(run forward with save_workspace=True)");
   check_tensor(hprev_in, output_in, "hprev", {T, B, H});
   const Schedule sched = make_schedule(T, reverse, lengths);
@@ -232,9 +232,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
     const Tensor& grad_output_in, const Tensor& grad_h_n, const Tensor& w_hh_in,
     const Tensor& gates_in, const Tensor& hprev_in, const std::optional<Tensor>& lengths,
     bool reverse) {
-  TORCH_CHECK(hprev_in.numel() > 0 && gates_in.numel() > 0, "fusedrnn: backward needs the "
+  TORCH_CHECK(hprev_in.dim() == 3 && gates_in.dim() == 3, "fusedrnn: backward needs the "
               "forward's workspace (run forward with save_workspace=True)");
-  TORCH_CHECK(hprev_in.dim() == 3, "fusedrnn: hprev must be (T, B, H)");
   const int64_t T = hprev_in.size(0), B = hprev_in.size(1), H = hprev_in.size(2);
   check_tensor(grad_output_in, hprev_in, "grad_output", {T, B, H});
   check_tensor(grad_h_n, hprev_in, "grad_h_n", {B, H});
@@ -373,9 +372,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
     const Tensor& w_hh_in, const std::optional<Tensor>& w_hr_in, const Tensor& gates_in,
     const Tensor& cells_in, const Tensor& prev_cells_in, const Tensor& hprev_in,
     const std::optional<Tensor>& lengths, bool reverse) {
-  TORCH_CHECK(gates_in.numel() > 0 && hprev_in.numel() > 0, "fusedrnn: backward needs the "
+  TORCH_CHECK(gates_in.dim() == 3 && hprev_in.dim() == 3, "fusedrnn: backward needs the "
               "forward's workspace (run forward with save_workspace=True)");
-  TORCH_CHECK(gates_in.dim() == 3 && hprev_in.dim() == 3, "fusedrnn: workspaces must be 3-D");
   const int64_t T = gates_in.size(0), B = gates_in.size(1), H = gates_in.size(2) / 4,
                 P = hprev_in.size(2);
   const bool proj = w_hr_in.has_value();

@@ -1,0 +1,323 @@
+"""Drop-in API: constructor, parameters, state_dict, repr, errors; ops: opcheck, gradcheck,
+torch.compile, double backward."""
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import fusedrnn
+from helpers import CELLS, Case, check_case, make_pair
+
+MODULES = ["RNN", "GRU", "LSTM"]
+
+
+def _raises_same(fn_ref, fn_fused):
+    """Both raise the same exception type with the same message."""
+    with pytest.raises(Exception) as ref_exc:
+        fn_ref()
+    with pytest.raises(Exception) as fused_exc:
+        fn_fused()
+    assert type(fused_exc.value) is type(ref_exc.value)
+    assert str(fused_exc.value) == str(ref_exc.value)
+
+
+# ------------------------------------------------------------------------------ construction
+
+
+@pytest.mark.parametrize("name", MODULES)
+@pytest.mark.parametrize("kw", [
+    dict(num_layers=3, bidirectional=True, batch_first=True, dropout=0.25),
+    dict(bias=False), dict(proj_size=2), dict(nonlinearity="relu"),
+])
+def test_parameters_state_dict_repr(name, kw):
+    if "proj_size" in kw and name != "LSTM" or "nonlinearity" in kw and name != "RNN":
+        pytest.skip("not an argument of this module")
+    ref, fused = getattr(nn, name)(4, 6, **kw), getattr(fusedrnn, name)(4, 6, **kw)
+    assert repr(ref) == repr(fused)
+    assert [(n, p.shape) for n, p in ref.named_parameters()] == \
+           [(n, p.shape) for n, p in fused.named_parameters()]
+    fused.load_state_dict(ref.state_dict(), strict=True)
+    ref.load_state_dict(fused.state_dict(), strict=True)
+    assert not isinstance(fused, (nn.RNN, nn.GRU, nn.LSTM))
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_init_distribution(name):
+    H = 50
+    m = getattr(fusedrnn, name)(30, H, num_layers=2)
+    bound = 1 / H ** 0.5
+    values = torch.cat([p.detach().flatten() for p in m.parameters()])
+    assert values.abs().max() <= bound
+    assert values.min() < -0.95 * bound and values.max() > 0.95 * bound  # uniform over the range
+    assert abs(values.mean()) < 0.05 * bound
+
+
+@pytest.mark.parametrize("args,kwargs", [
+    ((4, 6), dict(dropout=1.5)), ((4, 6), dict(dropout=True)), ((4, 6), dict(bias=1)),
+    ((4, 6), dict(batch_first=1)), ((4.0, 6), {}), ((0, 6), {}), ((4, 6.0), {}), ((4, 0), {}),
+    ((4, 6), dict(num_layers=0)), ((4, 6), dict(proj_size=-1)), ((4, 6), dict(proj_size=6)),
+    ((4, 6), dict(proj_size=2)), ((4, 6), dict(nonlinearity="sigmoid")),
+    ((4, 6, 1, "gelu"), {}),
+])
+@pytest.mark.parametrize("name", MODULES)
+def test_constructor_errors(name, args, kwargs):
+    try:
+        getattr(nn, name)(*args, **kwargs)
+    except Exception:
+        _raises_same(lambda: getattr(nn, name)(*args, **kwargs),
+                     lambda: getattr(fusedrnn, name)(*args, **kwargs))
+    else:
+        getattr(fusedrnn, name)(*args, **kwargs)  # accepted by both
+
+
+def test_dropout_single_layer_warns_like_torch():
+    with warnings.catch_warnings(record=True) as w_ref:
+        warnings.simplefilter("always")
+        nn.GRU(3, 4, dropout=0.5)
+    with warnings.catch_warnings(record=True) as w_fused:
+        warnings.simplefilter("always")
+        fusedrnn.GRU(3, 4, dropout=0.5)
+    assert [str(w.message) for w in w_ref] == [str(w.message) for w in w_fused]
+
+
+# ------------------------------------------------------------------------------ forward errors
+
+
+def _bad_inputs(name):
+    lstm = name == "LSTM"
+    h = lambda *s: (torch.randn(*s), torch.randn(*s)) if lstm else torch.randn(*s)  # noqa: E731
+    return {
+        "4d input": (torch.randn(2, 3, 4, 5), None),
+        "1d input": (torch.randn(4), None),
+        "wrong input_size": (torch.randn(5, 3, 7), None),
+        "wrong hidden batch": (torch.randn(5, 3, 4), h(1, 2, 6)),
+        "wrong hidden size": (torch.randn(5, 3, 4), h(1, 3, 5)),
+        "wrong hidden layers": (torch.randn(5, 3, 4), h(2, 3, 6)),
+        "2d hidden for batched": (torch.randn(5, 3, 4), h(3, 6)),
+        "3d hidden for unbatched": (torch.randn(5, 4), h(1, 1, 6)),
+        "dtype mismatch": (torch.randn(5, 3, 4, dtype=torch.float64), None),
+        "seq length 0": (torch.randn(0, 3, 4), None),
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_inputs("RNN")))
+@pytest.mark.parametrize("name", MODULES)
+def test_forward_errors_match_torch(name, case):
+    ref = getattr(nn, name)(4, 6)
+    fused = getattr(fusedrnn, name)(4, 6)
+    fused.load_state_dict(ref.state_dict())
+    x, hx = _bad_inputs(name)[case]
+    _raises_same(lambda: ref(x, hx), lambda: fused(x, hx))
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_lstm_cell_state_error(name):
+    if name != "LSTM":
+        pytest.skip("LSTM only")
+    ref, fused = nn.LSTM(4, 6), fusedrnn.LSTM(4, 6)
+    x = torch.randn(5, 3, 4)
+    hx = (torch.randn(1, 3, 6), torch.randn(1, 3, 5))
+    _raises_same(lambda: ref(x, hx), lambda: fused(x, hx))
+
+
+@pytest.mark.parametrize("name,kw", [("RNNCell", {}), ("GRUCell", {}), ("LSTMCell", {})])
+def test_cell_errors_match_torch(name, kw):
+    ref = getattr(nn, name)(3, 4)
+    fused = getattr(fusedrnn, name)(3, 4)
+    lstm = name == "LSTMCell"
+    h = lambda *s: (torch.randn(*s), torch.randn(*s)) if lstm else torch.randn(*s)  # noqa: E731
+    for x, hx in [(torch.randn(2, 5), None), (torch.randn(2, 3), h(3, 4)), (torch.randn(2, 3), h(2, 5)),
+                  (torch.randn(2, 2, 3), None), (torch.randn(2, 3), h(1, 2, 4)),
+                  (torch.randn(2, 3, dtype=torch.float64), None)]:
+        _raises_same(lambda: ref(x, hx), lambda: fused(x, hx))
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_batch_zero_like_torch(name):
+    ref, fused = getattr(nn, name)(4, 6, num_layers=2), getattr(fusedrnn, name)(4, 6, num_layers=2)
+    fused.load_state_dict(ref.state_dict())
+    x = torch.randn(5, 0, 4, requires_grad=True)
+    ro, rh = ref(x)
+    fo, fh = fused(x)
+    assert ro.shape == fo.shape
+    rh = rh if isinstance(rh, tuple) else (rh,)
+    fh = fh if isinstance(fh, tuple) else (fh,)
+    assert [t.shape for t in rh] == [t.shape for t in fh]
+    fo.sum().backward()
+    assert x.grad.shape == x.shape
+
+
+def test_lstm_proj_requires_lstm():
+    for name in ("RNN", "GRU"):
+        _raises_same(lambda: getattr(nn, name)(3, 4, proj_size=2),
+                     lambda: getattr(fusedrnn, name)(3, 4, proj_size=2))
+
+
+# ------------------------------------------------------------------------------ ops
+
+
+def _op_samples(lengths, reverse, requires_grad=True):
+    """(op, args) for every forward op, fp64, small."""
+    g = torch.Generator().manual_seed(0)
+    T, B, H, P = 5, 3, 4, 2
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).requires_grad_(requires_grad)  # noqa: E731
+    lens = torch.tensor([5, 2, 3]) if lengths else None
+    ops = torch.ops.fusedrnn
+    return [
+        (ops.rnn_forward.default, (r(T, B, H), r(B, H), r(H, H), lens, reverse, False, True)),
+        (ops.rnn_forward.default, (r(T, B, H), r(B, H), r(H, H), lens, reverse, True, True)),
+        (ops.gru_forward.default, (r(T, B, 3 * H), r(B, H), r(3 * H, H), r(3 * H), lens, reverse, True)),
+        (ops.gru_forward.default, (r(T, B, 3 * H), r(B, H), r(3 * H, H), None, lens, reverse, True)),
+        (ops.lstm_forward.default, (r(T, B, 4 * H), r(B, H), r(B, H), r(4 * H, H), None, lens, reverse, True)),
+        (ops.lstm_forward.default, (r(T, B, 4 * H), r(B, P), r(B, H), r(4 * H, P), r(P, H), lens, reverse, True)),
+    ]
+
+
+@pytest.mark.parametrize("lengths", [False, True])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_opcheck_forward_ops(lengths, reverse):
+    for op, args in _op_samples(lengths, reverse):
+        torch.library.opcheck(op, args)
+
+
+@pytest.mark.parametrize("lengths", [False, True])
+def test_opcheck_backward_ops(lengths):
+    for op, args in _op_samples(lengths, reverse=True, requires_grad=False):
+        outs = op(*args)
+        name = op._schema.name.split("::")[1].replace("_forward", "")
+        ops = torch.ops.fusedrnn
+        grad = lambda t: torch.randn_like(t)  # noqa: E731
+        lens = args[3] if name == "rnn" else args[-3]
+        if name == "rnn":
+            out, h_n, hprev = outs
+            bargs = (grad(out), grad(h_n), args[2], out, hprev, lens, True, args[5])
+            torch.library.opcheck(ops.rnn_backward.default, bargs)
+        elif name == "gru":
+            out, h_n, gates, hprev = outs
+            bargs = (grad(out), grad(h_n), args[2], gates, hprev, lens, True)
+            torch.library.opcheck(ops.gru_backward.default, bargs)
+        else:
+            out, h_n, c_n, gates, cells, prev_cells, hprev = outs
+            bargs = (grad(out), grad(h_n), grad(c_n), args[3], args[4], gates, cells, prev_cells,
+                     hprev, lens, True)
+            torch.library.opcheck(ops.lstm_backward.default, bargs)
+
+
+@pytest.mark.parametrize("lengths", [False, True])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_gradcheck_ops(lengths, reverse):
+    for op, args in _op_samples(lengths, reverse):
+        # differentiate the user-visible outputs (output, h_n[, c_n]), not the workspaces
+        n_visible = 3 if op is torch.ops.fusedrnn.lstm_forward.default else 2
+        tensor_idx = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor) and a.requires_grad]
+
+        def f(*ts, op=op, args=args, tensor_idx=tensor_idx, n_visible=n_visible):
+            full = list(args)
+            for i, t in zip(tensor_idx, ts):
+                full[i] = t
+            return op(*full)[:n_visible]
+
+        assert torch.autograd.gradcheck(f, [args[i] for i in tensor_idx])
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_gradcheck_module_packed_bidirectional(cell):
+    case = Case(cell, T=4, B=3, I=3, H=4, num_layers=2, bidirectional=True,
+                input_kind="packed_unsorted")
+    _, fused = make_pair(case)
+    from helpers import forward, make_inputs
+    x, hx, lengths = make_inputs(case, fused, torch.float64, "cpu", torch.Generator().manual_seed(0))
+    leaves = [x] + (list(hx) if isinstance(hx, tuple) else [hx])
+
+    def f(x, *h):
+        return tuple(forward(fused, case, x, tuple(h) if len(h) > 1 else h[0], lengths)[:1])
+
+    assert torch.autograd.gradcheck(f, leaves)
+
+
+def test_double_backward_raises():
+    m = fusedrnn.GRU(3, 4).double()
+    x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+    out, _ = m(x)
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(out.sum(), x, create_graph=True)
+
+
+def test_no_workspace_in_inference():
+    m = fusedrnn.LSTM(3, 4)
+    with torch.no_grad():
+        outs = torch.ops.fusedrnn.lstm_forward(
+            torch.randn(5, 2, 16), torch.zeros(2, 4), torch.zeros(2, 4), m.weight_hh_l0, None,
+            None, False, False)
+    assert all(t.numel() == 0 for t in outs[3:])
+
+
+def test_op_rejects_bad_shapes_and_lengths():
+    ops = torch.ops.fusedrnn
+    x, h, w = torch.randn(5, 2, 4), torch.randn(2, 4), torch.randn(4, 4)
+    with pytest.raises(RuntimeError, match="h0 has shape"):
+        ops.rnn_forward(x, torch.randn(3, 4), w, None, False, False, False)
+    with pytest.raises(RuntimeError, match="lengths"):
+        ops.rnn_forward(x, h, w, torch.tensor([6, 1]), False, False, False)
+    with pytest.raises(RuntimeError, match="lengths"):
+        ops.rnn_forward(x, h, w, torch.tensor([1, 2, 3]), False, False, False)
+    with pytest.raises(RuntimeError, match="dtype"):
+        ops.rnn_forward(x, h.double(), w, None, False, False, False)
+
+
+class _Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lstm = fusedrnn.LSTM(3, 8, num_layers=2, bidirectional=True, batch_first=True)
+        self.gru = fusedrnn.GRU(16, 6)
+        self.rnn = fusedrnn.RNN(6, 5, nonlinearity="relu")
+        self.cell = fusedrnn.LSTMCell(5, 4)
+        self.head = nn.Linear(4, 1)
+
+    def forward(self, x):
+        y, _ = self.lstm(x)
+        y, _ = self.gru(y.transpose(0, 1))
+        y, h = self.rnn(y)
+        hc, _ = self.cell(y[-1])
+        return self.head(hc).sum() + h.sum()
+
+
+def test_torch_compile_fullgraph_matches_eager():
+    torch.manual_seed(0)
+    model = _Model()
+    x = torch.randn(2, 7, 3)
+    eager_loss = model(x)
+    eager_grads = torch.autograd.grad(eager_loss, list(model.parameters()))
+    compiled = torch.compile(model, fullgraph=True)
+    loss = compiled(x)
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    assert torch.allclose(loss, eager_loss, atol=1e-5)
+    for a, b in zip(grads, eager_grads):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_blas_fallback_path_matches():
+    """FUSEDRNN_DISABLE_DIRECT_BLAS=1 routes the per-step GEMMs through at::mm."""
+    code = (
+        "import sys; sys.path.insert(0, 'tests');"
+        "import torch; from helpers import Case, check_case;"
+        "[check_case(Case(c, num_layers=2, bidirectional=True, input_kind='packed_unsorted'), d)"
+        " for c in ['rnn_tanh', 'gru', 'lstm_proj'] for d in (torch.float64, torch.float32)]"
+    )
+    env = dict(os.environ, FUSEDRNN_DISABLE_DIRECT_BLAS="1")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=root)
+
+
+def test_module_to_and_functional_call():
+    """Weights swapped by torch.func.functional_call are the ones used (no stale flat weights)."""
+    ref, fused = make_pair(Case("lstm", num_layers=2))
+    params = {k: torch.randn_like(v) for k, v in fused.named_parameters()}
+    x = torch.randn(4, 3, 5, dtype=torch.float64)
+    out_f = torch.func.functional_call(fused, params, (x,))[0]
+    out_r = torch.func.functional_call(ref, params, (x,))[0]
+    assert torch.allclose(out_f, out_r, atol=1e-10)
