@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     print(f"fusedrnn side by side | {datetime.date.today()} | torch {torch.__version__} | "
           f"device {args.device}: {_device_name(args.device)} | {args.dtype}")
     print("speedup = torch.nn time / fused time (median, interleaved); >1 means fused is faster\n")
-    header = (f"{"configuration":44s} {'check':5s} {'fwd fused':>10s} {'fwd torch':>10s} {'speedup':>8s}"
+    header = (f"{'configuration':44s} {'check':5s} {'fwd fused':>10s} {'fwd torch':>10s} {'speedup':>8s}"
               f" {'f+b fused':>10s} {'f+b torch':>10s} {'speedup':>8s}")
     print(header)
     print("-" * len(header))
