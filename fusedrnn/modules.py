@@ -167,6 +167,14 @@ class _FusedCellBase(nn.RNNCellBase):
 
     _cell: str
     _name: str
+    _num_states = 1  # 2 for LSTMCell: (h, c)
+
+    def forward(self, input: Tensor, hx=None):
+        input, states, is_batched = self._prepare(input, hx, self._num_states)
+        out = self._step(input, states)
+        if is_batched:
+            return out
+        return tuple(o.squeeze(0) for o in out) if isinstance(out, tuple) else out.squeeze(0)
 
     def _cell_name(self) -> str:
         return self._cell
@@ -249,11 +257,6 @@ class RNNCell(_FusedCellBase):
             raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
         return "rnn_" + self.nonlinearity
 
-    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
-        input, states, is_batched = self._prepare(input, hx, 1)
-        h = self._step(input, states)
-        return h if is_batched else h.squeeze(0)
-
 
 class GRUCell(_FusedCellBase):
     """Drop-in for torch.nn.GRUCell."""
@@ -265,23 +268,14 @@ class GRUCell(_FusedCellBase):
                  device=None, dtype=None) -> None:
         super().__init__(input_size, hidden_size, bias, num_chunks=3, device=device, dtype=dtype)
 
-    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
-        input, states, is_batched = self._prepare(input, hx, 1)
-        h = self._step(input, states)
-        return h if is_batched else h.squeeze(0)
-
 
 class LSTMCell(_FusedCellBase):
     """Drop-in for torch.nn.LSTMCell."""
 
     _name = "LSTMCell"
     _cell = "lstm"
+    _num_states = 2
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
                  device=None, dtype=None) -> None:
         super().__init__(input_size, hidden_size, bias, num_chunks=4, device=device, dtype=dtype)
-
-    def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None):
-        input, states, is_batched = self._prepare(input, hx, 2)
-        h, c = self._step(input, states)
-        return (h, c) if is_batched else (h.squeeze(0), c.squeeze(0))
