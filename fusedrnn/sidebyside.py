@@ -11,8 +11,6 @@ from torch import nn
 
 from . import modules
 
-CELL_MODULES = {"RNN": "RNN", "GRU": "GRU", "LSTM": "LSTM"}
-
 
 @dataclasses.dataclass
 class Config:
