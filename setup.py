@@ -18,7 +18,10 @@ def _sources(pattern):
 
 def _extension():
     # -fno-trapping-math/-fno-math-errno (as torch itself builds) let the gate loops vectorize.
-    cxx_flags = ["-O3", "-std=c++20", "-fvisibility=hidden", "-fno-trapping-math", "-fno-math-errno"]
+    # -fopenmp: at::parallel_for is a header template; without it every "parallel" loop of ours
+    # silently runs on one thread (torch's wheels use OpenMP for the intra-op pool).
+    cxx_flags = ["-O3", "-std=c++20", "-fvisibility=hidden", "-fno-trapping-math", "-fno-math-errno",
+                 "-fopenmp"]
     cpu_sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
     cuda_sources = _sources("csrc/cuda/*.cu") + _sources("csrc/cuda/*.cpp")
     if cuda_sources:
@@ -30,6 +33,7 @@ def _extension():
         sources=cpu_sources,
         include_dirs=[os.path.join(ROOT, "csrc")],
         extra_compile_args={"cxx": cxx_flags},
+        extra_link_args=["-fopenmp"],
         py_limited_api=False,
     )
 

@@ -300,15 +300,18 @@ def test_torch_compile_fullgraph_matches_eager():
         assert torch.allclose(a, b, atol=1e-5)
 
 
-def test_blas_fallback_path_matches():
-    """FUSEDRNN_DISABLE_DIRECT_BLAS=1 routes the per-step GEMMs through at::mm."""
+@pytest.mark.parametrize("disable", ["FUSEDRNN_DISABLE_PACKED_GEMM", "FUSEDRNN_DISABLE_DIRECT_BLAS"])
+def test_gemm_fallback_paths_match(disable):
+    """The per-step GEMM's fallbacks: without the packed kernel (MKL/BLAS straight), and with
+    neither (at::mm)."""
     code = (
         "import sys; sys.path.insert(0, 'tests');"
         "import torch; from helpers import Case, check_case;"
         "[check_case(Case(c, num_layers=2, bidirectional=True, input_kind='packed_unsorted'), d)"
         " for c in ['rnn_tanh', 'gru', 'lstm_proj'] for d in (torch.float64, torch.float32)]"
     )
-    env = dict(os.environ, FUSEDRNN_DISABLE_DIRECT_BLAS="1")
+    env = dict(os.environ, FUSEDRNN_DISABLE_PACKED_GEMM="1")
+    env[disable] = "1"
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=root)
 

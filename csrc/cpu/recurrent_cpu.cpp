@@ -1,6 +1,6 @@
 // Fused CPU time loops of one layer and one direction, forward and backward, for RNN, GRU and LSTM.
 //
-// Every step is one recurrent GEMM into a preallocated buffer (gemm_rowmajor, straight to BLAS)
+// Every step is one recurrent GEMM into a preallocated buffer (W_hh packed once per call, packed_gemm.h)
 // followed by ONE pass over the batch rows doing all gate pointwise work (gate_math.h). Backward
 // runs the same way in reverse; weight gradients are one GEMM over all steps at the end.
 // Shapes and workspaces are documented with the schemas in csrc/ops.cpp.
@@ -16,7 +16,7 @@
 
 #include "../gate_math.h"
 #include "../op_checks.h"
-#include "blas.h"
+#include "packed_gemm.h"
 #include "row_kernels.h"
 
 namespace fusedrnn {
@@ -101,14 +101,14 @@ std::tuple<Tensor, Tensor, Tensor> rnn_forward(const Tensor& xproj_in, const Ten
 
   AT_DISPATCH_FLOATING_TYPES(xproj.scalar_type(), "fusedrnn::rnn_forward", [&] {
     const scalar_t* x = xproj.data_ptr<scalar_t>();
-    const scalar_t* w = w_hh.data_ptr<scalar_t>();
+    const PackedWeight<scalar_t> w(w_hh.data_ptr<scalar_t>(), H, H, /*transposed=*/true);
     scalar_t* out = output.data_ptr<scalar_t>();
     scalar_t* hp_ws = save_workspace ? hprev.data_ptr<scalar_t>() : nullptr;
     scalar_t* gh = pre_h.data_ptr<scalar_t>();
     for (int64_t s = 0; s < T; ++s) {
       const scalar_t* h_cur = state.data_ptr<scalar_t>() + (s & 1) * B * H;
       scalar_t* h_next = state.data_ptr<scalar_t>() + ((s + 1) & 1) * B * H;
-      gemm_rowmajor<scalar_t>(B, H, H, h_cur, H, w, H, /*b_is_nk=*/true, 0, gh, H);
+      w.multiply(B, h_cur, H, 0, gh, H);
       for_each_row(B, H, [&](int64_t b) {
         const int64_t t = sched.slot(s, b);
         scalar_t* out_row = out + (t * B + b) * H;
@@ -149,7 +149,7 @@ std::tuple<Tensor, Tensor, Tensor> rnn_backward(const Tensor& grad_output_in,
   AT_DISPATCH_FLOATING_TYPES(output.scalar_type(), "fusedrnn::rnn_backward", [&] {
     const scalar_t* gout = grad_output.data_ptr<scalar_t>();
     const scalar_t* out = output.data_ptr<scalar_t>();
-    const scalar_t* w = w_hh.data_ptr<scalar_t>();
+    const PackedWeight<scalar_t> w(w_hh.data_ptr<scalar_t>(), H, H, /*transposed=*/false);
     scalar_t* gx = grad_xproj.data_ptr<scalar_t>();
     scalar_t* gp = grad_pre.data_ptr<scalar_t>();
     for (int64_t step = 0; step < T; ++step) {
@@ -168,7 +168,7 @@ std::tuple<Tensor, Tensor, Tensor> rnn_backward(const Tensor& grad_output_in,
         copy_row(gx + row * H, gp + b * H, H);
       });
       // d h_{t-1} += d pre · W_hh   (inactive rows have d pre = 0 and pass d h through)
-      gemm_rowmajor<scalar_t>(B, H, H, gp, H, w, H, /*b_is_nk=*/false, 1, dh_prev, H);
+      w.multiply(B, gp, H, 1, dh_prev, H);
     }
   });
   return {grad_xproj, carry[T & 1].clone(), weight_grad(grad_xproj, hprev)};
@@ -198,7 +198,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(const Tensor& xproj_in, c
 
   AT_DISPATCH_FLOATING_TYPES(xproj.scalar_type(), "fusedrnn::gru_forward", [&] {
     const scalar_t* x = xproj.data_ptr<scalar_t>();
-    const scalar_t* w = w_hh.data_ptr<scalar_t>();
+    const PackedWeight<scalar_t> w(w_hh.data_ptr<scalar_t>(), 3 * H, H, /*transposed=*/true);
     const scalar_t* bias = b_hh.data_ptr<scalar_t>();
     scalar_t* out = output.data_ptr<scalar_t>();
     scalar_t* g_ws = save_workspace ? gates_ws.data_ptr<scalar_t>() : nullptr;
@@ -207,7 +207,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(const Tensor& xproj_in, c
     for (int64_t s = 0; s < T; ++s) {
       const scalar_t* h_cur = state.data_ptr<scalar_t>() + (s & 1) * B * H;
       scalar_t* h_next = state.data_ptr<scalar_t>() + ((s + 1) & 1) * B * H;
-      gemm_rowmajor<scalar_t>(B, 3 * H, H, h_cur, H, w, H, /*b_is_nk=*/true, 0, gh, 3 * H);
+      w.multiply(B, h_cur, H, 0, gh, 3 * H);
       for_each_row(B, 3 * H, [&](int64_t b) {
         const int64_t t = sched.slot(s, b);
         const int64_t row = t * B + b;
@@ -254,7 +254,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
     const scalar_t* gout = grad_output.data_ptr<scalar_t>();
     const scalar_t* g_ws = gates_ws.data_ptr<scalar_t>();
     const scalar_t* hp_ws = hprev.data_ptr<scalar_t>();
-    const scalar_t* w = w_hh.data_ptr<scalar_t>();
+    const PackedWeight<scalar_t> w(w_hh.data_ptr<scalar_t>(), H, 3 * H, /*transposed=*/false);
     scalar_t* gx = grad_xproj.data_ptr<scalar_t>();
     scalar_t* gh = grad_hproj.data_ptr<scalar_t>();
     scalar_t* gs = grad_step.data_ptr<scalar_t>();
@@ -273,7 +273,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
                          gx + row * 3 * H, gh + row * 3 * H, dh_prev + b * H, H);
         copy_row(gs + b * 3 * H, gh + row * 3 * H, 3 * H);
       });
-      gemm_rowmajor<scalar_t>(B, H, 3 * H, gs, 3 * H, w, H, /*b_is_nk=*/false, 1, dh_prev, H);
+      w.multiply(B, gs, 3 * H, 1, dh_prev, H);
     }
   });
   return {grad_xproj, carry[T & 1].clone(), weight_grad(grad_hproj, hprev),
@@ -309,7 +309,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
 
   AT_DISPATCH_FLOATING_TYPES(xproj.scalar_type(), "fusedrnn::lstm_forward", [&] {
     const scalar_t* x = xproj.data_ptr<scalar_t>();
-    const scalar_t* w = w_hh.data_ptr<scalar_t>();
+    const PackedWeight<scalar_t> w(w_hh.data_ptr<scalar_t>(), 4 * H, P, /*transposed=*/true);
+    const PackedWeight<scalar_t> w_r(proj ? w_hr.data_ptr<scalar_t>() : nullptr, proj ? P : 0, H,
+                                     /*transposed=*/true);
     scalar_t* out = output.data_ptr<scalar_t>();
     scalar_t* g_ws = save_workspace ? gates_ws.data_ptr<scalar_t>() : nullptr;
     scalar_t* c_ws = save_workspace ? cells_ws.data_ptr<scalar_t>() : nullptr;
@@ -322,7 +324,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
       scalar_t* h_next = h_state.data_ptr<scalar_t>() + ((s + 1) & 1) * B * P;
       const scalar_t* c_cur = c_state.data_ptr<scalar_t>() + (s & 1) * B * H;
       scalar_t* c_next = c_state.data_ptr<scalar_t>() + ((s + 1) & 1) * B * H;
-      gemm_rowmajor<scalar_t>(B, 4 * H, P, h_cur, P, w, P, /*b_is_nk=*/true, 0, gh, 4 * H);
+      w.multiply(B, h_cur, P, 0, gh, 4 * H);
       for_each_row(B, 4 * H, [&](int64_t b) {
         const int64_t t = sched.slot(s, b);
         const int64_t row = t * B + b;
@@ -351,8 +353,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
       });
       if (proj) {
         // h_t = W_hr (o*tanh(c_t)); inactive rows keep h_{t-1}.
-        gemm_rowmajor<scalar_t>(B, P, H, unproj, H, w_hr.data_ptr<scalar_t>(), H,
-                                /*b_is_nk=*/true, 0, h_next, P);
+        w_r.multiply(B, unproj, H, 0, h_next, P);
         for_each_row(B, P, [&](int64_t b) {
           if (sched.active(s, b)) {
             copy_row(out + (sched.slot(s, b) * B + b) * P, h_next + b * P, P);
@@ -405,7 +406,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
     const scalar_t* g_ws = gates_ws.data_ptr<scalar_t>();
     const scalar_t* c_ws = cells.data_ptr<scalar_t>();
     const scalar_t* cp_ws = prev_cells.data_ptr<scalar_t>();
-    const scalar_t* w = w_hh.data_ptr<scalar_t>();
+    const PackedWeight<scalar_t> w(w_hh.data_ptr<scalar_t>(), P, 4 * H, /*transposed=*/false);
+    const PackedWeight<scalar_t> w_r(proj ? w_hr.data_ptr<scalar_t>() : nullptr, proj ? H : 0, P,
+                                     /*transposed=*/false);
     scalar_t* gx = grad_xproj.data_ptr<scalar_t>();
     scalar_t* dc = grad_c.data_ptr<scalar_t>();
     scalar_t* gs = grad_step.data_ptr<scalar_t>();
@@ -428,8 +431,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
           for (int64_t p = 0; p < P; ++p) dh_step[b * P + p] = gout[row * P + p] + dh[b * P + p];
           copy_row(dh_all + row * P, dh_step + b * P, P);
         });
-        gemm_rowmajor<scalar_t>(B, H, P, dh_step, P, w_hr.data_ptr<scalar_t>(), H,
-                                /*b_is_nk=*/false, 0, dr, H);
+        w_r.multiply(B, dh_step, P, 0, dr, H);
       }
       for_each_row(B, 4 * H, [&](int64_t b) {
         if (!sched.active(s, b)) {
@@ -447,7 +449,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
         zero_row(dh_prev + b * P, P);
       });
       // d h_{t-1} += d gates · W_hh   (inactive rows have zero gate grads and pass d h through)
-      gemm_rowmajor<scalar_t>(B, P, 4 * H, gs, 4 * H, w, P, /*b_is_nk=*/false, 1, dh_prev, P);
+      w.multiply(B, gs, 4 * H, 1, dh_prev, P);
     }
   });
   Tensor grad_w_hr = proj ? weight_grad(grad_h_all, unprojected_all) : at::empty({0}, hprev.options());

@@ -1,0 +1,175 @@
+// PackedWeight: W packed once into 16-column panels, multiplied by a 6x16 AVX2+FMA kernel.
+#include "packed_gemm.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdlib>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define FUSEDRNN_HAVE_PACKED_KERNEL 1
+#define FUSEDRNN_AVX2 __attribute__((target("avx2,fma")))
+#else
+#define FUSEDRNN_HAVE_PACKED_KERNEL 0
+#endif
+
+namespace fusedrnn {
+namespace cpu {
+
+namespace {
+constexpr int64_t kPanelWidth = 16;  // output columns per panel: two 8-float registers
+constexpr int kRowBlock = 6;         // rows of A per kernel call: 12 accumulators + 2 + 1 regs
+constexpr int64_t kDepthBlock = 256;  // K slice: keeps one panel slice (16 KiB) in L1
+// Multiply-adds a parallel task should have before the thread pool is worth waking.
+constexpr int64_t kMinTaskMacs = 32768;
+
+int64_t num_panels(int64_t N) { return (N + kPanelWidth - 1) / kPanelWidth; }
+}  // namespace
+
+bool packed_gemm_available() {
+#if FUSEDRNN_HAVE_PACKED_KERNEL
+  static const bool available = __builtin_cpu_supports("avx2") &&
+                                __builtin_cpu_supports("fma") &&
+                                std::getenv("FUSEDRNN_DISABLE_PACKED_GEMM") == nullptr;
+  return available;
+#else
+  return false;
+#endif
+}
+
+#if FUSEDRNN_HAVE_PACKED_KERNEL
+namespace {
+
+// Stores one row of accumulators (lo: columns 0-7, hi: 8-15) into C, adding C when accumulating.
+FUSEDRNN_AVX2 inline void store_row(float* c, __m256 lo, __m256 hi, int64_t ncols,
+                                    bool accumulate) {
+  if (ncols == kPanelWidth) {
+    if (accumulate) {
+      lo = _mm256_add_ps(lo, _mm256_loadu_ps(c));
+      hi = _mm256_add_ps(hi, _mm256_loadu_ps(c + 8));
+    }
+    _mm256_storeu_ps(c, lo);
+    _mm256_storeu_ps(c + 8, hi);
+    return;
+  }
+  alignas(32) float tile[kPanelWidth];
+  _mm256_store_ps(tile, lo);
+  _mm256_store_ps(tile + 8, hi);
+  for (int64_t j = 0; j < ncols; ++j) c[j] = accumulate ? c[j] + tile[j] : tile[j];
+}
+
+// C[MR, ncols] (+)= A[MR, kc] · panel[kc, 16]. ncols < 16 only in the last panel of a row.
+// Accumulators are named variables, not an array: gcc spills an array of __m256 to the stack
+// on every iteration, which made this kernel 2.5x slower.
+template <int MR>
+FUSEDRNN_AVX2 void kernel_6x16(int64_t kc, const float* A, int64_t lda, const float* panel,
+                               float* C, int64_t ldc, int64_t ncols, bool accumulate) {
+  static_assert(MR >= 1 && MR <= kRowBlock, "kernel_6x16: 1..6 rows");
+  __m256 lo0 = _mm256_setzero_ps(), hi0 = lo0, lo1 = lo0, hi1 = lo0, lo2 = lo0, hi2 = lo0,
+         lo3 = lo0, hi3 = lo0, lo4 = lo0, hi4 = lo0, lo5 = lo0, hi5 = lo0;
+  for (int64_t k = 0; k < kc; ++k) {
+    const __m256 b_lo = _mm256_load_ps(panel + k * kPanelWidth);
+    const __m256 b_hi = _mm256_load_ps(panel + k * kPanelWidth + 8);
+#define FUSEDRNN_ROW_FMA(r)                                         \
+    if constexpr (MR > r) {                                         \
+      const __m256 a = _mm256_broadcast_ss(A + r * lda + k);        \
+      lo##r = _mm256_fmadd_ps(a, b_lo, lo##r);                      \
+      hi##r = _mm256_fmadd_ps(a, b_hi, hi##r);                      \
+    }
+    FUSEDRNN_ROW_FMA(0)
+    FUSEDRNN_ROW_FMA(1)
+    FUSEDRNN_ROW_FMA(2)
+    FUSEDRNN_ROW_FMA(3)
+    FUSEDRNN_ROW_FMA(4)
+    FUSEDRNN_ROW_FMA(5)
+#undef FUSEDRNN_ROW_FMA
+  }
+  if constexpr (MR > 0) store_row(C + 0 * ldc, lo0, hi0, ncols, accumulate);
+  if constexpr (MR > 1) store_row(C + 1 * ldc, lo1, hi1, ncols, accumulate);
+  if constexpr (MR > 2) store_row(C + 2 * ldc, lo2, hi2, ncols, accumulate);
+  if constexpr (MR > 3) store_row(C + 3 * ldc, lo3, hi3, ncols, accumulate);
+  if constexpr (MR > 4) store_row(C + 4 * ldc, lo4, hi4, ncols, accumulate);
+  if constexpr (MR > 5) store_row(C + 5 * ldc, lo5, hi5, ncols, accumulate);
+}
+
+// All rows of A against one panel slice, in blocks of kRowBlock rows.
+FUSEDRNN_AVX2 void multiply_panel(int64_t M, int64_t kc, const float* A, int64_t lda,
+                                  const float* panel, float* C, int64_t ldc, int64_t ncols,
+                                  bool accumulate) {
+  int64_t m = 0;
+  for (; m + kRowBlock <= M; m += kRowBlock) {
+    kernel_6x16<kRowBlock>(kc, A + m * lda, lda, panel, C + m * ldc, ldc, ncols, accumulate);
+  }
+  const float* a = A + m * lda;
+  float* c = C + m * ldc;
+  switch (M - m) {
+    case 5: kernel_6x16<5>(kc, a, lda, panel, c, ldc, ncols, accumulate); break;
+    case 4: kernel_6x16<4>(kc, a, lda, panel, c, ldc, ncols, accumulate); break;
+    case 3: kernel_6x16<3>(kc, a, lda, panel, c, ldc, ncols, accumulate); break;
+    case 2: kernel_6x16<2>(kc, a, lda, panel, c, ldc, ncols, accumulate); break;
+    case 1: kernel_6x16<1>(kc, a, lda, panel, c, ldc, ncols, accumulate); break;
+    default: break;
+  }
+}
+
+}  // namespace
+#endif  // FUSEDRNN_HAVE_PACKED_KERNEL
+
+template <typename T>
+PackedWeight<T>::PackedWeight(const T* w, int64_t N, int64_t K, bool transposed)
+    : N_(N), K_(K), transposed_(transposed), w_(w) {
+  if (!std::is_same_v<T, float> || !packed_gemm_available() || N == 0 || K == 0) return;
+  packed_ = at::empty({num_panels(N), K, kPanelWidth}, at::kFloat);
+  float* dst = packed_.data_ptr<float>();
+  const float* src = reinterpret_cast<const float*>(w);
+  at::parallel_for(0, num_panels(N), std::max<int64_t>(1, kMinTaskMacs / (K * kPanelWidth)),
+                   [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      float* panel = dst + p * K * kPanelWidth;
+      for (int64_t c = 0; c < kPanelWidth; ++c) {
+        const int64_t n = p * kPanelWidth + c;
+        for (int64_t k = 0; k < K; ++k) {
+          // op(W)[k, n]: W[n, k] when transposed (W is [N, K]), else W[k, n] (W is [K, N]).
+          const float value = n >= N_ ? 0.f : transposed ? src[n * K + k] : src[k * N + n];
+          panel[k * kPanelWidth + c] = value;
+        }
+      }
+    }
+  });
+}
+
+template <typename T>
+void PackedWeight<T>::multiply(int64_t M, const T* A, int64_t lda, T beta, T* C,
+                               int64_t ldc) const {
+  TORCH_INTERNAL_ASSERT(beta == T(0) || beta == T(1), "PackedWeight: beta must be 0 or 1");
+  if (M == 0 || N_ == 0) return;
+  if (!packed_.defined()) {
+    const int64_t ldw = transposed_ ? K_ : N_;
+    gemm_rowmajor<T>(M, N_, K_, A, lda, w_, ldw, transposed_, beta, C, ldc);
+    return;
+  }
+#if FUSEDRNN_HAVE_PACKED_KERNEL
+  if constexpr (std::is_same_v<T, float>) {
+    const float* packed = packed_.data_ptr<float>();
+    const int64_t grain = std::max<int64_t>(1, kMinTaskMacs / (M * K_ * kPanelWidth));
+    at::parallel_for(0, num_panels(N_), grain, [&](int64_t begin, int64_t end) {
+      for (int64_t k0 = 0; k0 < K_; k0 += kDepthBlock) {
+        const int64_t kc = std::min(kDepthBlock, K_ - k0);
+        const bool accumulate = beta != 0.f || k0 > 0;
+        for (int64_t p = begin; p < end; ++p) {
+          const int64_t n0 = p * kPanelWidth;
+          multiply_panel(M, kc, A + k0, lda, packed + (p * K_ + k0) * kPanelWidth, C + n0, ldc,
+                         std::min(kPanelWidth, N_ - n0), accumulate);
+        }
+      }
+    });
+  }
+#endif
+}
+
+template class PackedWeight<float>;
+template class PackedWeight<double>;
+
+}  // namespace cpu
+}  // namespace fusedrnn
