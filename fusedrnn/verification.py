@@ -1,0 +1,207 @@
+"""Numeric verification of fusedrnn against torch.nn and an fp64 reference.
+
+One configuration (a `Case`) is run three ways with identical weights, inputs and output
+cotangents: fusedrnn and torch.nn at the dtype under test on the device under test, and torch.nn in
+float64 on the CPU (the reference). Every output (output, h_n, c_n) and every gradient (input,
+h0/c0, each parameter) is compared with the reference; a tensor passes when
+
+    |fused - ref| <= 2 * |torch.nn - ref| + atol[dtype] * max(1, max|ref|)     (max over elements)
+
+The atol scales with the reference's magnitude because weight gradients summed over many steps are
+large and their summation-order noise grows with them, for torch.nn and fusedrnn alike.
+`python -m fusedrnn verify` and the tests both use this module.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+
+from . import modules
+
+# cell name -> (module class name, extra constructor kwargs)
+CELLS = {
+    "rnn_tanh": ("RNN", {"nonlinearity": "tanh"}),
+    "rnn_relu": ("RNN", {"nonlinearity": "relu"}),
+    "gru": ("GRU", {}),
+    "lstm": ("LSTM", {}),
+    "lstm_proj": ("LSTM", {"proj_size": 3}),
+}
+INPUT_KINDS = ("batched", "unbatched", "packed_sorted", "packed_unsorted")
+
+# The rule's atol per dtype under test (see the module docstring).
+RULE_ATOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}
+
+
+@dataclasses.dataclass
+class Case:
+    """One module configuration and input shape (T steps, B batch, I input, H hidden)."""
+    cell: str
+    num_layers: int = 1
+    bidirectional: bool = False
+    batch_first: bool = False
+    bias: bool = True
+    input_kind: str = "batched"  # one of INPUT_KINDS
+    with_h0: bool = True
+    T: int = 6
+    B: int = 3
+    I: int = 5
+    H: int = 7
+    dropout: float = 0.0
+
+    def kwargs(self):
+        name, extra = CELLS[self.cell]
+        return name, dict(input_size=self.I, hidden_size=self.H, num_layers=self.num_layers,
+                          bias=self.bias, batch_first=self.batch_first, dropout=self.dropout,
+                          bidirectional=self.bidirectional, **extra)
+
+    def __str__(self):
+        return (f"{self.cell} L={self.num_layers} {'bi' if self.bidirectional else 'uni'}"
+                f"{' batch_first' if self.batch_first else ''}{'' if self.bias else ' no-bias'}"
+                f" {self.input_kind}{'' if self.with_h0 else ' no-h0'}"
+                f" T={self.T} B={self.B} I={self.I} H={self.H}")
+
+
+def make_pair(case: Case, dtype=torch.float64, device="cpu"):
+    """torch.nn module and fusedrnn module with identical weights."""
+    name, kw = case.kwargs()
+    ref = getattr(nn, name)(**kw).to(device=device, dtype=dtype)
+    fused = getattr(modules, name)(**kw).to(device=device, dtype=dtype)
+    fused.load_state_dict(ref.state_dict())
+    return ref, fused
+
+
+def make_inputs(case: Case, module: nn.Module, dtype, device, generator: torch.Generator):
+    """Fresh random input (and h0/c0) as leaf tensors, plus lengths (CPU int64) for packed cases.
+    Values are drawn in float64 on the CPU, so every dtype and device sees the same numbers."""
+    D = 2 if case.bidirectional else 1
+    P = getattr(module, "proj_size", 0) or case.H
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=generator, dtype=torch.float64).to(device, dtype)
+
+    shape = (case.B, case.T, case.I) if case.batch_first else (case.T, case.B, case.I)
+    if case.input_kind == "unbatched":
+        shape = (case.T, case.I)
+    x = randn(*shape).requires_grad_()
+    lengths = None
+    if case.input_kind.startswith("packed"):
+        lengths = torch.randint(1, case.T + 1, (case.B,), generator=generator)
+        lengths[0] = case.T  # at least one full-length row
+        if case.input_kind == "packed_sorted":
+            lengths = lengths.sort(descending=True).values
+    hx = None
+    if case.with_h0:
+        batch = () if case.input_kind == "unbatched" else (case.B,)
+        h0 = randn(case.num_layers * D, *batch, P).requires_grad_()
+        hx = h0
+        if case.cell.startswith("lstm"):
+            hx = (h0, randn(case.num_layers * D, *batch, case.H).requires_grad_())
+    return x, hx, lengths
+
+
+def clone_inputs(x, hx, dtype=None, device=None):
+    """Detached leaf copies of x and hx (optionally converted)."""
+    def conv(t):
+        return t.detach().to(dtype=dtype or t.dtype, device=device or t.device).requires_grad_()
+
+    if hx is None:
+        return conv(x), None
+    return conv(x), tuple(conv(h) for h in hx) if isinstance(hx, tuple) else conv(hx)
+
+
+def forward(module, case: Case, x, hx, lengths) -> dict[str, torch.Tensor]:
+    """Runs module; returns its outputs by name: output, [batch_sizes], h_n, [c_n]."""
+    inp = x
+    if lengths is not None:
+        inp = pack_padded_sequence(x, lengths, batch_first=case.batch_first,
+                                   enforce_sorted=case.input_kind == "packed_sorted")
+    out, hidden = module(inp, hx)
+    outs = {"output": out.data if isinstance(out, PackedSequence) else out}
+    if isinstance(out, PackedSequence):
+        outs["batch_sizes"] = out.batch_sizes  # structure must match too
+    if isinstance(hidden, tuple):
+        outs["h_n"], outs["c_n"] = hidden
+    else:
+        outs["h_n"] = hidden
+    return outs
+
+
+def outputs_and_grads(module, case: Case, x, hx, lengths, cotangent_seed: int
+                      ) -> dict[str, torch.Tensor]:
+    """Outputs and gradients (input, h0/c0, every parameter) by name, under random cotangents
+    drawn in float64 from cotangent_seed (the same for every run of a comparison)."""
+    outs = forward(module, case, x, hx, lengths)
+    g = torch.Generator().manual_seed(cotangent_seed)
+    loss = sum((o.double() * torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.device)).sum()
+               for o in outs.values() if o.is_floating_point() and o.requires_grad)
+    leaves = {"input": x}
+    if isinstance(hx, tuple):
+        leaves["h0"], leaves["c0"] = hx
+    elif hx is not None:
+        leaves["h0"] = hx
+    leaves.update(module.named_parameters())
+    grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+    results = {name: o.detach() for name, o in outs.items()}
+    for (name, leaf), grad in zip(leaves.items(), grads):
+        results[f"grad {name}"] = torch.zeros_like(leaf) if grad is None else grad
+    return results
+
+
+@dataclasses.dataclass
+class TensorCheck:
+    """One tensor's comparison: absolute and relative (to max|ref|) errors against fp64."""
+    name: str
+    fused_abs: float
+    torch_abs: float
+    fused_rel: float
+    torch_rel: float
+    bound: float  # the rule's limit on fused_abs
+    passed: bool
+
+
+def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    if a.numel() == 0:
+        return 0.0
+    return (a.double().cpu() - b.double().cpu()).abs().max().item()
+
+
+def rule_bound(torch_err: float, ref_scale: float, dtype) -> float:
+    """The largest fused error the rule allows."""
+    return 2 * torch_err + RULE_ATOL[dtype] * max(1.0, ref_scale)
+
+
+def check_tensor(name: str, fused: torch.Tensor, torch_nn: torch.Tensor, ref: torch.Tensor,
+                 dtype) -> TensorCheck:
+    if not fused.is_floating_point():  # batch_sizes: structure, must be identical
+        same = torch.equal(fused.cpu(), ref.cpu()) and torch.equal(torch_nn.cpu(), ref.cpu())
+        return TensorCheck(name, 0.0 if same else math.inf, 0.0, 0.0, 0.0, 0.0, same)
+    if fused.shape != ref.shape:
+        return TensorCheck(name, math.inf, math.nan, math.inf, math.nan, 0.0, False)
+    scale = ref.abs().max().item() if ref.numel() else 0.0
+    fused_abs, torch_abs = max_abs_diff(fused, ref), max_abs_diff(torch_nn, ref)
+    bound = rule_bound(torch_abs, scale, dtype)
+    rel = lambda err: err / scale if scale > 0 else err  # noqa: E731
+    passed = fused_abs <= bound  # False for NaN
+    return TensorCheck(name, fused_abs, torch_abs, rel(fused_abs), rel(torch_abs), bound, passed)
+
+
+def compare(case: Case, dtype=torch.float32, device="cpu", seed=0) -> list[TensorCheck]:
+    """Runs fusedrnn, torch.nn (both at dtype on device) and the fp64 CPU reference on the same
+    weights, inputs and cotangents; one TensorCheck per output and per gradient."""
+    gen = torch.Generator().manual_seed(seed)
+    ref_module, fused_module = make_pair(case, dtype, device)
+    x, hx, lengths = make_inputs(case, ref_module, dtype, device, gen)
+    # Dropout masks come from the global RNG: each run starts from the same RNG state.
+    rng_state = torch.random.get_rng_state()
+    fused = outputs_and_grads(fused_module, case, *clone_inputs(x, hx), lengths, seed + 1)
+    torch.random.set_rng_state(rng_state)
+    torch_nn = outputs_and_grads(ref_module, case, *clone_inputs(x, hx), lengths, seed + 1)
+    torch.random.set_rng_state(rng_state)
+    ref64_module = ref_module.to("cpu", torch.float64)
+    ref = outputs_and_grads(ref64_module, case, *clone_inputs(x, hx, torch.float64, "cpu"),
+                            lengths, seed + 1)
+    return [check_tensor(name, fused[name], torch_nn[name], ref[name], dtype) for name in ref]
