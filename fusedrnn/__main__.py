@@ -1,56 +1,35 @@
-"""`python -m fusedrnn`: fused vs torch.nn side by side on the current device, for RNN, GRU and
-LSTM: checks outputs and gradients, then prints forward and forward+backward speed ratios.
+"""`python -m fusedrnn` (also the `fusedrnn` console script).
 
-Exit status 1 if any configuration fails its check.
+  fusedrnn verify [--quick] ...   fused vs torch.nn vs fp64 over a matrix of configurations
+  fusedrnn bench [--grid quick]   fused vs torch.nn timing, every configuration verified first
+
+With no subcommand it runs `bench --grid quick`. Exit status 1 on any FAIL.
 """
+from __future__ import annotations
+
 import argparse
-import datetime
-import platform
 import sys
+import warnings
 
-import torch
-
-from .sidebyside import Config, run
-
-# (T, B, I, H): the seeds' size and a medium one
-DEFAULT_SIZES = [(300, 1, 1, 32), (100, 32, 64, 256)]
-
-
-def _device_name(device: str) -> str:
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+from . import bench, verify
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="fusedrnn", description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    parser.add_argument("--cells", default="RNN,GRU,LSTM")
-    parser.add_argument("--budget", type=float, default=2.0,
-                        help="seconds of timing per configuration and pass (default 2)")
+    parser = argparse.ArgumentParser(prog="fusedrnn", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command")
+    for name, module in (("verify", verify), ("bench", bench)):
+        sub = commands.add_parser(name, help=module.__doc__.splitlines()[0],
+                                  description=module.__doc__)
+        module.add_arguments(sub)
+        sub.set_defaults(run=module.main)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        argv = ["bench"] + argv  # plain `python -m fusedrnn [bench options]`
     args = parser.parse_args(argv)
-
-    dtype = getattr(torch, args.dtype)
-    print(f"fusedrnn side by side | {datetime.date.today()} | torch {torch.__version__} | "
-          f"device {args.device}: {_device_name(args.device)} | {args.dtype}")
-    print("speedup = torch.nn time / fused time (median, interleaved); >1 means fused is faster\n")
-    header = (f"{'configuration':44s} {'check':5s} {'fwd fused':>10s} {'fwd torch':>10s} {'speedup':>8s}"
-              f" {'f+b fused':>10s} {'f+b torch':>10s} {'speedup':>8s}")
-    print(header)
-    print("-" * len(header))
-    failed = False
-    for T, B, I, H in DEFAULT_SIZES:
-        for cell in args.cells.split(","):
-            cfg = Config(cell, T, B, I, H, dtype=dtype, device=args.device)
-            r = run(cfg, budget_s=args.budget)
-            failed |= not r.passed
-            print(f"{str(cfg):44s} {'ok' if r.passed else 'FAIL':5s} {r.fwd_ms[0]:8.2f}ms {r.fwd_ms[1]:8.2f}ms"
-                  f" {r.fwd_speedup:7.2f}x {r.fwdbwd_ms[0]:8.2f}ms {r.fwdbwd_ms[1]:8.2f}ms"
-                  f" {r.fwdbwd_speedup:7.2f}x", flush=True)
-            if not r.passed:
-                print(f"  max |out diff| {r.max_output_err:.3g}, max rel grad diff {r.max_grad_err:.3g}")
-    return 1 if failed else 0
+    # torch.nn says this on every CPU LSTM with proj_size; it is about torch.nn's own path.
+    warnings.filterwarnings("ignore", message="LSTM with projections is not supported with oneDNN")
+    return args.run(args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,325 @@
+"""`python -m fusedrnn bench`: fused vs torch.nn timed side by side in one process.
+
+Every configuration is first verified (fusedrnn.verification: outputs and all gradients against an
+fp64 reference); one that fails is reported as FAIL and never timed. Then forward and
+forward+backward are timed interleaved (fused, torch.nn, torch.nn, fused, ...) after a warm-up,
+with CUDA events on GPU, and the medians are compared: speedup = torch.nn time / fused time.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import sys
+import time
+
+import torch
+
+from . import report
+from .verification import CELLS, Case, compare, make_pair
+
+# (T, B, I, H)
+SEED_SIZE = (300, 1, 1, 32)          # the seeds' programs
+MEDIUM_SIZE = (100, 32, 64, 256)
+FASTRNNS_SIZE = (100, 64, 512, 512)  # torch's benchmarks/fastrnns default
+LARGE_SIZE = (100, 64, 1024, 1024)
+
+# grid -> (sizes, cells, layer counts, bidirectional options)
+GRIDS = {
+    "quick": ([SEED_SIZE, MEDIUM_SIZE], ["rnn_tanh", "gru", "lstm"], [1], [False]),
+    "default": ([SEED_SIZE, MEDIUM_SIZE, FASTRNNS_SIZE, LARGE_SIZE],
+                ["rnn_tanh", "rnn_relu", "gru", "lstm"], [1], [False]),
+    "full": ([SEED_SIZE, MEDIUM_SIZE, FASTRNNS_SIZE, LARGE_SIZE], list(CELLS), [1, 2],
+             [False, True]),
+}
+PASSES = ("fwd", "fwd+bwd")
+
+
+@dataclasses.dataclass
+class BenchConfig:
+    cell: str
+    T: int
+    B: int
+    I: int
+    H: int
+    layers: int = 1
+    bidirectional: bool = False
+    dtype: str = "float32"
+    device: str = "cpu"
+
+    def case(self) -> Case:
+        return Case(self.cell, num_layers=self.layers, bidirectional=self.bidirectional,
+                    T=self.T, B=self.B, I=self.I, H=self.H)
+
+    def label(self) -> str:
+        return (f"{self.cell} T={self.T} B={self.B} I={self.I} H={self.H} L={self.layers} "
+                f"{'bi' if self.bidirectional else 'uni'}")
+
+
+def expected_cudnn_algo(cfg: BenchConfig, bench_pass: str) -> str:
+    """The cuDNN algorithm class torch.nn is expected to use (torch's selection as recorded in
+    ../shared/GUIDE.md): persistent small-H for non-double, unpacked input (bench input is never
+    packed) when H <= 192 (LSTM/GRU forward), <= 128 (LSTM/GRU backward), <= 384 (RNN forward);
+    LSTM with proj_size always uses the standard algorithm. The RNN backward limit is not recorded.
+    Against a persistent kernel the baseline is already fused, so ratios mean something else."""
+    def algo(persistent: bool | None) -> str:
+        return "?" if persistent is None else "persistent" if persistent else "standard"
+
+    eligible = cfg.dtype != "float64" and cfg.cell != "lstm_proj"
+    rnn = cfg.cell.startswith("rnn")
+    fwd = eligible and cfg.H <= (384 if rnn else 192)
+    if bench_pass == "fwd":
+        return algo(fwd)
+    bwd = None if rnn and eligible else eligible and cfg.H <= 128
+    return f"fwd {algo(fwd)}, bwd {algo(bwd)}"
+
+
+@dataclasses.dataclass
+class Timing:
+    fused_ms: float
+    torch_ms: float
+    fused_iqr: float  # interquartile range / median: the run-to-run spread
+    torch_iqr: float
+    reps: int
+
+    @property
+    def speedup(self) -> float:
+        return self.torch_ms / self.fused_ms
+
+
+@dataclasses.dataclass
+class BenchResult:
+    config: BenchConfig
+    verified: bool
+    verify_detail: str
+    timings: dict[str, Timing]  # pass -> Timing; empty when verification failed
+
+
+def _median_and_iqr(samples: list[float]) -> tuple[float, float]:
+    q = statistics.quantiles(samples, n=4) if len(samples) >= 2 else [samples[0]] * 3
+    return q[1], (q[2] - q[0]) / q[1]
+
+
+class _Timer:
+    """Wall time of one call: CUDA events on a GPU, perf_counter on the CPU."""
+
+    def __init__(self, device: str):
+        self.cuda = device.startswith("cuda")
+
+    def __call__(self, fn) -> float:
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end)
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1e3
+
+
+def time_interleaved(fused_fn, torch_fn, device: str, budget_s: float, min_reps: int = 5,
+                     max_reps: int = 500, warmup: int = 3) -> Timing:
+    """Alternates the two (order flipped every repetition) until budget_s is spent."""
+    timer = _Timer(device)
+    for _ in range(warmup):
+        timer(fused_fn), timer(torch_fn)
+    fused, ref = [], []
+    start = time.perf_counter()
+    while len(fused) < min_reps or (time.perf_counter() - start < budget_s and len(fused) < max_reps):
+        if len(fused) % 2 == 0:
+            fused.append(timer(fused_fn))
+            ref.append(timer(torch_fn))
+        else:
+            ref.append(timer(torch_fn))
+            fused.append(timer(fused_fn))
+    (f_med, f_iqr), (t_med, t_iqr) = _median_and_iqr(fused), _median_and_iqr(ref)
+    return Timing(f_med, t_med, f_iqr, t_iqr, len(fused))
+
+
+def verify_config(cfg: BenchConfig, seed: int) -> tuple[bool, str]:
+    try:
+        checks = compare(cfg.case(), getattr(torch, cfg.dtype), cfg.device, seed)
+    except Exception as exc:
+        return False, f"{type(exc).__name__}: {exc}"
+    bad = [c for c in checks if not c.passed]
+    if bad:
+        return False, "; ".join(f"{c.name} error {c.fused_abs:.3g} > {c.bound:.3g}" for c in bad)
+    worst = max(checks, key=lambda c: c.fused_abs / c.bound if c.bound else 0.0)
+    return True, f"worst {worst.name}: {worst.fused_abs:.2e} <= {worst.bound:.2e}"
+
+
+def make_workloads(cfg: BenchConfig, seed: int = 0) -> dict[str, tuple]:
+    """pass -> (fused call, torch.nn call): one forward (no grad) or forward+backward of the
+    configuration, the two modules sharing weights and input. CUDA calls are not synchronized."""
+    torch.manual_seed(seed)
+    ref, fused = make_pair(cfg.case(), getattr(torch, cfg.dtype), cfg.device)
+    x = torch.randn(cfg.T, cfg.B, cfg.I, device=cfg.device, dtype=getattr(torch, cfg.dtype))
+    x_grad = x.clone().requires_grad_()
+
+    def fwd(module):
+        with torch.no_grad():
+            module(x)
+
+    def fwd_bwd(module):
+        out, hidden = module(x_grad)
+        hidden = hidden if isinstance(hidden, tuple) else (hidden,)
+        (out.float().sum() + sum(h.float().sum() for h in hidden)).backward()
+
+    return {"fwd": (lambda: fwd(fused), lambda: fwd(ref)),
+            "fwd+bwd": (lambda: fwd_bwd(fused), lambda: fwd_bwd(ref))}
+
+
+def run_config(cfg: BenchConfig, budget_s: float, seed: int = 0) -> BenchResult:
+    verified, detail = verify_config(cfg, seed)
+    if not verified:
+        return BenchResult(cfg, False, detail, {})
+    timings = {bench_pass: time_interleaved(fused_fn, torch_fn, cfg.device, budget_s)
+               for bench_pass, (fused_fn, torch_fn) in make_workloads(cfg, seed).items()}
+    return BenchResult(cfg, True, detail, timings)
+
+
+def build_configs(args) -> list[BenchConfig]:
+    sizes, cells, layer_counts, directions = GRIDS[args.grid]
+    if any(v is not None for v in (args.T, args.B, args.I, args.H)):
+        T, B, I, H = (args.T or [MEDIUM_SIZE[0]], args.B or [MEDIUM_SIZE[1]],
+                      args.I or [MEDIUM_SIZE[2]], args.H or [MEDIUM_SIZE[3]])
+        sizes = [(t, b, i, h) for t in T for b in B for i in I for h in H]
+    if args.cells:
+        cells = report.parse_choices(args.cells, CELLS, "cell")
+    if args.layers:
+        layer_counts = args.layers
+    if args.bidirectional:
+        directions = [True]
+    dtypes = report.parse_choices(args.dtype, _bench_dtypes(args.device), f"dtype on {args.device}")
+    return [BenchConfig(cell, *size, layers=L, bidirectional=bi, dtype=dtype, device=args.device)
+            for dtype in dtypes for size in sizes for cell in cells
+            for L in layer_counts for bi in directions]
+
+
+def _bench_dtypes(device: str) -> list[str]:
+    if device.startswith("cuda"):
+        return ["float32", "float64", "float16", "bfloat16"]
+    return ["float32", "float64", "bfloat16"]
+
+
+def table_rows(results: list[BenchResult]) -> tuple[list[str], list[list[str]]]:
+    on_cuda = any(r.config.device.startswith("cuda") for r in results)
+    columns = ["config", "dtype", "pass", "fused ms", "torch.nn ms", "speedup", "fused µs/step",
+               "spread (IQR) fused / torch"]
+    if on_cuda:
+        columns.append("torch.nn cuDNN algo (expected)")
+    rows = []
+    for r in results:
+        cfg = r.config
+        for bench_pass in PASSES:
+            if not r.verified:
+                row = [cfg.label(), cfg.dtype, bench_pass, "FAIL", "", "", "", "not timed"]
+            else:
+                t = r.timings[bench_pass]
+                row = [cfg.label(), cfg.dtype, bench_pass, f"{t.fused_ms:.3f}", f"{t.torch_ms:.3f}",
+                       f"{t.speedup:.2f}x", f"{t.fused_ms * 1e3 / cfg.T:.1f}",
+                       f"{t.fused_iqr:.0%} / {t.torch_iqr:.0%}"]
+            if on_cuda:
+                row.append(expected_cudnn_algo(cfg, bench_pass))
+            rows.append(row)
+    return columns, rows
+
+
+def to_json(results: list[BenchResult], args) -> dict:
+    return {
+        "environment": report.environment(args.device),
+        "method": f"interleaved, warm-up 3, median over >= 5 repetitions within {args.budget}s "
+                  "per pass; speedup = torch.nn ms / fused ms",
+        "results": [{
+            "config": dataclasses.asdict(r.config), "verified": r.verified,
+            "verify_detail": r.verify_detail,
+            "timings": {p: dict(dataclasses.asdict(t), speedup=t.speedup)
+                        for p, t in r.timings.items()},
+            **({"cudnn_algo_expected": {p: expected_cudnn_algo(r.config, p) for p in PASSES}}
+               if r.config.device.startswith("cuda") else {}),
+        } for r in results],
+    }
+
+
+def _pyplot():
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SystemExit("--plot needs matplotlib: pip install matplotlib "
+                         "(or pip install -e '.[plot]')") from None
+    return plt
+
+
+def plot(results: list[BenchResult], path: str, title: str) -> None:
+    plt = _pyplot()
+    timed = [r for r in results if r.verified]
+    labels = [f"{r.config.label()} {r.config.dtype}" for r in timed]
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(timed) + 2), 5))
+    width = 0.4
+    for k, bench_pass in enumerate(PASSES):
+        xs = [i + (k - 0.5) * width for i in range(len(timed))]
+        ax.bar(xs, [r.timings[bench_pass].speedup for r in timed], width, label=bench_pass)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_yscale("log")  # ratios span 0.5x..30x; equal factors get equal heights
+    ax.set_xticks(range(len(timed)), labels, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("speedup vs torch.nn (x)")
+    ax.set_title(title, fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
+def _int_list(text: str) -> list[int]:
+    return [int(v) for v in text.split(",")]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--grid", choices=list(GRIDS), default="quick",
+                        help="quick (about a minute on 2 CPU cores), default, full")
+    parser.add_argument("--device", default=report.default_device())
+    parser.add_argument("--dtype", default="float32", help="comma-separated dtypes")
+    parser.add_argument("--cells", default=None, help=f"comma-separated, from {', '.join(CELLS)}")
+    for dim in ("T", "B", "I", "H"):
+        parser.add_argument(f"--{dim}", type=_int_list, default=None,
+                            help=f"{dim} values, comma-separated (replaces the grid's sizes)")
+    parser.add_argument("--layers", type=_int_list, default=None, help="e.g. 1,2")
+    parser.add_argument("--bidirectional", action="store_true", help="bidirectional only")
+    parser.add_argument("--budget", type=float, default=1.0,
+                        help="seconds of timing per configuration and pass (default 1)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", metavar="PATH", help="write every figure as JSON")
+    parser.add_argument("--plot", metavar="PATH.png", help="bar chart of speedups (matplotlib)")
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.plot:
+        _pyplot()  # fail before the benchmarks, not after
+    configs = build_configs(args)
+    title = report.banner("fusedrnn bench", args.device)
+    print(title)
+    print("speedup = torch.nn time / fused time (medians, interleaved, same process); every "
+          "configuration verified against fp64 first\n")
+    results = []
+    for i, cfg in enumerate(report.progress(configs, desc="bench")):
+        results.append(run_config(cfg, args.budget, args.seed + i))
+    columns, rows = table_rows(results)
+    print(report.markdown_table(columns, rows))
+    failed = [r for r in results if not r.verified]
+    for r in failed:
+        print(f"  FAIL {r.config.label()} {r.config.dtype}: {r.verify_detail}")
+    if args.json:
+        report.write_json(args.json, to_json(results, args))
+    if args.plot:
+        plot(results, args.plot, title)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="fusedrnn bench", description=__doc__)
+    add_arguments(parser)
+    sys.exit(main(parser.parse_args()))

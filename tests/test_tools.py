@@ -1,0 +1,96 @@
+"""`python -m fusedrnn verify|bench`: exit status, tables, JSON, FAIL handling, plots."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from fusedrnn import __main__ as cli
+from fusedrnn import bench, verify
+from fusedrnn.verification import TensorCheck
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--T", "5", "--B", "2", "--I", "3", "--H", "4"]
+
+
+def test_verify_quick_passes_and_writes_json(tmp_path, capsys):
+    path = tmp_path / "verify.json"
+    assert cli.main(["verify", "--quick", "--cells", "gru,lstm_proj", "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "| gru L=1 uni batched" in out and "12/12 passed" in out
+    data = json.loads(path.read_text())
+    assert data["passed"] and len(data["cases"]) == 12  # 2 cells x 2 layouts x 3 dtypes
+    names = {t["name"] for t in data["cases"][0]["tensors"]}
+    assert {"output", "h_n", "grad input", "grad h0", "grad weight_hh_l0"} <= names
+
+
+def test_verify_reports_fail_with_exit_status_1(monkeypatch, capsys):
+    def broken_compare(case, dtype, device, seed):
+        return [TensorCheck("grad weight_hh_l0", 1.0, 1e-7, 1.0, 1e-7, 2e-7, False)]
+    monkeypatch.setattr(verify, "compare", broken_compare)
+    assert cli.main(["verify", "--quick", "--cells", "rnn_tanh", "--dtype", "float32"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL" in out and "grad weight_hh_l0 1 > 2e-07" in out
+
+
+def test_verify_rejects_unknown_cell():
+    with pytest.raises(SystemExit, match="unknown cell: lstmm"):
+        cli.main(["verify", "--cells", "lstmm"])
+
+
+def test_bench_times_verified_configs(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    argv = ["bench", *TINY, "--cells", "rnn_relu,lstm", "--budget", "0.05", "--json", str(path)]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in out.splitlines()
+            if line.startswith("| lstm")]
+    assert [r[:3] for r in rows] == [["lstm T=5 B=2 I=3 H=4 L=1 uni", "float32", p]
+                                     for p in ("fwd", "fwd+bwd")]
+    data = json.loads(path.read_text())
+    assert [r["config"]["cell"] for r in data["results"]] == ["rnn_relu", "lstm"]
+    for r in data["results"]:
+        assert r["verified"]
+        for t in r["timings"].values():
+            assert t["fused_ms"] > 0 and t["torch_ms"] > 0 and t["reps"] >= 5
+            assert t["speedup"] == pytest.approx(t["torch_ms"] / t["fused_ms"])
+
+
+def test_bench_never_times_a_config_that_fails_verification(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(bench, "verify_config", lambda cfg, seed: (False, "output error 1 > 1e-6"))
+    monkeypatch.setattr(bench, "time_interleaved", lambda *a, **k: pytest.fail("timed a FAIL"))
+    path = tmp_path / "bench.json"
+    assert cli.main(["bench", *TINY, "--cells", "gru", "--json", str(path)]) == 1
+    assert "not timed" in capsys.readouterr().out
+    assert json.loads(path.read_text())["results"][0]["timings"] == {}
+
+
+def test_bench_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "speedup.png"
+    assert cli.main(["bench", *TINY, "--cells", "gru", "--budget", "0.02", "--plot", str(path)]) == 0
+    assert path.stat().st_size > 1000
+
+
+def test_bench_plot_without_matplotlib_says_how_to_get_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails
+    with pytest.raises(SystemExit, match="pip install matplotlib"):
+        cli.main(["bench", *TINY, "--plot", "x.png"])
+
+
+def test_expected_cudnn_algo():
+    cfg = bench.BenchConfig("lstm", 100, 32, 64, 128, device="cuda")
+    assert bench.expected_cudnn_algo(cfg, "fwd") == "persistent"
+    assert bench.expected_cudnn_algo(cfg, "fwd+bwd") == "fwd persistent, bwd persistent"
+    cfg.H = 256
+    assert bench.expected_cudnn_algo(cfg, "fwd") == "standard"
+    cfg.dtype, cfg.H = "float64", 32
+    assert bench.expected_cudnn_algo(cfg, "fwd") == "standard"
+
+
+def test_console_entry_points():
+    """`python -m fusedrnn --help` lists both subcommands (the console script is the same main)."""
+    out = subprocess.run([sys.executable, "-m", "fusedrnn", "--help"], capture_output=True,
+                         text=True, check=True, cwd=ROOT).stdout
+    assert "verify" in out and "bench" in out
