@@ -1,0 +1,56 @@
+"""What the example programs share: picking the implementation, identical initialisation for
+both, the command line, and optional plots."""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+import fusedrnn
+
+IMPLS = ("fused", "torch")
+
+
+def recurrent_classes(impl: str):
+    """The namespace that provides RNN/GRU/LSTM/RNNCell/...: fusedrnn or torch.nn."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    return fusedrnn if impl == "fused" else torch.nn
+
+
+def build_model(factory, impl: str, seed: int, dtype: torch.dtype) -> torch.nn.Module:
+    """factory(classes) -> model. The torch.nn model is always built first under `seed`; the fused
+    one loads its state_dict, so both start from identical weights. The RNG is then re-seeded so
+    that training draws the same numbers whichever implementation runs."""
+    torch.manual_seed(seed)
+    model = factory(torch.nn)
+    if impl == "fused":
+        fused = factory(fusedrnn)
+        fused.load_state_dict(model.state_dict())
+        model = fused
+    torch.manual_seed(seed + 1)
+    return model.to(dtype)
+
+
+def parser(description: str, default_seed: int = 0) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--impl", choices=IMPLS, default="fused")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--seed", type=int, default=default_seed)
+    p.add_argument("--plot", metavar="PATH.png", help="save a plot (needs matplotlib)")
+    return p
+
+
+def save_plot(path: str, draw) -> None:
+    """draw(plt) fills a figure; saved to path. Tells how to get matplotlib when it is missing."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SystemExit("--plot needs matplotlib: pip install matplotlib") from None
+    draw(plt)
+    plt.tight_layout()
+    plt.savefig(path, dpi=110)
+    plt.close("all")
+    print(f"wrote {path}")
