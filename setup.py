@@ -44,7 +44,7 @@ setup(
     description="Fused RNN/GRU/LSTM time loops for PyTorch, drop-in torch.nn replacements",
     packages=find_packages(include=["fusedrnn", "fusedrnn.*"]),
     python_requires=">=3.10",
-    install_requires=["torch>=2.4"],
+    install_requires=["torch>=2.4", "tqdm"],
     extras_require={
         "test": ["pytest", "pytest-benchmark", "numpy"],
         "plot": ["matplotlib"],

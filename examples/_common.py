@@ -54,3 +54,11 @@ def save_plot(path: str, draw) -> None:
     plt.savefig(path, dpi=110)
     plt.close("all")
     print(f"wrote {path}")
+
+
+def save_loss_plot(path: str, losses, xlabel: str, ylabel: str) -> None:
+    def draw(plt):
+        plt.semilogy(losses)
+        plt.xlabel(xlabel)
+        plt.ylabel(ylabel)
+    save_plot(path, draw)

@@ -112,11 +112,7 @@ def main(argv=None):
     result = run(args.impl, args.model, args.epochs, getattr(torch, args.dtype), args.seed,
                  verbose=True)
     if args.plot:
-        def draw(plt):
-            plt.plot(result["losses"])
-            plt.xlabel("epoch")
-            plt.ylabel("cross entropy")
-        _common.save_plot(args.plot, draw)
+        _common.save_loss_plot(args.plot, result["losses"], "epoch", "cross entropy")
 
 
 if __name__ == "__main__":

@@ -65,11 +65,7 @@ def main(argv=None):
         print(f"step {step:4d}  loss {losses[step]:.5f}")
     print(f"mean loss over the last 20 steps: {sum(losses[-20:]) / len(losses[-20:]):.5f}")
     if args.plot:
-        def draw(plt):
-            plt.semilogy(losses)
-            plt.xlabel("step")
-            plt.ylabel("MSE")
-        _common.save_plot(args.plot, draw)
+        _common.save_loss_plot(args.plot, losses, "step", "MSE")
 
 
 if __name__ == "__main__":

@@ -70,11 +70,7 @@ def main(argv=None):
         print(f"epoch {e + 1}  train MAE {sum(chunk) / len(chunk):.5f}")
     print(f"test MAE on the next {TEST} points: {result['test_mae']:.5f}")
     if args.plot:
-        def draw(plt):
-            plt.semilogy(result["losses"])
-            plt.xlabel("batch")
-            plt.ylabel("train MAE")
-        _common.save_plot(args.plot, draw)
+        _common.save_loss_plot(args.plot, result["losses"], "batch", "train MAE")
 
 
 if __name__ == "__main__":

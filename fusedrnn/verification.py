@@ -193,6 +193,7 @@ def compare(case: Case, dtype=torch.float32, device="cpu", seed=0) -> list[Tenso
     """Runs fusedrnn, torch.nn (both at dtype on device) and the fp64 CPU reference on the same
     weights, inputs and cotangents; one TensorCheck per output and per gradient."""
     gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # module init draws from the global RNG: same seed, same weights
     ref_module, fused_module = make_pair(case, dtype, device)
     x, hx, lengths = make_inputs(case, ref_module, dtype, device, gen)
     # Dropout masks come from the global RNG: each run starts from the same RNG state.
