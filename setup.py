@@ -1,19 +1,34 @@
 """Build fusedrnn's C++ extension (fusedrnn._C).
 
-CPU kernels are always built. CUDA kernels (csrc/cuda/*.cu) are built only when nvcc and a CUDA
-build of torch are both present; otherwise this prints why and builds the CPU-only extension.
+CPU kernels are always built. The CUDA kernels (csrc/cuda/) are built when torch is a CUDA build
+and nvcc is found (CUDA_HOME), or when FORCE_CUDA=1; no visible GPU is needed. Architectures come
+from TORCH_CUDA_ARCH_LIST (default "8.0;9.0"). Otherwise setup prints why it builds CPU-only.
 """
 import glob
 import os
 
+import torch
 from setuptools import find_packages, setup
-from torch.utils.cpp_extension import BuildExtension, CppExtension
+from torch.utils import cpp_extension
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_CUDA_ARCHS = "8.0;9.0"
 
 
 def _sources(pattern):
-    return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern), recursive=True))
+    return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
+
+
+def _cuda_build_reason():
+    """(build CUDA?, why) from FORCE_CUDA, torch's build and nvcc."""
+    if os.environ.get("FORCE_CUDA", "0") == "1":
+        return True, "FORCE_CUDA=1"
+    if torch.version.cuda is None:
+        return False, f"torch {torch.__version__} is a CPU-only build"
+    if cpp_extension.CUDA_HOME is None:
+        return False, "nvcc not found (set CUDA_HOME)"
+    return True, f"torch CUDA {torch.version.cuda}, nvcc at {cpp_extension.CUDA_HOME}"
 
 
 def _extension():
@@ -22,20 +37,20 @@ def _extension():
     # silently runs on one thread (torch's wheels use OpenMP for the intra-op pool).
     cxx_flags = ["-O3", "-std=c++20", "-fvisibility=hidden", "-fno-trapping-math", "-fno-math-errno",
                  "-fopenmp"]
-    cpu_sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
-    cuda_sources = _sources("csrc/cuda/*.cu") + _sources("csrc/cuda/*.cpp")
-    if cuda_sources:
-        # CUDA backend (a later issue) plugs in here; until it exists there is nothing to build.
-        raise SystemExit("setup.py: CUDA sources found but the CUDA build is not wired yet")
-    print("fusedrnn: building the CPU extension")
-    return CppExtension(
-        name="fusedrnn._C",
-        sources=cpu_sources,
-        include_dirs=[os.path.join(ROOT, "csrc")],
-        extra_compile_args={"cxx": cxx_flags},
-        extra_link_args=["-fopenmp"],
-        py_limited_api=False,
-    )
+    sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
+    common = dict(name="fusedrnn._C", include_dirs=[os.path.join(ROOT, "csrc")],
+                  extra_link_args=["-fopenmp"], py_limited_api=False)
+    build_cuda, why = _cuda_build_reason()
+    if not build_cuda:
+        print(f"fusedrnn: building the CPU extension only: {why}")
+        return CppExtension(sources=sources, extra_compile_args={"cxx": cxx_flags}, **common)
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
+    print(f"fusedrnn: building CPU + CUDA ({why}; archs {os.environ['TORCH_CUDA_ARCH_LIST']})")
+    nvcc_flags = ["-O3", "-std=c++20", "--expt-relaxed-constexpr", "-lineinfo"]
+    return CUDAExtension(sources=sources + _sources("csrc/cuda/*.cpp") + _sources("csrc/cuda/*.cu"),
+                         extra_compile_args={"cxx": cxx_flags,
+                                             "nvcc": nvcc_flags},
+                         **common)
 
 
 setup(

@@ -21,8 +21,9 @@ inline void check_tensor(const at::Tensor& t, const at::Tensor& ref, const char*
 
 inline void check_lengths(const std::optional<at::Tensor>& lengths, int64_t B) {
   if (!lengths.has_value()) return;
-  TORCH_CHECK(lengths->scalar_type() == at::kLong && lengths->dim() == 1 && lengths->size(0) == B,
-              "fusedrnn: lengths must be an int64 tensor of shape (B,) = (", B, ")");
+  TORCH_CHECK(lengths->scalar_type() == at::kLong && lengths->dim() == 1 && lengths->size(0) == B &&
+                  lengths->is_contiguous(),
+              "fusedrnn: lengths must be a contiguous int64 tensor of shape (B,) = (", B, ")");
 }
 
 // Sizes of one recurrent layer/direction; see csrc/ops.cpp for what each means.

@@ -99,6 +99,15 @@ def recurrent_stack(
     if cell not in NUM_GATES:
         raise ValueError(f"fusedrnn: unknown cell {cell!r}; expected one of {list(NUM_GATES)}")
     dtype = x.dtype
+    if x.device.type == "cuda" and torch.is_autocast_enabled("cuda"):
+        # Like torch.nn's cuDNN RNN under autocast: run the whole stack in the autocast dtype.
+        low = torch.get_autocast_dtype("cuda")
+        cast = lambda t: None if t is None else t.to(low)  # noqa: E731
+        with torch.autocast("cuda", enabled=False):
+            return recurrent_stack(
+                cell, cast(x), cast(h0), cast(c0), [cast(w) for w in flat_weights],
+                num_layers=num_layers, bidirectional=bidirectional, bias=bias, proj_size=proj_size,
+                dropout=dropout, training=training, lengths=lengths)
     if x.device.type == "cpu" and dtype not in _CPU_COMPUTE_DTYPES:
         # bf16/fp16 on CPU: compute in float32, return the caller's dtype.
         up = lambda t: None if t is None else t.float()  # noqa: E731

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import fusedrnn
-from helpers import CELLS, Case, check_case, make_pair
+from helpers import CELLS, DEVICES, Case, check_case, make_pair
 
 MODULES = ["RNN", "GRU", "LSTM"]
 
@@ -160,12 +160,15 @@ def test_lstm_proj_requires_lstm():
 # ------------------------------------------------------------------------------ ops
 
 
-def _op_samples(lengths, reverse, requires_grad=True):
+def _op_samples(lengths, reverse, requires_grad=True, device="cpu"):
     """(op, args) for every forward op, fp64, small."""
     g = torch.Generator().manual_seed(0)
     T, B, H, P = 5, 3, 4, 2
-    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).requires_grad_(requires_grad)  # noqa: E731
-    lens = torch.tensor([5, 2, 3]) if lengths else None
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64).to(device).requires_grad_(
+            requires_grad)
+    lens = torch.tensor([5, 2, 3], device=device) if lengths else None
     ops = torch.ops.fusedrnn
     return [
         (ops.rnn_forward.default, (r(T, B, H), r(B, H), r(H, H), lens, reverse, False, True)),
@@ -177,16 +180,18 @@ def _op_samples(lengths, reverse, requires_grad=True):
     ]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("lengths", [False, True])
 @pytest.mark.parametrize("reverse", [False, True])
-def test_opcheck_forward_ops(lengths, reverse):
-    for op, args in _op_samples(lengths, reverse):
+def test_opcheck_forward_ops(lengths, reverse, device):
+    for op, args in _op_samples(lengths, reverse, device=device):
         torch.library.opcheck(op, args)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("lengths", [False, True])
-def test_opcheck_backward_ops(lengths):
-    for op, args in _op_samples(lengths, reverse=True, requires_grad=False):
+def test_opcheck_backward_ops(lengths, device):
+    for op, args in _op_samples(lengths, reverse=True, requires_grad=False, device=device):
         outs = op(*args)
         name = op._schema.name.split("::")[1].replace("_forward", "")
         ops = torch.ops.fusedrnn
@@ -207,10 +212,11 @@ def test_opcheck_backward_ops(lengths):
             torch.library.opcheck(ops.lstm_backward.default, bargs)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("lengths", [False, True])
 @pytest.mark.parametrize("reverse", [False, True])
-def test_gradcheck_ops(lengths, reverse):
-    for op, args in _op_samples(lengths, reverse):
+def test_gradcheck_ops(lengths, reverse, device):
+    for op, args in _op_samples(lengths, reverse, device=device):
         # differentiate the user-visible outputs (output, h_n[, c_n]), not the workspaces
         n_visible = 3 if op is torch.ops.fusedrnn.lstm_forward.default else 2
         tensor_idx = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor) and a.requires_grad]
@@ -286,10 +292,11 @@ class _Model(nn.Module):
         return self.head(hc).sum() + h.sum()
 
 
-def test_torch_compile_fullgraph_matches_eager():
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_compile_fullgraph_matches_eager(device):
     torch.manual_seed(0)
-    model = _Model()
-    x = torch.randn(2, 7, 3)
+    model = _Model().to(device)
+    x = torch.randn(2, 7, 3, device=device)
     eager_loss = model(x)
     eager_grads = torch.autograd.grad(eager_loss, list(model.parameters()))
     compiled = torch.compile(model, fullgraph=True)

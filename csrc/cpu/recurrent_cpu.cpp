@@ -16,6 +16,7 @@
 
 #include "../gate_math.h"
 #include "../op_checks.h"
+#include "../op_helpers.h"
 #include "packed_gemm.h"
 #include "row_kernels.h"
 
@@ -24,34 +25,6 @@ namespace cpu {
 namespace {
 
 using at::Tensor;
-
-// Which time slot batch row b works on at step s. Rows run lengths[b] steps (all T without
-// lengths); afterwards they are inactive: state frozen, and step s zeroes the padded slot s
-// (s >= lengths[b]), so every slot of every row is written exactly once.
-struct Schedule {
-  int64_t T;
-  bool reverse;
-  const int64_t* lengths;  // (B) or nullptr
-
-  bool active(int64_t s, int64_t b) const { return lengths == nullptr || s < lengths[b]; }
-  int64_t slot(int64_t s, int64_t b) const {
-    if (!reverse || !active(s, b)) return s;
-    return (lengths ? lengths[b] : T) - 1 - s;
-  }
-};
-
-Schedule make_schedule(int64_t T, bool reverse, const std::optional<Tensor>& lengths) {
-  const int64_t* lens = nullptr;
-  if (lengths.has_value()) {
-    TORCH_CHECK(lengths->device().is_cpu(), "fusedrnn: lengths must be on the CPU for a CPU op");
-    lens = lengths->data_ptr<int64_t>();
-    for (int64_t b = 0; b < lengths->numel(); ++b) {
-      TORCH_CHECK(lens[b] >= 0 && lens[b] <= T, "fusedrnn: lengths[", b, "] = ", lens[b],
-                  " is outside [0, ", T, "]");
-    }
-  }
-  return Schedule{T, reverse, lens};
-}
 
 // Runs fn(b) for every batch row, in parallel when a step has enough work to pay for threads.
 template <typename Fn>
@@ -71,17 +44,6 @@ void zero_row(T* dst, int64_t n) {
   std::fill(dst, dst + n, T(0));
 }
 
-// A workspace output: (T, B, width) when saved, (0) otherwise.
-Tensor workspace(bool save, const Tensor& like, int64_t T, int64_t B, int64_t width) {
-  return save ? at::empty({T, B, width}, like.options()) : at::empty({0}, like.options());
-}
-
-// grad_w = grad_rows^T · inputs over all (time, batch) rows: the one weight GEMM of backward.
-Tensor weight_grad(const Tensor& grad_rows, const Tensor& inputs) {
-  return at::mm(grad_rows.reshape({-1, grad_rows.size(-1)}).t(),
-                inputs.reshape({-1, inputs.size(-1)}));
-}
-
 // ============================================================================ RNN (tanh / relu)
 
 std::tuple<Tensor, Tensor, Tensor> rnn_forward(const Tensor& xproj_in, const Tensor& h0_in,
@@ -90,7 +52,7 @@ std::tuple<Tensor, Tensor, Tensor> rnn_forward(const Tensor& xproj_in, const Ten
                                                bool relu, bool save_workspace) {
   const LayerSizes sz = check_forward_inputs(xproj_in, 1, h0_in, w_hh_in, std::nullopt, lengths);
   const int64_t T = sz.T, B = sz.B, H = sz.H;
-  const Schedule sched = make_schedule(T, reverse, lengths);
+  const Schedule sched = make_schedule(T, reverse, lengths, xproj_in);
   const Tensor xproj = xproj_in.contiguous(), w_hh = w_hh_in.contiguous();
 
   Tensor output = at::empty({T, B, H}, xproj.options());
@@ -137,7 +99,7 @@ std::tuple<Tensor, Tensor, Tensor> rnn_backward(const Tensor& grad_output_in,
   TORCH_CHECK(hprev_in.dim() == 3, "fusedrnn: backward needs the forward's workspace "
               "(run forward with save_workspace=True)");
   check_tensor(hprev_in, output_in, "hprev", {T, B, H});
-  const Schedule sched = make_schedule(T, reverse, lengths);
+  const Schedule sched = make_schedule(T, reverse, lengths, w_hh_in);
   const Tensor grad_output = grad_output_in.contiguous(), w_hh = w_hh_in.contiguous(),
                output = output_in.contiguous(), hprev = hprev_in.contiguous();
 
@@ -184,7 +146,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(const Tensor& xproj_in, c
   const LayerSizes sz = check_forward_inputs(xproj_in, 3, h0_in, w_hh_in, std::nullopt, lengths);
   const int64_t T = sz.T, B = sz.B, H = sz.H;
   if (b_hh_in.has_value()) check_tensor(*b_hh_in, xproj_in, "b_hh", {3 * H});
-  const Schedule sched = make_schedule(T, reverse, lengths);
+  const Schedule sched = make_schedule(T, reverse, lengths, xproj_in);
   const Tensor xproj = xproj_in.contiguous(), w_hh = w_hh_in.contiguous();
   const Tensor b_hh = b_hh_in.has_value() ? b_hh_in->contiguous() : at::zeros({3 * H}, xproj.options());
 
@@ -240,7 +202,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
   check_tensor(w_hh_in, hprev_in, "w_hh", {3 * H, H});
   check_tensor(gates_in, hprev_in, "gates", {T, B, 4 * H});
   check_lengths(lengths, B);
-  const Schedule sched = make_schedule(T, reverse, lengths);
+  const Schedule sched = make_schedule(T, reverse, lengths, w_hh_in);
   const Tensor grad_output = grad_output_in.contiguous(), w_hh = w_hh_in.contiguous(),
                gates_ws = gates_in.contiguous(), hprev = hprev_in.contiguous();
 
@@ -290,7 +252,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
   const int64_t T = sz.T, B = sz.B, H = sz.H, P = sz.P;
   check_tensor(c0_in, xproj_in, "c0", {B, H});
   const bool proj = w_hr_in.has_value();
-  const Schedule sched = make_schedule(T, reverse, lengths);
+  const Schedule sched = make_schedule(T, reverse, lengths, xproj_in);
   const Tensor xproj = xproj_in.contiguous(), w_hh = w_hh_in.contiguous();
   const Tensor w_hr = proj ? w_hr_in->contiguous() : Tensor();
 
@@ -384,7 +346,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
   check_tensor(cells_in, gates_in, "cells", {T, B, H});
   check_tensor(prev_cells_in, gates_in, "prev_cells", {T, B, H});
   check_tensor(hprev_in, gates_in, "hprev", {T, B, P});
-  const Schedule sched = make_schedule(T, reverse, lengths);
+  const Schedule sched = make_schedule(T, reverse, lengths, w_hh_in);
   const Tensor grad_output = grad_output_in.contiguous(), w_hh = w_hh_in.contiguous(),
                gates_ws = gates_in.contiguous(), cells = cells_in.contiguous(),
                prev_cells = prev_cells_in.contiguous(), hprev = hprev_in.contiguous();

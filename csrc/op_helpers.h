@@ -1,0 +1,42 @@
+// Host-side pieces every backend's time loops share: the schedule from the lengths argument,
+// workspace outputs, and the one weight-gradient GEMM of backward.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+
+#include "schedule.h"
+
+namespace fusedrnn {
+
+// lengths (B) int64, on the op's device (checked by check_lengths). On the CPU every value is
+// validated; a CUDA op cannot read them without a host sync, so there Schedule clamps them.
+inline Schedule make_schedule(int64_t T, bool reverse, const std::optional<at::Tensor>& lengths,
+                              const at::Tensor& like) {
+  if (!lengths.has_value()) return Schedule{T, reverse, nullptr};
+  TORCH_CHECK(lengths->device() == like.device(), "fusedrnn: lengths must be on ", like.device(),
+              " like the input, got ", lengths->device());
+  const int64_t* lens = lengths->data_ptr<int64_t>();
+  if (lengths->device().is_cpu()) {
+    for (int64_t b = 0; b < lengths->numel(); ++b) {
+      TORCH_CHECK(lens[b] >= 0 && lens[b] <= T, "fusedrnn: lengths[", b, "] = ", lens[b],
+                  " is outside [0, ", T, "]");
+    }
+  }
+  return Schedule{T, reverse, lens};
+}
+
+// A workspace output: (T, B, width) when saved, (0) otherwise.
+inline at::Tensor workspace(bool save, const at::Tensor& like, int64_t T, int64_t B,
+                            int64_t width) {
+  return save ? at::empty({T, B, width}, like.options()) : at::empty({0}, like.options());
+}
+
+// grad_w = grad_rows^T · inputs over all (time, batch) rows: the one weight GEMM of backward.
+inline at::Tensor weight_grad(const at::Tensor& grad_rows, const at::Tensor& inputs) {
+  return at::mm(grad_rows.reshape({-1, grad_rows.size(-1)}).t(),
+                inputs.reshape({-1, inputs.size(-1)}));
+}
+
+}  // namespace fusedrnn

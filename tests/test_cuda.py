@@ -1,0 +1,76 @@
+"""CUDA-only behaviour (skipped without a GPU). The shared tests (equivalence grid, cells, opcheck,
+gradcheck, compile) already run on CUDA through helpers.DEVICES; this file adds what only CUDA
+has: half types, autocast, device-side lengths, no host synchronisation."""
+import pytest
+import torch
+
+import fusedrnn
+from helpers import CELLS, RULE_ATOL, Case, check_case, cuda_only, make_pair
+
+pytestmark = cuda_only
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("kind", ["batched", "packed_unsorted"])
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_half_types_match_torch_nn(cell, kind, dtype):
+    check_case(Case(cell, num_layers=2, bidirectional=True, input_kind=kind, H=16), dtype, "cuda")
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_larger_shapes_cuda(cell):
+    check_case(Case(cell, T=50, B=64, I=96, H=256, num_layers=2, bidirectional=True,
+                    input_kind="packed_unsorted"), torch.float32, "cuda", seed=11)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("cell", ["gru", "lstm", "lstm_proj"])
+def test_autocast_runs_in_the_autocast_dtype(cell, dtype):
+    """Under torch.autocast("cuda") the stack runs in the autocast dtype, like torch.nn's cuDNN
+    path: same output dtypes, and errors against fp64 within the rule."""
+    case = Case(cell, num_layers=2, T=8, B=4, I=8, H=32)
+    ref, fused = make_pair(case, torch.float32, "cuda")
+    x = torch.randn(case.T, case.B, case.I, device="cuda")
+    with torch.autocast("cuda", dtype=dtype):
+        out_f, hid_f = fused(x)
+        out_t, hid_t = ref(x)
+    assert out_f.dtype == out_t.dtype == dtype
+    ref64 = ref.to("cpu", torch.float64)
+    out_r, _ = ref64(x.double().cpu())
+    fused_err = (out_f.double().cpu() - out_r).abs().max().item()
+    torch_err = (out_t.double().cpu() - out_r).abs().max().item()
+    assert fused_err <= 2 * torch_err + RULE_ATOL[dtype] * max(1.0, out_r.abs().max().item())
+
+
+def test_out_of_range_lengths_are_clamped_not_read_out_of_bounds():
+    """CUDA ops cannot validate lengths without a host sync; they clamp to [0, T] instead."""
+    T, B, H = 6, 3, 5
+    xproj, h0, w = (torch.randn(T, B, H, device="cuda"), torch.randn(B, H, device="cuda"),
+                    torch.randn(H, H, device="cuda"))
+    bad = torch.tensor([T + 7, -4, 2], device="cuda")
+    clamped = torch.tensor([T, 0, 2], device="cuda")
+    got = torch.ops.fusedrnn.rnn_forward(xproj, h0, w, bad, True, False, False)
+    want = torch.ops.fusedrnn.rnn_forward(xproj, h0, w, clamped, True, False, False)
+    torch.cuda.synchronize()
+    for a, b in zip(got[:2], want[:2]):
+        assert torch.equal(a, b)
+
+
+def test_lengths_on_another_device_are_rejected():
+    x, h, w = (torch.randn(4, 2, 3, device="cuda"), torch.randn(2, 3, device="cuda"),
+               torch.randn(3, 3, device="cuda"))
+    with pytest.raises(RuntimeError, match="lengths must be on cuda"):
+        torch.ops.fusedrnn.rnn_forward(x, h, w, torch.tensor([4, 2]), False, False, False)
+
+
+@pytest.mark.parametrize("name", ["RNN", "GRU", "LSTM"])
+def test_forward_backward_never_synchronizes_the_host(name):
+    m = getattr(fusedrnn, name)(8, 16, num_layers=2).cuda()
+    x = torch.randn(10, 4, 8, device="cuda", requires_grad=True)
+    m(x)  # warm-up: first calls may initialise cuBLAS
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out, _ = m(x)
+        out.sum().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
