@@ -28,7 +28,17 @@ def _cuda_build_reason():
         return False, f"torch {torch.__version__} is a CPU-only build"
     if cpp_extension.CUDA_HOME is None:
         return False, "nvcc not found (set CUDA_HOME)"
-    return True, f"torch CUDA {torch.version.cuda}, nvcc at {cpp_extension.CUDA_HOME}"
+    return True, f"torch CUDA {torch.version.cuda}, CUDA_HOME {cpp_extension.CUDA_HOME}"
+
+
+def _nvidia_wheel_includes():
+    """Headers of pip-installed CUDA libraries (nvidia-cublas, -cusparse, ...: nvidia/*/include).
+    torch's CUDA headers include cusparse.h & co., which a runtime-only toolkit does not ship."""
+    try:
+        import nvidia
+    except ImportError:
+        return []
+    return sorted(d for root in nvidia.__path__ for d in glob.glob(os.path.join(root, "*", "include")))
 
 
 def _extension():
@@ -47,10 +57,9 @@ def _extension():
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
     print(f"fusedrnn: building CPU + CUDA ({why}; archs {os.environ['TORCH_CUDA_ARCH_LIST']})")
     nvcc_flags = ["-O3", "-std=c++20", "--expt-relaxed-constexpr", "-lineinfo"]
+    common["include_dirs"] += _nvidia_wheel_includes()
     return CUDAExtension(sources=sources + _sources("csrc/cuda/*.cpp") + _sources("csrc/cuda/*.cu"),
-                         extra_compile_args={"cxx": cxx_flags,
-                                             "nvcc": nvcc_flags},
-                         **common)
+                         extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags}, **common)
 
 
 setup(

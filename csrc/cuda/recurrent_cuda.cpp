@@ -1,13 +1,13 @@
 // CUDA time loops of one layer and one direction, forward and backward, for RNN, GRU and LSTM:
-// the simple design. Per step: one GEMM on torch's current cuBLAS handle and stream
-// (at::cuda::blas::gemm: honours torch's TF32 / reduced-precision settings; half types
-// accumulate in fp32), then ONE fused pointwise kernel (step_kernels.cu). Backward likewise, with
+// the simple design. Per step: one GEMM through at::mm_out / addmm_ (torch's current cuBLAS handle
+// and stream, torch's TF32 / reduced-precision settings, fp32 accumulation for half types;
+// at::cuda::blas::gemm is not exported to extensions), then ONE fused pointwise kernel
+// (step_kernels.cu). Backward likewise, with
 // weight gradients as one GEMM at the end. No host synchronisation, no private stream or handle.
 // Shapes and workspaces are documented with the schemas in csrc/ops.cpp; the loops mirror
 // csrc/cpu/recurrent_cpu.cpp step for step.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
-#include <ATen/cuda/CUDABlas.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -37,22 +37,18 @@ Dtype dtype_of(const Tensor& t) {
   }
 }
 
-// C[M, N] = A[M, K] · op(W) + beta · C, row-major; op(W) = W^T for W stored [N, K]
-// (transposed) or W for W stored [K, N]. cuBLAS is column-major: C^T = op(W)^T · A^T.
-template <typename T>
-void gemm_rowmajor(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* W,
-                   bool transposed, double beta, T* C, int64_t ldc) {
-  if (M == 0 || N == 0) return;
-  using Acc = at::opmath_type<T>;
-  at::cuda::blas::gemm<T>(transposed ? 't' : 'n', 'n', N, M, K, Acc(1), W, transposed ? K : N, A,
-                          lda, Acc(beta), C, ldc);
+// C (+)= A · op(W) on torch's current stream; op(W) = W^T when transposed. C may be a view.
+void step_gemm(Tensor C, const Tensor& A, const Tensor& W, bool transposed, bool accumulate) {
+  const Tensor w = transposed ? W.t() : W;
+  if (accumulate) {
+    C.addmm_(A, w);
+  } else {
+    at::mm_out(C, A, w);
+  }
 }
 
-// Pointer into a ping-pong pair of (rows, width) buffers.
-template <typename T>
-T* slot_of(const Tensor& pair, int64_t which, int64_t rows, int64_t width) {
-  return pair.data_ptr<T>() + (which & 1) * rows * width;
-}
+// One half of a ping-pong pair (2, rows, width): step s reads half s and writes half s + 1.
+Tensor half_of(const Tensor& pair, int64_t s) { return pair.select(0, s & 1); }
 
 template <typename T>
 T* ptr_or_null(const Tensor& t) {
@@ -84,13 +80,12 @@ std::tuple<Tensor, Tensor, Tensor> rnn_forward(const Tensor& xproj_in, const Ten
 
   FUSEDRNN_DISPATCH(xproj, "fusedrnn::rnn_forward_cuda", [&] {
     for (int64_t s = 0; s < T; ++s) {
-      scalar_t* h_cur = slot_of<scalar_t>(state, s, B, H);
-      gemm_rowmajor<scalar_t>(B, H, H, h_cur, H, w_hh.data_ptr<scalar_t>(), true, 0,
-                              pre_h.data_ptr<scalar_t>(), H);
+      const Tensor h_cur = half_of(state, s);
+      step_gemm(pre_h, h_cur, w_hh, /*transposed=*/true, /*accumulate=*/false);
       const RnnForwardStep p{{sched, s, B, H}, relu, xproj.data_ptr<scalar_t>(),
-                             pre_h.data_ptr<scalar_t>(), h_cur,
-                             slot_of<scalar_t>(state, s + 1, B, H), output.data_ptr<scalar_t>(),
-                             ptr_or_null<scalar_t>(hprev)};
+                             pre_h.data_ptr<scalar_t>(), h_cur.data_ptr<scalar_t>(),
+                             half_of(state, s + 1).data_ptr<scalar_t>(),
+                             output.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(hprev)};
       C10_CUDA_CHECK(rnn_forward_step(p, dtype, stream));
     }
   });
@@ -122,15 +117,15 @@ std::tuple<Tensor, Tensor, Tensor> rnn_backward(const Tensor& grad_output_in,
 
   FUSEDRNN_DISPATCH(output, "fusedrnn::rnn_backward_cuda", [&] {
     for (int64_t step = 0; step < T; ++step) {
-      scalar_t* dh_prev = slot_of<scalar_t>(carry, step + 1, B, H);
+      const Tensor dh_prev = half_of(carry, step + 1);
       const RnnBackwardStep p{{sched, T - 1 - step, B, H}, relu, output.data_ptr<scalar_t>(),
                               grad_output.data_ptr<scalar_t>(),
-                              slot_of<scalar_t>(carry, step, B, H), dh_prev,
-                              grad_pre.data_ptr<scalar_t>(), grad_xproj.data_ptr<scalar_t>()};
+                              half_of(carry, step).data_ptr<scalar_t>(),
+                              dh_prev.data_ptr<scalar_t>(), grad_pre.data_ptr<scalar_t>(),
+                              grad_xproj.data_ptr<scalar_t>()};
       C10_CUDA_CHECK(rnn_backward_step(p, dtype, stream));
       // d h_{t-1} += d pre · W_hh   (inactive rows have d pre = 0 and pass d h through)
-      gemm_rowmajor<scalar_t>(B, H, H, grad_pre.data_ptr<scalar_t>(), H,
-                              w_hh.data_ptr<scalar_t>(), false, 1, dh_prev, H);
+      step_gemm(dh_prev, grad_pre, w_hh, /*transposed=*/false, /*accumulate=*/true);
     }
   });
   return {grad_xproj, carry[T & 1].clone(), weight_grad(grad_xproj, hprev)};
@@ -163,13 +158,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(const Tensor& xproj_in, c
 
   FUSEDRNN_DISPATCH(xproj, "fusedrnn::gru_forward_cuda", [&] {
     for (int64_t s = 0; s < T; ++s) {
-      scalar_t* h_cur = slot_of<scalar_t>(state, s, B, H);
-      gemm_rowmajor<scalar_t>(B, 3 * H, H, h_cur, H, w_hh.data_ptr<scalar_t>(), true, 0,
-                              pre_h.data_ptr<scalar_t>(), 3 * H);
+      const Tensor h_cur = half_of(state, s);
+      step_gemm(pre_h, h_cur, w_hh, /*transposed=*/true, /*accumulate=*/false);
       const GruForwardStep p{{sched, s, B, H}, xproj.data_ptr<scalar_t>(),
-                             pre_h.data_ptr<scalar_t>(), b_hh.data_ptr<scalar_t>(), h_cur,
-                             slot_of<scalar_t>(state, s + 1, B, H), output.data_ptr<scalar_t>(),
-                             ptr_or_null<scalar_t>(gates_ws), ptr_or_null<scalar_t>(hprev)};
+                             pre_h.data_ptr<scalar_t>(), b_hh.data_ptr<scalar_t>(),
+                             h_cur.data_ptr<scalar_t>(), half_of(state, s + 1).data_ptr<scalar_t>(),
+                             output.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(gates_ws),
+                             ptr_or_null<scalar_t>(hprev)};
       C10_CUDA_CHECK(gru_forward_step(p, dtype, stream));
     }
   });
@@ -203,15 +198,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
 
   FUSEDRNN_DISPATCH(hprev, "fusedrnn::gru_backward_cuda", [&] {
     for (int64_t step = 0; step < T; ++step) {
-      scalar_t* dh_prev = slot_of<scalar_t>(carry, step + 1, B, H);
+      const Tensor dh_prev = half_of(carry, step + 1);
       const GruBackwardStep p{{sched, T - 1 - step, B, H}, gates_ws.data_ptr<scalar_t>(),
                               hprev.data_ptr<scalar_t>(), grad_output.data_ptr<scalar_t>(),
-                              slot_of<scalar_t>(carry, step, B, H), dh_prev,
-                              grad_xproj.data_ptr<scalar_t>(), grad_hproj.data_ptr<scalar_t>(),
-                              grad_step.data_ptr<scalar_t>()};
+                              half_of(carry, step).data_ptr<scalar_t>(),
+                              dh_prev.data_ptr<scalar_t>(), grad_xproj.data_ptr<scalar_t>(),
+                              grad_hproj.data_ptr<scalar_t>(), grad_step.data_ptr<scalar_t>()};
       C10_CUDA_CHECK(gru_backward_step(p, dtype, stream));
-      gemm_rowmajor<scalar_t>(B, H, 3 * H, grad_step.data_ptr<scalar_t>(), 3 * H,
-                              w_hh.data_ptr<scalar_t>(), false, 1, dh_prev, H);
+      step_gemm(dh_prev, grad_step, w_hh, /*transposed=*/false, /*accumulate=*/true);
     }
   });
   return {grad_xproj, carry[T & 1].clone(), weight_grad(grad_hproj, hprev),
@@ -249,23 +243,22 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
 
   FUSEDRNN_DISPATCH(xproj, "fusedrnn::lstm_forward_cuda", [&] {
     for (int64_t s = 0; s < T; ++s) {
-      scalar_t* h_cur = slot_of<scalar_t>(h_state, s, B, P);
-      scalar_t* h_next = slot_of<scalar_t>(h_state, s + 1, B, P);
-      gemm_rowmajor<scalar_t>(B, 4 * H, P, h_cur, P, w_hh.data_ptr<scalar_t>(), true, 0,
-                              pre_h.data_ptr<scalar_t>(), 4 * H);
+      const Tensor h_cur = half_of(h_state, s), h_next = half_of(h_state, s + 1);
+      step_gemm(pre_h, h_cur, w_hh, /*transposed=*/true, /*accumulate=*/false);
       const LstmForwardStep p{{sched, s, B, H}, P, proj, xproj.data_ptr<scalar_t>(),
-                              pre_h.data_ptr<scalar_t>(), h_cur, h_next,
-                              slot_of<scalar_t>(c_state, s, B, H),
-                              slot_of<scalar_t>(c_state, s + 1, B, H), output.data_ptr<scalar_t>(),
+                              pre_h.data_ptr<scalar_t>(), h_cur.data_ptr<scalar_t>(),
+                              h_next.data_ptr<scalar_t>(), half_of(c_state, s).data_ptr<scalar_t>(),
+                              half_of(c_state, s + 1).data_ptr<scalar_t>(),
+                              output.data_ptr<scalar_t>(),
                               ptr_or_null<scalar_t>(unprojected), ptr_or_null<scalar_t>(gates_ws),
                               ptr_or_null<scalar_t>(cells_ws), ptr_or_null<scalar_t>(prev_cells_ws),
                               ptr_or_null<scalar_t>(hprev)};
       C10_CUDA_CHECK(lstm_forward_step(p, dtype, stream));
       if (proj) {
         // h_t = W_hr (o*tanh(c_t)); inactive rows keep h_{t-1}.
-        gemm_rowmajor<scalar_t>(B, P, H, unprojected.data_ptr<scalar_t>(), H,
-                                w_hr.data_ptr<scalar_t>(), true, 0, h_next, P);
-        const LstmProjectionStep q{{sched, s, B, H}, P, h_cur, h_next, output.data_ptr<scalar_t>()};
+        step_gemm(h_next, unprojected, w_hr, /*transposed=*/true, /*accumulate=*/false);
+        const LstmProjectionStep q{{sched, s, B, H}, P, h_cur.data_ptr<scalar_t>(),
+                                   h_next.data_ptr<scalar_t>(), output.data_ptr<scalar_t>()};
         C10_CUDA_CHECK(lstm_projection_step(q, dtype, stream));
       }
     }
@@ -313,28 +306,26 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
   FUSEDRNN_DISPATCH(hprev, "fusedrnn::lstm_backward_cuda", [&] {
     for (int64_t step = 0; step < T; ++step) {
       const int64_t s = T - 1 - step;
-      scalar_t* dh = slot_of<scalar_t>(carry, step, B, P);
-      scalar_t* dh_prev = slot_of<scalar_t>(carry, step + 1, B, P);
+      scalar_t* dh = half_of(carry, step).data_ptr<scalar_t>();
+      const Tensor dh_prev = half_of(carry, step + 1);
       if (proj) {
         const LstmBackwardProjectionStep q{{sched, s, B, H}, P, grad_output.data_ptr<scalar_t>(),
                                            dh, grad_h_step.data_ptr<scalar_t>(),
                                            grad_h_all.data_ptr<scalar_t>()};
         C10_CUDA_CHECK(lstm_backward_projection_step(q, dtype, stream));
         // d(o*tanh(c_t)) = d h_t · W_hr
-        gemm_rowmajor<scalar_t>(B, H, P, grad_h_step.data_ptr<scalar_t>(), P,
-                                w_hr.data_ptr<scalar_t>(), false, 0,
-                                grad_unproj.data_ptr<scalar_t>(), H);
+        step_gemm(grad_unproj, grad_h_step, w_hr, /*transposed=*/false, /*accumulate=*/false);
       }
       const LstmBackwardStep p{{sched, s, B, H}, P, proj, gates_ws.data_ptr<scalar_t>(),
                                cells.data_ptr<scalar_t>(), prev_cells.data_ptr<scalar_t>(),
                                grad_output.data_ptr<scalar_t>(), dh,
                                ptr_or_null<scalar_t>(grad_unproj), grad_c.data_ptr<scalar_t>(),
                                grad_step.data_ptr<scalar_t>(), grad_xproj.data_ptr<scalar_t>(),
-                               ptr_or_null<scalar_t>(unprojected_all), dh_prev};
+                               ptr_or_null<scalar_t>(unprojected_all),
+                               dh_prev.data_ptr<scalar_t>()};
       C10_CUDA_CHECK(lstm_backward_step(p, dtype, stream));
       // d h_{t-1} += d gates · W_hh   (inactive rows have zero gate grads and pass d h through)
-      gemm_rowmajor<scalar_t>(B, P, 4 * H, grad_step.data_ptr<scalar_t>(), 4 * H,
-                              w_hh.data_ptr<scalar_t>(), false, 1, dh_prev, P);
+      step_gemm(dh_prev, grad_step, w_hh, /*transposed=*/false, /*accumulate=*/true);
     }
   });
   Tensor grad_w_hr = proj ? weight_grad(grad_h_all, unprojected_all)
