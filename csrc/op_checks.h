@@ -47,11 +47,60 @@ inline LayerSizes check_forward_inputs(const at::Tensor& xproj, int64_t num_gate
   check_tensor(w_hh, xproj, "w_hh", {num_gates * s.H, s.P});
   if (w_hr.has_value()) {
     check_tensor(*w_hr, xproj, "w_hr", {s.P, s.H});
+    // As torch.nn requires (proj_size < hidden_size); the kernels write h rows within H lanes.
+    TORCH_CHECK(s.P < s.H, "fusedrnn: w_hr must project to fewer than H = ", s.H,
+                " features, got P = ", s.P);
   } else {
     TORCH_CHECK(s.P == s.H, "fusedrnn: w_hh must be (G*H, H) without w_hr, got ", w_hh.sizes());
   }
   check_tensor(h0, xproj, "h0", {s.B, s.P});
   check_lengths(lengths, s.B);
+  return s;
+}
+
+inline void check_workspace_saved(const at::Tensor& a, const at::Tensor& b) {
+  TORCH_CHECK(a.dim() == 3 && b.dim() == 3, "fusedrnn: backward needs the forward's workspace "
+              "(run forward with save_workspace=True)");
+}
+
+// The backward ops' arguments (shapes in csrc/ops.cpp); sizes read from the forward's tensors.
+inline LayerSizes check_rnn_backward_inputs(const at::Tensor& grad_output,
+                                            const at::Tensor& grad_h_n, const at::Tensor& w_hh,
+                                            const at::Tensor& output, const at::Tensor& hprev,
+                                            const std::optional<at::Tensor>& lengths) {
+  const LayerSizes s = check_forward_inputs(output, 1, grad_h_n, w_hh, std::nullopt, lengths);
+  check_tensor(grad_output, output, "grad_output", {s.T, s.B, s.H});
+  check_workspace_saved(hprev, output);
+  check_tensor(hprev, output, "hprev", {s.T, s.B, s.H});
+  return s;
+}
+
+inline LayerSizes check_gru_backward_inputs(const at::Tensor& grad_output,
+                                            const at::Tensor& grad_h_n, const at::Tensor& w_hh,
+                                            const at::Tensor& gates, const at::Tensor& hprev,
+                                            const std::optional<at::Tensor>& lengths) {
+  check_workspace_saved(hprev, gates);
+  const LayerSizes s{hprev.size(0), hprev.size(1), hprev.size(2), hprev.size(2)};
+  check_tensor(grad_output, hprev, "grad_output", {s.T, s.B, s.H});
+  check_tensor(grad_h_n, hprev, "grad_h_n", {s.B, s.H});
+  check_tensor(w_hh, hprev, "w_hh", {3 * s.H, s.H});
+  check_tensor(gates, hprev, "gates", {s.T, s.B, 4 * s.H});
+  check_lengths(lengths, s.B);
+  return s;
+}
+
+inline LayerSizes check_lstm_backward_inputs(
+    const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& grad_c_n,
+    const at::Tensor& w_hh, const std::optional<at::Tensor>& w_hr, const at::Tensor& gates,
+    const at::Tensor& cells, const at::Tensor& prev_cells, const at::Tensor& hprev,
+    const std::optional<at::Tensor>& lengths) {
+  check_workspace_saved(gates, hprev);
+  const LayerSizes s = check_forward_inputs(gates, 4, grad_h_n, w_hh, w_hr, lengths);
+  check_tensor(grad_output, gates, "grad_output", {s.T, s.B, s.P});
+  check_tensor(grad_c_n, gates, "grad_c_n", {s.B, s.H});
+  check_tensor(cells, gates, "cells", {s.T, s.B, s.H});
+  check_tensor(prev_cells, gates, "prev_cells", {s.T, s.B, s.H});
+  check_tensor(hprev, gates, "hprev", {s.T, s.B, s.P});
   return s;
 }
 

@@ -331,3 +331,12 @@ def test_module_to_and_functional_call():
     out_f = torch.func.functional_call(fused, params, (x,))[0]
     out_r = torch.func.functional_call(ref, params, (x,))[0]
     assert torch.allclose(out_f, out_r, atol=1e-10)
+
+
+def test_op_rejects_projection_not_smaller_than_hidden():
+    """proj_size must be < hidden_size (torch.nn's rule); the ops enforce it too."""
+    T, B, H, P = 3, 2, 4, 5
+    with pytest.raises(RuntimeError, match="fewer than H = 4"):
+        torch.ops.fusedrnn.lstm_forward(torch.randn(T, B, 4 * H), torch.randn(B, P),
+                                        torch.randn(B, H), torch.randn(4 * H, P),
+                                        torch.randn(P, H), None, False, False)

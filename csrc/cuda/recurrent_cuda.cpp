@@ -97,12 +97,9 @@ std::tuple<Tensor, Tensor, Tensor> rnn_backward(const Tensor& grad_output_in,
                                                 const Tensor& output_in, const Tensor& hprev_in,
                                                 const std::optional<Tensor>& lengths,
                                                 bool reverse, bool relu) {
-  const LayerSizes sz = check_forward_inputs(output_in, 1, grad_h_n, w_hh_in, std::nullopt, lengths);
+  const LayerSizes sz =
+      check_rnn_backward_inputs(grad_output_in, grad_h_n, w_hh_in, output_in, hprev_in, lengths);
   const int64_t T = sz.T, B = sz.B, H = sz.H;
-  check_tensor(grad_output_in, output_in, "grad_output", {T, B, H});
-  TORCH_CHECK(hprev_in.dim() == 3, "fusedrnn: backward needs the forward's workspace "
-              "(run forward with save_workspace=True)");
-  check_tensor(hprev_in, output_in, "hprev", {T, B, H});
   const c10::cuda::CUDAGuard guard(output_in.device());
   const Schedule sched = make_schedule(T, reverse, lengths, output_in);
   const Tensor grad_output = grad_output_in.contiguous(), w_hh = w_hh_in.contiguous(),
@@ -175,14 +172,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
     const Tensor& grad_output_in, const Tensor& grad_h_n, const Tensor& w_hh_in,
     const Tensor& gates_in, const Tensor& hprev_in, const std::optional<Tensor>& lengths,
     bool reverse) {
-  TORCH_CHECK(hprev_in.dim() == 3 && gates_in.dim() == 3, "fusedrnn: backward needs the "
-              "forward's workspace (run forward with save_workspace=True)");
-  const int64_t T = hprev_in.size(0), B = hprev_in.size(1), H = hprev_in.size(2);
-  check_tensor(grad_output_in, hprev_in, "grad_output", {T, B, H});
-  check_tensor(grad_h_n, hprev_in, "grad_h_n", {B, H});
-  check_tensor(w_hh_in, hprev_in, "w_hh", {3 * H, H});
-  check_tensor(gates_in, hprev_in, "gates", {T, B, 4 * H});
-  check_lengths(lengths, B);
+  const LayerSizes sz =
+      check_gru_backward_inputs(grad_output_in, grad_h_n, w_hh_in, gates_in, hprev_in, lengths);
+  const int64_t T = sz.T, B = sz.B, H = sz.H;
   const c10::cuda::CUDAGuard guard(hprev_in.device());
   const Schedule sched = make_schedule(T, reverse, lengths, hprev_in);
   const Tensor grad_output = grad_output_in.contiguous(), w_hh = w_hh_in.contiguous(),
@@ -272,17 +264,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
     const Tensor& w_hh_in, const std::optional<Tensor>& w_hr_in, const Tensor& gates_in,
     const Tensor& cells_in, const Tensor& prev_cells_in, const Tensor& hprev_in,
     const std::optional<Tensor>& lengths, bool reverse) {
-  TORCH_CHECK(gates_in.dim() == 3 && hprev_in.dim() == 3, "fusedrnn: backward needs the "
-              "forward's workspace (run forward with save_workspace=True)");
-  const int64_t T = gates_in.size(0), B = gates_in.size(1), H = gates_in.size(2) / 4,
-                P = hprev_in.size(2);
+  const LayerSizes sz = check_lstm_backward_inputs(grad_output_in, grad_h_n, grad_c_n, w_hh_in,
+                                                   w_hr_in, gates_in, cells_in, prev_cells_in,
+                                                   hprev_in, lengths);
+  const int64_t T = sz.T, B = sz.B, H = sz.H, P = sz.P;
   const bool proj = w_hr_in.has_value();
-  check_forward_inputs(gates_in, 4, grad_h_n, w_hh_in, w_hr_in, lengths);
-  check_tensor(grad_output_in, gates_in, "grad_output", {T, B, P});
-  check_tensor(grad_c_n, gates_in, "grad_c_n", {B, H});
-  check_tensor(cells_in, gates_in, "cells", {T, B, H});
-  check_tensor(prev_cells_in, gates_in, "prev_cells", {T, B, H});
-  check_tensor(hprev_in, gates_in, "hprev", {T, B, P});
   const c10::cuda::CUDAGuard guard(gates_in.device());
   const Schedule sched = make_schedule(T, reverse, lengths, gates_in);
   const Tensor grad_output = grad_output_in.contiguous(), w_hh = w_hh_in.contiguous(),

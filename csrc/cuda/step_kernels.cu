@@ -224,7 +224,6 @@ __global__ void lstm_projection_kernel(LstmProjectionStep p) {
 
 template <typename T>
 __global__ void lstm_backward_projection_kernel(LstmBackwardProjectionStep p) {
-  using A = typename Accumulate<T>::type;
   const int64_t B = p.at.B, P = p.P, s = p.at.s;
   FUSEDRNN_FOR_EACH_ELEMENT(B, P, b, j) {
     if (!p.at.sched.active(s, b)) {
