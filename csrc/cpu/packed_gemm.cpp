@@ -93,6 +93,37 @@ FUSEDRNN_AVX2 void kernel_6x16(int64_t kc, const float* A, int64_t lda, const fl
   if constexpr (MR > 5) store_row(C + 5 * ldc, lo5, hi5, ncols, accumulate);
 }
 
+// One row: C[1, ncols] (+)= A[1, kc] · panel[kc, 16], with the k sum split four ways. With one
+// row, kernel_6x16<1> has only 2 independent FMA chains and runs at FMA latency, not throughput
+// (4x slower at B=1, the seeds' size); 4 partial sums give 8 chains.
+FUSEDRNN_AVX2 void kernel_1x16_split_k(int64_t kc, const float* A, const float* panel, float* C,
+                                       int64_t ncols, bool accumulate) {
+  __m256 lo0 = _mm256_setzero_ps(), hi0 = lo0, lo1 = lo0, hi1 = lo0, lo2 = lo0, hi2 = lo0,
+         lo3 = lo0, hi3 = lo0;
+  int64_t k = 0;
+  for (; k + 4 <= kc; k += 4) {
+#define FUSEDRNN_SPLIT_FMA(i)                                                             \
+    {                                                                                     \
+      const __m256 a = _mm256_broadcast_ss(A + k + i);                                    \
+      lo##i = _mm256_fmadd_ps(a, _mm256_load_ps(panel + (k + i) * kPanelWidth), lo##i);     \
+      hi##i = _mm256_fmadd_ps(a, _mm256_load_ps(panel + (k + i) * kPanelWidth + 8), hi##i); \
+    }
+    FUSEDRNN_SPLIT_FMA(0)
+    FUSEDRNN_SPLIT_FMA(1)
+    FUSEDRNN_SPLIT_FMA(2)
+    FUSEDRNN_SPLIT_FMA(3)
+#undef FUSEDRNN_SPLIT_FMA
+  }
+  for (; k < kc; ++k) {
+    const __m256 a = _mm256_broadcast_ss(A + k);
+    lo0 = _mm256_fmadd_ps(a, _mm256_load_ps(panel + k * kPanelWidth), lo0);
+    hi0 = _mm256_fmadd_ps(a, _mm256_load_ps(panel + k * kPanelWidth + 8), hi0);
+  }
+  const __m256 lo = _mm256_add_ps(_mm256_add_ps(lo0, lo1), _mm256_add_ps(lo2, lo3));
+  const __m256 hi = _mm256_add_ps(_mm256_add_ps(hi0, hi1), _mm256_add_ps(hi2, hi3));
+  store_row(C, lo, hi, ncols, accumulate);
+}
+
 // All rows of A against one panel slice, in blocks of kRowBlock rows.
 FUSEDRNN_AVX2 void multiply_panel(int64_t M, int64_t kc, const float* A, int64_t lda,
                                   const float* panel, float* C, int64_t ldc, int64_t ncols,
@@ -103,12 +134,16 @@ FUSEDRNN_AVX2 void multiply_panel(int64_t M, int64_t kc, const float* A, int64_t
   }
   const float* a = A + m * lda;
   float* c = C + m * ldc;
+  if (M - m <= 2) {  // latency-bound with so few rows: split the k sum instead
+    for (; m < M; ++m) {
+      kernel_1x16_split_k(kc, A + m * lda, panel, C + m * ldc, ncols, accumulate);
+    }
+    return;
+  }
   switch (M - m) {
     case 5: kernel_6x16<5>(kc, a, lda, panel, c, ldc, ncols, accumulate); break;
     case 4: kernel_6x16<4>(kc, a, lda, panel, c, ldc, ncols, accumulate); break;
     case 3: kernel_6x16<3>(kc, a, lda, panel, c, ldc, ncols, accumulate); break;
-    case 2: kernel_6x16<2>(kc, a, lda, panel, c, ldc, ncols, accumulate); break;
-    case 1: kernel_6x16<1>(kc, a, lda, panel, c, ldc, ncols, accumulate); break;
     default: break;
   }
 }
@@ -122,6 +157,7 @@ PackedWeight<T>::PackedWeight(const T* w, int64_t N, int64_t K, bool transposed)
   if (!std::is_same_v<T, float> || !packed_gemm_available() || N == 0 || K == 0) return;
   packed_ = at::empty({num_panels(N), K, kPanelWidth}, at::kFloat);
   float* dst = packed_.data_ptr<float>();
+  packed_data_ = dst;
   const float* src = reinterpret_cast<const float*>(w);
   at::parallel_for(0, num_panels(N), std::max<int64_t>(1, kMinTaskMacs / (K * kPanelWidth)),
                    [&](int64_t begin, int64_t end) {
@@ -151,7 +187,7 @@ void PackedWeight<T>::multiply(int64_t M, const T* A, int64_t lda, T beta, T* C,
   }
 #if FUSEDRNN_HAVE_PACKED_KERNEL
   if constexpr (std::is_same_v<T, float>) {
-    const float* packed = packed_.data_ptr<float>();
+    const float* packed = packed_data_;
     const int64_t grain = std::max<int64_t>(1, kMinTaskMacs / (M * K_ * kPanelWidth));
     at::parallel_for(0, num_panels(N_), grain, [&](int64_t begin, int64_t end) {
       for (int64_t k0 = 0; k0 < K_; k0 += kDepthBlock) {

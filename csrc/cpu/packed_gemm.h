@@ -38,6 +38,7 @@ class PackedWeight {
   bool transposed_;
   const T* w_;       // unpacked W, used when packed_ is undefined
   at::Tensor packed_;  // (ceil(N/16), K, 16) float when the packed kernel is used
+  const float* packed_data_ = nullptr;  // packed_'s data (data_ptr costs ~20 ns: once, not per step)
 };
 
 }  // namespace cpu
