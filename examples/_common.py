@@ -7,6 +7,7 @@ import argparse
 import torch
 
 import fusedrnn
+from fusedrnn import report
 
 IMPLS = ("fused", "torch")
 
@@ -43,12 +44,7 @@ def parser(description: str, default_seed: int = 0) -> argparse.ArgumentParser:
 
 def save_plot(path: str, draw) -> None:
     """draw(plt) fills a figure; saved to path. Tells how to get matplotlib when it is missing."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise SystemExit("--plot needs matplotlib: pip install matplotlib") from None
+    plt = report.pyplot()
     draw(plt)
     plt.tight_layout()
     plt.savefig(path, dpi=110)

@@ -16,7 +16,7 @@ import time
 import torch
 
 from . import report
-from .verification import CELLS, Case, compare, make_pair
+from .verification import CELLS, Case, available_dtypes, compare, make_pair, worst
 
 # (T, B, I, H)
 SEED_SIZE = (300, 1, 1, 32)          # the seeds' programs
@@ -146,8 +146,8 @@ def verify_config(cfg: BenchConfig, seed: int) -> tuple[bool, str]:
     bad = [c for c in checks if not c.passed]
     if bad:
         return False, "; ".join(f"{c.name} error {c.fused_abs:.3g} > {c.bound:.3g}" for c in bad)
-    worst = max(checks, key=lambda c: c.fused_abs / c.bound if c.bound else 0.0)
-    return True, f"worst {worst.name}: {worst.fused_abs:.2e} <= {worst.bound:.2e}"
+    w = worst(checks)
+    return True, f"worst {w.name}: {w.fused_abs:.2e} <= {w.bound:.2e}"
 
 
 def make_workloads(cfg: BenchConfig, seed: int = 0) -> dict[str, tuple]:
@@ -192,16 +192,10 @@ def build_configs(args) -> list[BenchConfig]:
         layer_counts = args.layers
     if args.bidirectional:
         directions = [True]
-    dtypes = report.parse_choices(args.dtype, _bench_dtypes(args.device), f"dtype on {args.device}")
+    dtypes = report.parse_choices(args.dtype, available_dtypes(args.device), f"dtype on {args.device}")
     return [BenchConfig(cell, *size, layers=L, bidirectional=bi, dtype=dtype, device=args.device)
             for dtype in dtypes for size in sizes for cell in cells
             for L in layer_counts for bi in directions]
-
-
-def _bench_dtypes(device: str) -> list[str]:
-    if device.startswith("cuda"):
-        return ["float32", "float64", "float16", "bfloat16"]
-    return ["float32", "float64", "bfloat16"]
 
 
 def table_rows(results: list[BenchResult]) -> tuple[list[str], list[list[str]]]:
@@ -243,19 +237,8 @@ def to_json(results: list[BenchResult], args) -> dict:
     }
 
 
-def _pyplot():
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise SystemExit("--plot needs matplotlib: pip install matplotlib "
-                         "(or pip install -e '.[plot]')") from None
-    return plt
-
-
 def plot(results: list[BenchResult], path: str, title: str) -> None:
-    plt = _pyplot()
+    plt = report.pyplot()
     timed = [r for r in results if r.verified]
     labels = [f"{r.config.label()} {r.config.dtype}" for r in timed]
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(timed) + 2), 5))
@@ -298,7 +281,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     if args.plot:
-        _pyplot()  # fail before the benchmarks, not after
+        report.pyplot()  # fail before the benchmarks, not after
     configs = build_configs(args)
     title = report.banner("fusedrnn bench", args.device)
     print(title)

@@ -85,3 +85,15 @@ def write_json(path: str, data: dict) -> None:
         json.dump(data, f, indent=2, default=str)
         f.write("\n")
     print(f"wrote {path}")
+
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend; SystemExit saying how to install it."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SystemExit("--plot needs matplotlib: pip install matplotlib "
+                         "(or pip install -e '.[plot]')") from None
+    return plt

@@ -189,6 +189,20 @@ def check_tensor(name: str, fused: torch.Tensor, torch_nn: torch.Tensor, ref: to
     return TensorCheck(name, fused_abs, torch_abs, rel(fused_abs), rel(torch_abs), bound, passed)
 
 
+def available_dtypes(device: str) -> list[str]:
+    """Dtypes torch.nn runs on this device (CPU torch.nn has no float16 recurrent kernels)."""
+    if device.startswith("cuda"):
+        return ["float32", "float64", "float16", "bfloat16"]
+    return ["float32", "float64", "bfloat16"]
+
+
+def worst(checks: list[TensorCheck]) -> TensorCheck | None:
+    """The tensor closest to (or furthest past) its bound."""
+    def margin(c):
+        return math.inf if not c.passed else c.fused_abs / c.bound if c.bound > 0 else 0.0
+    return max(checks, key=margin, default=None)
+
+
 def compare(case: Case, dtype=torch.float32, device="cpu", seed=0) -> list[TensorCheck]:
     """Runs fusedrnn, torch.nn (both at dtype on device) and the fp64 CPU reference on the same
     weights, inputs and cotangents; one TensorCheck per output and per gradient."""

@@ -5,26 +5,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
-import math
 import sys
 
 import torch
 
 from . import report
-from .verification import CELLS, Case, TensorCheck, compare
+from .verification import CELLS, Case, TensorCheck, available_dtypes, compare, worst
 
 # (num_layers, bidirectional, batch_first, input_kind, with_h0) of the --quick matrix, per cell
 QUICK_LAYOUTS = [
     (1, False, False, "batched", True),
     (2, True, True, "packed_unsorted", False),
 ]
-
-
-def available_dtypes(device: str) -> list[str]:
-    """Dtypes torch.nn runs on this device (CPU torch.nn has no float16 recurrent kernels)."""
-    if device.startswith("cuda"):
-        return ["float32", "float64", "float16", "bfloat16"]
-    return ["float32", "float64", "bfloat16"]
 
 
 def build_matrix(cells: list[str], quick: bool, T: int, B: int, I: int, H: int) -> list[Case]:
@@ -56,10 +48,7 @@ class CaseResult:
         return self.error is None and all(c.passed for c in self.checks)
 
     def worst(self) -> TensorCheck | None:
-        """The tensor closest to (or furthest past) its bound."""
-        def margin(c):
-            return math.inf if not c.passed else c.fused_abs / c.bound if c.bound > 0 else 0.0
-        return max(self.checks, key=margin, default=None)
+        return worst(self.checks)
 
 
 def run_case(case: Case, dtype: str, device: str, seed: int) -> CaseResult:

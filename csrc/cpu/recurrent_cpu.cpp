@@ -1,8 +1,9 @@
 // Fused CPU time loops of one layer and one direction, forward and backward, for RNN, GRU and LSTM.
 //
-// Every step is one recurrent GEMM into a preallocated buffer (W_hh packed once per call, packed_gemm.h)
-// followed by ONE pass over the batch rows doing all gate pointwise work (gate_math.h). Backward
-// runs the same way in reverse; weight gradients are one GEMM over all steps at the end.
+// Every step is one recurrent GEMM into a preallocated buffer (W_hh packed once per call,
+// packed_gemm.h) followed by ONE pass over the batch rows doing all gate pointwise work
+// (gate_math.h). Backward runs the same way in reverse; weight gradients are one GEMM over all
+// steps at the end.
 // Shapes and workspaces are documented with the schemas in csrc/ops.cpp.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -147,7 +148,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(const Tensor& xproj_in, c
   if (b_hh_in.has_value()) check_tensor(*b_hh_in, xproj_in, "b_hh", {3 * H});
   const Schedule sched = make_schedule(T, reverse, lengths, xproj_in);
   const Tensor xproj = xproj_in.contiguous(), w_hh = w_hh_in.contiguous();
-  const Tensor b_hh = b_hh_in.has_value() ? b_hh_in->contiguous() : at::zeros({3 * H}, xproj.options());
+  const Tensor b_hh = b_hh_in.has_value() ? b_hh_in->contiguous()
+                                          : at::zeros({3 * H}, xproj.options());
 
   Tensor output = at::empty({T, B, H}, xproj.options());
   Tensor gates_ws = workspace(save_workspace, xproj, T, B, 4 * H);
@@ -304,8 +306,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
         }
         scalar_t* h_out = proj ? unproj + b * H : h_next + b * P;
         lstm_forward_row(x + row * 4 * H, gh + b * 4 * H, c_cur + b * H, c_next + b * H, h_out,
-                         save_workspace ? g_ws + row * 4 * H
-                                        : scratch + b * 4 * H, H);
+                         save_workspace ? g_ws + row * 4 * H : scratch + b * 4 * H, H);
         if (!proj) copy_row(out + row * P, h_out, P);
         if (save_workspace) {
           copy_row(c_ws + row * H, c_next + b * H, H);
@@ -409,7 +410,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
       w.multiply(B, gs, 4 * H, 1, dh_prev, P);
     }
   });
-  Tensor grad_w_hr = proj ? weight_grad(grad_h_all, unprojected_all) : at::empty({0}, hprev.options());
+  Tensor grad_w_hr = proj ? weight_grad(grad_h_all, unprojected_all)
+                          : at::empty({0}, hprev.options());
   return {grad_xproj, carry[T & 1].clone(), grad_c, weight_grad(grad_xproj, hprev), grad_w_hr};
 }
 

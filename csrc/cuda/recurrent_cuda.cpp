@@ -13,6 +13,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <array>
 #include <optional>
 #include <tuple>
 
@@ -47,8 +48,9 @@ void step_gemm(Tensor C, const Tensor& A, const Tensor& W, bool transposed, bool
   }
 }
 
-// One half of a ping-pong pair (2, rows, width): step s reads half s and writes half s + 1.
-Tensor half_of(const Tensor& pair, int64_t s) { return pair.select(0, s & 1); }
+// Both halves of a ping-pong pair (2, rows, width) as views, made once per op rather than per
+// step: step s reads [s & 1] and writes [(s + 1) & 1].
+std::array<Tensor, 2> halves(const Tensor& pair) { return {pair[0], pair[1]}; }
 
 template <typename T>
 T* ptr_or_null(const Tensor& t) {
@@ -56,7 +58,8 @@ T* ptr_or_null(const Tensor& t) {
 }
 
 #define FUSEDRNN_DISPATCH(tensor, name, ...) \
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, (tensor).scalar_type(), name, __VA_ARGS__)
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, (tensor).scalar_type(), name, \
+                                  __VA_ARGS__)
 
 // ============================================================================ RNN (tanh / relu)
 
@@ -78,13 +81,14 @@ std::tuple<Tensor, Tensor, Tensor> rnn_forward(const Tensor& xproj_in, const Ten
   state[0].copy_(h0_in);
   Tensor pre_h = at::empty({B, H}, xproj.options());  // W_hh h_{t-1}
 
+  const std::array<Tensor, 2> state_halves = halves(state);
   FUSEDRNN_DISPATCH(xproj, "fusedrnn::rnn_forward_cuda", [&] {
     for (int64_t s = 0; s < T; ++s) {
-      const Tensor h_cur = half_of(state, s);
+      const Tensor& h_cur = state_halves[s & 1];
       step_gemm(pre_h, h_cur, w_hh, /*transposed=*/true, /*accumulate=*/false);
       const RnnForwardStep p{{sched, s, B, H}, relu, xproj.data_ptr<scalar_t>(),
                              pre_h.data_ptr<scalar_t>(), h_cur.data_ptr<scalar_t>(),
-                             half_of(state, s + 1).data_ptr<scalar_t>(),
+                             state_halves[(s + 1) & 1].data_ptr<scalar_t>(),
                              output.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(hprev)};
       C10_CUDA_CHECK(rnn_forward_step(p, dtype, stream));
     }
@@ -112,12 +116,13 @@ std::tuple<Tensor, Tensor, Tensor> rnn_backward(const Tensor& grad_output_in,
   carry[0].copy_(grad_h_n);
   Tensor grad_pre = at::empty({B, H}, output.options());
 
+  const std::array<Tensor, 2> carry_halves = halves(carry);
   FUSEDRNN_DISPATCH(output, "fusedrnn::rnn_backward_cuda", [&] {
     for (int64_t step = 0; step < T; ++step) {
-      const Tensor dh_prev = half_of(carry, step + 1);
+      const Tensor& dh_prev = carry_halves[(step + 1) & 1];
       const RnnBackwardStep p{{sched, T - 1 - step, B, H}, relu, output.data_ptr<scalar_t>(),
                               grad_output.data_ptr<scalar_t>(),
-                              half_of(carry, step).data_ptr<scalar_t>(),
+                              carry_halves[step & 1].data_ptr<scalar_t>(),
                               dh_prev.data_ptr<scalar_t>(), grad_pre.data_ptr<scalar_t>(),
                               grad_xproj.data_ptr<scalar_t>()};
       C10_CUDA_CHECK(rnn_backward_step(p, dtype, stream));
@@ -153,13 +158,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(const Tensor& xproj_in, c
   state[0].copy_(h0_in);
   Tensor pre_h = at::empty({B, 3 * H}, xproj.options());  // W_hh h_{t-1} (bias added in-kernel)
 
+  const std::array<Tensor, 2> state_halves = halves(state);
   FUSEDRNN_DISPATCH(xproj, "fusedrnn::gru_forward_cuda", [&] {
     for (int64_t s = 0; s < T; ++s) {
-      const Tensor h_cur = half_of(state, s);
+      const Tensor& h_cur = state_halves[s & 1];
       step_gemm(pre_h, h_cur, w_hh, /*transposed=*/true, /*accumulate=*/false);
       const GruForwardStep p{{sched, s, B, H}, xproj.data_ptr<scalar_t>(),
                              pre_h.data_ptr<scalar_t>(), b_hh.data_ptr<scalar_t>(),
-                             h_cur.data_ptr<scalar_t>(), half_of(state, s + 1).data_ptr<scalar_t>(),
+                             h_cur.data_ptr<scalar_t>(),
+                             state_halves[(s + 1) & 1].data_ptr<scalar_t>(),
                              output.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(gates_ws),
                              ptr_or_null<scalar_t>(hprev)};
       C10_CUDA_CHECK(gru_forward_step(p, dtype, stream));
@@ -188,12 +195,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
   carry[0].copy_(grad_h_n);
   Tensor grad_step = at::empty({B, 3 * H}, hprev.options());
 
+  const std::array<Tensor, 2> carry_halves = halves(carry);
   FUSEDRNN_DISPATCH(hprev, "fusedrnn::gru_backward_cuda", [&] {
     for (int64_t step = 0; step < T; ++step) {
-      const Tensor dh_prev = half_of(carry, step + 1);
+      const Tensor& dh_prev = carry_halves[(step + 1) & 1];
       const GruBackwardStep p{{sched, T - 1 - step, B, H}, gates_ws.data_ptr<scalar_t>(),
                               hprev.data_ptr<scalar_t>(), grad_output.data_ptr<scalar_t>(),
-                              half_of(carry, step).data_ptr<scalar_t>(),
+                              carry_halves[step & 1].data_ptr<scalar_t>(),
                               dh_prev.data_ptr<scalar_t>(), grad_xproj.data_ptr<scalar_t>(),
                               grad_hproj.data_ptr<scalar_t>(), grad_step.data_ptr<scalar_t>()};
       C10_CUDA_CHECK(gru_backward_step(p, dtype, stream));
@@ -233,14 +241,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
   Tensor pre_h = at::empty({B, 4 * H}, xproj.options());              // W_hh h_{t-1}
   Tensor unprojected = at::zeros({proj ? B : 0, H}, xproj.options());  // o*tanh(c) before W_hr
 
+  const std::array<Tensor, 2> h_state_halves = halves(h_state);
+  const std::array<Tensor, 2> c_state_halves = halves(c_state);
   FUSEDRNN_DISPATCH(xproj, "fusedrnn::lstm_forward_cuda", [&] {
     for (int64_t s = 0; s < T; ++s) {
-      const Tensor h_cur = half_of(h_state, s), h_next = half_of(h_state, s + 1);
+      const Tensor& h_cur = h_state_halves[s & 1];
+      const Tensor& h_next = h_state_halves[(s + 1) & 1];
       step_gemm(pre_h, h_cur, w_hh, /*transposed=*/true, /*accumulate=*/false);
       const LstmForwardStep p{{sched, s, B, H}, P, proj, xproj.data_ptr<scalar_t>(),
                               pre_h.data_ptr<scalar_t>(), h_cur.data_ptr<scalar_t>(),
-                              h_next.data_ptr<scalar_t>(), half_of(c_state, s).data_ptr<scalar_t>(),
-                              half_of(c_state, s + 1).data_ptr<scalar_t>(),
+                              h_next.data_ptr<scalar_t>(),
+                              c_state_halves[s & 1].data_ptr<scalar_t>(),
+                              c_state_halves[(s + 1) & 1].data_ptr<scalar_t>(),
                               output.data_ptr<scalar_t>(),
                               ptr_or_null<scalar_t>(unprojected), ptr_or_null<scalar_t>(gates_ws),
                               ptr_or_null<scalar_t>(cells_ws), ptr_or_null<scalar_t>(prev_cells_ws),
@@ -289,11 +301,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
   Tensor grad_h_step = at::empty({proj ? B : 0, P}, hprev.options());
   Tensor grad_unproj = at::empty({proj ? B : 0, H}, hprev.options());
 
+  const std::array<Tensor, 2> carry_halves = halves(carry);
   FUSEDRNN_DISPATCH(hprev, "fusedrnn::lstm_backward_cuda", [&] {
     for (int64_t step = 0; step < T; ++step) {
       const int64_t s = T - 1 - step;
-      scalar_t* dh = half_of(carry, step).data_ptr<scalar_t>();
-      const Tensor dh_prev = half_of(carry, step + 1);
+      scalar_t* dh = carry_halves[step & 1].data_ptr<scalar_t>();
+      const Tensor& dh_prev = carry_halves[(step + 1) & 1];
       if (proj) {
         const LstmBackwardProjectionStep q{{sched, s, B, H}, P, grad_output.data_ptr<scalar_t>(),
                                            dh, grad_h_step.data_ptr<scalar_t>(),
