@@ -17,32 +17,71 @@ def test_gemm_block_edges(cell, B, H, dtype):
     check_case(Case(cell, T=4, B=B, I=9, H=H, input_kind="packed_unsorted"), dtype)
 
 
-def _lstm_proj_ops_forward_backward(T=5, B=13, H=70, P=11):
-    """Every output of lstm_forward and lstm_backward (with W_hr) on fixed random data."""
+# Big enough that the time loops split each step over 2 workers (csrc/cpu/team.h: at least 2
+# unit blocks of 16 and 2 * 65536 multiply-adds per step: B * G*H * P (+ B * P * H with W_hr)).
+TEAM_T, TEAM_B, TEAM_H, TEAM_P = 5, 13, 104, 40
+
+
+def _ops_forward_backward(cell, reverse):
+    """Every output of the cell's forward and backward op on fixed random data, with unequal
+    lengths (one row empty, one full) so blocks see active and inactive rows."""
     g = torch.Generator().manual_seed(0)
     randn = lambda *shape: torch.randn(*shape, generator=g)  # noqa: E731
-    w_hh, w_hr = randn(4 * H, P) * 0.1, randn(P, H) * 0.1
-    fwd = torch.ops.fusedrnn.lstm_forward(randn(T, B, 4 * H), randn(B, P), randn(B, H), w_hh, w_hr,
-                                          None, False, True)
+    T, B, H = TEAM_T, TEAM_B, TEAM_H
+    lengths = torch.randint(0, T + 1, (B,), generator=g)
+    lengths[0], lengths[1] = 0, T
+    ops = torch.ops.fusedrnn
+    if cell in ("rnn_tanh", "rnn_relu"):
+        relu = cell == "rnn_relu"
+        w_hh = randn(H, H) * 0.1
+        out, h_n, hprev = ops.rnn_forward(randn(T, B, H), randn(B, H), w_hh, lengths, reverse,
+                                          relu, True)
+        bwd = ops.rnn_backward(randn(T, B, H), randn(B, H), w_hh, out, hprev, lengths, reverse,
+                               relu)
+        return [out, h_n, hprev, *bwd[:2]]  # not grad_w_hh: see below
+    if cell == "gru":
+        w_hh, b_hh = randn(3 * H, H) * 0.1, randn(3 * H)
+        fwd = ops.gru_forward(randn(T, B, 3 * H), randn(B, H), w_hh, b_hh, lengths, reverse, True)
+        _, _, gates, hprev = fwd
+        bwd = ops.gru_backward(randn(T, B, H), randn(B, H), w_hh, gates, hprev, lengths, reverse)
+        return [*fwd, bwd[0], bwd[1], bwd[3]]
+    P = TEAM_P if cell == "lstm_proj" else H
+    w_hh = randn(4 * H, P) * 0.1
+    w_hr = randn(P, H) * 0.1 if cell == "lstm_proj" else None
+    fwd = ops.lstm_forward(randn(T, B, 4 * H), randn(B, P), randn(B, H), w_hh, w_hr, lengths,
+                           reverse, True)
     _, _, _, gates, cells, prev_cells, hprev = fwd
-    bwd = torch.ops.fusedrnn.lstm_backward(randn(T, B, P), randn(B, P), randn(B, H), w_hh, w_hr,
-                                           gates, cells, prev_cells, hprev, None, False)
-    return list(fwd) + list(bwd)
+    bwd = ops.lstm_backward(randn(T, B, P), randn(B, P), randn(B, H), w_hh, w_hr, gates, cells,
+                            prev_cells, hprev, lengths, reverse)
+    return [*fwd, *bwd[:3]]
 
 
-def test_thread_count_does_not_change_results():
-    """Each output block of a step is summed by one thread in a fixed order, so everything the
-    time loops compute is bitwise equal on 1 thread and on several. (Not the weight gradients:
+@pytest.mark.parametrize("cell", list(CELLS))
+@pytest.mark.parametrize("reverse", [False, True])
+def test_thread_count_does_not_change_results(cell, reverse):
+    """Each unit block of a step is computed by one worker in a fixed order, so everything the
+    time loops compute is bitwise equal on 1 thread and on 2 workers. (Not the weight gradients:
     those are one BLAS GEMM after the loop, whose reduction split BLAS picks per thread count.)"""
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        single = _lstm_proj_ops_forward_backward()
-        torch.set_num_threads(max(2, threads))
-        multi = _lstm_proj_ops_forward_backward()
+        single = _ops_forward_backward(cell, reverse)
+        torch.set_num_threads(2)
+        multi = _ops_forward_backward(cell, reverse)
     finally:
         torch.set_num_threads(threads)
-    weight_grads = slice(-2, None)  # grad_w_hh, grad_w_hr
-    del single[weight_grads], multi[weight_grads]
-    for a, b in zip(single, multi):
+    for a, b in zip(single, multi, strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("cell", ["rnn_tanh", "rnn_relu", "gru", "lstm"])
+def test_two_worker_time_loops_match_torch(cell):
+    """torch.nn equivalence (outputs and all gradients) with every step split over 2 workers:
+    bidirectional, unsorted packed input of unequal lengths."""
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        check_case(Case(cell, bidirectional=True, input_kind="packed_unsorted", T=TEAM_T,
+                        B=TEAM_B, I=9, H=TEAM_H), torch.float32)
+    finally:
+        torch.set_num_threads(threads)

@@ -18,13 +18,12 @@ namespace fusedrnn {
 namespace cpu {
 
 namespace {
-constexpr int64_t kPanelWidth = 16;  // output columns per panel: two 8-float registers
+constexpr int64_t kPanelWidth = kBlockUnits;  // output columns per panel: two 8-float registers
 constexpr int kRowBlock = 6;         // rows of A per kernel call: 12 accumulators + 2 + 1 regs
 constexpr int64_t kDepthBlock = 256;  // K slice: keeps one panel slice (16 KiB) in L1
 // Multiply-adds a parallel task should have before the thread pool is worth waking.
 constexpr int64_t kMinTaskMacs = 32768;
 
-int64_t num_panels(int64_t N) { return (N + kPanelWidth - 1) / kPanelWidth; }
 }  // namespace
 
 bool packed_gemm_available() {
@@ -152,22 +151,27 @@ FUSEDRNN_AVX2 void multiply_panel(int64_t M, int64_t kc, const float* A, int64_t
 #endif  // FUSEDRNN_HAVE_PACKED_KERNEL
 
 template <typename T>
-PackedWeight<T>::PackedWeight(const T* w, int64_t N, int64_t K, bool transposed)
-    : N_(N), K_(K), transposed_(transposed), w_(w) {
+PackedWeight<T>::PackedWeight(const T* w, int64_t N, int64_t K, bool transposed, int64_t groups)
+    : N_(N), K_(K), groups_(groups), U_(groups > 0 ? N / groups : 0), transposed_(transposed),
+      w_(w) {
+  TORCH_INTERNAL_ASSERT(groups > 0 && N % groups == 0, "PackedWeight: N not a multiple of groups");
   if (!std::is_same_v<T, float> || !packed_gemm_available() || N == 0 || K == 0) return;
-  packed_ = at::empty({num_panels(N), K, kPanelWidth}, at::kFloat);
+  const int64_t panels = num_blocks() * groups_;
+  packed_ = at::empty({panels, K, kPanelWidth}, at::kFloat);
   float* dst = packed_.data_ptr<float>();
   packed_data_ = dst;
   const float* src = reinterpret_cast<const float*>(w);
-  at::parallel_for(0, num_panels(N), std::max<int64_t>(1, kMinTaskMacs / (K * kPanelWidth)),
+  at::parallel_for(0, panels, std::max<int64_t>(1, kMinTaskMacs / (K * kPanelWidth)),
                    [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      float* panel = dst + p * K * kPanelWidth;
+    for (int64_t q = begin; q < end; ++q) {
+      const int64_t u = q / groups_, g = q % groups_;
+      float* panel = dst + q * K * kPanelWidth;
       for (int64_t c = 0; c < kPanelWidth; ++c) {
-        const int64_t n = p * kPanelWidth + c;
+        const int64_t unit = u * kBlockUnits + c;
+        const int64_t n = g * U_ + unit;
         for (int64_t k = 0; k < K; ++k) {
           // op(W)[k, n]: W[n, k] when transposed (W is [N, K]), else W[k, n] (W is [K, N]).
-          const float value = n >= N_ ? 0.f : transposed ? src[n * K + k] : src[k * N + n];
+          const float value = unit >= U_ ? 0.f : transposed ? src[n * K + k] : src[k * N + n];
           panel[k * kPanelWidth + c] = value;
         }
       }
@@ -176,32 +180,52 @@ PackedWeight<T>::PackedWeight(const T* w, int64_t N, int64_t K, bool transposed)
 }
 
 template <typename T>
-void PackedWeight<T>::multiply(int64_t M, const T* A, int64_t lda, T beta, T* C,
-                               int64_t ldc) const {
+void PackedWeight<T>::multiply_block(int64_t u, int64_t M, const T* A, int64_t lda, T beta, T* C,
+                                     int64_t ldc, int64_t group_stride) const {
   TORCH_INTERNAL_ASSERT(beta == T(0) || beta == T(1), "PackedWeight: beta must be 0 or 1");
-  if (M == 0 || N_ == 0) return;
-  if (!packed_.defined()) {
+  if (M == 0) return;
+  const int64_t ncols = block_units(u);
+  if (!packed()) {
     const int64_t ldw = transposed_ ? K_ : N_;
-    gemm_rowmajor<T>(M, N_, K_, A, lda, w_, ldw, transposed_, beta, C, ldc);
+    for (int64_t g = 0; g < groups_; ++g) {
+      const int64_t n0 = g * U_ + u * kBlockUnits;
+      const T* w_cols = transposed_ ? w_ + n0 * K_ : w_ + n0;
+      gemm_rowmajor<T>(M, ncols, K_, A, lda, w_cols, ldw, transposed_, beta,
+                       C + g * group_stride, ldc);
+    }
     return;
   }
 #if FUSEDRNN_HAVE_PACKED_KERNEL
   if constexpr (std::is_same_v<T, float>) {
-    const float* packed = packed_data_;
-    const int64_t grain = std::max<int64_t>(1, kMinTaskMacs / (M * K_ * kPanelWidth));
-    at::parallel_for(0, num_panels(N_), grain, [&](int64_t begin, int64_t end) {
-      for (int64_t k0 = 0; k0 < K_; k0 += kDepthBlock) {
-        const int64_t kc = std::min(kDepthBlock, K_ - k0);
-        const bool accumulate = beta != 0.f || k0 > 0;
-        for (int64_t p = begin; p < end; ++p) {
-          const int64_t n0 = p * kPanelWidth;
-          multiply_panel(M, kc, A + k0, lda, packed + (p * K_ + k0) * kPanelWidth, C + n0, ldc,
-                         std::min(kPanelWidth, N_ - n0), accumulate);
-        }
+    for (int64_t k0 = 0; k0 < K_; k0 += kDepthBlock) {
+      const int64_t kc = std::min(kDepthBlock, K_ - k0);
+      const bool accumulate = beta != 0.f || k0 > 0;
+      for (int64_t g = 0; g < groups_; ++g) {
+        const int64_t q = u * groups_ + g;
+        multiply_panel(M, kc, A + k0, lda, packed_data_ + (q * K_ + k0) * kPanelWidth,
+                       C + g * group_stride, ldc, ncols, accumulate);
       }
-    });
+    }
   }
 #endif
+}
+
+template <typename T>
+void PackedWeight<T>::multiply(int64_t M, const T* A, int64_t lda, T beta, T* C,
+                               int64_t ldc) const {
+  if (M == 0 || N_ == 0) return;
+  if (!packed()) {
+    const int64_t ldw = transposed_ ? K_ : N_;
+    gemm_rowmajor<T>(M, N_, K_, A, lda, w_, ldw, transposed_, beta, C, ldc);
+    return;
+  }
+  const int64_t macs_per_block = M * K_ * kPanelWidth * groups_;
+  const int64_t grain = std::max<int64_t>(1, kMinTaskMacs / macs_per_block);
+  at::parallel_for(0, num_blocks(), grain, [&](int64_t begin, int64_t end) {
+    for (int64_t u = begin; u < end; ++u) {
+      multiply_block(u, M, A, lda, beta, C + u * kBlockUnits, ldc, U_);
+    }
+  });
 }
 
 template class PackedWeight<float>;

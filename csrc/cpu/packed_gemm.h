@@ -9,9 +9,11 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "blas.h"
+#include "blocking.h"
 
 namespace fusedrnn {
 namespace cpu {
@@ -22,22 +24,39 @@ bool packed_gemm_available();
 // Packs row-major W[rows, cols] as the right operand of C[M, N] = A[M, K] · op(W):
 //   transposed = true : op(W) = W^T, W is [N, K] (weight_hh used in the forward step);
 //   transposed = false: op(W) = W,   W is [K, N] (weight_hh used in the backward step).
-// Panel layout: panel p holds, for k = 0..K-1, the 16 values op(W)[k, 16p .. 16p+15]
-// (zero-padded past N), so the kernel streams it with two aligned 8-float loads per k.
+// The N columns are `groups` gate blocks of U = N / groups units each (forward: G gates of H).
+// Block u is units [16u, 16u + 16) of every group, so one block gives all the gates of 16
+// hidden units: a time loop can split its work over blocks and finish those units' gate math
+// while the product is still in L1 (see multiply_block).
+// Panel layout: panel u*groups + g holds, for k = 0..K-1, the 16 values
+// op(W)[k, g*U + 16u .. g*U + 16u + 15] (zero-padded past U), so the kernel streams it with two
+// aligned 8-float loads per k.
 template <typename T>
 class PackedWeight {
  public:
-  PackedWeight(const T* w, int64_t N, int64_t K, bool transposed);
+  PackedWeight(const T* w, int64_t N, int64_t K, bool transposed, int64_t groups = 1);
+
+  // True when the packed AVX2 kernel runs (float, AVX2+FMA, not disabled); otherwise every
+  // product is a BLAS call, which must not run inside a parallel region of ours.
+  bool packed() const { return packed_.defined(); }
+  int64_t num_blocks() const { return (U_ + kBlockUnits - 1) / kBlockUnits; }
+  int64_t block_units(int64_t u) const { return std::min(kBlockUnits, U_ - u * kBlockUnits); }
 
   // C[M, N] = A[M, K] · op(W) + beta · C with beta 0 or 1; lda/ldc are row strides.
-  // Runs on the intra-op thread pool, split over column panels.
+  // Runs on the intra-op thread pool, split over blocks.
   void multiply(int64_t M, const T* A, int64_t lda, T beta, T* C, int64_t ldc) const;
 
+  // Block u only, on the calling thread: for every group g and unit c < block_units(u),
+  // C[m, g*group_stride + c] (+)= (A[M, K] · op(W))[m, g*U + 16u + c]. The result does not depend
+  // on which thread runs which block (the block's arithmetic is fixed).
+  void multiply_block(int64_t u, int64_t M, const T* A, int64_t lda, T beta, T* C, int64_t ldc,
+                      int64_t group_stride) const;
+
  private:
-  int64_t N_, K_;
+  int64_t N_, K_, groups_, U_;
   bool transposed_;
   const T* w_;       // unpacked W, used when packed_ is undefined
-  at::Tensor packed_;  // (ceil(N/16), K, 16) float when the packed kernel is used
+  at::Tensor packed_;  // (num_blocks * groups, K, 16) float when the packed kernel is used
   const float* packed_data_ = nullptr;  // packed_'s data (data_ptr costs ~20 ns: once, not per step)
 };
 

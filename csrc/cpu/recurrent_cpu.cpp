@@ -1,9 +1,13 @@
 // Fused CPU time loops of one layer and one direction, forward and backward, for RNN, GRU and LSTM.
 //
-// Every step is one recurrent GEMM into a preallocated buffer (W_hh packed once per call,
-// packed_gemm.h) followed by ONE pass over the batch rows doing all gate pointwise work
-// (gate_math.h). Backward runs the same way in reverse; weight gradients are one GEMM over all
-// steps at the end.
+// W_hh is packed once per call (packed_gemm.h) and the time loop runs on a team of threads that
+// stays together for the whole sequence (team.h). Each worker owns blocks of 16 hidden units:
+// per step and block it computes W_hh h for those units of every gate into a small tile and
+// does their gate math (gate_math.h, row_kernels.h) while the tile is in L1; one barrier per
+// step. Backward: each worker does the gate derivatives of its units, a barrier, then its units
+// of d h_{t-1} = d gates · W_hh (double-buffered d gates, so one barrier a step suffices).
+// Weight gradients are one GEMM over all steps at the end. LSTM with proj_size keeps a per-step
+// loop (full GEMM, then rows), as its W_hr product needs every unit in between.
 // Shapes and workspaces are documented with the schemas in csrc/ops.cpp.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -20,21 +24,13 @@
 #include "../op_helpers.h"
 #include "packed_gemm.h"
 #include "row_kernels.h"
+#include "team.h"
 
 namespace fusedrnn {
 namespace cpu {
 namespace {
 
 using at::Tensor;
-
-// Runs fn(b) for every batch row, in parallel when a step has enough work to pay for threads.
-template <typename Fn>
-void for_each_row(int64_t B, int64_t work_per_row, const Fn& fn) {
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, work_per_row));
-  at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) fn(b);
-  });
-}
 
 template <typename T>
 void copy_row(T* dst, const T* src, int64_t n) {
@@ -43,6 +39,46 @@ void copy_row(T* dst, const T* src, int64_t n) {
 template <typename T>
 void zero_row(T* dst, int64_t n) {
   std::fill(dst, dst + n, T(0));
+}
+
+// Units [j0, j0 + n) of each of `gates` gate blocks (H apart) of one row: zeroed.
+template <typename T>
+void zero_gate_units(T* row, int64_t gates, int64_t H, int64_t j0, int64_t n) {
+  for (int64_t g = 0; g < gates; ++g) zero_row(row + g * H + j0, n);
+}
+template <typename T>
+void copy_gate_units(T* dst, const T* src, int64_t gates, int64_t H, int64_t j0, int64_t n) {
+  for (int64_t g = 0; g < gates; ++g) copy_row(dst + g * H + j0, src + g * H + j0, n);
+}
+
+// W_hh h_{t-1} for unit block u of every gate, as rows `ld` apart with gates `gate_stride` apart.
+template <typename T>
+struct BlockProduct {
+  const T* data;
+  int64_t ld, gate_stride;
+};
+
+// Packed path: computed now into the worker's tile (B, G*16). BLAS path (team of one): read from
+// `full` (B, G*H), the whole product the caller computed for this step.
+template <typename T>
+BlockProduct<T> block_product(const PackedWeight<T>& w, int64_t u, int64_t B, const T* h,
+                              int64_t ldh, int64_t G, int64_t H, const T* full, T* tile) {
+  if (!w.packed()) return {full + u * kBlockUnits, G * H, H};
+  w.multiply_block(u, B, h, ldh, T(0), tile, G * kBlockUnits, kBlockUnits);
+  return {tile, G * kBlockUnits, kBlockUnits};
+}
+
+// d h_{t-1}[:, the worker's units] += grad_gates (B, K) · W_hh (K, P).
+template <typename T>
+void accumulate_grad_h(const PackedWeight<T>& w, const Worker& me, int64_t B, const T* grad_gates,
+                       int64_t ld, T* dh_prev, int64_t P) {
+  if (!w.packed()) {  // a team of one: the whole product at once
+    w.multiply(B, grad_gates, ld, T(1), dh_prev, P);
+    return;
+  }
+  for (int64_t u = me.block_begin; u < me.block_end; ++u) {
+    w.multiply_block(u, B, grad_gates, ld, T(1), dh_prev + u * kBlockUnits, P, 0);
+  }
 }
 
 // ============================================================================ RNN (tanh / relu)
@@ -60,32 +96,43 @@ std::tuple<Tensor, Tensor, Tensor> rnn_forward(const Tensor& xproj_in, const Ten
   Tensor hprev = workspace(save_workspace, xproj, T, B, H);
   Tensor state = at::empty({2, B, H}, xproj.options());  // ping-pong h_{t-1} / h_t
   state[0].copy_(h0_in);
-  Tensor pre_h = at::empty({B, H}, xproj.options());  // W_hh h_{t-1}
 
   AT_DISPATCH_FLOATING_TYPES(xproj.scalar_type(), "fusedrnn::rnn_forward", [&] {
-    const scalar_t* x = xproj.data_ptr<scalar_t>();
     const PackedWeight<scalar_t> w(w_hh.data_ptr<scalar_t>(), H, H, /*transposed=*/true);
+    const int64_t team = team_size(w.packed(), w.num_blocks(), B * H * H);
+    Tensor full = at::empty({w.packed() ? 0 : B, H}, xproj.options());  // W_hh h (BLAS path)
+    Tensor tiles = at::empty({w.packed() ? team : 0, B, kBlockUnits}, xproj.options());
+    const scalar_t* x = xproj.data_ptr<scalar_t>();
     scalar_t* out = output.data_ptr<scalar_t>();
     scalar_t* hp_ws = save_workspace ? hprev.data_ptr<scalar_t>() : nullptr;
-    scalar_t* gh = pre_h.data_ptr<scalar_t>();
     scalar_t* state_data = state.data_ptr<scalar_t>();  // data_ptr once: ~20 ns a call
-    for (int64_t s = 0; s < T; ++s) {
-      const scalar_t* h_cur = state_data + (s & 1) * B * H;
-      scalar_t* h_next = state_data + ((s + 1) & 1) * B * H;
-      w.multiply(B, h_cur, H, 0, gh, H);
-      for_each_row(B, H, [&](int64_t b) {
-        const int64_t t = sched.slot(s, b);
-        scalar_t* out_row = out + (t * B + b) * H;
-        if (!sched.active(s, b)) {
-          copy_row(h_next + b * H, h_cur + b * H, H);
-          zero_row(out_row, H);
-          if (hp_ws) zero_row(hp_ws + (t * B + b) * H, H);
-          return;
+    scalar_t* full_data = full.data_ptr<scalar_t>();
+    scalar_t* tiles_data = tiles.data_ptr<scalar_t>();
+    run_team(team, w.num_blocks(), [&](const Worker& me) {
+      scalar_t* tile = tiles_data + me.id * B * kBlockUnits;
+      for (int64_t s = 0; s < T; ++s) {
+        const scalar_t* h_cur = state_data + (s & 1) * B * H;
+        scalar_t* h_next = state_data + ((s + 1) & 1) * B * H;
+        if (!w.packed()) w.multiply(B, h_cur, H, 0, full_data, H);
+        for (int64_t u = me.block_begin; u < me.block_end; ++u) {
+          const int64_t j0 = u * kBlockUnits, n = w.block_units(u);
+          const auto gh = block_product(w, u, B, h_cur, H, 1, H, full_data, tile);
+          for (int64_t b = 0; b < B; ++b) {
+            const int64_t row = sched.slot(s, b) * B + b;
+            if (!sched.active(s, b)) {
+              copy_row(h_next + b * H + j0, h_cur + b * H + j0, n);
+              zero_row(out + row * H + j0, n);
+              if (hp_ws) zero_row(hp_ws + row * H + j0, n);
+              continue;
+            }
+            rnn_forward_row(x + row * H + j0, gh.data + b * gh.ld, h_next + b * H + j0,
+                            out + row * H + j0, n, relu);
+            if (hp_ws) copy_row(hp_ws + row * H + j0, h_cur + b * H + j0, n);
+          }
         }
-        rnn_forward_row(x + (t * B + b) * H, gh + b * H, h_next + b * H, out_row, H, relu);
-        if (hp_ws) copy_row(hp_ws + (t * B + b) * H, h_cur + b * H, H);
-      });
-    }
+        team_barrier();  // h_t complete before any worker reads it
+      }
+    });
   });
   return {output, state[T & 1].clone(), hprev};
 }
@@ -105,33 +152,40 @@ std::tuple<Tensor, Tensor, Tensor> rnn_backward(const Tensor& grad_output_in,
   Tensor grad_xproj = at::zeros({T, B, H}, output.options());
   Tensor carry = at::empty({2, B, H}, output.options());  // ping-pong d h_t / d h_{t-1}
   carry[0].copy_(grad_h_n);
-  Tensor grad_pre = at::empty({B, H}, output.options());  // this step's d(pre-activation)
+  Tensor grad_pre = at::empty({2, B, H}, output.options());  // d(pre-activation), double-buffered
 
   AT_DISPATCH_FLOATING_TYPES(output.scalar_type(), "fusedrnn::rnn_backward", [&] {
+    const PackedWeight<scalar_t> w(w_hh.data_ptr<scalar_t>(), H, H, /*transposed=*/false);
+    const int64_t team = team_size(w.packed(), w.num_blocks(), B * H * H);
     const scalar_t* gout = grad_output.data_ptr<scalar_t>();
     const scalar_t* out = output.data_ptr<scalar_t>();
-    const PackedWeight<scalar_t> w(w_hh.data_ptr<scalar_t>(), H, H, /*transposed=*/false);
     scalar_t* gx = grad_xproj.data_ptr<scalar_t>();
-    scalar_t* gp = grad_pre.data_ptr<scalar_t>();
+    scalar_t* grad_pre_data = grad_pre.data_ptr<scalar_t>();
     scalar_t* carry_data = carry.data_ptr<scalar_t>();
-    for (int64_t step = 0; step < T; ++step) {
-      const int64_t s = T - 1 - step;
-      const scalar_t* dh = carry_data + (step & 1) * B * H;
-      scalar_t* dh_prev = carry_data + ((step + 1) & 1) * B * H;
-      for_each_row(B, H, [&](int64_t b) {
-        if (!sched.active(s, b)) {
-          zero_row(gp + b * H, H);
-          copy_row(dh_prev + b * H, dh + b * H, H);
-          return;
+    run_team(team, w.num_blocks(), [&](const Worker& me) {
+      for (int64_t step = 0; step < T; ++step) {
+        const int64_t s = T - 1 - step;
+        const scalar_t* dh = carry_data + (step & 1) * B * H;
+        scalar_t* dh_prev = carry_data + ((step + 1) & 1) * B * H;
+        scalar_t* gp = grad_pre_data + (step & 1) * B * H;
+        for (int64_t u = me.block_begin; u < me.block_end; ++u) {
+          const int64_t j0 = u * kBlockUnits, n = w.block_units(u);
+          for (int64_t b = 0; b < B; ++b) {
+            if (!sched.active(s, b)) {  // d pre = 0: d h passes through the GEMM unchanged
+              zero_row(gp + b * H + j0, n);
+              copy_row(dh_prev + b * H + j0, dh + b * H + j0, n);
+              continue;
+            }
+            const int64_t row = sched.slot(s, b) * B + b;
+            rnn_backward_row(out + row * H + j0, gout + row * H + j0, dh + b * H + j0,
+                             gp + b * H + j0, dh_prev + b * H + j0, n, relu);
+            copy_row(gx + row * H + j0, gp + b * H + j0, n);
+          }
         }
-        const int64_t row = sched.slot(s, b) * B + b;
-        rnn_backward_row(out + row * H, gout + row * H, dh + b * H, gp + b * H, dh_prev + b * H,
-                         H, relu);
-        copy_row(gx + row * H, gp + b * H, H);
-      });
-      // d h_{t-1} += d pre · W_hh   (inactive rows have d pre = 0 and pass d h through)
-      w.multiply(B, gp, H, 1, dh_prev, H);
-    }
+        team_barrier();  // every unit's d pre is written before the GEMM reads all of them
+        accumulate_grad_h(w, me, B, gp, H, dh_prev, H);
+      }
+    });
   });
   return {grad_xproj, carry[T & 1].clone(), weight_grad(grad_xproj, hprev)};
 }
@@ -156,39 +210,52 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(const Tensor& xproj_in, c
   Tensor hprev = workspace(save_workspace, xproj, T, B, H);
   Tensor state = at::empty({2, B, H}, xproj.options());
   state[0].copy_(h0_in);
-  Tensor pre_h = at::empty({B, 3 * H}, xproj.options());  // W_hh h_{t-1} (bias added below)
+  // Gates of this step when nothing is saved (each worker writes only its units' columns).
   Tensor gates_scratch = at::empty({save_workspace ? 0 : B, 4 * H}, xproj.options());
 
   AT_DISPATCH_FLOATING_TYPES(xproj.scalar_type(), "fusedrnn::gru_forward", [&] {
+    const PackedWeight<scalar_t> w(w_hh.data_ptr<scalar_t>(), 3 * H, H, /*transposed=*/true,
+                                   /*groups=*/3);
+    const int64_t team = team_size(w.packed(), w.num_blocks(), B * 3 * H * H);
+    Tensor full = at::empty({w.packed() ? 0 : B, 3 * H}, xproj.options());
+    Tensor tiles = at::empty({w.packed() ? team : 0, B, 3 * kBlockUnits}, xproj.options());
     const scalar_t* x = xproj.data_ptr<scalar_t>();
-    const PackedWeight<scalar_t> w(w_hh.data_ptr<scalar_t>(), 3 * H, H, /*transposed=*/true);
     const scalar_t* bias = b_hh.data_ptr<scalar_t>();
     scalar_t* out = output.data_ptr<scalar_t>();
     scalar_t* g_ws = save_workspace ? gates_ws.data_ptr<scalar_t>() : nullptr;
     scalar_t* hp_ws = save_workspace ? hprev.data_ptr<scalar_t>() : nullptr;
-    scalar_t* gh = pre_h.data_ptr<scalar_t>();
     scalar_t* state_data = state.data_ptr<scalar_t>();
     scalar_t* scratch = gates_scratch.data_ptr<scalar_t>();
-    for (int64_t s = 0; s < T; ++s) {
-      const scalar_t* h_cur = state_data + (s & 1) * B * H;
-      scalar_t* h_next = state_data + ((s + 1) & 1) * B * H;
-      w.multiply(B, h_cur, H, 0, gh, 3 * H);
-      for_each_row(B, 3 * H, [&](int64_t b) {
-        const int64_t t = sched.slot(s, b);
-        const int64_t row = t * B + b;
-        if (!sched.active(s, b)) {
-          copy_row(h_next + b * H, h_cur + b * H, H);
-          zero_row(out + row * H, H);
-          if (g_ws) zero_row(g_ws + row * 4 * H, 4 * H);
-          if (hp_ws) zero_row(hp_ws + row * H, H);
-          return;
+    scalar_t* full_data = full.data_ptr<scalar_t>();
+    scalar_t* tiles_data = tiles.data_ptr<scalar_t>();
+    run_team(team, w.num_blocks(), [&](const Worker& me) {
+      scalar_t* tile = tiles_data + me.id * B * 3 * kBlockUnits;
+      for (int64_t s = 0; s < T; ++s) {
+        const scalar_t* h_cur = state_data + (s & 1) * B * H;
+        scalar_t* h_next = state_data + ((s + 1) & 1) * B * H;
+        if (!w.packed()) w.multiply(B, h_cur, H, 0, full_data, 3 * H);
+        for (int64_t u = me.block_begin; u < me.block_end; ++u) {
+          const int64_t j0 = u * kBlockUnits, n = w.block_units(u);
+          const auto gh = block_product(w, u, B, h_cur, H, 3, H, full_data, tile);
+          for (int64_t b = 0; b < B; ++b) {
+            const int64_t row = sched.slot(s, b) * B + b;
+            if (!sched.active(s, b)) {
+              copy_row(h_next + b * H + j0, h_cur + b * H + j0, n);
+              zero_row(out + row * H + j0, n);
+              if (g_ws) zero_gate_units(g_ws + row * 4 * H, 4, H, j0, n);
+              if (hp_ws) zero_row(hp_ws + row * H + j0, n);
+              continue;
+            }
+            scalar_t* ws = g_ws ? g_ws + row * 4 * H : scratch + b * 4 * H;
+            gru_forward_row(x + row * 3 * H + j0, gh.data + b * gh.ld, bias + j0,
+                            h_cur + b * H + j0, h_next + b * H + j0, out + row * H + j0, ws + j0,
+                            n, H, gh.gate_stride);
+            if (hp_ws) copy_row(hp_ws + row * H + j0, h_cur + b * H + j0, n);
+          }
         }
-        gru_forward_row(x + row * 3 * H, gh + b * 3 * H, bias, h_cur + b * H, h_next + b * H,
-                        out + row * H,
-                        g_ws ? g_ws + row * 4 * H : scratch + b * 4 * H, H);
-        if (hp_ws) copy_row(hp_ws + row * H, h_cur + b * H, H);
-      });
-    }
+        team_barrier();
+      }
+    });
   });
   return {output, state[T & 1].clone(), gates_ws, hprev};
 }
@@ -208,34 +275,44 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
   Tensor grad_hproj = at::zeros({T, B, 3 * H}, hprev.options());  // d(W_hh h + b_hh)
   Tensor carry = at::empty({2, B, H}, hprev.options());
   carry[0].copy_(grad_h_n);
-  Tensor grad_step = at::empty({B, 3 * H}, hprev.options());  // this step's d(W_hh h + b_hh)
+  // This step's d(W_hh h + b_hh) as a (B, 3H) matrix for the GEMM, double-buffered.
+  Tensor grad_step = at::empty({2, B, 3 * H}, hprev.options());
 
   AT_DISPATCH_FLOATING_TYPES(hprev.scalar_type(), "fusedrnn::gru_backward", [&] {
+    const PackedWeight<scalar_t> w(w_hh.data_ptr<scalar_t>(), H, 3 * H, /*transposed=*/false);
+    const int64_t team = team_size(w.packed(), w.num_blocks(), B * 3 * H * H);
     const scalar_t* gout = grad_output.data_ptr<scalar_t>();
     const scalar_t* g_ws = gates_ws.data_ptr<scalar_t>();
     const scalar_t* hp_ws = hprev.data_ptr<scalar_t>();
-    const PackedWeight<scalar_t> w(w_hh.data_ptr<scalar_t>(), H, 3 * H, /*transposed=*/false);
     scalar_t* gx = grad_xproj.data_ptr<scalar_t>();
     scalar_t* gh = grad_hproj.data_ptr<scalar_t>();
-    scalar_t* gs = grad_step.data_ptr<scalar_t>();
+    scalar_t* grad_step_data = grad_step.data_ptr<scalar_t>();
     scalar_t* carry_data = carry.data_ptr<scalar_t>();
-    for (int64_t step = 0; step < T; ++step) {
-      const int64_t s = T - 1 - step;
-      const scalar_t* dh = carry_data + (step & 1) * B * H;
-      scalar_t* dh_prev = carry_data + ((step + 1) & 1) * B * H;
-      for_each_row(B, 3 * H, [&](int64_t b) {
-        if (!sched.active(s, b)) {
-          zero_row(gs + b * 3 * H, 3 * H);
-          copy_row(dh_prev + b * H, dh + b * H, H);
-          return;
+    run_team(team, w.num_blocks(), [&](const Worker& me) {
+      for (int64_t step = 0; step < T; ++step) {
+        const int64_t s = T - 1 - step;
+        const scalar_t* dh = carry_data + (step & 1) * B * H;
+        scalar_t* dh_prev = carry_data + ((step + 1) & 1) * B * H;
+        scalar_t* gs = grad_step_data + (step & 1) * B * 3 * H;
+        for (int64_t u = me.block_begin; u < me.block_end; ++u) {
+          const int64_t j0 = u * kBlockUnits, n = w.block_units(u);
+          for (int64_t b = 0; b < B; ++b) {
+            if (!sched.active(s, b)) {
+              zero_gate_units(gs + b * 3 * H, 3, H, j0, n);
+              copy_row(dh_prev + b * H + j0, dh + b * H + j0, n);
+              continue;
+            }
+            const int64_t row = sched.slot(s, b) * B + b;
+            gru_backward_row(g_ws + row * 4 * H + j0, hp_ws + row * H + j0, gout + row * H + j0,
+                             dh + b * H + j0, gx + row * 3 * H + j0, gh + row * 3 * H + j0,
+                             dh_prev + b * H + j0, n, H);
+            copy_gate_units(gs + b * 3 * H, gh + row * 3 * H, 3, H, j0, n);
+          }
         }
-        const int64_t row = sched.slot(s, b) * B + b;
-        gru_backward_row(g_ws + row * 4 * H, hp_ws + row * H, gout + row * H, dh + b * H,
-                         gx + row * 3 * H, gh + row * 3 * H, dh_prev + b * H, H);
-        copy_row(gs + b * 3 * H, gh + row * 3 * H, 3 * H);
-      });
-      w.multiply(B, gs, 3 * H, 1, dh_prev, H);
-    }
+        team_barrier();
+        accumulate_grad_h(w, me, B, gs, 3 * H, dh_prev, H);
+      }
+    });
   });
   return {grad_xproj, carry[T & 1].clone(), weight_grad(grad_hproj, hprev),
           grad_hproj.sum({0, 1})};
@@ -264,68 +341,96 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
   Tensor c_state = at::empty({2, B, H}, xproj.options());
   h_state[0].copy_(h0_in);
   c_state[0].copy_(c0_in);
-  Tensor pre_h = at::empty({B, 4 * H}, xproj.options());  // W_hh h_{t-1}
   Tensor gates_scratch = at::empty({save_workspace ? 0 : B, 4 * H}, xproj.options());
   Tensor unprojected = at::zeros({proj ? B : 0, H}, xproj.options());  // o*tanh(c) before W_hr
 
   AT_DISPATCH_FLOATING_TYPES(xproj.scalar_type(), "fusedrnn::lstm_forward", [&] {
-    const scalar_t* x = xproj.data_ptr<scalar_t>();
-    const PackedWeight<scalar_t> w(w_hh.data_ptr<scalar_t>(), 4 * H, P, /*transposed=*/true);
+    const PackedWeight<scalar_t> w(w_hh.data_ptr<scalar_t>(), 4 * H, P, /*transposed=*/true,
+                                   /*groups=*/4);
     const PackedWeight<scalar_t> w_r(proj ? w_hr.data_ptr<scalar_t>() : nullptr, proj ? P : 0, H,
                                      /*transposed=*/true);
+    const bool packed = w.packed() && (!proj || w_r.packed());
+    const int64_t team = team_size(packed, w.num_blocks(), B * 4 * H * P + (proj ? B * P * H : 0));
+    Tensor full = at::empty({packed ? 0 : B, 4 * H}, xproj.options());  // W_hh h (BLAS path)
+    Tensor tiles = at::empty({packed ? team : 0, B, 4 * kBlockUnits}, xproj.options());
+    const scalar_t* x = xproj.data_ptr<scalar_t>();
     scalar_t* out = output.data_ptr<scalar_t>();
     scalar_t* g_ws = save_workspace ? gates_ws.data_ptr<scalar_t>() : nullptr;
     scalar_t* c_ws = save_workspace ? cells_ws.data_ptr<scalar_t>() : nullptr;
     scalar_t* cp_ws = save_workspace ? prev_cells_ws.data_ptr<scalar_t>() : nullptr;
     scalar_t* hp_ws = save_workspace ? hprev.data_ptr<scalar_t>() : nullptr;
-    scalar_t* gh = pre_h.data_ptr<scalar_t>();
     scalar_t* unproj = proj ? unprojected.data_ptr<scalar_t>() : nullptr;
     scalar_t* h_state_data = h_state.data_ptr<scalar_t>();
     scalar_t* c_state_data = c_state.data_ptr<scalar_t>();
     scalar_t* scratch = gates_scratch.data_ptr<scalar_t>();
-    for (int64_t s = 0; s < T; ++s) {
-      const scalar_t* h_cur = h_state_data + (s & 1) * B * P;
-      scalar_t* h_next = h_state_data + ((s + 1) & 1) * B * P;
-      const scalar_t* c_cur = c_state_data + (s & 1) * B * H;
-      scalar_t* c_next = c_state_data + ((s + 1) & 1) * B * H;
-      w.multiply(B, h_cur, P, 0, gh, 4 * H);
-      for_each_row(B, 4 * H, [&](int64_t b) {
-        const int64_t t = sched.slot(s, b);
-        const int64_t row = t * B + b;
-        if (!sched.active(s, b)) {
-          copy_row(c_next + b * H, c_cur + b * H, H);
-          if (!proj) copy_row(h_next + b * P, h_cur + b * P, P);  // with proj: after the GEMM
-          zero_row(out + row * P, P);
-          if (save_workspace) {
-            zero_row(g_ws + row * 4 * H, 4 * H);
-            zero_row(c_ws + row * H, H);
-            zero_row(cp_ws + row * H, H);
-            zero_row(hp_ws + row * P, P);
+    scalar_t* full_data = full.data_ptr<scalar_t>();
+    scalar_t* tiles_data = tiles.data_ptr<scalar_t>();
+    run_team(team, w.num_blocks(), [&](const Worker& me) {
+      scalar_t* tile = tiles_data + me.id * B * 4 * kBlockUnits;
+      for (int64_t s = 0; s < T; ++s) {
+        const scalar_t* h_cur = h_state_data + (s & 1) * B * P;
+        scalar_t* h_next = h_state_data + ((s + 1) & 1) * B * P;
+        const scalar_t* c_cur = c_state_data + (s & 1) * B * H;
+        scalar_t* c_next = c_state_data + ((s + 1) & 1) * B * H;
+        // Gates of the worker's hidden units (with proj, h_t waits for the W_hr product below).
+        if (!packed) w.multiply(B, h_cur, P, 0, full_data, 4 * H);
+        for (int64_t u = me.block_begin; u < me.block_end; ++u) {
+          const int64_t j0 = u * kBlockUnits, n = w.block_units(u);
+          const auto gh = block_product(w, u, B, h_cur, P, 4, H, full_data, tile);
+          for (int64_t b = 0; b < B; ++b) {
+            const int64_t row = sched.slot(s, b) * B + b;
+            if (!sched.active(s, b)) {
+              copy_row(c_next + b * H + j0, c_cur + b * H + j0, n);
+              if (!proj) {
+                copy_row(h_next + b * H + j0, h_cur + b * H + j0, n);
+                zero_row(out + row * H + j0, n);
+                if (hp_ws) zero_row(hp_ws + row * H + j0, n);
+              }
+              if (save_workspace) {
+                zero_gate_units(g_ws + row * 4 * H, 4, H, j0, n);
+                zero_row(c_ws + row * H + j0, n);
+                zero_row(cp_ws + row * H + j0, n);
+              }
+              continue;
+            }
+            scalar_t* h_out = proj ? unproj + b * H : h_next + b * H;
+            scalar_t* ws = save_workspace ? g_ws + row * 4 * H : scratch + b * 4 * H;
+            lstm_forward_row(x + row * 4 * H + j0, gh.data + b * gh.ld, c_cur + b * H + j0,
+                             c_next + b * H + j0, h_out + j0, ws + j0, n, H, gh.gate_stride);
+            if (!proj) {
+              copy_row(out + row * H + j0, h_out + j0, n);
+              if (hp_ws) copy_row(hp_ws + row * H + j0, h_cur + b * H + j0, n);
+            }
+            if (save_workspace) {
+              copy_row(c_ws + row * H + j0, c_next + b * H + j0, n);
+              copy_row(cp_ws + row * H + j0, c_cur + b * H + j0, n);
+            }
           }
-          return;
         }
-        scalar_t* h_out = proj ? unproj + b * H : h_next + b * P;
-        lstm_forward_row(x + row * 4 * H, gh + b * 4 * H, c_cur + b * H, c_next + b * H, h_out,
-                         save_workspace ? g_ws + row * 4 * H : scratch + b * 4 * H, H);
-        if (!proj) copy_row(out + row * P, h_out, P);
-        if (save_workspace) {
-          copy_row(c_ws + row * H, c_next + b * H, H);
-          copy_row(cp_ws + row * H, c_cur + b * H, H);
-          copy_row(hp_ws + row * P, h_cur + b * P, P);
-        }
-      });
-      if (proj) {
-        // h_t = W_hr (o*tanh(c_t)); inactive rows keep h_{t-1}.
-        w_r.multiply(B, unproj, H, 0, h_next, P);
-        for_each_row(B, P, [&](int64_t b) {
-          if (sched.active(s, b)) {
-            copy_row(out + (sched.slot(s, b) * B + b) * P, h_next + b * P, P);
-          } else {
-            copy_row(h_next + b * P, h_cur + b * P, P);
+        team_barrier();
+        if (!proj) continue;
+        // h_t = W_hr (o*tanh(c_t)) over the worker's share of the P outputs; inactive rows keep
+        // h_{t-1}.
+        if (!packed) w_r.multiply(B, unproj, H, 0, h_next, P);
+        const auto [v0, v1] = me.share(w_r.num_blocks());
+        for (int64_t v = v0; v < v1; ++v) {
+          const int64_t p0 = v * kBlockUnits, m = w_r.block_units(v);
+          if (packed) w_r.multiply_block(v, B, unproj, H, 0, h_next + p0, P, 0);
+          for (int64_t b = 0; b < B; ++b) {
+            const int64_t row = sched.slot(s, b) * B + b;
+            if (sched.active(s, b)) {
+              copy_row(out + row * P + p0, h_next + b * P + p0, m);
+              if (hp_ws) copy_row(hp_ws + row * P + p0, h_cur + b * P + p0, m);
+            } else {
+              copy_row(h_next + b * P + p0, h_cur + b * P + p0, m);
+              zero_row(out + row * P + p0, m);
+              if (hp_ws) zero_row(hp_ws + row * P + p0, m);
+            }
           }
-        });
+        }
+        team_barrier();  // unprojected is rewritten next step
       }
-    }
+    });
   });
   return {output, h_state[T & 1].clone(), c_state[T & 1].clone(), gates_ws, cells_ws,
           prev_cells_ws, hprev};
@@ -351,7 +456,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
   Tensor carry = at::empty({2, B, P}, hprev.options());  // ping-pong d h_t / d h_{t-1}
   carry[0].copy_(grad_h_n);
   Tensor grad_c = grad_c_n.contiguous().clone();  // d c, updated in place row by row
-  Tensor grad_step = at::empty({B, 4 * H}, hprev.options());  // this step's d(gate pre-activations)
+  // This step's d(gate pre-activations) as a (B, 4H) matrix for the GEMM, double-buffered.
+  Tensor grad_step = at::empty({2, B, 4 * H}, hprev.options());
   // With proj_size: d h_t and o*tanh(c_t) for every slot (zero where inactive), for d W_hr.
   Tensor grad_h_all = at::zeros({proj ? T : 0, B, P}, hprev.options());
   Tensor unprojected_all = at::zeros({proj ? T : 0, B, H}, hprev.options());
@@ -359,56 +465,78 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
   Tensor grad_unproj = at::empty({proj ? B : 0, H}, hprev.options());  // d h_t · W_hr
 
   AT_DISPATCH_FLOATING_TYPES(hprev.scalar_type(), "fusedrnn::lstm_backward", [&] {
+    const PackedWeight<scalar_t> w(w_hh.data_ptr<scalar_t>(), P, 4 * H, /*transposed=*/false);
+    const PackedWeight<scalar_t> w_r(proj ? w_hr.data_ptr<scalar_t>() : nullptr, proj ? H : 0, P,
+                                     /*transposed=*/false);
+    const bool packed = w.packed() && (!proj || w_r.packed());
+    const int64_t team = team_size(packed, w.num_blocks(), B * 4 * H * P + (proj ? B * P * H : 0));
+    const int64_t hidden_blocks = (H + kBlockUnits - 1) / kBlockUnits;
     const scalar_t* gout = grad_output.data_ptr<scalar_t>();
     const scalar_t* g_ws = gates_ws.data_ptr<scalar_t>();
     const scalar_t* c_ws = cells.data_ptr<scalar_t>();
     const scalar_t* cp_ws = prev_cells.data_ptr<scalar_t>();
-    const PackedWeight<scalar_t> w(w_hh.data_ptr<scalar_t>(), P, 4 * H, /*transposed=*/false);
-    const PackedWeight<scalar_t> w_r(proj ? w_hr.data_ptr<scalar_t>() : nullptr, proj ? H : 0, P,
-                                     /*transposed=*/false);
     scalar_t* gx = grad_xproj.data_ptr<scalar_t>();
     scalar_t* dc = grad_c.data_ptr<scalar_t>();
-    scalar_t* gs = grad_step.data_ptr<scalar_t>();
+    scalar_t* grad_step_data = grad_step.data_ptr<scalar_t>();
     scalar_t* dh_all = proj ? grad_h_all.data_ptr<scalar_t>() : nullptr;
     scalar_t* r_all = proj ? unprojected_all.data_ptr<scalar_t>() : nullptr;
     scalar_t* dh_step = proj ? grad_h_step.data_ptr<scalar_t>() : nullptr;
     scalar_t* dr = proj ? grad_unproj.data_ptr<scalar_t>() : nullptr;
     scalar_t* carry_data = carry.data_ptr<scalar_t>();
-    for (int64_t step = 0; step < T; ++step) {
-      const int64_t s = T - 1 - step;
-      const scalar_t* dh = carry_data + (step & 1) * B * P;
-      scalar_t* dh_prev = carry_data + ((step + 1) & 1) * B * P;
-      if (proj) {
-        // d(o*tanh(c_t)) = d h_t · W_hr, with d h_t = d output_t + carried d h (zero if inactive).
-        for_each_row(B, P, [&](int64_t b) {
-          if (!sched.active(s, b)) {
-            zero_row(dh_step + b * P, P);
-            return;
+    // The worker's blocks: block_begin/end cover P (d h_{t-1}), `share` covers H (gates).
+    run_team(team, w.num_blocks(), [&](const Worker& me) {
+      const auto [u0, u1] = me.share(hidden_blocks);
+      for (int64_t step = 0; step < T; ++step) {
+        const int64_t s = T - 1 - step;
+        const scalar_t* dh = carry_data + (step & 1) * B * P;
+        scalar_t* dh_prev = carry_data + ((step + 1) & 1) * B * P;
+        scalar_t* gs = grad_step_data + (step & 1) * B * 4 * H;
+        if (proj) {
+          // d h_t = d output_t + carried d h (zero if inactive), over the worker's P units; they
+          // also start d h_{t-1}: zero, or d h passed through for inactive rows.
+          for (int64_t v = me.block_begin; v < me.block_end; ++v) {
+            const int64_t p0 = v * kBlockUnits, m = w.block_units(v);
+            for (int64_t b = 0; b < B; ++b) {
+              if (!sched.active(s, b)) {
+                zero_row(dh_step + b * P + p0, m);
+                copy_row(dh_prev + b * P + p0, dh + b * P + p0, m);
+                continue;
+              }
+              const int64_t row = sched.slot(s, b) * B + b;
+              for (int64_t p = p0; p < p0 + m; ++p) {
+                dh_step[b * P + p] = gout[row * P + p] + dh[b * P + p];
+              }
+              copy_row(dh_all + row * P + p0, dh_step + b * P + p0, m);
+              zero_row(dh_prev + b * P + p0, m);
+            }
           }
-          const int64_t row = sched.slot(s, b) * B + b;
-          for (int64_t p = 0; p < P; ++p) dh_step[b * P + p] = gout[row * P + p] + dh[b * P + p];
-          copy_row(dh_all + row * P, dh_step + b * P, P);
-        });
-        w_r.multiply(B, dh_step, P, 0, dr, H);
-      }
-      for_each_row(B, 4 * H, [&](int64_t b) {
-        if (!sched.active(s, b)) {
-          zero_row(gs + b * 4 * H, 4 * H);
-          copy_row(dh_prev + b * P, dh + b * P, P);
-          return;
+          team_barrier();
+          if (!packed) w_r.multiply(B, dh_step, P, 0, dr, H);  // d(o*tanh(c_t)) = d h_t · W_hr
         }
-        const int64_t row = sched.slot(s, b) * B + b;
-        scalar_t* g_row = gs + b * 4 * H;
-        // Without proj, d(o*tanh(c)) is d output_t + carried d h_t (P == H).
-        lstm_backward_row(g_ws + row * 4 * H, c_ws + row * H, cp_ws + row * H,
-                          proj ? dr + b * H : gout + row * P, proj ? nullptr : dh + b * P,
-                          dc + b * H, g_row, proj ? r_all + row * H : nullptr, H);
-        copy_row(gx + row * 4 * H, g_row, 4 * H);
-        zero_row(dh_prev + b * P, P);
-      });
-      // d h_{t-1} += d gates · W_hh   (inactive rows have zero gate grads and pass d h through)
-      w.multiply(B, gs, 4 * H, 1, dh_prev, P);
-    }
+        for (int64_t u = u0; u < u1; ++u) {
+          const int64_t j0 = u * kBlockUnits, n = std::min(kBlockUnits, H - j0);
+          if (proj && packed) w_r.multiply_block(u, B, dh_step, P, 0, dr + j0, H, 0);
+          for (int64_t b = 0; b < B; ++b) {
+            if (!sched.active(s, b)) {
+              zero_gate_units(gs + b * 4 * H, 4, H, j0, n);
+              if (!proj) copy_row(dh_prev + b * P + j0, dh + b * P + j0, n);
+              continue;
+            }
+            const int64_t row = sched.slot(s, b) * B + b;
+            // Without proj, d(o*tanh(c)) is d output_t + carried d h_t (P == H).
+            lstm_backward_row(g_ws + row * 4 * H + j0, c_ws + row * H + j0, cp_ws + row * H + j0,
+                              proj ? dr + b * H + j0 : gout + row * P + j0,
+                              proj ? nullptr : dh + b * P + j0, dc + b * H + j0,
+                              gs + b * 4 * H + j0, proj ? r_all + row * H + j0 : nullptr, n, H);
+            copy_gate_units(gx + row * 4 * H, gs + b * 4 * H, 4, H, j0, n);
+            if (!proj) zero_row(dh_prev + b * P + j0, n);
+          }
+        }
+        team_barrier();
+        // d h_{t-1} += d gates · W_hh  (inactive rows have zero gate grads and pass d h through)
+        accumulate_grad_h(w, me, B, gs, 4 * H, dh_prev, P);
+      }
+    });
   });
   Tensor grad_w_hr = proj ? weight_grad(grad_h_all, unprojected_all)
                           : at::empty({0}, hprev.options());

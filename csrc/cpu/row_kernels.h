@@ -1,12 +1,15 @@
 // Pointwise work of one batch row for one step: the fused gate pass of each cell, forward and
 // backward. Plain loops over the hidden units that the compiler vectorizes; on x86-64 each is
 // built twice (x86-64-v3: AVX2+FMA, and baseline SSE2) and picked at load time by CPU features.
-// All pointers are rows of length H (gate rows: G*H, gate blocks in torch's order).
+// Each call covers n units starting at the pointers given (a block of a row, or all of it).
+// Gate rows hold G gate blocks in torch's order, `stride` apart (H for rows of xproj, workspaces
+// and gradients); the recurrent product gh may have its own gate stride (a per-block tile).
 #pragma once
 
 #include <cstdint>
 
 #include "../gate_math.h"
+#include "blocking.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define FUSEDRNN_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
@@ -17,40 +20,54 @@
 namespace fusedrnn {
 namespace cpu {
 
+// body(j) for j in [0, n). A full block (n == 16) gets its own copy of the loop with a constant
+// trip count: two straight 8-float vectors, no remainder loop or trip-count checks, which
+// otherwise cost as much as the gate math at 16 units.
+template <typename Body>
+inline __attribute__((always_inline)) void for_units(int64_t n, const Body& body) {
+  if (n == kBlockUnits) {
+    for (int64_t j = 0; j < kBlockUnits; ++j) body(j);
+  } else {
+    for (int64_t j = 0; j < n; ++j) body(j);
+  }
+}
+
 // h' = act(x + W_hh h); writes h' to the state and the output.
 template <typename T>
 FUSEDRNN_CPU_CLONES void rnn_forward_row(const T* __restrict x, const T* __restrict gh,
-                                         T* __restrict h_next, T* __restrict out, int64_t H,
+                                         T* __restrict h_next, T* __restrict out, int64_t n,
                                          bool relu) {
-  for (int64_t j = 0; j < H; ++j) {
+  for_units(n, [&](int64_t j) __attribute__((always_inline)) {
     const T h = gates::rnn_activation(x[j] + gh[j], relu);
     h_next[j] = h;
     out[j] = h;
-  }
+  });
 }
 
 // grad_pre = act'(h') * (grad_out + dh); also zeroes dh_prev (the GEMM adds W_hh^T grad_pre).
 template <typename T>
 FUSEDRNN_CPU_CLONES void rnn_backward_row(const T* __restrict out, const T* __restrict grad_out,
                                           const T* __restrict dh, T* __restrict grad_pre,
-                                          T* __restrict dh_prev, int64_t H, bool relu) {
-  for (int64_t j = 0; j < H; ++j) {
+                                          T* __restrict dh_prev, int64_t n, bool relu) {
+  for_units(n, [&](int64_t j) __attribute__((always_inline)) {
     grad_pre[j] = gates::rnn_activation_grad(out[j], grad_out[j] + dh[j], relu);
     dh_prev[j] = T(0);
-  }
+  });
 }
 
-// gh: W_hh h (3H, bias not yet added); writes ws (4H: r, z, n, hn). ws is always written (a
+// gh: W_hh h (3 gates, bias not yet added); writes ws (4 blocks: r, z, n, hn). ws is always written (a
 // scratch row when nothing is saved): a branch in the loop would stop it vectorizing.
 template <typename T>
 FUSEDRNN_CPU_CLONES void gru_forward_row(const T* __restrict x, const T* __restrict gh,
                                          const T* __restrict b_hh, const T* __restrict h_cur,
                                          T* __restrict h_next, T* __restrict out,
-                                         T* __restrict ws, int64_t H) {
-  for (int64_t j = 0; j < H; ++j) {
+                                         T* __restrict ws, int64_t n, int64_t H,
+                                         int64_t gh_stride) {
+  const int64_t S = gh_stride;
+  for_units(n, [&](int64_t j) __attribute__((always_inline)) {
     T h;
     const auto g = gates::gru_forward<T>(x[j], x[H + j], x[2 * H + j], gh[j] + b_hh[j],
-                                         gh[H + j] + b_hh[H + j], gh[2 * H + j] + b_hh[2 * H + j],
+                                         gh[S + j] + b_hh[H + j], gh[2 * S + j] + b_hh[2 * H + j],
                                          h_cur[j], &h);
     h_next[j] = h;
     out[j] = h;
@@ -58,7 +75,7 @@ FUSEDRNN_CPU_CLONES void gru_forward_row(const T* __restrict x, const T* __restr
     ws[H + j] = g.z;
     ws[2 * H + j] = g.n;
     ws[3 * H + j] = g.hn;
-  }
+  });
 }
 
 // Writes d(input projection) grad_x (3H), d(W_hh h + b_hh) grad_h (3H) and the direct part of
@@ -67,8 +84,8 @@ template <typename T>
 FUSEDRNN_CPU_CLONES void gru_backward_row(const T* __restrict ws, const T* __restrict h_prev,
                                           const T* __restrict grad_out, const T* __restrict dh,
                                           T* __restrict grad_x, T* __restrict grad_h,
-                                          T* __restrict dh_prev, int64_t H) {
-  for (int64_t j = 0; j < H; ++j) {
+                                          T* __restrict dh_prev, int64_t n, int64_t H) {
+  for_units(n, [&](int64_t j) __attribute__((always_inline)) {
     const gates::GruGates<T> g{ws[j], ws[H + j], ws[2 * H + j], ws[3 * H + j]};
     const auto d = gates::gru_backward<T>(g, h_prev[j], grad_out[j] + dh[j]);
     grad_x[j] = d.r;
@@ -78,25 +95,27 @@ FUSEDRNN_CPU_CLONES void gru_backward_row(const T* __restrict ws, const T* __res
     grad_h[H + j] = d.z;
     grad_h[2 * H + j] = d.hn;
     dh_prev[j] = d.h_prev;
-  }
+  });
 }
 
-// gh: W_hh h (4H); writes c', the unprojected hidden o*tanh(c') and ws (4H: i, f, g, o; always
+// gh: W_hh h (4 gates); writes c', the unprojected hidden o*tanh(c') and ws (i, f, g, o; always
 // written, as for the GRU).
 template <typename T>
 FUSEDRNN_CPU_CLONES void lstm_forward_row(const T* __restrict x, const T* __restrict gh,
                                           const T* __restrict c_cur, T* __restrict c_next,
-                                          T* __restrict h_out, T* __restrict ws, int64_t H) {
-  for (int64_t j = 0; j < H; ++j) {
-    const auto a = gates::lstm_forward<T>(x[j] + gh[j], x[H + j] + gh[H + j],
-                                          x[2 * H + j] + gh[2 * H + j],
-                                          x[3 * H + j] + gh[3 * H + j], c_cur[j], &c_next[j],
+                                          T* __restrict h_out, T* __restrict ws, int64_t n,
+                                          int64_t H, int64_t gh_stride) {
+  const int64_t S = gh_stride;
+  for_units(n, [&](int64_t j) __attribute__((always_inline)) {
+    const auto a = gates::lstm_forward<T>(x[j] + gh[j], x[H + j] + gh[S + j],
+                                          x[2 * H + j] + gh[2 * S + j],
+                                          x[3 * H + j] + gh[3 * S + j], c_cur[j], &c_next[j],
                                           &h_out[j]);
     ws[j] = a.i;
     ws[H + j] = a.f;
     ws[2 * H + j] = a.g;
     ws[3 * H + j] = a.o;
-  }
+  });
 }
 
 // grad_h = grad_h_a (+ grad_h_b when not null) is d(o*tanh(c')); dc holds d c' on entry and
@@ -108,8 +127,8 @@ FUSEDRNN_CPU_CLONES void lstm_backward_row(const T* __restrict ws, const T* __re
                                            const T* __restrict grad_h_a,
                                            const T* __restrict grad_h_b, T* __restrict dc,
                                            T* __restrict grad_gates, T* __restrict unprojected,
-                                           int64_t H) {
-  for (int64_t j = 0; j < H; ++j) {
+                                           int64_t n, int64_t H) {
+  for_units(n, [&](int64_t j) __attribute__((always_inline)) {
     const gates::LstmGates<T> a{ws[j], ws[H + j], ws[2 * H + j], ws[3 * H + j]};
     const T grad_h = grad_h_b ? grad_h_a[j] + grad_h_b[j] : grad_h_a[j];
     const auto d = gates::lstm_backward<T>(a, c_new[j], c_prev[j], grad_h, dc[j]);
@@ -119,7 +138,7 @@ FUSEDRNN_CPU_CLONES void lstm_backward_row(const T* __restrict ws, const T* __re
     grad_gates[3 * H + j] = d.o;
     dc[j] = d.c_prev;
     if (unprojected) unprojected[j] = d.h_unprojected;
-  }
+  });
 }
 
 }  // namespace cpu
