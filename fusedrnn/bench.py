@@ -15,22 +15,22 @@ import time
 
 import torch
 
-from . import report
+from . import floors, report
 from .verification import CELLS, Case, available_dtypes, compare, make_pair, worst
 
 # (T, B, I, H)
 SEED_SIZE = (300, 1, 1, 32)          # the seeds' programs
+SMALL_BATCH_SIZE = (300, 8, 32, 64)  # the corner of "small" (H <= 64, B <= 8)
 MEDIUM_SIZE = (100, 32, 64, 256)
 FASTRNNS_SIZE = (100, 64, 512, 512)  # torch's benchmarks/fastrnns default
-LARGE_SIZE = (100, 64, 1024, 1024)
+LARGE_SIZE = (50, 64, 512, 1024)
+DEFAULT_SIZES = [SEED_SIZE, SMALL_BATCH_SIZE, MEDIUM_SIZE, FASTRNNS_SIZE, LARGE_SIZE]
 
 # grid -> (sizes, cells, layer counts, bidirectional options)
 GRIDS = {
     "quick": ([SEED_SIZE, MEDIUM_SIZE], ["rnn_tanh", "gru", "lstm"], [1], [False]),
-    "default": ([SEED_SIZE, MEDIUM_SIZE, FASTRNNS_SIZE, LARGE_SIZE],
-                ["rnn_tanh", "rnn_relu", "gru", "lstm"], [1], [False]),
-    "full": ([SEED_SIZE, MEDIUM_SIZE, FASTRNNS_SIZE, LARGE_SIZE], list(CELLS), [1, 2],
-             [False, True]),
+    "default": (DEFAULT_SIZES, ["rnn_tanh", "rnn_relu", "gru", "lstm"], [1], [False]),
+    "full": (DEFAULT_SIZES, list(CELLS), [1, 2], [False, True]),
 }
 PASSES = ("fwd", "fwd+bwd")
 
@@ -93,6 +93,7 @@ class BenchResult:
     verified: bool
     verify_detail: str
     timings: dict[str, Timing]  # pass -> Timing; empty when verification failed
+    floors: dict[str, dict]  # pass -> fusedrnn.floors.floors_ms (CPU only)
 
 
 def _median_and_iqr(samples: list[float]) -> tuple[float, float]:
@@ -171,13 +172,24 @@ def make_workloads(cfg: BenchConfig, seed: int = 0) -> dict[str, tuple]:
             "fwd+bwd": (lambda: fwd_bwd(fused), lambda: fwd_bwd(ref))}
 
 
+def gemm_floors(cfg: BenchConfig) -> dict[str, dict]:
+    """pass -> GEMM floors (fusedrnn.floors) of the configuration; CPU only."""
+    if cfg.device != "cpu":
+        return {}
+    proj = 3 if cfg.cell == "lstm_proj" else 0  # verification.CELLS' proj_size
+    return {bench_pass: floors.floors_ms(
+                floors.config_gemms(cfg.cell, cfg.T, cfg.B, cfg.I, cfg.H, cfg.layers,
+                                    cfg.bidirectional, bench_pass == "fwd+bwd", proj), cfg.dtype)
+            for bench_pass in PASSES}
+
+
 def run_config(cfg: BenchConfig, budget_s: float, seed: int = 0) -> BenchResult:
     verified, detail = verify_config(cfg, seed)
     if not verified:
-        return BenchResult(cfg, False, detail, {})
+        return BenchResult(cfg, False, detail, {}, {})
     timings = {bench_pass: time_interleaved(fused_fn, torch_fn, cfg.device, budget_s)
                for bench_pass, (fused_fn, torch_fn) in make_workloads(cfg, seed).items()}
-    return BenchResult(cfg, True, detail, timings)
+    return BenchResult(cfg, True, detail, timings, gemm_floors(cfg))
 
 
 def build_configs(args) -> list[BenchConfig]:
@@ -200,8 +212,11 @@ def build_configs(args) -> list[BenchConfig]:
 
 def table_rows(results: list[BenchResult]) -> tuple[list[str], list[list[str]]]:
     on_cuda = any(r.config.device.startswith("cuda") for r in results)
+    on_cpu = any(r.floors for r in results)
     columns = ["config", "dtype", "pass", "fused ms", "torch.nn ms", "speedup", "fused µs/step",
                "spread (IQR) fused / torch"]
+    if on_cpu:
+        columns += ["GEMM floor ms (shape sgemm / peak)", "fused at % of sgemm floor"]
     if on_cuda:
         columns.append("torch.nn cuDNN algo (expected)")
     rows = []
@@ -215,6 +230,10 @@ def table_rows(results: list[BenchResult]) -> tuple[list[str], list[list[str]]]:
                 row = [cfg.label(), cfg.dtype, bench_pass, f"{t.fused_ms:.3f}", f"{t.torch_ms:.3f}",
                        f"{t.speedup:.2f}x", f"{t.fused_ms * 1e3 / cfg.T:.1f}",
                        f"{t.fused_iqr:.0%} / {t.torch_iqr:.0%}"]
+            if on_cpu:
+                f = r.floors.get(bench_pass)
+                row += ["", ""] if not f else [f"{f['sgemm']:.3f} / {f['peak']:.3f}",
+                                               f"{f['sgemm'] / t.fused_ms:.0%}"]
             if on_cuda:
                 row.append(expected_cudnn_algo(cfg, bench_pass))
             rows.append(row)
@@ -231,6 +250,7 @@ def to_json(results: list[BenchResult], args) -> dict:
             "verify_detail": r.verify_detail,
             "timings": {p: dict(dataclasses.asdict(t), speedup=t.speedup)
                         for p, t in r.timings.items()},
+            **({"gemm_floors_ms": r.floors} if r.floors else {}),
             **({"cudnn_algo_expected": {p: expected_cudnn_algo(r.config, p) for p in PASSES}}
                if r.config.device.startswith("cuda") else {}),
         } for r in results],
@@ -292,6 +312,11 @@ def main(args: argparse.Namespace) -> int:
         results.append(run_config(cfg, args.budget, args.seed + i))
     columns, rows = table_rows(results)
     print(report.markdown_table(columns, rows))
+    if any(r.floors for r in results):
+        print(f"\nGEMM floors: every matrix product of the configuration at the rate torch.mm "
+              f"reaches on that shape here / at the large-square rate "
+              f"({floors.peak_gflops(args.dtype.split(',')[0]):.0f} GFLOP/s measured, "
+              f"{torch.get_num_threads()} threads); gate math not included (fusedrnn/floors.py)")
     failed = [r for r in results if not r.verified]
     for r in failed:
         print(f"  FAIL {r.config.label()} {r.config.dtype}: {r.verify_detail}")

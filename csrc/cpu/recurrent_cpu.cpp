@@ -51,21 +51,38 @@ void copy_gate_units(T* dst, const T* src, int64_t gates, int64_t H, int64_t j0,
   for (int64_t g = 0; g < gates; ++g) copy_row(dst + g * H + j0, src + g * H + j0, n);
 }
 
-// W_hh h_{t-1} for unit block u of every gate, as rows `ld` apart with gates `gate_stride` apart.
+// Hidden units [first, first + count) covered by unit blocks [u0, u1) of a layer of `units`.
+inline std::pair<int64_t, int64_t> unit_range(int64_t u0, int64_t u1, int64_t units) {
+  const int64_t first = std::min(u0 * kBlockUnits, units);
+  return {first, std::min(u1 * kBlockUnits, units) - first};
+}
+
+// Per-worker tile width per gate: every block, as the team granted may be smaller than asked
+// (nested parallelism), leaving one worker with all of them.
+inline int64_t tile_units(int64_t num_blocks) { return num_blocks * kBlockUnits; }
+
+// W_hh h_{t-1} for the worker's units of every gate: rows `ld` apart, gates `gate_stride` apart,
+// unit 0 = the worker's first unit.
 template <typename T>
-struct BlockProduct {
+struct WorkerProduct {
   const T* data;
   int64_t ld, gate_stride;
 };
 
-// Packed path: computed now into the worker's tile (B, G*16). BLAS path (team of one): read from
-// `full` (B, G*H), the whole product the caller computed for this step.
+// Packed path: computed now, block by block, into the worker's tile (B, G, its units), so the
+// gate pass after it reads each gate of a row as one contiguous run. BLAS path (team of one):
+// read from `full` (B, G*H), the whole product the caller computed for this step.
 template <typename T>
-BlockProduct<T> block_product(const PackedWeight<T>& w, int64_t u, int64_t B, const T* h,
-                              int64_t ldh, int64_t G, int64_t H, const T* full, T* tile) {
-  if (!w.packed()) return {full + u * kBlockUnits, G * H, H};
-  w.multiply_block(u, B, h, ldh, T(0), tile, G * kBlockUnits, kBlockUnits);
-  return {tile, G * kBlockUnits, kBlockUnits};
+WorkerProduct<T> worker_product(const PackedWeight<T>& w, const Worker& me, int64_t B,
+                                const T* h, int64_t ldh, int64_t G, int64_t H, const T* full,
+                                T* tile) {
+  if (!w.packed()) return {full + me.block_begin * kBlockUnits, G * H, H};
+  const int64_t width = (me.block_end - me.block_begin) * kBlockUnits;
+  for (int64_t u = me.block_begin; u < me.block_end; ++u) {
+    w.multiply_block(u, B, h, ldh, T(0), tile + (u - me.block_begin) * kBlockUnits, G * width,
+                     width);
+  }
+  return {tile, G * width, width};
 }
 
 // d h_{t-1}[:, the worker's units] += grad_gates (B, K) · W_hh (K, P).
@@ -101,7 +118,8 @@ std::tuple<Tensor, Tensor, Tensor> rnn_forward(const Tensor& xproj_in, const Ten
     const PackedWeight<scalar_t> w(w_hh.data_ptr<scalar_t>(), H, H, /*transposed=*/true);
     const int64_t team = team_size(w.packed(), w.num_blocks(), B * H * H);
     Tensor full = at::empty({w.packed() ? 0 : B, H}, xproj.options());  // W_hh h (BLAS path)
-    Tensor tiles = at::empty({w.packed() ? team : 0, B, kBlockUnits}, xproj.options());
+    Tensor tiles = at::empty({w.packed() ? team : 0, B, tile_units(w.num_blocks())},
+                              xproj.options());
     const scalar_t* x = xproj.data_ptr<scalar_t>();
     scalar_t* out = output.data_ptr<scalar_t>();
     scalar_t* hp_ws = save_workspace ? hprev.data_ptr<scalar_t>() : nullptr;
@@ -109,14 +127,14 @@ std::tuple<Tensor, Tensor, Tensor> rnn_forward(const Tensor& xproj_in, const Ten
     scalar_t* full_data = full.data_ptr<scalar_t>();
     scalar_t* tiles_data = tiles.data_ptr<scalar_t>();
     run_team(team, w.num_blocks(), [&](const Worker& me) {
-      scalar_t* tile = tiles_data + me.id * B * kBlockUnits;
+      scalar_t* tile = tiles_data + me.id * tiles.stride(0);
       for (int64_t s = 0; s < T; ++s) {
         const scalar_t* h_cur = state_data + (s & 1) * B * H;
         scalar_t* h_next = state_data + ((s + 1) & 1) * B * H;
         if (!w.packed()) w.multiply(B, h_cur, H, 0, full_data, H);
-        for (int64_t u = me.block_begin; u < me.block_end; ++u) {
-          const int64_t j0 = u * kBlockUnits, n = w.block_units(u);
-          const auto gh = block_product(w, u, B, h_cur, H, 1, H, full_data, tile);
+        {  // the worker's units
+          const auto [j0, n] = unit_range(me.block_begin, me.block_end, H);
+          const auto gh = worker_product(w, me, B, h_cur, H, 1, H, full_data, tile);
           for (int64_t b = 0; b < B; ++b) {
             const int64_t row = sched.slot(s, b) * B + b;
             if (!sched.active(s, b)) {
@@ -168,8 +186,8 @@ std::tuple<Tensor, Tensor, Tensor> rnn_backward(const Tensor& grad_output_in,
         const scalar_t* dh = carry_data + (step & 1) * B * H;
         scalar_t* dh_prev = carry_data + ((step + 1) & 1) * B * H;
         scalar_t* gp = grad_pre_data + (step & 1) * B * H;
-        for (int64_t u = me.block_begin; u < me.block_end; ++u) {
-          const int64_t j0 = u * kBlockUnits, n = w.block_units(u);
+        {  // the worker's units
+          const auto [j0, n] = unit_range(me.block_begin, me.block_end, H);
           for (int64_t b = 0; b < B; ++b) {
             if (!sched.active(s, b)) {  // d pre = 0: d h passes through the GEMM unchanged
               zero_row(gp + b * H + j0, n);
@@ -218,7 +236,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(const Tensor& xproj_in, c
                                    /*groups=*/3);
     const int64_t team = team_size(w.packed(), w.num_blocks(), B * 3 * H * H);
     Tensor full = at::empty({w.packed() ? 0 : B, 3 * H}, xproj.options());
-    Tensor tiles = at::empty({w.packed() ? team : 0, B, 3 * kBlockUnits}, xproj.options());
+    Tensor tiles = at::empty({w.packed() ? team : 0, B, 3 * tile_units(w.num_blocks())},
+                              xproj.options());
     const scalar_t* x = xproj.data_ptr<scalar_t>();
     const scalar_t* bias = b_hh.data_ptr<scalar_t>();
     scalar_t* out = output.data_ptr<scalar_t>();
@@ -229,14 +248,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(const Tensor& xproj_in, c
     scalar_t* full_data = full.data_ptr<scalar_t>();
     scalar_t* tiles_data = tiles.data_ptr<scalar_t>();
     run_team(team, w.num_blocks(), [&](const Worker& me) {
-      scalar_t* tile = tiles_data + me.id * B * 3 * kBlockUnits;
+      scalar_t* tile = tiles_data + me.id * tiles.stride(0);
       for (int64_t s = 0; s < T; ++s) {
         const scalar_t* h_cur = state_data + (s & 1) * B * H;
         scalar_t* h_next = state_data + ((s + 1) & 1) * B * H;
         if (!w.packed()) w.multiply(B, h_cur, H, 0, full_data, 3 * H);
-        for (int64_t u = me.block_begin; u < me.block_end; ++u) {
-          const int64_t j0 = u * kBlockUnits, n = w.block_units(u);
-          const auto gh = block_product(w, u, B, h_cur, H, 3, H, full_data, tile);
+        {  // the worker's units
+          const auto [j0, n] = unit_range(me.block_begin, me.block_end, H);
+          const auto gh = worker_product(w, me, B, h_cur, H, 3, H, full_data, tile);
           for (int64_t b = 0; b < B; ++b) {
             const int64_t row = sched.slot(s, b) * B + b;
             if (!sched.active(s, b)) {
@@ -294,8 +313,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
         const scalar_t* dh = carry_data + (step & 1) * B * H;
         scalar_t* dh_prev = carry_data + ((step + 1) & 1) * B * H;
         scalar_t* gs = grad_step_data + (step & 1) * B * 3 * H;
-        for (int64_t u = me.block_begin; u < me.block_end; ++u) {
-          const int64_t j0 = u * kBlockUnits, n = w.block_units(u);
+        {  // the worker's units
+          const auto [j0, n] = unit_range(me.block_begin, me.block_end, H);
           for (int64_t b = 0; b < B; ++b) {
             if (!sched.active(s, b)) {
               zero_gate_units(gs + b * 3 * H, 3, H, j0, n);
@@ -352,7 +371,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
     const bool packed = w.packed() && (!proj || w_r.packed());
     const int64_t team = team_size(packed, w.num_blocks(), B * 4 * H * P + (proj ? B * P * H : 0));
     Tensor full = at::empty({packed ? 0 : B, 4 * H}, xproj.options());  // W_hh h (BLAS path)
-    Tensor tiles = at::empty({packed ? team : 0, B, 4 * kBlockUnits}, xproj.options());
+    Tensor tiles = at::empty({packed ? team : 0, B, 4 * tile_units(w.num_blocks())},
+                              xproj.options());
     const scalar_t* x = xproj.data_ptr<scalar_t>();
     scalar_t* out = output.data_ptr<scalar_t>();
     scalar_t* g_ws = save_workspace ? gates_ws.data_ptr<scalar_t>() : nullptr;
@@ -366,7 +386,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
     scalar_t* full_data = full.data_ptr<scalar_t>();
     scalar_t* tiles_data = tiles.data_ptr<scalar_t>();
     run_team(team, w.num_blocks(), [&](const Worker& me) {
-      scalar_t* tile = tiles_data + me.id * B * 4 * kBlockUnits;
+      scalar_t* tile = tiles_data + me.id * tiles.stride(0);
       for (int64_t s = 0; s < T; ++s) {
         const scalar_t* h_cur = h_state_data + (s & 1) * B * P;
         scalar_t* h_next = h_state_data + ((s + 1) & 1) * B * P;
@@ -374,9 +394,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
         scalar_t* c_next = c_state_data + ((s + 1) & 1) * B * H;
         // Gates of the worker's hidden units (with proj, h_t waits for the W_hr product below).
         if (!packed) w.multiply(B, h_cur, P, 0, full_data, 4 * H);
-        for (int64_t u = me.block_begin; u < me.block_end; ++u) {
-          const int64_t j0 = u * kBlockUnits, n = w.block_units(u);
-          const auto gh = block_product(w, u, B, h_cur, P, 4, H, full_data, tile);
+        {  // the worker's units
+          const auto [j0, n] = unit_range(me.block_begin, me.block_end, H);
+          const auto gh = worker_product(w, me, B, h_cur, P, 4, H, full_data, tile);
           for (int64_t b = 0; b < B; ++b) {
             const int64_t row = sched.slot(s, b) * B + b;
             if (!sched.active(s, b)) {
@@ -413,9 +433,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
         // h_{t-1}.
         if (!packed) w_r.multiply(B, unproj, H, 0, h_next, P);
         const auto [v0, v1] = me.share(w_r.num_blocks());
-        for (int64_t v = v0; v < v1; ++v) {
-          const int64_t p0 = v * kBlockUnits, m = w_r.block_units(v);
-          if (packed) w_r.multiply_block(v, B, unproj, H, 0, h_next + p0, P, 0);
+        if (packed) {
+          for (int64_t v = v0; v < v1; ++v) {
+            w_r.multiply_block(v, B, unproj, H, 0, h_next + v * kBlockUnits, P, 0);
+          }
+        }
+        {  // the worker's P units
+          const auto [p0, m] = unit_range(v0, v1, P);
           for (int64_t b = 0; b < B; ++b) {
             const int64_t row = sched.slot(s, b) * B + b;
             if (sched.active(s, b)) {
@@ -494,8 +518,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
         if (proj) {
           // d h_t = d output_t + carried d h (zero if inactive), over the worker's P units; they
           // also start d h_{t-1}: zero, or d h passed through for inactive rows.
-          for (int64_t v = me.block_begin; v < me.block_end; ++v) {
-            const int64_t p0 = v * kBlockUnits, m = w.block_units(v);
+          {  // the worker's P units
+            const auto [p0, m] = unit_range(me.block_begin, me.block_end, P);
             for (int64_t b = 0; b < B; ++b) {
               if (!sched.active(s, b)) {
                 zero_row(dh_step + b * P + p0, m);
@@ -513,9 +537,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
           team_barrier();
           if (!packed) w_r.multiply(B, dh_step, P, 0, dr, H);  // d(o*tanh(c_t)) = d h_t · W_hr
         }
-        for (int64_t u = u0; u < u1; ++u) {
-          const int64_t j0 = u * kBlockUnits, n = std::min(kBlockUnits, H - j0);
-          if (proj && packed) w_r.multiply_block(u, B, dh_step, P, 0, dr + j0, H, 0);
+        if (proj && packed) {
+          for (int64_t u = u0; u < u1; ++u) {
+            w_r.multiply_block(u, B, dh_step, P, 0, dr + u * kBlockUnits, H, 0);
+          }
+        }
+        {  // the worker's hidden units
+          const auto [j0, n] = unit_range(u0, u1, H);
           for (int64_t b = 0; b < B; ++b) {
             if (!sched.active(s, b)) {
               zero_gate_units(gs + b * 4 * H, 4, H, j0, n);

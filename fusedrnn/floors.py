@@ -1,0 +1,80 @@
+"""GEMM floors of a benchmark configuration: the least time its matrix products can take here.
+
+A recurrent layer's arithmetic is its GEMMs: the input projection (T*B, I)·(I, G*H) once, the
+recurrent product (B, P)·(P, G*H) every step (plus (B, H)·(H, P) with proj_size), and in backward
+the transposed products and the weight gradients. Two floors per configuration and pass:
+
+- sgemm floor: each product's multiply-adds at the rate torch.mm reaches on that exact shape on
+  this machine (measured here, best of several runs). A fused kernel that reaches it does its
+  arithmetic as fast as the best BLAS call for each product, and everything else for free.
+- peak floor: all multiply-adds at the best rate torch.mm reaches on a large square product (the
+  practical FMA peak of the cores with the current thread count).
+
+Gate math, dispatch and the time loop's synchronisation are not in either floor.
+"""
+from __future__ import annotations
+
+import functools
+import time
+
+import torch
+
+PEAK_SHAPE = (2048, 2048, 2048)
+
+
+@functools.lru_cache(maxsize=None)
+def sgemm_rate(m: int, k: int, n: int, dtype: str = "float32", min_time_s: float = 0.2) -> float:
+    """Best multiply-adds per second of torch.mm on (m, k)·(k, n) on the CPU."""
+    a = torch.randn(m, k, dtype=getattr(torch, dtype))
+    b = torch.randn(k, n, dtype=getattr(torch, dtype))
+    out = torch.empty(m, n, dtype=a.dtype)
+    for _ in range(3):
+        torch.mm(a, b, out=out)
+    best, start = float("inf"), time.perf_counter()
+    while time.perf_counter() - start < min_time_s:
+        t0 = time.perf_counter()
+        torch.mm(a, b, out=out)
+        best = min(best, time.perf_counter() - t0)
+    return m * k * n / best
+
+
+def layer_gemms(T: int, B: int, I: int, H: int, gates: int, P: int, proj: bool,
+                backward: bool) -> list[tuple[int, int, int, int]]:
+    """(m, k, n, count) of every matrix product of one layer and direction."""
+    gemms = [(T * B, I, gates * H, 1), (B, P, gates * H, T)]
+    if proj:
+        gemms.append((B, H, P, T))
+    if backward:
+        gemms += [(T * B, gates * H, I, 1),      # d x
+                  (gates * H, T * B, I, 1),      # d W_ih
+                  (B, gates * H, P, T),          # d h_{t-1} every step
+                  (gates * H, T * B, P, 1)]      # d W_hh
+        if proj:
+            gemms += [(B, P, H, T), (P, T * B, H, 1)]  # d(o*tanh c) every step, d W_hr
+    return gemms
+
+
+def config_gemms(cell: str, T: int, B: int, I: int, H: int, layers: int, bidirectional: bool,
+                 backward: bool, proj_size: int = 0) -> list[tuple[int, int, int, int]]:
+    gates = {"rnn_tanh": 1, "rnn_relu": 1, "gru": 3, "lstm": 4, "lstm_proj": 4}[cell]
+    P = proj_size or H
+    directions = 2 if bidirectional else 1
+    gemms = []
+    for layer in range(layers):
+        layer_input = I if layer == 0 else directions * P
+        gemms += layer_gemms(T, B, layer_input, H, gates, P, proj_size > 0, backward) * directions
+    return gemms
+
+
+def floors_ms(gemms: list[tuple[int, int, int, int]], dtype: str = "float32") -> dict[str, float]:
+    """{'sgemm': ms at each shape's measured rate, 'peak': ms at the large-square rate}."""
+    macs = sum(m * k * n * count for m, k, n, count in gemms)
+    at_shape_rate = sum(m * k * n * count / sgemm_rate(m, k, n, dtype)
+                        for m, k, n, count in gemms)
+    return {"sgemm": at_shape_rate * 1e3, "peak": macs / sgemm_rate(*PEAK_SHAPE, dtype) * 1e3,
+            "macs": macs}
+
+
+def peak_gflops(dtype: str = "float32") -> float:
+    """The practical FMA peak measured here, in GFLOP/s (2 flops per multiply-add)."""
+    return 2 * sgemm_rate(*PEAK_SHAPE, dtype) / 1e9
