@@ -1,6 +1,7 @@
 // The one place every fusedrnn op is declared. Backends register implementations in their own
-// TORCH_LIBRARY_IMPL blocks (csrc/cpu/..., csrc/cuda/...); fake kernels and autograd live in
-// fusedrnn/_ops.py.
+// TORCH_LIBRARY_IMPL blocks (csrc/cpu/..., csrc/cuda/...); autograd of the forward ops is in
+// csrc/autograd.cpp, the functional ops (recurrent_layer/_stack) in csrc/functional.cpp, fake
+// kernels in fusedrnn/_ops.py.
 //
 // Shapes (T steps, B batch, H hidden, P = proj_size or H, G = gates per cell: RNN 1, GRU 3, LSTM 4):
 //   xproj    (T, B, G*H)  input projection W_ih x_t + b_ih (+ b_hh for RNN and LSTM)
@@ -10,11 +11,18 @@
 //                         outputs are zero (torch.nn's PackedSequence semantics)
 //   reverse               run time backwards (from lengths[b]-1 down to 0 for row b)
 //   output   (T, B, P)    h_t at time t (not step), zero past a row's length
-// Workspaces (what backward needs; shape (0) when save_workspace is false), all indexed by time:
+// Workspaces (what backward needs; shape (0) when save_workspace is false, which autograd
+// overrides when it records the call), all indexed by time:
 //   hprev    (T, B, P)    the hidden state each step started from
 //   RNN  -: backward reads `output` for the activation derivative
 //   GRU  gates (T, B, 4H) activated r, z, n and hn = W_hn h + b_hn
 //   LSTM gates (T, B, 4H) activated i, f, g, o;  cells (T, B, H) c_t;  prev_cells (T, B, H) c_{t-1}
+//
+// Functional ops (torch.nn's computation; cell one of rnn_tanh, rnn_relu, gru, lstm):
+//   recurrent_layer   one layer, one direction: x (T, B, I), w_ih (G*H, I), b_ih/b_hh (G*H)
+//   recurrent_stack   num_layers x (1 or 2 directions): h0 (L*D, B, P), c0 (L*D, B, H),
+//                     weights in torch.nn's flat order, dropout between layers when train
+//   both return (output, h_n, c_n); c_n is a (0)-shaped tensor for cells without a cell state
 #include <Python.h>
 #include <torch/library.h>
 
@@ -42,6 +50,14 @@ TORCH_LIBRARY(fusedrnn, m) {
       "Tensor? w_hr, Tensor gates, Tensor cells, Tensor prev_cells, Tensor hprev, Tensor? lengths, "
       "bool reverse) -> (Tensor grad_xproj, Tensor grad_h0, Tensor grad_c0, Tensor grad_w_hh, "
       "Tensor grad_w_hr)");
+  m.def(
+      "recurrent_layer(str cell, Tensor x, Tensor h0, Tensor? c0, Tensor w_ih, Tensor w_hh, "
+      "Tensor? b_ih, Tensor? b_hh, Tensor? w_hr=None, Tensor? lengths=None, bool reverse=False) "
+      "-> (Tensor output, Tensor h_n, Tensor c_n)");
+  m.def(
+      "recurrent_stack(str cell, Tensor x, Tensor h0, Tensor? c0, Tensor[] weights, "
+      "int num_layers, bool bidirectional, bool bias, int proj_size=0, float dropout=0.0, "
+      "bool train=False, Tensor? lengths=None) -> (Tensor output, Tensor h_n, Tensor c_n)");
 }
 
 // Importing fusedrnn._C runs the registrations above; the module itself has no functions.

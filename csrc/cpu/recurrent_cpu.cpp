@@ -51,6 +51,28 @@ void copy_gate_units(T* dst, const T* src, int64_t gates, int64_t H, int64_t j0,
   for (int64_t g = 0; g < gates; ++g) copy_row(dst + g * H + j0, src + g * H + j0, n);
 }
 
+// Two (rows, width) buffers a time loop of T steps alternates between: step s reads slot s & 1 and
+// writes slot (s + 1) & 1. Slot T & 1, which the last step writes, is `result` itself, so the
+// final state is returned without a copy; slot 0 starts as a copy of `initial`.
+struct PingPong {
+  Tensor result, scratch;
+  void* slots[2];
+
+  template <typename T>
+  T* slot(int64_t s) const {
+    return static_cast<T*>(slots[s & 1]);
+  }
+};
+
+PingPong ping_pong(const Tensor& initial, int64_t T) {
+  const Tensor init = initial.contiguous();
+  PingPong p{at::empty(init.sizes(), init.options()), at::empty(init.sizes(), init.options()), {}};
+  p.slots[T & 1] = p.result.data_ptr();
+  p.slots[(T + 1) & 1] = p.scratch.data_ptr();
+  std::memcpy(p.slots[0], init.data_ptr(), init.nbytes());
+  return p;
+}
+
 // Hidden units [first, first + count) covered by unit blocks [u0, u1) of a layer of `units`.
 inline std::pair<int64_t, int64_t> unit_range(int64_t u0, int64_t u1, int64_t units) {
   const int64_t first = std::min(u0 * kBlockUnits, units);
@@ -111,8 +133,7 @@ std::tuple<Tensor, Tensor, Tensor> rnn_forward(const Tensor& xproj_in, const Ten
 
   Tensor output = at::empty({T, B, H}, xproj.options());
   Tensor hprev = workspace(save_workspace, xproj, T, B, H);
-  Tensor state = at::empty({2, B, H}, xproj.options());  // ping-pong h_{t-1} / h_t
-  state[0].copy_(h0_in);
+  const PingPong state = ping_pong(h0_in, T);  // h_{t-1} / h_t
 
   AT_DISPATCH_FLOATING_TYPES(xproj.scalar_type(), "fusedrnn::rnn_forward", [&] {
     const PackedWeight<scalar_t> w(w_hh.data_ptr<scalar_t>(), H, H, /*transposed=*/true);
@@ -123,14 +144,13 @@ std::tuple<Tensor, Tensor, Tensor> rnn_forward(const Tensor& xproj_in, const Ten
     const scalar_t* x = xproj.data_ptr<scalar_t>();
     scalar_t* out = output.data_ptr<scalar_t>();
     scalar_t* hp_ws = save_workspace ? hprev.data_ptr<scalar_t>() : nullptr;
-    scalar_t* state_data = state.data_ptr<scalar_t>();  // data_ptr once: ~20 ns a call
     scalar_t* full_data = full.data_ptr<scalar_t>();
     scalar_t* tiles_data = tiles.data_ptr<scalar_t>();
     run_team(team, w.num_blocks(), [&](const Worker& me) {
       scalar_t* tile = tiles_data + me.id * tiles.stride(0);
       for (int64_t s = 0; s < T; ++s) {
-        const scalar_t* h_cur = state_data + (s & 1) * B * H;
-        scalar_t* h_next = state_data + ((s + 1) & 1) * B * H;
+        const scalar_t* h_cur = state.slot<scalar_t>(s);
+        scalar_t* h_next = state.slot<scalar_t>(s + 1);
         if (!w.packed()) w.multiply(B, h_cur, H, 0, full_data, H);
         {  // the worker's units
           const auto [j0, n] = unit_range(me.block_begin, me.block_end, H);
@@ -152,7 +172,7 @@ std::tuple<Tensor, Tensor, Tensor> rnn_forward(const Tensor& xproj_in, const Ten
       }
     });
   });
-  return {output, state[T & 1].clone(), hprev};
+  return {output, state.result, hprev};
 }
 
 std::tuple<Tensor, Tensor, Tensor> rnn_backward(const Tensor& grad_output_in,
@@ -168,8 +188,7 @@ std::tuple<Tensor, Tensor, Tensor> rnn_backward(const Tensor& grad_output_in,
                output = output_in.contiguous(), hprev = hprev_in.contiguous();
 
   Tensor grad_xproj = at::zeros({T, B, H}, output.options());
-  Tensor carry = at::empty({2, B, H}, output.options());  // ping-pong d h_t / d h_{t-1}
-  carry[0].copy_(grad_h_n);
+  const PingPong carry = ping_pong(grad_h_n, T);  // d h_t / d h_{t-1}
   Tensor grad_pre = at::empty({2, B, H}, output.options());  // d(pre-activation), double-buffered
 
   AT_DISPATCH_FLOATING_TYPES(output.scalar_type(), "fusedrnn::rnn_backward", [&] {
@@ -179,12 +198,11 @@ std::tuple<Tensor, Tensor, Tensor> rnn_backward(const Tensor& grad_output_in,
     const scalar_t* out = output.data_ptr<scalar_t>();
     scalar_t* gx = grad_xproj.data_ptr<scalar_t>();
     scalar_t* grad_pre_data = grad_pre.data_ptr<scalar_t>();
-    scalar_t* carry_data = carry.data_ptr<scalar_t>();
     run_team(team, w.num_blocks(), [&](const Worker& me) {
       for (int64_t step = 0; step < T; ++step) {
         const int64_t s = T - 1 - step;
-        const scalar_t* dh = carry_data + (step & 1) * B * H;
-        scalar_t* dh_prev = carry_data + ((step + 1) & 1) * B * H;
+        const scalar_t* dh = carry.slot<scalar_t>(step);
+        scalar_t* dh_prev = carry.slot<scalar_t>(step + 1);
         scalar_t* gp = grad_pre_data + (step & 1) * B * H;
         {  // the worker's units
           const auto [j0, n] = unit_range(me.block_begin, me.block_end, H);
@@ -205,7 +223,7 @@ std::tuple<Tensor, Tensor, Tensor> rnn_backward(const Tensor& grad_output_in,
       }
     });
   });
-  return {grad_xproj, carry[T & 1].clone(), weight_grad(grad_xproj, hprev)};
+  return {grad_xproj, carry.result, weight_grad(grad_xproj, hprev)};
 }
 
 // ============================================================================ GRU
@@ -226,8 +244,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(const Tensor& xproj_in, c
   Tensor output = at::empty({T, B, H}, xproj.options());
   Tensor gates_ws = workspace(save_workspace, xproj, T, B, 4 * H);
   Tensor hprev = workspace(save_workspace, xproj, T, B, H);
-  Tensor state = at::empty({2, B, H}, xproj.options());
-  state[0].copy_(h0_in);
+  const PingPong state = ping_pong(h0_in, T);  // h_{t-1} / h_t
   // Gates of this step when nothing is saved (each worker writes only its units' columns).
   Tensor gates_scratch = at::empty({save_workspace ? 0 : B, 4 * H}, xproj.options());
 
@@ -243,15 +260,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(const Tensor& xproj_in, c
     scalar_t* out = output.data_ptr<scalar_t>();
     scalar_t* g_ws = save_workspace ? gates_ws.data_ptr<scalar_t>() : nullptr;
     scalar_t* hp_ws = save_workspace ? hprev.data_ptr<scalar_t>() : nullptr;
-    scalar_t* state_data = state.data_ptr<scalar_t>();
     scalar_t* scratch = gates_scratch.data_ptr<scalar_t>();
     scalar_t* full_data = full.data_ptr<scalar_t>();
     scalar_t* tiles_data = tiles.data_ptr<scalar_t>();
     run_team(team, w.num_blocks(), [&](const Worker& me) {
       scalar_t* tile = tiles_data + me.id * tiles.stride(0);
       for (int64_t s = 0; s < T; ++s) {
-        const scalar_t* h_cur = state_data + (s & 1) * B * H;
-        scalar_t* h_next = state_data + ((s + 1) & 1) * B * H;
+        const scalar_t* h_cur = state.slot<scalar_t>(s);
+        scalar_t* h_next = state.slot<scalar_t>(s + 1);
         if (!w.packed()) w.multiply(B, h_cur, H, 0, full_data, 3 * H);
         {  // the worker's units
           const auto [j0, n] = unit_range(me.block_begin, me.block_end, H);
@@ -276,7 +292,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(const Tensor& xproj_in, c
       }
     });
   });
-  return {output, state[T & 1].clone(), gates_ws, hprev};
+  return {output, state.result, gates_ws, hprev};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
@@ -292,8 +308,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
 
   Tensor grad_xproj = at::zeros({T, B, 3 * H}, hprev.options());  // d(W_ih x + b_ih)
   Tensor grad_hproj = at::zeros({T, B, 3 * H}, hprev.options());  // d(W_hh h + b_hh)
-  Tensor carry = at::empty({2, B, H}, hprev.options());
-  carry[0].copy_(grad_h_n);
+  const PingPong carry = ping_pong(grad_h_n, T);  // d h_t / d h_{t-1}
   // This step's d(W_hh h + b_hh) as a (B, 3H) matrix for the GEMM, double-buffered.
   Tensor grad_step = at::empty({2, B, 3 * H}, hprev.options());
 
@@ -306,12 +321,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
     scalar_t* gx = grad_xproj.data_ptr<scalar_t>();
     scalar_t* gh = grad_hproj.data_ptr<scalar_t>();
     scalar_t* grad_step_data = grad_step.data_ptr<scalar_t>();
-    scalar_t* carry_data = carry.data_ptr<scalar_t>();
     run_team(team, w.num_blocks(), [&](const Worker& me) {
       for (int64_t step = 0; step < T; ++step) {
         const int64_t s = T - 1 - step;
-        const scalar_t* dh = carry_data + (step & 1) * B * H;
-        scalar_t* dh_prev = carry_data + ((step + 1) & 1) * B * H;
+        const scalar_t* dh = carry.slot<scalar_t>(step);
+        scalar_t* dh_prev = carry.slot<scalar_t>(step + 1);
         scalar_t* gs = grad_step_data + (step & 1) * B * 3 * H;
         {  // the worker's units
           const auto [j0, n] = unit_range(me.block_begin, me.block_end, H);
@@ -333,7 +347,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
       }
     });
   });
-  return {grad_xproj, carry[T & 1].clone(), weight_grad(grad_hproj, hprev),
+  return {grad_xproj, carry.result, weight_grad(grad_hproj, hprev),
           grad_hproj.sum({0, 1})};
 }
 
@@ -356,10 +370,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
   Tensor cells_ws = workspace(save_workspace, xproj, T, B, H);
   Tensor prev_cells_ws = workspace(save_workspace, xproj, T, B, H);
   Tensor hprev = workspace(save_workspace, xproj, T, B, P);
-  Tensor h_state = at::empty({2, B, P}, xproj.options());
-  Tensor c_state = at::empty({2, B, H}, xproj.options());
-  h_state[0].copy_(h0_in);
-  c_state[0].copy_(c0_in);
+  const PingPong h_state = ping_pong(h0_in, T), c_state = ping_pong(c0_in, T);
   Tensor gates_scratch = at::empty({save_workspace ? 0 : B, 4 * H}, xproj.options());
   Tensor unprojected = at::zeros({proj ? B : 0, H}, xproj.options());  // o*tanh(c) before W_hr
 
@@ -380,18 +391,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
     scalar_t* cp_ws = save_workspace ? prev_cells_ws.data_ptr<scalar_t>() : nullptr;
     scalar_t* hp_ws = save_workspace ? hprev.data_ptr<scalar_t>() : nullptr;
     scalar_t* unproj = proj ? unprojected.data_ptr<scalar_t>() : nullptr;
-    scalar_t* h_state_data = h_state.data_ptr<scalar_t>();
-    scalar_t* c_state_data = c_state.data_ptr<scalar_t>();
     scalar_t* scratch = gates_scratch.data_ptr<scalar_t>();
     scalar_t* full_data = full.data_ptr<scalar_t>();
     scalar_t* tiles_data = tiles.data_ptr<scalar_t>();
     run_team(team, w.num_blocks(), [&](const Worker& me) {
       scalar_t* tile = tiles_data + me.id * tiles.stride(0);
       for (int64_t s = 0; s < T; ++s) {
-        const scalar_t* h_cur = h_state_data + (s & 1) * B * P;
-        scalar_t* h_next = h_state_data + ((s + 1) & 1) * B * P;
-        const scalar_t* c_cur = c_state_data + (s & 1) * B * H;
-        scalar_t* c_next = c_state_data + ((s + 1) & 1) * B * H;
+        const scalar_t* h_cur = h_state.slot<scalar_t>(s);
+        scalar_t* h_next = h_state.slot<scalar_t>(s + 1);
+        const scalar_t* c_cur = c_state.slot<scalar_t>(s);
+        scalar_t* c_next = c_state.slot<scalar_t>(s + 1);
         // Gates of the worker's hidden units (with proj, h_t waits for the W_hr product below).
         if (!packed) w.multiply(B, h_cur, P, 0, full_data, 4 * H);
         {  // the worker's units
@@ -456,7 +465,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
       }
     });
   });
-  return {output, h_state[T & 1].clone(), c_state[T & 1].clone(), gates_ws, cells_ws,
+  return {output, h_state.result, c_state.result, gates_ws, cells_ws,
           prev_cells_ws, hprev};
 }
 
@@ -477,8 +486,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
   const Tensor w_hr = proj ? w_hr_in->contiguous() : Tensor();
 
   Tensor grad_xproj = at::zeros({T, B, 4 * H}, hprev.options());
-  Tensor carry = at::empty({2, B, P}, hprev.options());  // ping-pong d h_t / d h_{t-1}
-  carry[0].copy_(grad_h_n);
+  const PingPong carry = ping_pong(grad_h_n, T);  // d h_t / d h_{t-1}
   Tensor grad_c = grad_c_n.contiguous().clone();  // d c, updated in place row by row
   // This step's d(gate pre-activations) as a (B, 4H) matrix for the GEMM, double-buffered.
   Tensor grad_step = at::empty({2, B, 4 * H}, hprev.options());
@@ -506,14 +514,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
     scalar_t* r_all = proj ? unprojected_all.data_ptr<scalar_t>() : nullptr;
     scalar_t* dh_step = proj ? grad_h_step.data_ptr<scalar_t>() : nullptr;
     scalar_t* dr = proj ? grad_unproj.data_ptr<scalar_t>() : nullptr;
-    scalar_t* carry_data = carry.data_ptr<scalar_t>();
     // The worker's blocks: block_begin/end cover P (d h_{t-1}), `share` covers H (gates).
     run_team(team, w.num_blocks(), [&](const Worker& me) {
       const auto [u0, u1] = me.share(hidden_blocks);
       for (int64_t step = 0; step < T; ++step) {
         const int64_t s = T - 1 - step;
-        const scalar_t* dh = carry_data + (step & 1) * B * P;
-        scalar_t* dh_prev = carry_data + ((step + 1) & 1) * B * P;
+        const scalar_t* dh = carry.slot<scalar_t>(step);
+        scalar_t* dh_prev = carry.slot<scalar_t>(step + 1);
         scalar_t* gs = grad_step_data + (step & 1) * B * 4 * H;
         if (proj) {
           // d h_t = d output_t + carried d h (zero if inactive), over the worker's P units; they
@@ -568,7 +575,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
   });
   Tensor grad_w_hr = proj ? weight_grad(grad_h_all, unprojected_all)
                           : at::empty({0}, hprev.options());
-  return {grad_xproj, carry[T & 1].clone(), grad_c, weight_grad(grad_xproj, hprev), grad_w_hr};
+  return {grad_xproj, carry.result, grad_c, weight_grad(grad_xproj, hprev), grad_w_hr};
 }
 
 }  // namespace

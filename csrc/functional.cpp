@@ -1,0 +1,124 @@
+// The functional ops: one layer/direction (input projection + fused time loop) and a whole stack
+// of layers x directions, as torch.nn.RNN/GRU/LSTM compute it. CompositeImplicitAutograd: they
+// are written in ATen ops and the fused ops, so autograd, every backend and torch.compile see
+// through them. In C++ because the same composition in Python (fusedrnn/functional.py before)
+// cost ~60 us of interpreter and dispatch per module call, several times the arithmetic of a
+// 300-step H=32 layer. Shapes are documented with the schemas in csrc/ops.cpp.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <string_view>
+#include <tuple>
+
+#include "op_handle.h"
+#include <vector>
+
+namespace fusedrnn {
+namespace {
+
+using at::Tensor;
+using ops::OptTensor;
+
+
+enum class Cell { RnnTanh, RnnRelu, Gru, Lstm };
+
+Cell parse_cell(std::string_view name) {
+  if (name == "rnn_tanh") return Cell::RnnTanh;
+  if (name == "rnn_relu") return Cell::RnnRelu;
+  if (name == "gru") return Cell::Gru;
+  if (name == "lstm") return Cell::Lstm;
+  TORCH_CHECK_VALUE(false, "fusedrnn: unknown cell '", name,
+                    "'; expected one of ['rnn_tanh', 'rnn_relu', 'gru', 'lstm']");
+}
+
+// Returned in place of c_n by cells without a cell state (a schema cannot return None).
+Tensor no_cell_state(const Tensor& like) { return at::empty({0}, like.options()); }
+
+// One layer, one direction. x (T, B, I); h0 (B, P); c0 (B, H) for LSTM.
+std::tuple<Tensor, Tensor, Tensor> layer(Cell cell, const Tensor& x, const Tensor& h0,
+                                         const OptTensor& c0, const Tensor& w_ih,
+                                         const Tensor& w_hh, const OptTensor& b_ih,
+                                         const OptTensor& b_hh, const OptTensor& w_hr,
+                                         const OptTensor& lengths, bool reverse) {
+  // The fused ops' Autograd kernels (csrc/autograd.cpp) decide whether to save workspaces.
+  constexpr bool kSaveWorkspace = false;
+  if (cell == Cell::Gru) {  // b_hn sits inside r * (W_hn h + b_hn): b_hh goes to the fused op
+    const Tensor xproj = at::linear(x, w_ih, b_ih);
+    auto [out, h_n, gates, hprev] = ops::gru_forward().call(xproj, h0, w_hh, b_hh, lengths, reverse,
+                                             kSaveWorkspace);
+    return {out, h_n, no_cell_state(out)};
+  }
+  // RNN and LSTM: both biases add to the pre-activation, so fold them into the projection.
+  OptTensor bias;
+  if (b_ih.has_value() && b_hh.has_value()) bias = *b_ih + *b_hh;
+  const Tensor xproj = at::linear(x, w_ih, bias);
+  if (cell == Cell::Lstm) {
+    TORCH_CHECK(c0.has_value(), "fusedrnn: lstm needs c0");
+    auto outs = ops::lstm_forward().call(xproj, h0, *c0, w_hh, w_hr, lengths, reverse, kSaveWorkspace);
+    return {std::get<0>(outs), std::get<1>(outs), std::get<2>(outs)};
+  }
+  auto [out, h_n, hprev] =
+      ops::rnn_forward().call(xproj, h0, w_hh, lengths, reverse, cell == Cell::RnnRelu, kSaveWorkspace);
+  return {out, h_n, no_cell_state(out)};
+}
+
+std::tuple<Tensor, Tensor, Tensor> recurrent_layer(
+    c10::string_view cell, const Tensor& x, const Tensor& h0, const OptTensor& c0,
+    const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
+    const OptTensor& w_hr, const OptTensor& lengths, bool reverse) {
+  return layer(parse_cell(cell), x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse);
+}
+
+// States of every (layer, direction), stacked as torch.nn returns them: (L*D, B, *).
+Tensor stack_states(const std::vector<Tensor>& states) {
+  return states.size() == 1 ? states[0].unsqueeze(0) : at::stack(states);
+}
+
+std::tuple<Tensor, Tensor, Tensor> recurrent_stack(
+    c10::string_view cell_name, const Tensor& x, const Tensor& h0, const OptTensor& c0,
+    at::TensorList flat_weights, int64_t num_layers, bool bidirectional, bool bias,
+    int64_t proj_size, double dropout, bool train, const OptTensor& lengths) {
+  const Cell cell = parse_cell(cell_name);
+  const int64_t num_directions = bidirectional ? 2 : 1;
+  const bool has_proj = proj_size > 0;
+  // torch.nn's flat order per (layer, direction): w_ih, w_hh, [b_ih, b_hh], [w_hr].
+  const int64_t per_group = 2 + 2 * bias + has_proj;
+  TORCH_CHECK(static_cast<int64_t>(flat_weights.size()) == num_layers * num_directions * per_group,
+              "fusedrnn: expected ", num_layers * num_directions * per_group,
+              " weights for this stack, got ", flat_weights.size());
+  TORCH_CHECK(cell == Cell::Lstm || !has_proj, "fusedrnn: proj_size is only supported for lstm");
+  std::vector<Tensor> h_n, c_n;
+  Tensor layer_input = x;
+  for (int64_t l = 0; l < num_layers; ++l) {
+    std::vector<Tensor> outputs;
+    for (int64_t d = 0; d < num_directions; ++d) {
+      const int64_t g = l * num_directions + d;
+      const Tensor* w = flat_weights.data() + g * per_group;
+      const OptTensor b_ih = bias ? OptTensor(w[2]) : std::nullopt;
+      const OptTensor b_hh = bias ? OptTensor(w[3]) : std::nullopt;
+      const OptTensor w_hr = has_proj ? OptTensor(w[per_group - 1]) : std::nullopt;
+      const OptTensor c0_g = c0.has_value() ? OptTensor((*c0)[g]) : std::nullopt;
+      auto [out, h, c] =
+          layer(cell, layer_input, h0[g], c0_g, w[0], w[1], b_ih, b_hh, w_hr, lengths, d == 1);
+      outputs.push_back(out);
+      h_n.push_back(h);
+      if (cell == Cell::Lstm) c_n.push_back(c);
+    }
+    layer_input = num_directions == 1 ? outputs[0] : at::cat(outputs, 2);
+    if (dropout > 0 && train && l < num_layers - 1) {
+      layer_input = at::dropout(layer_input, dropout, /*train=*/true);
+    }
+  }
+  return {layer_input, stack_states(h_n),
+          cell == Cell::Lstm ? stack_states(c_n) : no_cell_state(layer_input)};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fusedrnn, CompositeImplicitAutograd, m) {
+  m.impl("recurrent_layer", &recurrent_layer);
+  m.impl("recurrent_stack", &recurrent_stack);
+}
+
+}  // namespace fusedrnn
