@@ -18,7 +18,7 @@ def test_gemm_block_edges(cell, B, H, dtype):
 
 
 # Big enough that the time loops split each step over 2 workers (csrc/cpu/team.h: at least 2
-# unit blocks of 16 and 2 * 65536 multiply-adds per step: B * G*H * P (+ B * P * H with W_hr)).
+# unit blocks of 16 and 2 * kMinStepMacsPerWorker = 65536 multiply-adds per step: B * G*H * P (+ B * P * H with W_hr)).
 TEAM_T, TEAM_B, TEAM_H, TEAM_P = 5, 13, 104, 40
 
 

@@ -20,11 +20,11 @@
 namespace fusedrnn {
 namespace cpu {
 
-// Multiply-adds per step a worker needs before one more worker pays for the per-step barrier:
-// an OpenMP barrier between the 2 cores of the project's machine costs ~0.4 us, and a step
-// must save clearly more than that (65536 MACs are ~1.5 us of GEMM + gates on one core; at
-// B=8 H=64 a 2-worker LSTM step measured 5.4 us against 7.2 us on one).
-constexpr int64_t kMinStepMacsPerWorker = 65536;
+// Multiply-adds per step a worker needs before one more worker pays for the per-step barrier
+// (an OpenMP barrier between the 2 cores of the project's machine costs ~0.4 us). Measured there
+// at T=300 B=8 H=64 (op level, us/step, 1 worker vs 2): RNN, 32768 MACs: 1.15 vs 1.27; GRU,
+// 98304 MACs: 4.0 vs 2.6-3.1; LSTM, 131072 MACs: 7.2 vs 5.4.
+constexpr int64_t kMinStepMacsPerWorker = 32768;
 
 // Workers for a loop of num_blocks unit blocks: torch.get_num_threads() at most, one when the
 // per-step product is a BLAS call (can_split false: BLAS threads itself and must not run inside
