@@ -20,9 +20,10 @@
 namespace fusedrnn {
 namespace cpu {
 
-// body(j) for j in [0, n). A full block (n == 16) gets its own copy of the loop with a constant
-// trip count: two straight 8-float vectors, no remainder loop or trip-count checks, which
-// otherwise cost as much as the gate math at 16 units.
+// body(j) for j in [0, n). n is a worker's whole unit range; when that is one full block
+// (n == 16: a worker owning a single block) the loop gets a constant trip count: two straight
+// 8-float vectors, no remainder loop or trip-count checks, which otherwise cost as much as the
+// gate math at 16 units. Wider ranges take the general loop.
 template <typename Body>
 inline __attribute__((always_inline)) void for_units(int64_t n, const Body& body) {
   if (n == kBlockUnits) {
