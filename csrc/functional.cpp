@@ -76,7 +76,7 @@ Tensor stack_states(const std::vector<Tensor>& states) {
 }
 
 std::tuple<Tensor, Tensor, Tensor> recurrent_stack(
-    c10::string_view cell_name, const Tensor& x, const Tensor& h0, const OptTensor& c0,
+    c10::string_view cell_name, const Tensor& x, const OptTensor& h0_in, const OptTensor& c0_in,
     at::TensorList flat_weights, int64_t num_layers, bool bidirectional, bool bias,
     int64_t proj_size, double dropout, bool train, const OptTensor& lengths) {
   const Cell cell = parse_cell(cell_name);
@@ -88,6 +88,18 @@ std::tuple<Tensor, Tensor, Tensor> recurrent_stack(
               "fusedrnn: expected ", num_layers * num_directions * per_group,
               " weights for this stack, got ", flat_weights.size());
   TORCH_CHECK(cell == Cell::Lstm || !has_proj, "fusedrnn: proj_size is only supported for lstm");
+  TORCH_CHECK(x.dim() == 3, "fusedrnn: x must be (T, B, I), got ", x.sizes());
+  // No state given: zeros, as torch.nn starts from; h (L*D, B, P), c (L*D, B, H) for LSTM.
+  // Made here rather than by the caller: one op fewer per module call.
+  const Tensor& w_hh0 = flat_weights[1];  // (G*H, P)
+  const int64_t groups = num_layers * num_directions;
+  const Tensor h0 = h0_in.has_value()
+                        ? *h0_in
+                        : at::zeros({groups, x.size(1), w_hh0.size(1)}, x.options());
+  OptTensor c0 = c0_in;
+  if (cell == Cell::Lstm && !c0.has_value()) {
+    c0 = at::zeros({groups, x.size(1), w_hh0.size(0) / 4}, x.options());
+  }
   std::vector<Tensor> h_n, c_n;
   Tensor layer_input = x;
   for (int64_t l = 0; l < num_layers; ++l) {

@@ -20,8 +20,9 @@
 //
 // Functional ops (torch.nn's computation; cell one of rnn_tanh, rnn_relu, gru, lstm):
 //   recurrent_layer   one layer, one direction: x (T, B, I), w_ih (G*H, I), b_ih/b_hh (G*H)
-//   recurrent_stack   num_layers x (1 or 2 directions): h0 (L*D, B, P), c0 (L*D, B, H),
-//                     weights in torch.nn's flat order, dropout between layers when train
+//   recurrent_stack   num_layers x (1 or 2 directions): h0 (L*D, B, P), c0 (L*D, B, H) (zeros
+//                     when None), weights in torch.nn's flat order, dropout between layers
+//                     when train
 //   both return (output, h_n, c_n); c_n is a (0)-shaped tensor for cells without a cell state
 #include <Python.h>
 #include <torch/library.h>
@@ -55,7 +56,7 @@ TORCH_LIBRARY(fusedrnn, m) {
       "Tensor? b_ih, Tensor? b_hh, Tensor? w_hr=None, Tensor? lengths=None, bool reverse=False) "
       "-> (Tensor output, Tensor h_n, Tensor c_n)");
   m.def(
-      "recurrent_stack(str cell, Tensor x, Tensor h0, Tensor? c0, Tensor[] weights, "
+      "recurrent_stack(str cell, Tensor x, Tensor? h0, Tensor? c0, Tensor[] weights, "
       "int num_layers, bool bidirectional, bool bias, int proj_size=0, float dropout=0.0, "
       "bool train=False, Tensor? lengths=None) -> (Tensor output, Tensor h_n, Tensor c_n)");
 }

@@ -46,7 +46,7 @@ def recurrent_layer(
 def recurrent_stack(
     cell: str,
     x: Tensor,
-    h0: Tensor,
+    h0: Tensor | None,
     c0: Tensor | None,
     flat_weights: Sequence[Tensor],
     *,
@@ -60,7 +60,8 @@ def recurrent_stack(
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """The whole stack, as torch.nn.RNN/GRU/LSTM computes it.
 
-    x (T, B, I) time-major (zero-padded past lengths); h0 (L*D, B, P); c0 (L*D, B, H) for LSTM;
+    x (T, B, I) time-major (zero-padded past lengths); h0 (L*D, B, P); c0 (L*D, B, H) for LSTM
+    (None: zeros);
     flat_weights in torch.nn's order (weight_ih, weight_hh, [bias_ih, bias_hh], [weight_hr] per
     layer, forward before reverse). Dropout applies to the outputs of all but the last layer.
     Returns output (T, B, D*P), h_n (L*D, B, P), c_n (L*D, B, H) or None.
@@ -79,7 +80,7 @@ def recurrent_stack(
         # bf16/fp16 on CPU: compute in float32, return the caller's dtype.
         up = lambda t: None if t is None else t.float()  # noqa: E731
         out, h_n, c_n = recurrent_stack(
-            cell, x.float(), h0.float(), up(c0), [w.float() for w in flat_weights],
+            cell, x.float(), up(h0), up(c0), [w.float() for w in flat_weights],
             num_layers=num_layers, bidirectional=bidirectional, bias=bias, proj_size=proj_size,
             dropout=dropout, training=training, lengths=lengths)
         return out.to(dtype), h_n.to(dtype), None if c_n is None else c_n.to(dtype)
@@ -89,4 +90,4 @@ def recurrent_stack(
     out, h_n, c_n = ops.recurrent_stack(
         cell, x, h0, c0, list(flat_weights), num_layers, bidirectional, bias, proj_size, dropout,
         training, lengths)
-    return out, h_n, c_n if c0 is not None else None
+    return out, h_n, c_n if cell == "lstm" else None

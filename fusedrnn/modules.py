@@ -35,18 +35,6 @@ def _repack(padded: Tensor, lengths: Tensor) -> Tensor:
 class _FusedRNNBase(nn.RNNBase):
     """Shared forward of RNN/GRU/LSTM: input forms and checks as torch.nn, then the fused stack."""
 
-    def _zeros_state(self, batch: int, size: int, like: Tensor) -> Tensor:
-        num_directions = 2 if self.bidirectional else 1
-        return torch.zeros(self.num_layers * num_directions, batch, size,
-                           dtype=like.dtype, device=like.device)
-
-    def _initial_state(self, batch: int, like: Tensor):
-        real_hidden_size = self.proj_size if self.proj_size > 0 else self.hidden_size
-        h = self._zeros_state(batch, real_hidden_size, like)
-        if self.mode == "LSTM":
-            return h, self._zeros_state(batch, self.hidden_size, like)
-        return h
-
     def _check_hx_dims(self, hx, expected: int) -> None:
         """torch.nn's check that hx is 3-D for batched and 2-D for unbatched input."""
         kind = "batched 3-D" if expected == 3 else "unbatched 2-D"
@@ -74,7 +62,6 @@ class _FusedRNNBase(nn.RNNBase):
         is_batched = True
         if isinstance(orig_input, PackedSequence):
             input, batch_sizes, sorted_indices, unsorted_indices = orig_input
-            max_batch_size = int(batch_sizes[0])
         else:
             batch_sizes = sorted_indices = unsorted_indices = None
             if input.dim() not in (2, 3):
@@ -86,17 +73,17 @@ class _FusedRNNBase(nn.RNNBase):
             batch_dim = 0 if self.batch_first else 1
             if not is_batched:
                 input = input.unsqueeze(batch_dim)
-            max_batch_size = input.size(0) if self.batch_first else input.size(1)
             if hx is not None:
                 self._check_hx_dims(hx, 3 if is_batched else 2)
                 if not is_batched:
                     hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1)) if is_lstm else hx.unsqueeze(1)
-        if hx is None:
-            hx = self._initial_state(max_batch_size, input)
-            self.check_forward_args(input, hx, batch_sizes)
+        if hx is None:  # the fused op starts from zeros
+            self.check_input(input, batch_sizes)
+            h0 = c0 = None
         else:
             self.check_forward_args(input, hx, batch_sizes)
             hx = self.permute_hidden(hx, sorted_indices)
+            h0, c0 = hx if is_lstm else (hx, None)
 
         if batch_sizes is not None:
             x, lengths = _unpack(orig_input)
@@ -104,7 +91,6 @@ class _FusedRNNBase(nn.RNNBase):
             if input.size(0 if not self.batch_first else 1) == 0:
                 raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
             x = input.transpose(0, 1) if self.batch_first else input
-        h0, c0 = hx if is_lstm else (hx, None)
         output, h_n, c_n = recurrent_stack(
             _CELL_OF_MODE[self.mode], x, h0, c0, self._current_weights(),
             num_layers=self.num_layers, bidirectional=self.bidirectional, bias=self.bias,
