@@ -55,6 +55,7 @@ struct RnnFunction : torch::autograd::Function<RnnFunction> {
   static variable_list forward(AutogradContext* ctx, const Tensor& xproj, const Tensor& h0,
                                const Tensor& w_hh, const OptTensor& lengths, bool reverse,
                                bool relu) {
+    ctx->set_materialize_grads(false);  // unused outputs' grads stay undefined: see or_zeros
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [out, h_n, hprev] = ops::rnn_forward().call(xproj, h0, w_hh, lengths, reverse, relu, true);
     ctx->save_for_backward({w_hh, out, hprev, or_undefined(lengths)});
@@ -95,6 +96,7 @@ struct GruFunction : torch::autograd::Function<GruFunction> {
   static variable_list forward(AutogradContext* ctx, const Tensor& xproj, const Tensor& h0,
                                const Tensor& w_hh, const OptTensor& b_hh, const OptTensor& lengths,
                                bool reverse) {
+    ctx->set_materialize_grads(false);
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [out, h_n, gates, hprev] = ops::gru_forward().call(xproj, h0, w_hh, b_hh, lengths, reverse, true);
     ctx->save_for_backward({w_hh, gates, hprev, or_undefined(lengths)});
@@ -135,6 +137,7 @@ struct LstmFunction : torch::autograd::Function<LstmFunction> {
   static variable_list forward(AutogradContext* ctx, const Tensor& xproj, const Tensor& h0,
                                const Tensor& c0, const Tensor& w_hh, const OptTensor& w_hr,
                                const OptTensor& lengths, bool reverse) {
+    ctx->set_materialize_grads(false);
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [out, h_n, c_n, gates, cells, prev_cells, hprev] =
         ops::lstm_forward().call(xproj, h0, c0, w_hh, w_hr, lengths, reverse, true);

@@ -50,7 +50,7 @@ std::tuple<Tensor, Tensor, Tensor> layer(Cell cell, const Tensor& x, const Tenso
     return {out, h_n, no_cell_state(out)};
   }
   // RNN and LSTM: both biases add to the pre-activation, so fold them into the projection.
-  OptTensor bias;
+  OptTensor bias = b_ih.has_value() ? b_ih : b_hh;
   if (b_ih.has_value() && b_hh.has_value()) bias = *b_ih + *b_hh;
   const Tensor xproj = at::linear(x, w_ih, bias);
   if (cell == Cell::Lstm) {
@@ -83,6 +83,7 @@ std::tuple<Tensor, Tensor, Tensor> recurrent_stack(
   const int64_t num_directions = bidirectional ? 2 : 1;
   const bool has_proj = proj_size > 0;
   // torch.nn's flat order per (layer, direction): w_ih, w_hh, [b_ih, b_hh], [w_hr].
+  TORCH_CHECK(num_layers >= 1, "fusedrnn: num_layers must be at least 1, got ", num_layers);
   const int64_t per_group = 2 + 2 * bias + has_proj;
   TORCH_CHECK(static_cast<int64_t>(flat_weights.size()) == num_layers * num_directions * per_group,
               "fusedrnn: expected ", num_layers * num_directions * per_group,
@@ -93,12 +94,13 @@ std::tuple<Tensor, Tensor, Tensor> recurrent_stack(
   // Made here rather than by the caller: one op fewer per module call.
   const Tensor& w_hh0 = flat_weights[1];  // (G*H, P)
   const int64_t groups = num_layers * num_directions;
+  // Symbolic sizes, so torch.compile keeps the batch size dynamic.
   const Tensor h0 = h0_in.has_value()
                         ? *h0_in
-                        : at::zeros({groups, x.size(1), w_hh0.size(1)}, x.options());
+                        : at::zeros_symint({groups, x.sym_size(1), w_hh0.sym_size(1)}, x.options());
   OptTensor c0 = c0_in;
   if (cell == Cell::Lstm && !c0.has_value()) {
-    c0 = at::zeros({groups, x.size(1), w_hh0.size(0) / 4}, x.options());
+    c0 = at::zeros_symint({groups, x.sym_size(1), w_hh0.sym_size(0) / 4}, x.options());
   }
   std::vector<Tensor> h_n, c_n;
   Tensor layer_input = x;

@@ -59,16 +59,19 @@ FUSEDRNN_HOST_DEVICE float tanh_(float x) {
   // tanh(x) = x P(x^2) / Q(x^2) on [-9, 9], clamped outside, where tanh rounds to +-1 in float.
   // Coefficients: our own weighted least-squares fit driven toward minimax relative error
   // (6.7e-9 in exact arithmetic; 2.8e-7 max abs error evaluated in float). One division and ten
-  // FMAs: 2.2x faster than 1 - 2/(e^{2x}+1) with a small-|x| polynomial (0.44 vs 1.0 ns per
-  // element, AVX2), and tanh is most of the gate math of an RNN step.
-  x = x < -9.0f ? -9.0f : x;  // NaN compares false and passes through
-  x = x > 9.0f ? 9.0f : x;
-  const float z = x * x;
+  // FMAs: 1.6x faster than 1 - 2/(e^{2x}+1) with a small-|x| polynomial (0.64 vs 1.0 ns per
+  // element, AVX2, with the cap below), and tanh is most of the gate math of an RNN step.
+  const float xc = x < -9.0f ? -9.0f : (x > 9.0f ? 9.0f : x);  // NaN passes through
+  const float z = xc * xc;
   const float p = (((((-8.487960868e-14f * z + 5.277672764e-11f) * z - 2.022467346e-08f) * z +
                      1.115417314e-05f) * z + 3.103943188e-03f) * z + 1.308399839e-01f) * z +
                   9.999999934e-01f;
   const float q = ((2.546126339e-04f * z + 2.449512635e-02f) * z + 4.641732549e-01f) * z + 1.0f;
-  return x * p / q;
+  float r = xc * p / q;
+  // Rounding can put r up to 2 ulp past +-1 near the clamp: cap it, so |tanh| <= 1 (backward
+  // uses 1 - tanh^2; ~0.2 ns per element). NaN passes. Past +-9 r stays at +-0.99999988.
+  r = 1.0f < r ? 1.0f : r;
+  return -1.0f > r ? -1.0f : r;
 #endif
 }
 

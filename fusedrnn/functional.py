@@ -40,7 +40,7 @@ def recurrent_layer(
     """
     out, h_n, c_n = ops.recurrent_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths,
                                         reverse)
-    return out, h_n, c_n if c0 is not None else None
+    return out, h_n, c_n if cell == "lstm" else None
 
 
 def recurrent_stack(

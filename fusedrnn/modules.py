@@ -48,14 +48,19 @@ class _FusedRNNBase(nn.RNNBase):
                 f"For {kind} input, hx should also be {expected}-D but got {hx.dim()}-D tensor")
 
     def _current_weights(self) -> list[Tensor]:
-        """The flat weights as they are now, in torch.nn's order: what _update_flat_weights
-        leaves in _flat_weights, found with one dict look-up per weight instead of a hasattr and
-        a getattr (~9 us a call at 4 weights; a torch.func.functional_call swap or a
-        reassignment is seen all the same)."""
+        """The flat weights as they are now, in torch.nn's order, also left in _flat_weights
+        (torch.nn's checks read it): what _update_flat_weights does, with one dict look-up per
+        weight instead of a hasattr and a getattr (~9 us a call at 4 weights). A
+        torch.func.functional_call swap or a reassignment is seen all the same."""
         params = self._parameters
-        return [params[n] if n in params else getattr(self, n) for n in self._flat_weights_names]
+        weights = [params[n] if n in params else getattr(self, n)
+                   for n in self._flat_weights_names]
+        if any(w is not old for w, old in zip(weights, self._flat_weights)):
+            self._flat_weights = weights
+        return weights
 
     def forward(self, input, hx=None):
+        weights = self._current_weights()
         is_lstm = self.mode == "LSTM"
         orig_input = input
         lengths = None
@@ -92,7 +97,7 @@ class _FusedRNNBase(nn.RNNBase):
                 raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
             x = input.transpose(0, 1) if self.batch_first else input
         output, h_n, c_n = recurrent_stack(
-            _CELL_OF_MODE[self.mode], x, h0, c0, self._current_weights(),
+            _CELL_OF_MODE[self.mode], x, h0, c0, weights,
             num_layers=self.num_layers, bidirectional=self.bidirectional, bias=self.bias,
             proj_size=self.proj_size, dropout=self.dropout, training=self.training,
             lengths=lengths)

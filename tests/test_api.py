@@ -340,3 +340,57 @@ def test_op_rejects_projection_not_smaller_than_hidden():
         torch.ops.fusedrnn.lstm_forward(torch.randn(T, B, 4 * H), torch.randn(B, P),
                                         torch.randn(B, H), torch.randn(4 * H, P),
                                         torch.randn(P, H), None, False, False)
+
+
+@pytest.mark.parametrize("name", ["GRU", "LSTM"])
+def test_functional_call_with_other_dtype_weights(name):
+    """torch.nn's input check reads _flat_weights: weights swapped in with another dtype must be
+    the ones it sees (torch.nn accepts this call)."""
+    ref, fused = getattr(nn, name)(3, 4), getattr(fusedrnn, name)(3, 4)
+    fused.load_state_dict(ref.state_dict())
+    params = {k: v.detach().double() for k, v in ref.named_parameters()}
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    out_r = torch.func.functional_call(ref, params, (x,))[0]
+    out_f = torch.func.functional_call(fused, params, (x,))[0]
+    assert torch.allclose(out_f, out_r, atol=1e-10)
+
+
+def test_stack_op_rejects_zero_layers():
+    with pytest.raises(RuntimeError, match="num_layers must be at least 1"):
+        torch.ops.fusedrnn.recurrent_stack("gru", torch.randn(3, 2, 4), None, None, [], 0,
+                                           False, True)
+
+
+@pytest.mark.parametrize("cell", ["rnn_tanh", "lstm"])
+@pytest.mark.parametrize("which", ["b_ih", "b_hh"])
+def test_layer_with_one_bias(cell, which):
+    """A lone bias is used, not dropped: same as both biases with the other one zero."""
+    g = torch.Generator().manual_seed(0)
+    G, T, B, I, H = (4 if cell == "lstm" else 1), 5, 2, 3, 4
+    x, h0, c0 = (torch.randn(T, B, I, generator=g, dtype=torch.float64),
+                 torch.randn(B, H, generator=g, dtype=torch.float64),
+                 torch.randn(B, H, generator=g, dtype=torch.float64))
+    w_ih, w_hh = (torch.randn(G * H, I, generator=g, dtype=torch.float64),
+                  torch.randn(G * H, H, generator=g, dtype=torch.float64))
+    bias, zero = torch.randn(G * H, generator=g, dtype=torch.float64), torch.zeros(G * H)
+    c = c0 if cell == "lstm" else None
+    lone = dict(b_ih=bias, b_hh=None) if which == "b_ih" else dict(b_ih=None, b_hh=bias)
+    both = dict(b_ih=bias, b_hh=zero.double()) if which == "b_ih" else dict(b_ih=zero.double(),
+                                                                               b_hh=bias)
+    got = fusedrnn.recurrent_layer(cell, x, h0, c, w_ih, w_hh, **lone)
+    want = fusedrnn.recurrent_layer(cell, x, h0, c, w_ih, w_hh, **both)
+    assert torch.allclose(got[0], want[0], atol=1e-12)
+    assert (got[2] is None) == (cell != "lstm")
+
+
+def test_compiled_batch_size_stays_dynamic_without_hx():
+    """hx=None: the zero states are built from symbolic sizes, so new batch sizes reuse the
+    compiled graph."""
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    model = torch.compile(fusedrnn.LSTM(3, 8), dynamic=True, fullgraph=True)
+    before = counters["stats"]["unique_graphs"]
+    for B in (2, 5, 7):
+        out, (h, c) = model(torch.randn(4, B, 3))
+        assert out.shape == (4, B, 8) and h.shape == c.shape == (1, B, 8)
+    assert counters["stats"]["unique_graphs"] - before == 1

@@ -85,3 +85,19 @@ def test_two_worker_time_loops_match_torch(cell):
                         B=TEAM_B, I=9, H=TEAM_H), torch.float32)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_float_tanh_bounded_and_accurate():
+    """The CPU's float tanh (csrc/gate_math.h, a rational approximation): within 3e-7 of tanh,
+    never past +-1 (backward uses 1 - tanh^2), odd, NaN propagated."""
+    half = torch.linspace(0, 12, 200001)
+    x = torch.cat([-half.flip(0), half, torch.tensor([float("nan")])])
+    T = x.numel()
+    out, _, _ = torch.ops.fusedrnn.rnn_forward(x.view(T, 1, 1), torch.zeros(1, 1),
+                                               torch.zeros(1, 1), None, False, False, False)
+    y = out.view(-1)
+    finite = ~torch.isnan(x)
+    assert torch.isnan(y[-1])
+    assert (y[finite].abs() <= 1).all()
+    assert torch.equal(y[:-1], -y[:-1].flip(0))  # odd: x is symmetric about 0
+    assert (y[finite].double() - torch.tanh(x[finite].double())).abs().max() < 3e-7
