@@ -70,9 +70,9 @@ struct RnnFunction : torch::autograd::Function<RnnFunction> {
     const variable_list saved = ctx->get_saved_variables();
     const Tensor &w_hh = saved[0], &out = saved[1], &hprev = saved[2];
     auto [grad_xproj, grad_h0, grad_w_hh] =
-        ops::rnn_backward().call(or_zeros(grads[0], out), or_zeros(grads[1], out[0]), w_hh, out, hprev,
-                as_optional(saved[3]), ctx->saved_data["reverse"].toBool(),
-                ctx->saved_data["relu"].toBool());
+        ops::rnn_backward().call(or_zeros(grads[0], out), or_zeros(grads[1], out[0]), w_hh, out,
+                                 hprev, as_optional(saved[3]), ctx->saved_data["reverse"].toBool(),
+                                 ctx->saved_data["relu"].toBool());
     return {grad_xproj, grad_h0, grad_w_hh, Tensor(), Tensor(), Tensor()};
   }
 };
@@ -98,7 +98,8 @@ struct GruFunction : torch::autograd::Function<GruFunction> {
                                bool reverse) {
     ctx->set_materialize_grads(false);
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [out, h_n, gates, hprev] = ops::gru_forward().call(xproj, h0, w_hh, b_hh, lengths, reverse, true);
+    auto [out, h_n, gates, hprev] =
+        ops::gru_forward().call(xproj, h0, w_hh, b_hh, lengths, reverse, true);
     ctx->save_for_backward({w_hh, gates, hprev, or_undefined(lengths)});
     ctx->saved_data["reverse"] = reverse;
     ctx->saved_data["has_bias"] = b_hh.has_value();
@@ -111,8 +112,9 @@ struct GruFunction : torch::autograd::Function<GruFunction> {
     const variable_list saved = ctx->get_saved_variables();
     const Tensor &w_hh = saved[0], &gates = saved[1], &hprev = saved[2];
     auto [grad_xproj, grad_h0, grad_w_hh, grad_b_hh] =
-        ops::gru_backward().call(or_zeros(grads[0], hprev), or_zeros(grads[1], hprev[0]), w_hh, gates, hprev,
-                as_optional(saved[3]), ctx->saved_data["reverse"].toBool());
+        ops::gru_backward().call(or_zeros(grads[0], hprev), or_zeros(grads[1], hprev[0]), w_hh,
+                                 gates, hprev, as_optional(saved[3]),
+                                 ctx->saved_data["reverse"].toBool());
     if (!ctx->saved_data["has_bias"].toBool()) grad_b_hh = Tensor();
     return {grad_xproj, grad_h0, grad_w_hh, grad_b_hh, Tensor(), Tensor()};
   }
@@ -156,8 +158,9 @@ struct LstmFunction : torch::autograd::Function<LstmFunction> {
     const OptTensor w_hr = as_optional(saved[1]);
     auto [grad_xproj, grad_h0, grad_c0, grad_w_hh, grad_w_hr] =
         ops::lstm_backward().call(or_zeros(grads[0], hprev), or_zeros(grads[1], hprev[0]),
-                or_zeros(grads[2], cells[0]), w_hh, w_hr, gates, cells, prev_cells, hprev,
-                as_optional(saved[6]), ctx->saved_data["reverse"].toBool());
+                                  or_zeros(grads[2], cells[0]), w_hh, w_hr, gates, cells,
+                                  prev_cells, hprev, as_optional(saved[6]),
+                                  ctx->saved_data["reverse"].toBool());
     if (!w_hr.has_value()) grad_w_hr = Tensor();
     return {grad_xproj, grad_h0, grad_c0, grad_w_hh, grad_w_hr, Tensor(), Tensor()};
   }

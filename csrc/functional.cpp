@@ -10,16 +10,15 @@
 #include <optional>
 #include <string_view>
 #include <tuple>
+#include <vector>
 
 #include "op_handle.h"
-#include <vector>
 
 namespace fusedrnn {
 namespace {
 
 using at::Tensor;
 using ops::OptTensor;
-
 
 enum class Cell { RnnTanh, RnnRelu, Gru, Lstm };
 
@@ -45,8 +44,8 @@ std::tuple<Tensor, Tensor, Tensor> layer(Cell cell, const Tensor& x, const Tenso
   constexpr bool kSaveWorkspace = false;
   if (cell == Cell::Gru) {  // b_hn sits inside r * (W_hn h + b_hn): b_hh goes to the fused op
     const Tensor xproj = at::linear(x, w_ih, b_ih);
-    auto [out, h_n, gates, hprev] = ops::gru_forward().call(xproj, h0, w_hh, b_hh, lengths, reverse,
-                                             kSaveWorkspace);
+    auto [out, h_n, gates, hprev] =
+        ops::gru_forward().call(xproj, h0, w_hh, b_hh, lengths, reverse, kSaveWorkspace);
     return {out, h_n, no_cell_state(out)};
   }
   // RNN and LSTM: both biases add to the pre-activation, so fold them into the projection.
@@ -55,11 +54,13 @@ std::tuple<Tensor, Tensor, Tensor> layer(Cell cell, const Tensor& x, const Tenso
   const Tensor xproj = at::linear(x, w_ih, bias);
   if (cell == Cell::Lstm) {
     TORCH_CHECK(c0.has_value(), "fusedrnn: lstm needs c0");
-    auto outs = ops::lstm_forward().call(xproj, h0, *c0, w_hh, w_hr, lengths, reverse, kSaveWorkspace);
+    auto outs =
+        ops::lstm_forward().call(xproj, h0, *c0, w_hh, w_hr, lengths, reverse, kSaveWorkspace);
     return {std::get<0>(outs), std::get<1>(outs), std::get<2>(outs)};
   }
+  const bool relu = cell == Cell::RnnRelu;
   auto [out, h_n, hprev] =
-      ops::rnn_forward().call(xproj, h0, w_hh, lengths, reverse, cell == Cell::RnnRelu, kSaveWorkspace);
+      ops::rnn_forward().call(xproj, h0, w_hh, lengths, reverse, relu, kSaveWorkspace);
   return {out, h_n, no_cell_state(out)};
 }
 
