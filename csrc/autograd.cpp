@@ -58,7 +58,10 @@ struct RnnFunction : torch::autograd::Function<RnnFunction> {
     ctx->set_materialize_grads(false);  // unused outputs' grads stay undefined: see or_zeros
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [out, h_n, hprev] = ops::rnn_forward().call(xproj, h0, w_hh, lengths, reverse, relu, true);
-    ctx->save_for_backward({w_hh, out, hprev, or_undefined(lengths)});
+    // The backward needs every h_t, which is the returned output: save a copy, so an in-place op
+    // on the output (nn.ReLU(inplace=True) after the layer) leaves the backward intact, as with
+    // torch.nn. One extra (T, B, H) copy, about 2% of a training step.
+    ctx->save_for_backward({w_hh, out.clone(), hprev, or_undefined(lengths)});
     ctx->saved_data["reverse"] = reverse;
     ctx->saved_data["relu"] = relu;
     ctx->mark_non_differentiable({hprev});

@@ -2,3 +2,20 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _uninitialized_memory_is_nan():
+    """torch.empty (ours in C++ included) returns NaN-filled memory in every test, so a kernel
+    that leaves part of an output unwritten fails instead of passing on whatever was there."""
+    saved = (torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.utils.deterministic.fill_uninitialized_memory)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    yield
+    torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+    torch.utils.deterministic.fill_uninitialized_memory = saved[2]

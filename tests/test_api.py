@@ -253,6 +253,29 @@ def test_double_backward_raises():
         torch.autograd.grad(out.sum(), x, create_graph=True)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name,kw", [("RNN", {}), ("RNN", dict(nonlinearity="relu")),
+                                     ("GRU", {}), ("LSTM", {})])
+def test_in_place_op_on_output_keeps_backward(name, kw, device):
+    """out.relu_() (nn.ReLU(inplace=True) after the layer) then backward: same grads as torch.nn
+    computes out of place (torch.nn's CPU LSTM itself raises here, so the reference is out of
+    place for every cell)."""
+    torch.manual_seed(0)
+    ref = getattr(nn, name)(4, 8, **kw).double().to(device)
+    fused = getattr(fusedrnn, name)(4, 8, **kw).double().to(device)
+    fused.load_state_dict(ref.state_dict())
+    x = torch.randn(6, 3, 4, dtype=torch.float64, device=device)
+    x_ref, x_fused = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_ref, _ = ref(x_ref)
+    torch.relu(out_ref).sum().backward()
+    out_fused, _ = fused(x_fused)
+    out_fused.relu_()
+    out_fused.sum().backward()
+    torch.testing.assert_close(x_fused.grad, x_ref.grad)
+    for p_ref, p_fused in zip(ref.parameters(), fused.parameters()):
+        torch.testing.assert_close(p_fused.grad, p_ref.grad)
+
+
 def test_no_workspace_in_inference():
     m = fusedrnn.LSTM(3, 4)
     with torch.no_grad():

@@ -187,7 +187,8 @@ std::tuple<Tensor, Tensor, Tensor> rnn_backward(const Tensor& grad_output_in,
   const Tensor grad_output = grad_output_in.contiguous(), w_hh = w_hh_in.contiguous(),
                output = output_in.contiguous(), hprev = hprev_in.contiguous();
 
-  Tensor grad_xproj = at::zeros({T, B, H}, output.options());
+  // Every row is written (zero where inactive), so no zero fill of T*B*H first.
+  Tensor grad_xproj = at::empty({T, B, H}, output.options());
   const PingPong carry = ping_pong(grad_h_n, T);  // d h_t / d h_{t-1}
   Tensor grad_pre = at::empty({2, B, H}, output.options());  // d(pre-activation), double-buffered
 
@@ -207,12 +208,13 @@ std::tuple<Tensor, Tensor, Tensor> rnn_backward(const Tensor& grad_output_in,
         {  // the worker's units
           const auto [j0, n] = unit_range(me.block_begin, me.block_end, H);
           for (int64_t b = 0; b < B; ++b) {
+            const int64_t row = sched.slot(s, b) * B + b;
             if (!sched.active(s, b)) {  // d pre = 0: d h passes through the GEMM unchanged
               zero_row(gp + b * H + j0, n);
+              zero_row(gx + row * H + j0, n);
               copy_row(dh_prev + b * H + j0, dh + b * H + j0, n);
               continue;
             }
-            const int64_t row = sched.slot(s, b) * B + b;
             rnn_backward_row(out + row * H + j0, gout + row * H + j0, dh + b * H + j0,
                              gp + b * H + j0, dh_prev + b * H + j0, n, relu);
             copy_row(gx + row * H + j0, gp + b * H + j0, n);
@@ -306,8 +308,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
   const Tensor grad_output = grad_output_in.contiguous(), w_hh = w_hh_in.contiguous(),
                gates_ws = gates_in.contiguous(), hprev = hprev_in.contiguous();
 
-  Tensor grad_xproj = at::zeros({T, B, 3 * H}, hprev.options());  // d(W_ih x + b_ih)
-  Tensor grad_hproj = at::zeros({T, B, 3 * H}, hprev.options());  // d(W_hh h + b_hh)
+  // Every row of both is written (zero where inactive), so no zero fill first.
+  Tensor grad_xproj = at::empty({T, B, 3 * H}, hprev.options());  // d(W_ih x + b_ih)
+  Tensor grad_hproj = at::empty({T, B, 3 * H}, hprev.options());  // d(W_hh h + b_hh)
   const PingPong carry = ping_pong(grad_h_n, T);  // d h_t / d h_{t-1}
   // This step's d(W_hh h + b_hh) as a (B, 3H) matrix for the GEMM, double-buffered.
   Tensor grad_step = at::empty({2, B, 3 * H}, hprev.options());
@@ -330,12 +333,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
         {  // the worker's units
           const auto [j0, n] = unit_range(me.block_begin, me.block_end, H);
           for (int64_t b = 0; b < B; ++b) {
+            const int64_t row = sched.slot(s, b) * B + b;
             if (!sched.active(s, b)) {
               zero_gate_units(gs + b * 3 * H, 3, H, j0, n);
+              zero_gate_units(gx + row * 3 * H, 3, H, j0, n);
+              zero_gate_units(gh + row * 3 * H, 3, H, j0, n);
               copy_row(dh_prev + b * H + j0, dh + b * H + j0, n);
               continue;
             }
-            const int64_t row = sched.slot(s, b) * B + b;
             gru_backward_row(g_ws + row * 4 * H + j0, hp_ws + row * H + j0, gout + row * H + j0,
                              dh + b * H + j0, gx + row * 3 * H + j0, gh + row * 3 * H + j0,
                              dh_prev + b * H + j0, n, H);
@@ -485,7 +490,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
                prev_cells = prev_cells_in.contiguous(), hprev = hprev_in.contiguous();
   const Tensor w_hr = proj ? w_hr_in->contiguous() : Tensor();
 
-  Tensor grad_xproj = at::zeros({T, B, 4 * H}, hprev.options());
+  // Every row is written (zero where inactive), so no zero fill of T*B*4H first.
+  Tensor grad_xproj = at::empty({T, B, 4 * H}, hprev.options());
   const PingPong carry = ping_pong(grad_h_n, T);  // d h_t / d h_{t-1}
   Tensor grad_c = grad_c_n.contiguous().clone();  // d c, updated in place row by row
   // This step's d(gate pre-activations) as a (B, 4H) matrix for the GEMM, double-buffered.
@@ -552,12 +558,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
         {  // the worker's hidden units
           const auto [j0, n] = unit_range(u0, u1, H);
           for (int64_t b = 0; b < B; ++b) {
+            const int64_t row = sched.slot(s, b) * B + b;
             if (!sched.active(s, b)) {
               zero_gate_units(gs + b * 4 * H, 4, H, j0, n);
+              zero_gate_units(gx + row * 4 * H, 4, H, j0, n);
               if (!proj) copy_row(dh_prev + b * P + j0, dh + b * P + j0, n);
               continue;
             }
-            const int64_t row = sched.slot(s, b) * B + b;
             // Without proj, d(o*tanh(c)) is d output_t + carried d h_t (P == H).
             lstm_backward_row(g_ws + row * 4 * H + j0, c_ws + row * H + j0, cp_ws + row * H + j0,
                               proj ? dr + b * H + j0 : gout + row * P + j0,
