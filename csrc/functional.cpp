@@ -5,6 +5,9 @@
 // cost ~60 us of interpreter and dispatch per module call, several times the arithmetic of a
 // 300-step H=32 layer. Shapes are documented with the schemas in csrc/ops.cpp.
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
+#include <c10/core/impl/TorchDispatchModeTLS.h>
 #include <torch/library.h>
 
 #include <optional>
@@ -12,6 +15,7 @@
 #include <tuple>
 #include <vector>
 
+#include "cpu/team.h"
 #include "op_handle.h"
 
 namespace fusedrnn {
@@ -71,6 +75,32 @@ std::tuple<Tensor, Tensor, Tensor> recurrent_layer(
   return layer(parse_cell(cell), x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse);
 }
 
+// A real CPU tensor: no tracing, functionalization or functorch wrapper, no Python subclass.
+bool plain_cpu(const Tensor& t) {
+  static const c10::DispatchKeySet allowed{c10::DispatchKey::CPU, c10::DispatchKey::ADInplaceOrView,
+                                           c10::DispatchKey::AutogradCPU,
+                                           c10::DispatchKey::AutocastCPU};
+  return !t.defined() || allowed.isSupersetOf(t.key_set());
+}
+
+// Whether the two directions of a layer may run on two threads at once: real CPU tensors only
+// (a tracer or a Python dispatch mode must see one thread) and a step small enough that each
+// direction does no better with a team of its own (csrc/cpu/team.h).
+bool directions_concurrently(const Tensor& x, const OptTensor& h0, const OptTensor& c0,
+                             at::TensorList weights, const OptTensor& lengths, int64_t per_group) {
+  if (c10::impl::TorchDispatchModeTLS::stack_len() > 0) return false;
+  if (!plain_cpu(x) || !plain_cpu(h0.value_or(Tensor())) || !plain_cpu(c0.value_or(Tensor())) ||
+      !plain_cpu(lengths.value_or(Tensor()))) {
+    return false;
+  }
+  for (const Tensor& w : weights) {
+    if (!plain_cpu(w)) return false;
+  }
+  // weights[1] is w_hh (G*H, P); with proj_size the last of a group is w_hr (P, H).
+  const int64_t recurrent_weights = weights[1].numel() + (per_group == 5 ? weights[4].numel() : 0);
+  return cpu::run_directions_concurrently(x.size(0), x.size(1) * recurrent_weights);
+}
+
 // States of every (layer, direction), stacked as torch.nn returns them: (L*D, B, *).
 Tensor stack_states(const std::vector<Tensor>& states) {
   return states.size() == 1 ? states[0].unsqueeze(0) : at::stack(states);
@@ -103,19 +133,35 @@ std::tuple<Tensor, Tensor, Tensor> recurrent_stack(
   if (cell == Cell::Lstm && !c0.has_value()) {
     c0 = at::zeros_symint({groups, x.sym_size(1), w_hh0.sym_size(0) / 4}, x.options());
   }
+  const bool concurrent =
+      bidirectional && directions_concurrently(x, h0_in, c0_in, flat_weights, lengths, per_group);
   std::vector<Tensor> h_n, c_n;
   Tensor layer_input = x;
   for (int64_t l = 0; l < num_layers; ++l) {
-    std::vector<Tensor> outputs;
-    for (int64_t d = 0; d < num_directions; ++d) {
+    std::tuple<Tensor, Tensor, Tensor> results[2];
+    auto run_direction = [&](int64_t d) {
       const int64_t g = l * num_directions + d;
       const Tensor* w = flat_weights.data() + g * per_group;
       const OptTensor b_ih = bias ? OptTensor(w[2]) : std::nullopt;
       const OptTensor b_hh = bias ? OptTensor(w[3]) : std::nullopt;
       const OptTensor w_hr = has_proj ? OptTensor(w[per_group - 1]) : std::nullopt;
       const OptTensor c0_g = c0.has_value() ? OptTensor((*c0)[g]) : std::nullopt;
-      auto [out, h, c] =
+      results[d] =
           layer(cell, layer_input, h0[g], c0_g, w[0], w[1], b_ih, b_hh, w_hr, lengths, d == 1);
+    };
+    if (concurrent) {
+      // The caller's grad mode, dispatch exclusions etc. must hold in the pool thread too.
+      const at::ThreadLocalState caller_state;
+      at::parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
+        at::ThreadLocalStateGuard guard(caller_state);
+        for (int64_t d = begin; d < end; ++d) run_direction(d);
+      });
+    } else {
+      for (int64_t d = 0; d < num_directions; ++d) run_direction(d);
+    }
+    std::vector<Tensor> outputs;
+    for (int64_t d = 0; d < num_directions; ++d) {
+      auto& [out, h, c] = results[d];
       outputs.push_back(out);
       h_n.push_back(h);
       if (cell == Cell::Lstm) c_n.push_back(c);

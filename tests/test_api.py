@@ -276,6 +276,36 @@ def test_in_place_op_on_output_keeps_backward(name, kw, device):
         torch.testing.assert_close(p_fused.grad, p_ref.grad)
 
 
+@pytest.mark.parametrize("name", MODULES)
+@pytest.mark.parametrize("packed", [False, True])
+def test_bidirectional_directions_at_once_match_torch(name, packed):
+    """Sizes where the CPU stack runs a layer's two directions on two threads at once
+    (csrc/cpu/team.h: one worker a direction, >= 2^20 multiply-adds a loop): outputs, states and
+    every gradient as torch.nn, and nothing recorded for autograd under no_grad."""
+    torch.manual_seed(0)
+    T, B, I, H = 160, 2, 8, 64  # RNN 1.3M, GRU 3.9M, LSTM 5.2M MACs a direction
+    ref = getattr(nn, name)(I, H, num_layers=2, bidirectional=True)
+    fused = getattr(fusedrnn, name)(I, H, num_layers=2, bidirectional=True)
+    fused.load_state_dict(ref.state_dict())
+    x = torch.randn(T, B, I)
+    lengths = torch.tensor([T, T // 2])
+
+    def run(module):
+        xi = x.clone().requires_grad_()
+        inp = nn.utils.rnn.pack_padded_sequence(xi, lengths) if packed else xi
+        out, hidden = module(inp)
+        out = nn.utils.rnn.pad_packed_sequence(out)[0] if packed else out
+        states = hidden if isinstance(hidden, tuple) else (hidden,)
+        (out.square().sum() + sum(s.sum() for s in states)).backward()
+        return [out, *states, xi.grad] + [p.grad for p in module.parameters()]
+
+    for got, want in zip(run(fused), run(ref)):
+        torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4)
+    with torch.no_grad():
+        out, _ = fused(x)
+    assert out.grad_fn is None and not out.requires_grad
+
+
 def test_no_workspace_in_inference():
     m = fusedrnn.LSTM(3, 4)
     with torch.no_grad():
