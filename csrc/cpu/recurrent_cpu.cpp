@@ -120,6 +120,48 @@ void accumulate_grad_h(const PackedWeight<T>& w, const Worker& me, int64_t B, co
   }
 }
 
+// The forward time loop of the cells with one state (RNN, GRU). Per step: the worker's units of
+// W_hh h_{t-1} for all G gates, then per batch row either the inactive path (state carried over,
+// output and h_{t-1} workspace zero, plus `zero_inactive(row, j0, n)` for the cell's own
+// workspaces) or `active_row(b, row, j0, n, h_cur, h_next, gh)`, which writes h_t and the
+// output; then h_{t-1} is saved if asked (hp_ws not null) and one barrier ends the step.
+template <typename S, typename ActiveRow, typename ZeroInactive>
+void single_state_forward_loop(const PackedWeight<S>& w, const Schedule& sched,
+                               const PingPong& state, int64_t steps, int64_t B, int64_t H,
+                               int64_t G, S* out, S* hp_ws, const at::TensorOptions& options,
+                               const ActiveRow& active_row, const ZeroInactive& zero_inactive) {
+  const int64_t team = team_size(w.packed(), w.num_blocks(), B * G * H * H);
+  Tensor full = at::empty({w.packed() ? 0 : B, G * H}, options);  // W_hh h (BLAS path)
+  Tensor tiles = at::empty({w.packed() ? team : 0, B, G * tile_units(w.num_blocks())}, options);
+  S* full_data = full.data_ptr<S>();
+  S* tiles_data = tiles.data_ptr<S>();
+  run_team(team, w.num_blocks(), [&](const Worker& me) {
+    S* tile = tiles_data + me.id * tiles.stride(0);
+    for (int64_t s = 0; s < steps; ++s) {
+      const S* h_cur = state.slot<S>(s);
+      S* h_next = state.slot<S>(s + 1);
+      if (!w.packed()) w.multiply(B, h_cur, H, 0, full_data, G * H);
+      {  // the worker's units
+        const auto [j0, n] = unit_range(me.block_begin, me.block_end, H);
+        const auto gh = worker_product(w, me, B, h_cur, H, G, H, full_data, tile);
+        for (int64_t b = 0; b < B; ++b) {
+          const int64_t row = sched.slot(s, b) * B + b;
+          if (!sched.active(s, b)) {
+            copy_row(h_next + b * H + j0, h_cur + b * H + j0, n);
+            zero_row(out + row * H + j0, n);
+            zero_inactive(row, j0, n);
+            if (hp_ws) zero_row(hp_ws + row * H + j0, n);
+            continue;
+          }
+          active_row(b, row, j0, n, h_cur, h_next, gh);
+          if (hp_ws) copy_row(hp_ws + row * H + j0, h_cur + b * H + j0, n);
+        }
+      }
+      team_barrier();  // h_t complete before any worker reads it
+    }
+  });
+}
+
 // ============================================================================ RNN (tanh / relu)
 
 std::tuple<Tensor, Tensor, Tensor> rnn_forward(const Tensor& xproj_in, const Tensor& h0_in,
@@ -137,40 +179,17 @@ std::tuple<Tensor, Tensor, Tensor> rnn_forward(const Tensor& xproj_in, const Ten
 
   AT_DISPATCH_FLOATING_TYPES(xproj.scalar_type(), "fusedrnn::rnn_forward", [&] {
     const PackedWeight<scalar_t> w(w_hh.data_ptr<scalar_t>(), H, H, /*transposed=*/true);
-    const int64_t team = team_size(w.packed(), w.num_blocks(), B * H * H);
-    Tensor full = at::empty({w.packed() ? 0 : B, H}, xproj.options());  // W_hh h (BLAS path)
-    Tensor tiles = at::empty({w.packed() ? team : 0, B, tile_units(w.num_blocks())},
-                              xproj.options());
     const scalar_t* x = xproj.data_ptr<scalar_t>();
     scalar_t* out = output.data_ptr<scalar_t>();
     scalar_t* hp_ws = save_workspace ? hprev.data_ptr<scalar_t>() : nullptr;
-    scalar_t* full_data = full.data_ptr<scalar_t>();
-    scalar_t* tiles_data = tiles.data_ptr<scalar_t>();
-    run_team(team, w.num_blocks(), [&](const Worker& me) {
-      scalar_t* tile = tiles_data + me.id * tiles.stride(0);
-      for (int64_t s = 0; s < T; ++s) {
-        const scalar_t* h_cur = state.slot<scalar_t>(s);
-        scalar_t* h_next = state.slot<scalar_t>(s + 1);
-        if (!w.packed()) w.multiply(B, h_cur, H, 0, full_data, H);
-        {  // the worker's units
-          const auto [j0, n] = unit_range(me.block_begin, me.block_end, H);
-          const auto gh = worker_product(w, me, B, h_cur, H, 1, H, full_data, tile);
-          for (int64_t b = 0; b < B; ++b) {
-            const int64_t row = sched.slot(s, b) * B + b;
-            if (!sched.active(s, b)) {
-              copy_row(h_next + b * H + j0, h_cur + b * H + j0, n);
-              zero_row(out + row * H + j0, n);
-              if (hp_ws) zero_row(hp_ws + row * H + j0, n);
-              continue;
-            }
-            rnn_forward_row(x + row * H + j0, gh.data + b * gh.ld, h_next + b * H + j0,
-                            out + row * H + j0, n, relu);
-            if (hp_ws) copy_row(hp_ws + row * H + j0, h_cur + b * H + j0, n);
-          }
-        }
-        team_barrier();  // h_t complete before any worker reads it
-      }
-    });
+    single_state_forward_loop(
+        w, sched, state, T, B, H, /*G=*/1, out, hp_ws, xproj.options(),
+        [&](int64_t b, int64_t row, int64_t j0, int64_t n, const scalar_t*, scalar_t* h_next,
+            const WorkerProduct<scalar_t>& gh) {
+          rnn_forward_row(x + row * H + j0, gh.data + b * gh.ld, h_next + b * H + j0,
+                          out + row * H + j0, n, relu);
+        },
+        [](int64_t, int64_t, int64_t) {});
   });
   return {output, state.result, hprev};
 }
@@ -253,46 +272,24 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(const Tensor& xproj_in, c
   AT_DISPATCH_FLOATING_TYPES(xproj.scalar_type(), "fusedrnn::gru_forward", [&] {
     const PackedWeight<scalar_t> w(w_hh.data_ptr<scalar_t>(), 3 * H, H, /*transposed=*/true,
                                    /*groups=*/3);
-    const int64_t team = team_size(w.packed(), w.num_blocks(), B * 3 * H * H);
-    Tensor full = at::empty({w.packed() ? 0 : B, 3 * H}, xproj.options());
-    Tensor tiles = at::empty({w.packed() ? team : 0, B, 3 * tile_units(w.num_blocks())},
-                              xproj.options());
     const scalar_t* x = xproj.data_ptr<scalar_t>();
     const scalar_t* bias = b_hh.data_ptr<scalar_t>();
     scalar_t* out = output.data_ptr<scalar_t>();
     scalar_t* g_ws = save_workspace ? gates_ws.data_ptr<scalar_t>() : nullptr;
     scalar_t* hp_ws = save_workspace ? hprev.data_ptr<scalar_t>() : nullptr;
     scalar_t* scratch = gates_scratch.data_ptr<scalar_t>();
-    scalar_t* full_data = full.data_ptr<scalar_t>();
-    scalar_t* tiles_data = tiles.data_ptr<scalar_t>();
-    run_team(team, w.num_blocks(), [&](const Worker& me) {
-      scalar_t* tile = tiles_data + me.id * tiles.stride(0);
-      for (int64_t s = 0; s < T; ++s) {
-        const scalar_t* h_cur = state.slot<scalar_t>(s);
-        scalar_t* h_next = state.slot<scalar_t>(s + 1);
-        if (!w.packed()) w.multiply(B, h_cur, H, 0, full_data, 3 * H);
-        {  // the worker's units
-          const auto [j0, n] = unit_range(me.block_begin, me.block_end, H);
-          const auto gh = worker_product(w, me, B, h_cur, H, 3, H, full_data, tile);
-          for (int64_t b = 0; b < B; ++b) {
-            const int64_t row = sched.slot(s, b) * B + b;
-            if (!sched.active(s, b)) {
-              copy_row(h_next + b * H + j0, h_cur + b * H + j0, n);
-              zero_row(out + row * H + j0, n);
-              if (g_ws) zero_gate_units(g_ws + row * 4 * H, 4, H, j0, n);
-              if (hp_ws) zero_row(hp_ws + row * H + j0, n);
-              continue;
-            }
-            scalar_t* ws = g_ws ? g_ws + row * 4 * H : scratch + b * 4 * H;
-            gru_forward_row(x + row * 3 * H + j0, gh.data + b * gh.ld, bias + j0,
-                            h_cur + b * H + j0, h_next + b * H + j0, out + row * H + j0, ws + j0,
-                            n, H, gh.gate_stride);
-            if (hp_ws) copy_row(hp_ws + row * H + j0, h_cur + b * H + j0, n);
-          }
-        }
-        team_barrier();
-      }
-    });
+    single_state_forward_loop(
+        w, sched, state, T, B, H, /*G=*/3, out, hp_ws, xproj.options(),
+        [&](int64_t b, int64_t row, int64_t j0, int64_t n, const scalar_t* h_cur,
+            scalar_t* h_next, const WorkerProduct<scalar_t>& gh) {
+          scalar_t* ws = g_ws ? g_ws + row * 4 * H : scratch + b * 4 * H;
+          gru_forward_row(x + row * 3 * H + j0, gh.data + b * gh.ld, bias + j0,
+                          h_cur + b * H + j0, h_next + b * H + j0, out + row * H + j0, ws + j0,
+                          n, H, gh.gate_stride);
+        },
+        [&](int64_t row, int64_t j0, int64_t n) {
+          if (g_ws) zero_gate_units(g_ws + row * 4 * H, 4, H, j0, n);
+        });
   });
   return {output, state.result, gates_ws, hprev};
 }
