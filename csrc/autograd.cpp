@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include <optional>
+#include <string>
 #include <tuple>
 
 #include "op_handle.h"
@@ -181,6 +182,57 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_
   return {r[0], r[1], r[2], r[3], r[4], r[5], r[6]};
 }
 
+// ============================================================================ one cell step
+
+
+struct CellFunction : torch::autograd::Function<CellFunction> {
+  static variable_list forward(AutogradContext* ctx, c10::string_view cell, const Tensor& x,
+                               const Tensor& h, const OptTensor& c, const Tensor& w_ih,
+                               const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh) {
+    ctx->set_materialize_grads(false);
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [h_new, c_new, workspace] =
+        ops::cell_forward().call(cell, x, h, c, w_ih, w_hh, b_ih, b_hh, true);
+    // The workspace is the op's own (h' and c' are copied into it), so an in-place op on a
+    // returned state leaves the backward intact.
+    ctx->save_for_backward({x, h, or_undefined(c), w_ih, w_hh, workspace});
+    ctx->saved_data["cell"] = std::string(cell);
+    ctx->saved_data["bias"] = b_ih.has_value();
+    ctx->mark_non_differentiable({workspace});
+    if (!c.has_value()) ctx->mark_non_differentiable({c_new});
+    return {h_new, c_new, workspace};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    check_no_double_backward();
+    const variable_list saved = ctx->get_saved_variables();
+    const Tensor &x = saved[0], &h = saved[1], &w_ih = saved[3], &w_hh = saved[4];
+    const OptTensor c = as_optional(saved[2]);
+    const OptTensor grad_c = c.has_value() ? OptTensor(or_zeros(grads[1], *c)) : std::nullopt;
+    const bool bias = ctx->saved_data["bias"].toBool();
+    auto [grad_x, grad_h, grad_c0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh] =
+        ops::cell_backward().call(ctx->saved_data["cell"].toStringRef(), or_zeros(grads[0], h),
+                                  grad_c, x, h, c, w_ih, w_hh, saved[5], bias);
+    if (!c.has_value()) grad_c0 = Tensor();
+    if (!bias) grad_b_ih = grad_b_hh = Tensor();
+    return {Tensor(), grad_x, grad_h, grad_c0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh};
+  }
+};
+
+std::tuple<Tensor, Tensor, Tensor> cell_forward_autograd(
+    c10::string_view cell, const Tensor& x, const Tensor& h, const OptTensor& c,
+    const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
+    bool save_workspace) {
+  if (!at::GradMode::is_enabled() ||
+      !any_requires_grad({&x, &h, &or_undefined(c), &w_ih, &w_hh, &or_undefined(b_ih),
+                          &or_undefined(b_hh)})) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return ops::cell_forward().call(cell, x, h, c, w_ih, w_hh, b_ih, b_hh, save_workspace);
+  }
+  const variable_list r = CellFunction::apply(cell, x, h, c, w_ih, w_hh, b_ih, b_hh);
+  return {r[0], r[1], r[2]};
+}
+
 }  // namespace
 
 // Every backend: the Autograd alias key covers AutogradCPU, AutogradCUDA, ...
@@ -188,6 +240,7 @@ TORCH_LIBRARY_IMPL(fusedrnn, Autograd, m) {
   m.impl("rnn_forward", &rnn_forward_autograd);
   m.impl("gru_forward", &gru_forward_autograd);
   m.impl("lstm_forward", &lstm_forward_autograd);
+  m.impl("cell_forward", &cell_forward_autograd);
 }
 
 }  // namespace fusedrnn

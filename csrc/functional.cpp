@@ -15,6 +15,7 @@
 #include <tuple>
 #include <vector>
 
+#include "cell.h"
 #include "cpu/team.h"
 #include "op_handle.h"
 
@@ -23,17 +24,6 @@ namespace {
 
 using at::Tensor;
 using ops::OptTensor;
-
-enum class Cell { RnnTanh, RnnRelu, Gru, Lstm };
-
-Cell parse_cell(std::string_view name) {
-  if (name == "rnn_tanh") return Cell::RnnTanh;
-  if (name == "rnn_relu") return Cell::RnnRelu;
-  if (name == "gru") return Cell::Gru;
-  if (name == "lstm") return Cell::Lstm;
-  TORCH_CHECK_VALUE(false, "fusedrnn: unknown cell '", name,
-                    "'; expected one of ['rnn_tanh', 'rnn_relu', 'gru', 'lstm']");
-}
 
 // Returned in place of c_n by cells without a cell state (a schema cannot return None).
 Tensor no_cell_state(const Tensor& like) { return at::empty({0}, like.options()); }

@@ -104,4 +104,34 @@ inline LayerSizes check_lstm_backward_inputs(
   return s;
 }
 
+// Sizes of one cell step (cell_forward / cell_backward); see csrc/ops.cpp.
+struct CellSizes {
+  int64_t B, I, H;
+};
+
+// Checks a cell step's inputs against x (B, I) and w_hh (G*H, H); c only for LSTM (needs_c);
+// biases both or neither.
+inline CellSizes check_cell_inputs(int64_t num_gates, bool needs_c, const at::Tensor& x,
+                                   const at::Tensor& h, const std::optional<at::Tensor>& c,
+                                   const at::Tensor& w_ih, const at::Tensor& w_hh,
+                                   const std::optional<at::Tensor>& b_ih,
+                                   const std::optional<at::Tensor>& b_hh) {
+  TORCH_CHECK(x.dim() == 2, "fusedrnn: x must be (B, I), got ", x.sizes());
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()), "fusedrnn: x must be floating point");
+  TORCH_CHECK(w_hh.dim() == 2 && w_hh.size(0) == num_gates * w_hh.size(1),
+              "fusedrnn: w_hh must be (", num_gates, "*H, H), got ", w_hh.sizes());
+  const CellSizes s{x.size(0), x.size(1), w_hh.size(1)};
+  check_tensor(w_hh, x, "w_hh", {num_gates * s.H, s.H});
+  check_tensor(w_ih, x, "w_ih", {num_gates * s.H, s.I});
+  check_tensor(h, x, "h", {s.B, s.H});
+  TORCH_CHECK(c.has_value() == needs_c, "fusedrnn: c is ", needs_c ? "needed" : "only for lstm");
+  if (needs_c) check_tensor(*c, x, "c", {s.B, s.H});
+  TORCH_CHECK(b_ih.has_value() == b_hh.has_value(), "fusedrnn: give both biases or neither");
+  if (b_ih.has_value()) {
+    check_tensor(*b_ih, x, "b_ih", {num_gates * s.H});
+    check_tensor(*b_hh, x, "b_hh", {num_gates * s.H});
+  }
+  return s;
+}
+
 }  // namespace fusedrnn

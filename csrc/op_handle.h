@@ -33,6 +33,13 @@ using LstmBackward = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>(
     const Tensor&, const Tensor&, const Tensor&, const Tensor&, const OptTensor&, const Tensor&,
     const Tensor&, const Tensor&, const Tensor&, const OptTensor&, bool);
 
+using CellForward = std::tuple<Tensor, Tensor, Tensor>(
+    c10::string_view, const Tensor&, const Tensor&, const OptTensor&, const Tensor&, const Tensor&,
+    const OptTensor&, const OptTensor&, bool);
+using CellBackward = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
+    c10::string_view, const Tensor&, const OptTensor&, const Tensor&, const Tensor&,
+    const OptTensor&, const Tensor&, const Tensor&, const Tensor&, bool);
+
 // The look-up is by name and not free: done once per op.
 #define FUSEDRNN_OP_HANDLE(fn, Signature, name)                                       \
   inline const c10::TypedOperatorHandle<Signature>& fn() {                          \
@@ -46,6 +53,8 @@ FUSEDRNN_OP_HANDLE(gru_forward, GruForward, "fusedrnn::gru_forward")
 FUSEDRNN_OP_HANDLE(gru_backward, GruBackward, "fusedrnn::gru_backward")
 FUSEDRNN_OP_HANDLE(lstm_forward, LstmForward, "fusedrnn::lstm_forward")
 FUSEDRNN_OP_HANDLE(lstm_backward, LstmBackward, "fusedrnn::lstm_backward")
+FUSEDRNN_OP_HANDLE(cell_forward, CellForward, "fusedrnn::cell_forward")
+FUSEDRNN_OP_HANDLE(cell_backward, CellBackward, "fusedrnn::cell_backward")
 #undef FUSEDRNN_OP_HANDLE
 
 }  // namespace ops

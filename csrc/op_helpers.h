@@ -35,8 +35,8 @@ inline at::Tensor workspace(bool save, const at::Tensor& like, int64_t T, int64_
 
 // grad_w = grad_rows^T · inputs over all (time, batch) rows: the one weight GEMM of backward.
 inline at::Tensor weight_grad(const at::Tensor& grad_rows, const at::Tensor& inputs) {
-  return at::mm(grad_rows.reshape({-1, grad_rows.size(-1)}).t(),
-                inputs.reshape({-1, inputs.size(-1)}));
+  // flatten, not reshape(-1, n): that is ambiguous when n is 0 (input_size 0).
+  return at::mm(grad_rows.flatten(0, -2).t(), inputs.flatten(0, -2));
 }
 
 }  // namespace fusedrnn

@@ -24,6 +24,16 @@
 //                     when None), weights in torch.nn's flat order, dropout between layers
 //                     when train
 //   both return (output, h_n, c_n); c_n is a (0)-shaped tensor for cells without a cell state
+//
+// One step of a cell (RNNCell/GRUCell/LSTMCell), CPU only: input projection, recurrent product
+// and gate math in one op, since at T = 1 every extra op call costs more than the arithmetic:
+//   cell_forward      x (B, I), h (B, H), c (B, H) for LSTM, w_ih (G*H, I), w_hh (G*H, H),
+//                     b_ih/b_hh (G*H); returns h' (B, H), c' (B, H) (LSTM; else (0)) and the
+//                     workspace (B, W) when saved, else (0): RNN W = H: h';
+//                     GRU W = 4H: r, z, n, hn;  LSTM W = 5H: i, f, g, o, c'
+//   cell_backward     d h' (B, H), d c' (B, H) for LSTM, and the forward's inputs and workspace;
+//                     returns d x, d h, d c ((0) unless LSTM), d w_ih, d w_hh, d b_ih, d b_hh
+//                     ((0) without bias)
 #include <Python.h>
 #include <torch/library.h>
 
@@ -59,6 +69,15 @@ TORCH_LIBRARY(fusedrnn, m) {
       "recurrent_stack(str cell, Tensor x, Tensor? h0, Tensor? c0, Tensor[] weights, "
       "int num_layers, bool bidirectional, bool bias, int proj_size=0, float dropout=0.0, "
       "bool train=False, Tensor? lengths=None) -> (Tensor output, Tensor h_n, Tensor c_n)");
+  m.def(
+      "cell_forward(str cell, Tensor x, Tensor h, Tensor? c, Tensor w_ih, Tensor w_hh, "
+      "Tensor? b_ih, Tensor? b_hh, bool save_workspace) "
+      "-> (Tensor h_new, Tensor c_new, Tensor workspace)");
+  m.def(
+      "cell_backward(str cell, Tensor grad_h_new, Tensor? grad_c_new, Tensor x, Tensor h, "
+      "Tensor? c, Tensor w_ih, Tensor w_hh, Tensor workspace, bool bias) -> (Tensor grad_x, "
+      "Tensor grad_h, Tensor grad_c, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, "
+      "Tensor grad_b_hh)");
 }
 
 // Importing fusedrnn._C runs the registrations above; the module itself has no functions.

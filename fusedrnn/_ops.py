@@ -74,3 +74,28 @@ def _lstm_backward_fake(grad_output, grad_h_n, grad_c_n, w_hh, w_hr, gates, cell
         torch.empty_like(w_hh),
         torch.empty_like(w_hr) if w_hr is not None else w_hh.new_empty((0,)),
     )
+
+
+_CELL_WORKSPACE = {"rnn_tanh": 1, "rnn_relu": 1, "gru": 4, "lstm": 5}  # in units of H
+
+
+@torch.library.register_fake("fusedrnn::cell_forward")
+def _cell_forward_fake(cell, x, h, c, w_ih, w_hh, b_ih, b_hh, save_workspace):
+    B, H = x.shape[0], w_hh.shape[1]
+    c_new = x.new_empty((B, H) if cell == "lstm" else (0, H))
+    workspace = x.new_empty((B, _CELL_WORKSPACE[cell] * H) if save_workspace else (0,))
+    return x.new_empty((B, H)), c_new, workspace
+
+
+@torch.library.register_fake("fusedrnn::cell_backward")
+def _cell_backward_fake(cell, grad_h_new, grad_c_new, x, h, c, w_ih, w_hh, workspace, bias):
+    bias_grad = lambda: w_ih.new_empty((w_ih.shape[0],) if bias else (0,))  # noqa: E731
+    return (
+        torch.empty_like(x),
+        torch.empty_like(h),
+        torch.empty_like(c) if cell == "lstm" else x.new_empty((0,)),
+        torch.empty_like(w_ih),
+        torch.empty_like(w_hh),
+        bias_grad(),
+        bias_grad(),
+    )

@@ -188,6 +188,29 @@ def test_opcheck_forward_ops(lengths, reverse, device):
         torch.library.opcheck(op, args)
 
 
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("cell", ["rnn_tanh", "rnn_relu", "gru", "lstm"])
+def test_opcheck_cell_ops(cell, bias):
+    """The CPU one-step ops (cells), forward and backward."""
+    g = torch.Generator().manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).requires_grad_()  # noqa: E731
+    B, I, H = 3, 5, 4
+    G = {"rnn_tanh": 1, "rnn_relu": 1, "gru": 3, "lstm": 4}[cell]
+    c = r(B, H) if cell == "lstm" else None
+    args = (cell, r(B, I), r(B, H), c, r(G * H, I), r(G * H, H), r(G * H) if bias else None,
+            r(G * H) if bias else None, True)
+    ops = torch.ops.fusedrnn
+    torch.library.opcheck(ops.cell_forward.default, args)
+    with torch.no_grad():
+        h_new, c_new, workspace = ops.cell_forward(*args)
+    detached = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
+    grad_c = torch.randn_like(c_new) if cell == "lstm" else None
+    bargs = (cell, torch.randn_like(h_new), grad_c, *detached[1:6], workspace, bias)
+    torch.library.opcheck(ops.cell_backward.default, bargs)
+    with pytest.raises(RuntimeError, match="needs the forward's workspace"):
+        ops.cell_backward(*bargs[:8], workspace.new_empty(0), bias)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("lengths", [False, True])
 def test_opcheck_backward_ops(lengths, device):

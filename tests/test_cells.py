@@ -50,3 +50,49 @@ def test_cell_repr_and_state_dict():
         fused.load_state_dict(ref.state_dict(), strict=True)
         ref.load_state_dict(fused.state_dict(), strict=True)
         assert [n for n, _ in ref.named_parameters()] == [n for n, _ in fused.named_parameters()]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+@pytest.mark.parametrize("name,kw", CELL_CLASSES, ids=["rnn_tanh", "rnn_relu", "gru", "lstm"])
+def test_wide_cell_matches_torch_nn(name, kw, dtype):
+    """A batch wide enough that the CPU step splits its rows over threads, and input_size 0."""
+    torch.manual_seed(0)
+    for input_size, batch, hidden in [(24, 67, 96), (0, 3, 5)]:
+        ref = getattr(nn, name)(input_size, hidden, **kw).to(dtype)
+        fused = getattr(fusedrnn, name)(input_size, hidden, **kw).to(dtype)
+        fused.load_state_dict(ref.state_dict())
+        x = torch.randn(batch, input_size, dtype=dtype, requires_grad=True)
+        mk = lambda: torch.randn(batch, hidden, dtype=dtype, requires_grad=True)  # noqa: E731
+        hx = (mk(), mk()) if name == "LSTMCell" else mk()
+        (fo, fg), (to, tg) = _run(fused, x, hx), _run(ref, x, hx)
+        atol = 1e-10 if dtype == torch.float64 else 20 * RULE_ATOL[dtype]
+        for a, b in zip(list(fo) + list(fg), list(to) + list(tg)):
+            assert torch.allclose(a, b, atol=atol, rtol=0), (a - b).abs().max()
+
+
+@pytest.mark.parametrize("name,kw", CELL_CLASSES, ids=["rnn_tanh", "rnn_relu", "gru", "lstm"])
+def test_cell_non_contiguous_inputs_and_in_place_on_output(name, kw):
+    """Strided x and states; an in-place op on the returned state; for LSTMCell, a loss on h
+    alone and on c alone (the other state's gradient is None)."""
+    torch.manual_seed(0)
+    ref = getattr(nn, name)(6, 5, **kw).double()
+    fused = getattr(fusedrnn, name)(6, 5, **kw).double()
+    fused.load_state_dict(ref.state_dict())
+    x = torch.randn(6, 4, dtype=torch.float64).t().requires_grad_()
+    states = [torch.randn(5, 4, dtype=torch.float64).t().requires_grad_() for _ in range(2)]
+    hx = tuple(states) if name == "LSTMCell" else states[0]
+    for pick in ([0, 1] if name == "LSTMCell" else [0]):
+        results = []
+        for cell in (fused, ref):
+            out = cell(x, hx)
+            out = out[pick] if isinstance(out, tuple) else out
+            # In place on the fused op's own output; torch.nn's tanh saves its result, so the
+            # reference goes out of place.
+            out = out.relu_() if cell is fused else out.relu()
+            leaves = [x] + list(states[:2 if name == "LSTMCell" else 1]) + list(cell.parameters())
+            grads = torch.autograd.grad(out.square().sum(), leaves, allow_unused=True)
+            results.append([out] + list(grads))
+        for a, b in zip(*results):
+            assert (a is None) == (b is None)
+            if a is not None:
+                assert torch.allclose(a, b, atol=1e-10, rtol=0), (a - b).abs().max()

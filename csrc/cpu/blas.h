@@ -36,6 +36,12 @@ template <typename T>
 void gemm_rowmajor(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B,
                    int64_t ldb, bool b_is_nk, T beta, T* C, int64_t ldc) {
   if (M == 0 || N == 0) return;
+  if (K == 0) {  // an empty sum: BLAS would reject the zero leading dimensions
+    for (int64_t m = 0; m < M; ++m) {
+      for (int64_t n = 0; n < N; ++n) C[m * ldc + n] = beta == T(0) ? T(0) : beta * C[m * ldc + n];
+    }
+    return;
+  }
   const bool fits_int = M < INT_MAX && N < INT_MAX && K < INT_MAX && lda < INT_MAX &&
                         ldb < INT_MAX && ldc < INT_MAX;
   if (direct_blas_available() && fits_int) {

@@ -1,0 +1,201 @@
+// One step of RNNCell / GRUCell / LSTMCell on the CPU, forward and backward, each a single op.
+//
+// A cell runs one step per call, so at small sizes the per-call cost is the whole story: the
+// layer path (an input-projection op, then a time-loop op with T = 1) spends more on op calls,
+// packing W_hh and setting up its loop than on arithmetic, and at large sizes packing W_hh for
+// one step reads and writes the whole weight once more. Here a step is two BLAS calls
+// (x·W_ihᵀ and h·W_hhᵀ, each weight read once) and one pass of the cells' row kernels
+// (row_kernels.h), allocating little more than what it returns. Backward likewise: the row
+// kernels' gate derivatives, then BLAS for d x and d h and one GEMM per weight gradient.
+// Shapes are documented with the schemas in csrc/ops.cpp.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstring>
+#include <optional>
+#include <tuple>
+
+#include "../cell.h"
+#include "../op_checks.h"
+#include "../op_helpers.h"
+#include "blas.h"
+#include "row_kernels.h"
+
+namespace fusedrnn {
+namespace cpu {
+namespace {
+
+using at::Tensor;
+
+// Hidden units (summed over gates) a task of the pointwise pass should have before a second
+// thread is worth waking.
+constexpr int64_t kMinUnitsPerTask = 16384;
+
+// fn(b) for every batch row b, split over the intra-op pool when the rows are wide enough.
+template <typename Fn>
+void for_each_row(int64_t B, int64_t units_per_row, const Fn& fn) {
+  const int64_t grain = std::max<int64_t>(1, kMinUnitsPerTask / std::max<int64_t>(1, units_per_row));
+  at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) fn(b);
+  });
+}
+
+// Width of a row of the workspace: RNN h'; GRU r, z, n, hn; LSTM i, f, g, o, c'.
+int64_t workspace_width(Cell cell, int64_t H) {
+  switch (cell) {
+    case Cell::Gru: return 4 * H;
+    case Cell::Lstm: return 5 * H;
+    default: return H;
+  }
+}
+
+std::tuple<Tensor, Tensor, Tensor> cell_forward(
+    c10::string_view cell_name, const Tensor& x_in, const Tensor& h_in,
+    const std::optional<Tensor>& c_in, const Tensor& w_ih_in, const Tensor& w_hh_in,
+    const std::optional<Tensor>& b_ih_in, const std::optional<Tensor>& b_hh_in,
+    bool save_workspace) {
+  const Cell cell = parse_cell(cell_name);
+  const bool lstm = cell == Cell::Lstm, gru = cell == Cell::Gru, bias = b_ih_in.has_value();
+  const int64_t G = num_gates(cell);
+  const CellSizes sz =
+      check_cell_inputs(G, lstm, x_in, h_in, c_in, w_ih_in, w_hh_in, b_ih_in, b_hh_in);
+  const int64_t B = sz.B, I = sz.I, H = sz.H, GH = G * H, W = workspace_width(cell, H);
+  const Tensor x = x_in.contiguous(), h = h_in.contiguous(), w_ih = w_ih_in.contiguous(),
+               w_hh = w_hh_in.contiguous();
+  const Tensor c = lstm ? c_in->contiguous() : Tensor();
+  const Tensor b_ih = bias ? b_ih_in->contiguous() : Tensor();
+  const Tensor b_hh = bias ? b_hh_in->contiguous() : Tensor();
+  const at::TensorOptions options = x.options();
+
+  Tensor h_new = at::empty({B, H}, options);
+  Tensor c_new = at::empty({lstm ? B : 0, H}, options);
+  Tensor ws = at::empty({B, W}, options);  // a scratch when not saved: the row kernels write it
+  // x·W_ihᵀ + biases (GRU: b_ih only) and h·W_hhᵀ, each (B, G*H); then for the GRU the copy of
+  // h' its row kernel also writes (as a layer's output row), and b_hh or zeros.
+  Tensor scratch = at::empty({2 * B * GH + (gru ? B * H + GH : 0)}, options);
+
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fusedrnn::cell_forward", [&] {
+    scalar_t* xg = scratch.data_ptr<scalar_t>();
+    scalar_t* hg = xg + B * GH;
+    scalar_t* gru_out = hg + B * GH;
+    scalar_t* gru_b_hh = gru_out + (gru ? B * H : 0);
+    const scalar_t* bi = bias ? b_ih.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* bh = bias ? b_hh.data_ptr<scalar_t>() : nullptr;
+    if (bias) {  // RNN and LSTM add both biases to the pre-activation; the GRU's b_hn sits in r*(.)
+      for (int64_t b = 0; b < B; ++b) {
+        for (int64_t j = 0; j < GH; ++j) xg[b * GH + j] = gru ? bi[j] : bi[j] + bh[j];
+      }
+    }
+    if (gru) {
+      for (int64_t j = 0; j < GH; ++j) gru_b_hh[j] = bias ? bh[j] : scalar_t(0);
+    }
+    gemm_rowmajor<scalar_t>(B, GH, I, x.data_ptr<scalar_t>(), I, w_ih.data_ptr<scalar_t>(), I,
+                            /*b_is_nk=*/true, bias ? 1 : 0, xg, GH);
+    gemm_rowmajor<scalar_t>(B, GH, H, h.data_ptr<scalar_t>(), H, w_hh.data_ptr<scalar_t>(), H,
+                            /*b_is_nk=*/true, 0, hg, GH);
+    const scalar_t* h_cur = h.data_ptr<scalar_t>();
+    const scalar_t* c_cur = lstm ? c.data_ptr<scalar_t>() : nullptr;
+    scalar_t* h_next = h_new.data_ptr<scalar_t>();
+    scalar_t* c_next = lstm ? c_new.data_ptr<scalar_t>() : nullptr;
+    scalar_t* ws_data = ws.data_ptr<scalar_t>();
+    const bool relu = cell == Cell::RnnRelu;
+    for_each_row(B, GH, [&](int64_t b) {
+      const scalar_t* xr = xg + b * GH;
+      const scalar_t* hr = hg + b * GH;
+      scalar_t* wr = ws_data + b * W;
+      if (lstm) {
+        lstm_forward_row(xr, hr, c_cur + b * H, c_next + b * H, h_next + b * H, wr, H, H, H);
+        std::memcpy(wr + 4 * H, c_next + b * H, sizeof(scalar_t) * H);
+      } else if (gru) {
+        gru_forward_row(xr, hr, gru_b_hh, h_cur + b * H, h_next + b * H, gru_out + b * H, wr, H,
+                        H, H);
+      } else {  // the workspace is h' itself
+        rnn_forward_row(xr, hr, h_next + b * H, wr, H, relu);
+      }
+    });
+  });
+  return {h_new, c_new, save_workspace ? ws : at::empty({0}, options)};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cell_backward(
+    c10::string_view cell_name, const Tensor& grad_h_new_in,
+    const std::optional<Tensor>& grad_c_new_in, const Tensor& x_in, const Tensor& h_in,
+    const std::optional<Tensor>& c_in, const Tensor& w_ih_in, const Tensor& w_hh_in,
+    const Tensor& ws_in, bool bias) {
+  const Cell cell = parse_cell(cell_name);
+  const bool lstm = cell == Cell::Lstm, gru = cell == Cell::Gru;
+  const int64_t G = num_gates(cell);
+  const CellSizes sz = check_cell_inputs(G, lstm, x_in, h_in, c_in, w_ih_in, w_hh_in,
+                                         std::nullopt, std::nullopt);
+  const int64_t B = sz.B, I = sz.I, H = sz.H, GH = G * H, W = workspace_width(cell, H);
+  check_tensor(grad_h_new_in, x_in, "grad_h_new", {B, H});
+  TORCH_CHECK(grad_c_new_in.has_value() == lstm, "fusedrnn: grad_c_new is ",
+              lstm ? "needed" : "only for lstm");
+  if (lstm) check_tensor(*grad_c_new_in, x_in, "grad_c_new", {B, H});
+  TORCH_CHECK(ws_in.dim() == 2, "fusedrnn: backward needs the forward's workspace (run forward "
+              "with save_workspace=True)");
+  check_tensor(ws_in, x_in, "workspace", {B, W});
+  const Tensor x = x_in.contiguous(), h = h_in.contiguous(), w_ih = w_ih_in.contiguous(),
+               w_hh = w_hh_in.contiguous(), ws = ws_in.contiguous(),
+               grad_h_new = grad_h_new_in.contiguous();
+  const Tensor c = lstm ? c_in->contiguous() : Tensor();
+  const at::TensorOptions options = x.options();
+
+  // d of the pre-activations: through x·W_ihᵀ + b_ih (grad_pre) and through h·W_hhᵀ + b_hh
+  // (grad_rec; the same for RNN and LSTM, where both sums enter the gates alike).
+  Tensor grad_pre = at::empty({B, GH}, options);
+  Tensor grad_rec = gru ? at::empty({B, GH}, options) : grad_pre;
+  Tensor grad_x = at::empty({B, I}, options);
+  Tensor grad_h = at::empty({B, H}, options);
+  // d c' in, d c out (the row kernel updates it in place).
+  Tensor grad_c = lstm ? grad_c_new_in->contiguous().clone() : at::empty({0}, options);
+  Tensor no_carry = at::zeros({lstm ? 0 : H}, options);  // d h from later steps: none
+
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fusedrnn::cell_backward", [&] {
+    const scalar_t* wsd = ws.data_ptr<scalar_t>();
+    const scalar_t* dh_out = grad_h_new.data_ptr<scalar_t>();
+    const scalar_t* h_prev = h.data_ptr<scalar_t>();
+    const scalar_t* c_prev = lstm ? c.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* zeros = no_carry.data_ptr<scalar_t>();
+    scalar_t* gp = grad_pre.data_ptr<scalar_t>();
+    scalar_t* gr = grad_rec.data_ptr<scalar_t>();
+    scalar_t* dh = grad_h.data_ptr<scalar_t>();
+    scalar_t* dc = lstm ? grad_c.data_ptr<scalar_t>() : nullptr;
+    const bool relu = cell == Cell::RnnRelu;
+    // Row pass; it also writes the direct part of d h (GRU: d h' * z; others zero).
+    for_each_row(B, GH, [&](int64_t b) {
+      const scalar_t* wr = wsd + b * W;
+      if (lstm) {
+        lstm_backward_row<scalar_t>(wr, wr + 4 * H, c_prev + b * H, dh_out + b * H, nullptr, dc + b * H,
+                          gp + b * GH, nullptr, H, H);
+      } else if (gru) {
+        gru_backward_row(wr, h_prev + b * H, dh_out + b * H, zeros, gp + b * GH, gr + b * GH,
+                         dh + b * H, H, H);
+      } else {
+        rnn_backward_row(wr, dh_out + b * H, zeros, gp + b * GH, dh + b * H, H, relu);
+      }
+    });
+    // d h (+)= grad_rec · W_hh;  d x = grad_pre · W_ih.
+    gemm_rowmajor<scalar_t>(B, H, GH, gr, GH, w_hh.data_ptr<scalar_t>(), H, /*b_is_nk=*/false,
+                            gru ? 1 : 0, dh, H);
+    gemm_rowmajor<scalar_t>(B, I, GH, gp, GH, w_ih.data_ptr<scalar_t>(), I, /*b_is_nk=*/false, 0,
+                            grad_x.data_ptr<scalar_t>(), I);
+  });
+  Tensor grad_b_ih = bias ? grad_pre.sum(0) : at::empty({0}, options);
+  Tensor grad_b_hh = !bias ? at::empty({0}, options) : gru ? grad_rec.sum(0) : grad_b_ih.clone();
+  return {grad_x, grad_h, grad_c, weight_grad(grad_pre, x), weight_grad(grad_rec, h), grad_b_ih,
+          grad_b_hh};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fusedrnn, CPU, m) {
+  m.impl("cell_forward", &cell_forward);
+  m.impl("cell_backward", &cell_backward);
+}
+
+}  // namespace cpu
+}  // namespace fusedrnn
