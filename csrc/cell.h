@@ -19,6 +19,15 @@ inline Cell parse_cell(std::string_view name) {
                     "'; expected one of ['rnn_tanh', 'rnn_relu', 'gru', 'lstm']");
 }
 
+inline const char* cell_name(Cell cell) {
+  switch (cell) {
+    case Cell::RnnTanh: return "rnn_tanh";
+    case Cell::RnnRelu: return "rnn_relu";
+    case Cell::Gru: return "gru";
+    default: return "lstm";
+  }
+}
+
 // Gate blocks of H rows in W_ih / W_hh: RNN 1, GRU 3 (r, z, n), LSTM 4 (i, f, g, o).
 inline int64_t num_gates(Cell cell) {
   return cell == Cell::Gru ? 3 : cell == Cell::Lstm ? 4 : 1;

@@ -36,6 +36,14 @@ std::tuple<Tensor, Tensor, Tensor> layer(Cell cell, const Tensor& x, const Tenso
                                          const OptTensor& lengths, bool reverse) {
   // The fused ops' Autograd kernels (csrc/autograd.cpp) decide whether to save workspaces.
   constexpr bool kSaveWorkspace = false;
+  // One CPU step without lengths or projection is a cell step (a decoder calling the layer once
+  // per token): the one-step op does it in one call, without packing W_hh for a single use.
+  if (x.is_cpu() && x.sym_size(0) == 1 && !lengths.has_value() && !w_hr.has_value()) {
+    auto [h_n, c_n, workspace] = ops::cell_forward().call(cell_name(cell), x[0], h0, c0, w_ih,
+                                                          w_hh, b_ih, b_hh, kSaveWorkspace);
+    // The output is a copy: as with torch.nn, an in-place op on it must leave h_n alone.
+    return {h_n.unsqueeze(0).clone(), h_n, cell == Cell::Lstm ? c_n : no_cell_state(h_n)};
+  }
   if (cell == Cell::Gru) {  // b_hn sits inside r * (W_hn h + b_hn): b_hh goes to the fused op
     const Tensor xproj = at::linear(x, w_ih, b_ih);
     auto [out, h_n, gates, hprev] =

@@ -46,14 +46,17 @@ class BenchConfig:
     bidirectional: bool = False
     dtype: str = "float32"
     device: str = "cpu"
+    cell_loop: bool = False  # the cell module once per step (verification.CellLoop)
 
     def case(self) -> Case:
         return Case(self.cell, num_layers=self.layers, bidirectional=self.bidirectional,
-                    T=self.T, B=self.B, I=self.I, H=self.H)
+                    T=self.T, B=self.B, I=self.I, H=self.H, cell_loop=self.cell_loop)
 
     def label(self) -> str:
-        return (f"{self.cell} T={self.T} B={self.B} I={self.I} H={self.H} L={self.layers} "
-                f"{'bi' if self.bidirectional else 'uni'}")
+        shape = f"T={self.T} B={self.B} I={self.I} H={self.H}"
+        if self.cell_loop:
+            return f"{self.cell} cell x {shape}"
+        return f"{self.cell} {shape} L={self.layers} {'bi' if self.bidirectional else 'uni'}"
 
 
 def expected_cudnn_algo(cfg: BenchConfig, bench_pass: str) -> str:
@@ -204,8 +207,15 @@ def build_configs(args) -> list[BenchConfig]:
         layer_counts = args.layers
     if args.bidirectional:
         directions = [True]
+    if args.cell_loop:
+        if args.bidirectional or (args.layers and args.layers != [1]) or "lstm_proj" in cells:
+            raise SystemExit("--cell-loop times one unidirectional layer of rnn_tanh, rnn_relu, "
+                             "gru or lstm")
+        cells = [c for c in cells if c != "lstm_proj"]
+        layer_counts, directions = [1], [False]
     dtypes = report.parse_choices(args.dtype, available_dtypes(args.device), f"dtype on {args.device}")
-    return [BenchConfig(cell, *size, layers=L, bidirectional=bi, dtype=dtype, device=args.device)
+    return [BenchConfig(cell, *size, layers=L, bidirectional=bi, dtype=dtype, device=args.device,
+                        cell_loop=args.cell_loop)
             for dtype in dtypes for size in sizes for cell in cells
             for L in layer_counts for bi in directions]
 
@@ -292,6 +302,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             help=f"{dim} values, comma-separated (replaces the grid's sizes)")
     parser.add_argument("--layers", type=_int_list, default=None, help="e.g. 1,2")
     parser.add_argument("--bidirectional", action="store_true", help="bidirectional only")
+    parser.add_argument("--cell-loop", action="store_true",
+                        help="time the cells (RNNCell/GRUCell/LSTMCell) called once per step over "
+                             "the T steps, as a decoder does, instead of the layer modules")
     parser.add_argument("--budget", type=float, default=1.0,
                         help="seconds of timing per configuration and pass (default 1)")
     parser.add_argument("--seed", type=int, default=0)

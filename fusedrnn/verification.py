@@ -51,18 +51,54 @@ class Case:
     I: int = 5
     H: int = 7
     dropout: float = 0.0
+    # The cell module (RNNCell/GRUCell/LSTMCell) called once per step in a Python loop, as a
+    # decoder does (CellLoop), instead of the layer module; one layer, batched time-major input.
+    cell_loop: bool = False
+
+    def __post_init__(self):
+        if self.cell_loop and (self.num_layers != 1 or self.bidirectional or self.batch_first
+                               or self.input_kind != "batched" or self.cell == "lstm_proj"):
+            raise ValueError(f"a cell loop runs one unidirectional layer on batched time-major "
+                             f"input of rnn_tanh, rnn_relu, gru or lstm, not {self}")
 
     def kwargs(self):
         name, extra = CELLS[self.cell]
+        if self.cell_loop:
+            return name + "Cell", dict(input_size=self.I, hidden_size=self.H, bias=self.bias,
+                                       **extra)
         return name, dict(input_size=self.I, hidden_size=self.H, num_layers=self.num_layers,
                           bias=self.bias, batch_first=self.batch_first, dropout=self.dropout,
                           bidirectional=self.bidirectional, **extra)
 
+
     def __str__(self):
+        if self.cell_loop:
+            return (f"{self.cell} cell loop{'' if self.bias else ' no-bias'}"
+                    f"{'' if self.with_h0 else ' no-h0'} T={self.T} B={self.B} I={self.I} H={self.H}")
         return (f"{self.cell} L={self.num_layers} {'bi' if self.bidirectional else 'uni'}"
                 f"{' batch_first' if self.batch_first else ''}{'' if self.bias else ' no-bias'}"
                 f" {self.input_kind}{'' if self.with_h0 else ' no-h0'}"
                 f" T={self.T} B={self.B} I={self.I} H={self.H}")
+
+
+class CellLoop(nn.Module):
+    """A cell called once per step, returning what the layer module would: x (T, B, I) and
+    hx (1, B, H) (a pair for LSTMCell) -> output (T, B, H), h_n (1, B, H) [, c_n]."""
+
+    def __init__(self, cell: nn.Module):
+        super().__init__()
+        self.cell = cell
+
+    def forward(self, x, hx=None):
+        pair = isinstance(hx, tuple)
+        state = None if hx is None else tuple(h[0] for h in hx) if pair else hx[0]
+        outputs = []
+        for x_t in x:
+            state = self.cell(x_t, state)
+            outputs.append(state[0] if isinstance(state, tuple) else state)
+        if isinstance(state, tuple):
+            return torch.stack(outputs), tuple(s.unsqueeze(0) for s in state)
+        return torch.stack(outputs), state.unsqueeze(0)
 
 
 def make_pair(case: Case, dtype=torch.float64, device="cpu"):
@@ -70,6 +106,8 @@ def make_pair(case: Case, dtype=torch.float64, device="cpu"):
     name, kw = case.kwargs()
     ref = getattr(nn, name)(**kw).to(device=device, dtype=dtype)
     fused = getattr(modules, name)(**kw).to(device=device, dtype=dtype)
+    if case.cell_loop:
+        ref, fused = CellLoop(ref), CellLoop(fused)
     fused.load_state_dict(ref.state_dict())
     return ref, fused
 

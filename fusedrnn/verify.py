@@ -31,9 +31,13 @@ def build_matrix(cells: list[str], quick: bool, T: int, B: int, I: int, H: int) 
             for batch_first in ((False,) if kind == "unbatched" else (False, True))
             for with_h0 in ((True, False) if kind == "batched" and layers == 1 else (True,))
         ]
-    return [Case(cell, num_layers=L, bidirectional=bi, batch_first=bf, input_kind=kind,
-                 with_h0=h0, **size)
-            for cell in cells for (L, bi, bf, kind, h0) in layouts]
+    cases = [Case(cell, num_layers=L, bidirectional=bi, batch_first=bf, input_kind=kind,
+                  with_h0=h0, **size)
+             for cell in cells for (L, bi, bf, kind, h0) in layouts]
+    if not quick:  # the cell modules, once per step over the sequence
+        cases += [Case(cell, with_h0=h0, cell_loop=True, **size)
+                  for cell in cells if cell != "lstm_proj" for h0 in (True, False)]
+    return cases
 
 
 @dataclasses.dataclass

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 import fusedrnn
-from helpers import DEVICES, RULE_ATOL
+from helpers import DEVICES, RULE_ATOL, Case, check_case
 
 CELL_CLASSES = [("RNNCell", {}), ("RNNCell", {"nonlinearity": "relu"}), ("GRUCell", {}),
                 ("LSTMCell", {})]
@@ -96,3 +96,13 @@ def test_cell_non_contiguous_inputs_and_in_place_on_output(name, kw):
             assert (a is None) == (b is None)
             if a is not None:
                 assert torch.allclose(a, b, atol=1e-10, rtol=0), (a - b).abs().max()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+@pytest.mark.parametrize("cell", ["rnn_tanh", "rnn_relu", "gru", "lstm"])
+def test_cell_loop_matches_by_the_rule(cell, dtype, device):
+    """A cell over 12 steps (a decoder's loop): outputs and every gradient vs the fp64 reference."""
+    for with_h0 in (True, False):
+        check_case(Case(cell, T=12, B=5, I=8, H=16, with_h0=with_h0, cell_loop=True), dtype, device,
+                   seed=4)

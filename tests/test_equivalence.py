@@ -81,3 +81,15 @@ def test_no_dropout_when_single_layer_or_eval():
     x = torch.randn(4, 2, case.I, dtype=torch.float64)
     with torch.no_grad():
         assert torch.allclose(fused(x)[0], ref.eval()(x)[0], atol=1e-12)
+
+
+ONE_STEP_GRID = list(itertools.product(CELLS, [1, 2], [False, True], ["batched", "unbatched",
+                                                                      "packed_unsorted"]))
+
+
+@pytest.mark.parametrize("params", ONE_STEP_GRID, ids=["-".join(map(str, p)) for p in ONE_STEP_GRID])
+def test_one_step_matches_torch_nn(params):
+    """T = 1 (on the CPU the one-step op runs each layer, except packed input and proj_size)."""
+    cell, layers, bidir, kind = params
+    case = Case(cell, T=1, num_layers=layers, bidirectional=bidir, input_kind=kind)
+    check_case(case, torch.float64, seed=11)

@@ -57,6 +57,22 @@ def test_bench_times_verified_configs(tmp_path, capsys):
             assert t["speedup"] == pytest.approx(t["torch_ms"] / t["fused_ms"])
 
 
+def test_bench_cell_loop(capsys):
+    argv = ["bench", *TINY, "--cells", "rnn_tanh,lstm", "--cell-loop", "--budget", "0.05"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    labels = [line.split("|")[1].strip() for line in out.splitlines() if " cell x " in line]
+    assert labels == [f"{c} cell x T=5 B=2 I=3 H=4" for c in ("rnn_tanh", "rnn_tanh", "lstm", "lstm")]
+    with pytest.raises(SystemExit, match="one unidirectional layer"):
+        cli.main(["bench", *TINY, "--cell-loop", "--bidirectional"])
+
+
+def test_verify_full_matrix_has_cell_loops():
+    cases = verify.build_matrix(["lstm", "lstm_proj"], quick=False, T=3, B=2, I=3, H=4)
+    loops = [c for c in cases if c.cell_loop]
+    assert [(c.cell, c.with_h0) for c in loops] == [("lstm", True), ("lstm", False)]
+
+
 def test_bench_never_times_a_config_that_fails_verification(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(bench, "verify_config", lambda cfg, seed: (False, "output error 1 > 1e-6"))
     monkeypatch.setattr(bench, "time_interleaved", lambda *a, **k: pytest.fail("timed a FAIL"))
