@@ -30,11 +30,12 @@ inline bool direct_blas_available() {
   return available;
 }
 
-// C[M,N] = A[M,K] · op(B) + beta · C, all row-major with leading dimensions lda/ldb/ldc.
+// C[M,N] = op(A) · op(B) + beta · C, all row-major with leading dimensions lda/ldb/ldc.
+// op(A) = A^T when A is stored as [K,M] (a_is_km), else A stored as [M,K];
 // op(B) = B^T when B is stored as [N,K] (b_is_nk), else B stored as [K,N].
 template <typename T>
-void gemm_rowmajor(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B,
-                   int64_t ldb, bool b_is_nk, T beta, T* C, int64_t ldc) {
+void gemm_rowmajor(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, bool a_is_km,
+                   const T* B, int64_t ldb, bool b_is_nk, T beta, T* C, int64_t ldc) {
   if (M == 0 || N == 0) return;
   if (K == 0) {  // an empty sum: BLAS would reject the zero leading dimensions
     for (int64_t m = 0; m < M; ++m) {
@@ -45,8 +46,8 @@ void gemm_rowmajor(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, con
   const bool fits_int = M < INT_MAX && N < INT_MAX && K < INT_MAX && lda < INT_MAX &&
                         ldb < INT_MAX && ldc < INT_MAX;
   if (direct_blas_available() && fits_int) {
-    // Column-major view of the same memory: C^T[N,M] = op(B)^T[N,K] · A^T[K,M].
-    const char trans_b = b_is_nk ? 'T' : 'N', trans_a = 'N';
+    // Column-major view of the same memory: C^T[N,M] = op(B)^T[N,K] · op(A)^T[K,M].
+    const char trans_b = b_is_nk ? 'T' : 'N', trans_a = a_is_km ? 'T' : 'N';
     const int m = N, n = M, k = K, ld_b = ldb, ld_a = lda, ld_c = ldc;
     const T alpha = 1;
     if constexpr (std::is_same_v<T, float>) {
@@ -58,7 +59,8 @@ void gemm_rowmajor(int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, con
     return;
   }
   const auto options = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
-  at::Tensor a = at::from_blob(const_cast<T*>(A), {M, K}, {lda, 1}, options);
+  at::Tensor a = a_is_km ? at::from_blob(const_cast<T*>(A), {K, M}, {lda, 1}, options).t()
+                         : at::from_blob(const_cast<T*>(A), {M, K}, {lda, 1}, options);
   at::Tensor b = b_is_nk ? at::from_blob(const_cast<T*>(B), {N, K}, {ldb, 1}, options).t()
                          : at::from_blob(const_cast<T*>(B), {K, N}, {ldb, 1}, options);
   at::Tensor c = at::from_blob(C, {M, N}, {ldc, 1}, options);

@@ -20,7 +20,6 @@
 
 #include "../cell.h"
 #include "../op_checks.h"
-#include "../op_helpers.h"
 #include "blas.h"
 #include "row_kernels.h"
 
@@ -92,10 +91,10 @@ std::tuple<Tensor, Tensor, Tensor> cell_forward(
     if (gru) {
       for (int64_t j = 0; j < GH; ++j) gru_b_hh[j] = bias ? bh[j] : scalar_t(0);
     }
-    gemm_rowmajor<scalar_t>(B, GH, I, x.data_ptr<scalar_t>(), I, w_ih.data_ptr<scalar_t>(), I,
-                            /*b_is_nk=*/true, bias ? 1 : 0, xg, GH);
-    gemm_rowmajor<scalar_t>(B, GH, H, h.data_ptr<scalar_t>(), H, w_hh.data_ptr<scalar_t>(), H,
-                            /*b_is_nk=*/true, 0, hg, GH);
+    gemm_rowmajor<scalar_t>(B, GH, I, x.data_ptr<scalar_t>(), I, false, w_ih.data_ptr<scalar_t>(),
+                            I, /*b_is_nk=*/true, bias ? 1 : 0, xg, GH);
+    gemm_rowmajor<scalar_t>(B, GH, H, h.data_ptr<scalar_t>(), H, false, w_hh.data_ptr<scalar_t>(),
+                            H, /*b_is_nk=*/true, 0, hg, GH);
     const scalar_t* h_cur = h.data_ptr<scalar_t>();
     const scalar_t* c_cur = lstm ? c.data_ptr<scalar_t>() : nullptr;
     scalar_t* h_next = h_new.data_ptr<scalar_t>();
@@ -153,6 +152,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cell_backward
   // d c' in, d c out (the row kernel updates it in place).
   Tensor grad_c = lstm ? grad_c_new_in->contiguous().clone() : at::empty({0}, options);
   Tensor no_carry = at::zeros({lstm ? 0 : H}, options);  // d h from later steps: none
+  Tensor grad_w_ih = at::empty({GH, I}, options), grad_w_hh = at::empty({GH, H}, options);
+  Tensor grad_b_ih = at::empty({bias ? GH : 0}, options);
+  Tensor grad_b_hh = at::empty({bias ? GH : 0}, options);
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fusedrnn::cell_backward", [&] {
     const scalar_t* wsd = ws.data_ptr<scalar_t>();
@@ -178,16 +180,31 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cell_backward
         rnn_backward_row(wr, dh_out + b * H, zeros, gp + b * GH, dh + b * H, H, relu);
       }
     });
-    // d h (+)= grad_rec · W_hh;  d x = grad_pre · W_ih.
-    gemm_rowmajor<scalar_t>(B, H, GH, gr, GH, w_hh.data_ptr<scalar_t>(), H, /*b_is_nk=*/false,
+    // d h (+)= grad_rec · W_hh;  d x = grad_pre · W_ih;  d W_ih = grad_preᵀ · x;
+    // d W_hh = grad_recᵀ · h;  d b = the column sums. Straight to BLAS and plain loops: through
+    // ATen these five would cost more than the whole step at small sizes.
+    const scalar_t* w_hh_data = w_hh.data_ptr<scalar_t>();
+    const scalar_t* w_ih_data = w_ih.data_ptr<scalar_t>();
+    gemm_rowmajor<scalar_t>(B, H, GH, gr, GH, false, w_hh_data, H, /*b_is_nk=*/false,
                             gru ? 1 : 0, dh, H);
-    gemm_rowmajor<scalar_t>(B, I, GH, gp, GH, w_ih.data_ptr<scalar_t>(), I, /*b_is_nk=*/false, 0,
+    gemm_rowmajor<scalar_t>(B, I, GH, gp, GH, false, w_ih_data, I, /*b_is_nk=*/false, 0,
                             grad_x.data_ptr<scalar_t>(), I);
+    gemm_rowmajor<scalar_t>(GH, I, B, gp, GH, /*a_is_km=*/true, x.data_ptr<scalar_t>(), I,
+                            /*b_is_nk=*/false, 0, grad_w_ih.data_ptr<scalar_t>(), I);
+    gemm_rowmajor<scalar_t>(GH, H, B, gr, GH, /*a_is_km=*/true, h_prev, H, /*b_is_nk=*/false, 0,
+                            grad_w_hh.data_ptr<scalar_t>(), H);
+    if (bias) {
+      scalar_t* db_ih = grad_b_ih.data_ptr<scalar_t>();
+      scalar_t* db_hh = grad_b_hh.data_ptr<scalar_t>();
+      std::fill(db_ih, db_ih + GH, scalar_t(0));
+      std::fill(db_hh, db_hh + GH, scalar_t(0));
+      for (int64_t b = 0; b < B; ++b) {
+        for (int64_t j = 0; j < GH; ++j) db_ih[j] += gp[b * GH + j];
+        for (int64_t j = 0; j < GH; ++j) db_hh[j] += gr[b * GH + j];
+      }
+    }
   });
-  Tensor grad_b_ih = bias ? grad_pre.sum(0) : at::empty({0}, options);
-  Tensor grad_b_hh = !bias ? at::empty({0}, options) : gru ? grad_rec.sum(0) : grad_b_ih.clone();
-  return {grad_x, grad_h, grad_c, weight_grad(grad_pre, x), weight_grad(grad_rec, h), grad_b_ih,
-          grad_b_hh};
+  return {grad_x, grad_h, grad_c, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh};
 }
 
 }  // namespace

@@ -190,7 +190,7 @@ void PackedWeight<T>::multiply_block(int64_t u, int64_t M, const T* A, int64_t l
     for (int64_t g = 0; g < groups_; ++g) {
       const int64_t n0 = g * U_ + u * kBlockUnits;
       const T* w_cols = transposed_ ? w_ + n0 * K_ : w_ + n0;
-      gemm_rowmajor<T>(M, ncols, K_, A, lda, w_cols, ldw, transposed_, beta,
+      gemm_rowmajor<T>(M, ncols, K_, A, lda, false, w_cols, ldw, transposed_, beta,
                        C + g * group_stride, ldc);
     }
     return;
@@ -216,7 +216,7 @@ void PackedWeight<T>::multiply(int64_t M, const T* A, int64_t lda, T beta, T* C,
   if (M == 0 || N_ == 0) return;
   if (!packed()) {
     const int64_t ldw = transposed_ ? K_ : N_;
-    gemm_rowmajor<T>(M, N_, K_, A, lda, w_, ldw, transposed_, beta, C, ldc);
+    gemm_rowmajor<T>(M, N_, K_, A, lda, false, w_, ldw, transposed_, beta, C, ldc);
     return;
   }
   const int64_t macs_per_block = M * K_ * kPanelWidth * groups_;
