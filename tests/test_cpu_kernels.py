@@ -6,8 +6,9 @@ import torch
 
 from helpers import CELLS, Case, check_case
 
-# (B, H): one row / 1 panel; 7 rows (6 + 1) / 33 cols (2 panels + 1); 13 rows / K=4H=280 (2 slices)
-EDGE_SHAPES = [(1, 16), (7, 33), (13, 70), (6, 260)]
+# (B, H): one row / 1 panel; 7 rows (6 + 1) / 33 cols (2 panels + 1); 13 rows / K=4H=280 (2 slices);
+# two rows (GRU/LSTM: every gate in one pass) with a partial panel, and with depth past one slice
+EDGE_SHAPES = [(1, 16), (7, 33), (13, 70), (6, 260), (2, 33), (2, 260)]
 
 
 @pytest.mark.parametrize("cell", list(CELLS))

@@ -123,6 +123,38 @@ FUSEDRNN_AVX2 void kernel_1x16_split_k(int64_t kc, const float* A, const float* 
   store_row(C, lo, hi, ncols, accumulate);
 }
 
+// One row against all G gate panels of a block (panel g at panel0 + g * panel_stride): C[g *
+// group_stride + c] (+)= A[1, kc] · panel_g[kc, 16]. For G = 3 or 4 (GRU, LSTM) one pass over k
+// broadcasts each A value once for every gate and keeps 2G accumulator chains busy without
+// splitting the k sum: per k, 2G + 1 loads for 2G FMAs, against 3 loads per 2 FMAs (and four
+// partial sums to add) gate by gate with kernel_1x16_split_k.
+template <int G>
+FUSEDRNN_AVX2 void kernel_1x16_all_gates(int64_t kc, const float* A, const float* panel0,
+                                         int64_t panel_stride, float* C, int64_t group_stride,
+                                         int64_t ncols, bool accumulate) {
+  static_assert(G >= 3 && G <= 4, "kernel_1x16_all_gates: GRU (3) or LSTM (4) gates");
+  __m256 lo0 = _mm256_setzero_ps(), hi0 = lo0, lo1 = lo0, hi1 = lo0, lo2 = lo0, hi2 = lo0,
+         lo3 = lo0, hi3 = lo0;
+  for (int64_t k = 0; k < kc; ++k) {
+    const __m256 a = _mm256_broadcast_ss(A + k);
+    const float* p = panel0 + k * kPanelWidth;
+#define FUSEDRNN_GATE_FMA(g)                                                          \
+    if constexpr (G > g) {                                                            \
+      lo##g = _mm256_fmadd_ps(a, _mm256_load_ps(p + g * panel_stride), lo##g);       \
+      hi##g = _mm256_fmadd_ps(a, _mm256_load_ps(p + g * panel_stride + 8), hi##g);   \
+    }
+    FUSEDRNN_GATE_FMA(0)
+    FUSEDRNN_GATE_FMA(1)
+    FUSEDRNN_GATE_FMA(2)
+    FUSEDRNN_GATE_FMA(3)
+#undef FUSEDRNN_GATE_FMA
+  }
+  store_row(C, lo0, hi0, ncols, accumulate);
+  store_row(C + group_stride, lo1, hi1, ncols, accumulate);
+  store_row(C + 2 * group_stride, lo2, hi2, ncols, accumulate);
+  if constexpr (G > 3) store_row(C + 3 * group_stride, lo3, hi3, ncols, accumulate);
+}
+
 // All rows of A against one panel slice, in blocks of kRowBlock rows.
 FUSEDRNN_AVX2 void multiply_panel(int64_t M, int64_t kc, const float* A, int64_t lda,
                                   const float* panel, float* C, int64_t ldc, int64_t ncols,
@@ -197,9 +229,20 @@ void PackedWeight<T>::multiply_block(int64_t u, int64_t M, const T* A, int64_t l
   }
 #if FUSEDRNN_HAVE_PACKED_KERNEL
   if constexpr (std::is_same_v<T, float>) {
+    // One or two rows of a GRU/LSTM step (batch 1-2): every gate in one pass, row by row.
+    const bool all_gates = M <= 2 && (groups_ == 3 || groups_ == 4);
     for (int64_t k0 = 0; k0 < K_; k0 += kDepthBlock) {
       const int64_t kc = std::min(kDepthBlock, K_ - k0);
       const bool accumulate = beta != 0.f || k0 > 0;
+      if (all_gates) {
+        const float* panel0 = packed_data_ + (u * groups_ * K_ + k0) * kPanelWidth;
+        const auto kernel = groups_ == 4 ? kernel_1x16_all_gates<4> : kernel_1x16_all_gates<3>;
+        for (int64_t m = 0; m < M; ++m) {
+          kernel(kc, A + m * lda + k0, panel0, K_ * kPanelWidth, C + m * ldc, group_stride, ncols,
+                 accumulate);
+        }
+        continue;
+      }
       for (int64_t g = 0; g < groups_; ++g) {
         const int64_t q = u * groups_ + g;
         multiply_panel(M, kc, A + k0, lda, packed_data_ + (q * K_ + k0) * kPanelWidth,
