@@ -198,6 +198,9 @@ struct CellFunction : torch::autograd::Function<CellFunction> {
     ctx->save_for_backward({x, h, or_undefined(c), w_ih, w_hh, workspace});
     ctx->saved_data["cell"] = std::string(cell);
     ctx->saved_data["bias"] = b_ih.has_value();
+    // Inputs that need no gradient (a decoder's data input, a zero initial state) skip a GEMM.
+    ctx->saved_data["need_grad_x"] = x.requires_grad();
+    ctx->saved_data["need_grad_h"] = h.requires_grad();
     ctx->mark_non_differentiable({workspace});
     if (!c.has_value()) ctx->mark_non_differentiable({c_new});
     return {h_new, c_new, workspace};
@@ -210,10 +213,14 @@ struct CellFunction : torch::autograd::Function<CellFunction> {
     const OptTensor c = as_optional(saved[2]);
     const OptTensor grad_c = c.has_value() ? OptTensor(or_zeros(grads[1], *c)) : std::nullopt;
     const bool bias = ctx->saved_data["bias"].toBool();
+    const bool need_x = ctx->saved_data["need_grad_x"].toBool();
+    const bool need_h = ctx->saved_data["need_grad_h"].toBool();
     auto [grad_x, grad_h, grad_c0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh] =
         ops::cell_backward().call(ctx->saved_data["cell"].toStringRef(), or_zeros(grads[0], h),
-                                  grad_c, x, h, c, w_ih, w_hh, saved[5], bias);
+                                  grad_c, x, h, c, w_ih, w_hh, saved[5], bias, need_x, need_h);
     if (!c.has_value()) grad_c0 = Tensor();
+    if (!need_x) grad_x = Tensor();  // skipped: (0)-shaped
+    if (!need_h) grad_h = Tensor();
     if (!bias) grad_b_ih = grad_b_hh = Tensor();
     return {Tensor(), grad_x, grad_h, grad_c0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh};
   }

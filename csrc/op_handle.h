@@ -38,7 +38,7 @@ using CellForward = std::tuple<Tensor, Tensor, Tensor>(
     const OptTensor&, const OptTensor&, bool);
 using CellBackward = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
     c10::string_view, const Tensor&, const OptTensor&, const Tensor&, const Tensor&,
-    const OptTensor&, const Tensor&, const Tensor&, const Tensor&, bool);
+    const OptTensor&, const Tensor&, const Tensor&, const Tensor&, bool, bool, bool);
 
 // The look-up is by name and not free: done once per op.
 #define FUSEDRNN_OP_HANDLE(fn, Signature, name)                                       \

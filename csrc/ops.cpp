@@ -33,7 +33,8 @@
 //                     GRU W = 4H: r, z, n, hn;  LSTM W = 5H: i, f, g, o, c'
 //   cell_backward     d h' (B, H), d c' (B, H) for LSTM, and the forward's inputs and workspace;
 //                     returns d x, d h, d c ((0) unless LSTM), d w_ih, d w_hh, d b_ih, d b_hh
-//                     ((0) without bias)
+//                     ((0) without bias); d x / d h are (0) when need_grad_x / need_grad_h is
+//                     false (their GEMMs skipped: the data input of a decoder needs none)
 #include <Python.h>
 #include <torch/library.h>
 
@@ -75,7 +76,8 @@ TORCH_LIBRARY(fusedrnn, m) {
       "-> (Tensor h_new, Tensor c_new, Tensor workspace)");
   m.def(
       "cell_backward(str cell, Tensor grad_h_new, Tensor? grad_c_new, Tensor x, Tensor h, "
-      "Tensor? c, Tensor w_ih, Tensor w_hh, Tensor workspace, bool bias) -> (Tensor grad_x, "
+      "Tensor? c, Tensor w_ih, Tensor w_hh, Tensor workspace, bool bias, bool need_grad_x=True, "
+      "bool need_grad_h=True) -> (Tensor grad_x, "
       "Tensor grad_h, Tensor grad_c, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, "
       "Tensor grad_b_hh)");
 }

@@ -88,11 +88,12 @@ def _cell_forward_fake(cell, x, h, c, w_ih, w_hh, b_ih, b_hh, save_workspace):
 
 
 @torch.library.register_fake("fusedrnn::cell_backward")
-def _cell_backward_fake(cell, grad_h_new, grad_c_new, x, h, c, w_ih, w_hh, workspace, bias):
+def _cell_backward_fake(cell, grad_h_new, grad_c_new, x, h, c, w_ih, w_hh, workspace, bias,
+                        need_grad_x=True, need_grad_h=True):
     bias_grad = lambda: w_ih.new_empty((w_ih.shape[0],) if bias else (0,))  # noqa: E731
     return (
-        torch.empty_like(x),
-        torch.empty_like(h),
+        torch.empty_like(x) if need_grad_x else x.new_empty((0,)),
+        torch.empty_like(h) if need_grad_h else h.new_empty((0,)),
         torch.empty_like(c) if cell == "lstm" else x.new_empty((0,)),
         torch.empty_like(w_ih),
         torch.empty_like(w_hh),

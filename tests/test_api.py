@@ -207,6 +207,11 @@ def test_opcheck_cell_ops(cell, bias):
     grad_c = torch.randn_like(c_new) if cell == "lstm" else None
     bargs = (cell, torch.randn_like(h_new), grad_c, *detached[1:6], workspace, bias)
     torch.library.opcheck(ops.cell_backward.default, bargs)
+    torch.library.opcheck(ops.cell_backward.default, bargs + (False, False))
+    full, skipped = ops.cell_backward(*bargs), ops.cell_backward(*bargs, False, False)
+    assert skipped[0].numel() == 0 and skipped[1].numel() == 0
+    for a, b in zip(full[2:], skipped[2:]):
+        assert torch.equal(a, b)
     with pytest.raises(RuntimeError, match="needs the forward's workspace"):
         ops.cell_backward(*bargs[:8], workspace.new_empty(0), bias)
 

@@ -106,3 +106,22 @@ def test_cell_loop_matches_by_the_rule(cell, dtype, device):
     for with_h0 in (True, False):
         check_case(Case(cell, T=12, B=5, I=8, H=16, with_h0=with_h0, cell_loop=True), dtype, device,
                    seed=4)
+
+
+@pytest.mark.parametrize("name,kw", CELL_CLASSES, ids=["rnn_tanh", "rnn_relu", "gru", "lstm"])
+def test_cell_parameter_grads_when_inputs_need_none(name, kw):
+    """Data input and state without requires_grad (their GEMMs are skipped in backward)."""
+    torch.manual_seed(0)
+    ref = getattr(nn, name)(6, 5, **kw).double()
+    fused = getattr(fusedrnn, name)(6, 5, **kw).double()
+    fused.load_state_dict(ref.state_dict())
+    x = torch.randn(3, 6, dtype=torch.float64)
+    h = torch.randn(3, 5, dtype=torch.float64)
+    hx = (h, h.flip(0)) if name == "LSTMCell" else h
+    grads = []
+    for cell in (fused, ref):
+        out = cell(x, hx)
+        loss = sum(o.square().sum() for o in (out if isinstance(out, tuple) else (out,)))
+        grads.append(torch.autograd.grad(loss, list(cell.parameters())))
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-10, rtol=0), (a - b).abs().max()

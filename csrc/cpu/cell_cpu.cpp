@@ -123,7 +123,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cell_backward
     c10::string_view cell_name, const Tensor& grad_h_new_in,
     const std::optional<Tensor>& grad_c_new_in, const Tensor& x_in, const Tensor& h_in,
     const std::optional<Tensor>& c_in, const Tensor& w_ih_in, const Tensor& w_hh_in,
-    const Tensor& ws_in, bool bias) {
+    const Tensor& ws_in, bool bias, bool need_grad_x, bool need_grad_h) {
   const Cell cell = parse_cell(cell_name);
   const bool lstm = cell == Cell::Lstm, gru = cell == Cell::Gru;
   const int64_t G = num_gates(cell);
@@ -147,8 +147,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cell_backward
   // (grad_rec; the same for RNN and LSTM, where both sums enter the gates alike).
   Tensor grad_pre = at::empty({B, GH}, options);
   Tensor grad_rec = gru ? at::empty({B, GH}, options) : grad_pre;
-  Tensor grad_x = at::empty({B, I}, options);
-  Tensor grad_h = at::empty({B, H}, options);
+  Tensor grad_x = need_grad_x ? at::empty({B, I}, options) : at::empty({0}, options);
+  Tensor grad_h = at::empty({B, H}, options);  // the GRU row kernel writes its direct part
   // d c' in, d c out (the row kernel updates it in place).
   Tensor grad_c = lstm ? grad_c_new_in->contiguous().clone() : at::empty({0}, options);
   Tensor no_carry = at::zeros({lstm ? 0 : H}, options);  // d h from later steps: none
@@ -185,10 +185,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cell_backward
     // ATen these five would cost more than the whole step at small sizes.
     const scalar_t* w_hh_data = w_hh.data_ptr<scalar_t>();
     const scalar_t* w_ih_data = w_ih.data_ptr<scalar_t>();
-    gemm_rowmajor<scalar_t>(B, H, GH, gr, GH, false, w_hh_data, H, /*b_is_nk=*/false,
-                            gru ? 1 : 0, dh, H);
-    gemm_rowmajor<scalar_t>(B, I, GH, gp, GH, false, w_ih_data, I, /*b_is_nk=*/false, 0,
-                            grad_x.data_ptr<scalar_t>(), I);
+    if (need_grad_h) {
+      gemm_rowmajor<scalar_t>(B, H, GH, gr, GH, false, w_hh_data, H, /*b_is_nk=*/false,
+                              gru ? 1 : 0, dh, H);
+    }
+    if (need_grad_x) {
+      gemm_rowmajor<scalar_t>(B, I, GH, gp, GH, false, w_ih_data, I, /*b_is_nk=*/false, 0,
+                              grad_x.data_ptr<scalar_t>(), I);
+    }
     gemm_rowmajor<scalar_t>(GH, I, B, gp, GH, /*a_is_km=*/true, x.data_ptr<scalar_t>(), I,
                             /*b_is_nk=*/false, 0, grad_w_ih.data_ptr<scalar_t>(), I);
     gemm_rowmajor<scalar_t>(GH, H, B, gr, GH, /*a_is_km=*/true, h_prev, H, /*b_is_nk=*/false, 0,
@@ -204,7 +208,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cell_backward
       }
     }
   });
-  return {grad_x, grad_h, grad_c, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh};
+  return {grad_x, need_grad_h ? grad_h : at::empty({0}, options), grad_c, grad_w_ih, grad_w_hh,
+          grad_b_ih, grad_b_hh};
 }
 
 }  // namespace
