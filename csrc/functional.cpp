@@ -38,8 +38,11 @@ std::tuple<Tensor, Tensor, Tensor> layer(Cell cell, const Tensor& x, const Tenso
   constexpr bool kSaveWorkspace = false;
   // One CPU step without lengths or projection is a cell step (a decoder calling the layer once
   // per token): the one-step op does it in one call, without packing W_hh for a single use.
-  if (x.is_cpu() && x.sym_size(0) == 1 && !lengths.has_value() && !w_hr.has_value()) {
-    auto [h_n, c_n, workspace] = ops::cell_forward().call(cell_name(cell), x[0], h0, c0, w_ih,
+  // (The cell op takes both biases or neither, and c only for the LSTM.)
+  if (x.is_cpu() && x.sym_size(0) == 1 && !lengths.has_value() && !w_hr.has_value() &&
+      b_ih.has_value() == b_hh.has_value()) {
+    const OptTensor c = cell == Cell::Lstm ? c0 : std::nullopt;
+    auto [h_n, c_n, workspace] = ops::cell_forward().call(cell_name(cell), x[0], h0, c, w_ih,
                                                           w_hh, b_ih, b_hh, kSaveWorkspace);
     // The output is a copy: as with torch.nn, an in-place op on it must leave h_n alone.
     return {h_n.unsqueeze(0).clone(), h_n, cell == Cell::Lstm ? c_n : no_cell_state(h_n)};

@@ -458,10 +458,24 @@ def test_layer_with_one_bias(cell, which):
     lone = dict(b_ih=bias, b_hh=None) if which == "b_ih" else dict(b_ih=None, b_hh=bias)
     both = dict(b_ih=bias, b_hh=zero.double()) if which == "b_ih" else dict(b_ih=zero.double(),
                                                                                b_hh=bias)
-    got = fusedrnn.recurrent_layer(cell, x, h0, c, w_ih, w_hh, **lone)
-    want = fusedrnn.recurrent_layer(cell, x, h0, c, w_ih, w_hh, **both)
-    assert torch.allclose(got[0], want[0], atol=1e-12)
-    assert (got[2] is None) == (cell != "lstm")
+    for steps in (x, x[:1]):  # T = 1 included (the one-step route)
+        got = fusedrnn.recurrent_layer(cell, steps, h0, c, w_ih, w_hh, **lone)
+        want = fusedrnn.recurrent_layer(cell, steps, h0, c, w_ih, w_hh, **both)
+        assert torch.allclose(got[0], want[0], atol=1e-12)
+        assert (got[2] is None) == (cell != "lstm")
+
+
+@pytest.mark.parametrize("cell", ["rnn_tanh", "gru"])
+def test_one_step_layer_ignores_c0_of_cells_without_one(cell):
+    """The layer ops ignore a c0 given to RNN/GRU, at T = 1 (the one-step route) as at T = 5."""
+    g = torch.Generator().manual_seed(0)
+    G, B, I, H = (3 if cell == "gru" else 1), 2, 3, 4
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    x, h0, c0, w_ih, w_hh = r(5, B, I), r(B, H), r(B, H), r(G * H, I), r(G * H, H)
+    for steps in (x, x[:1]):
+        got = torch.ops.fusedrnn.recurrent_layer(cell, steps, h0, c0, w_ih, w_hh, None, None)
+        want = torch.ops.fusedrnn.recurrent_layer(cell, steps, h0, None, w_ih, w_hh, None, None)
+        assert torch.allclose(got[0], want[0], atol=1e-12)
 
 
 def test_compiled_batch_size_stays_dynamic_without_hx():

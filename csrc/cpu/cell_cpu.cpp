@@ -36,7 +36,8 @@ constexpr int64_t kMinUnitsPerTask = 16384;
 // fn(b) for every batch row b, split over the intra-op pool when the rows are wide enough.
 template <typename Fn>
 void for_each_row(int64_t B, int64_t units_per_row, const Fn& fn) {
-  const int64_t grain = std::max<int64_t>(1, kMinUnitsPerTask / std::max<int64_t>(1, units_per_row));
+  const int64_t grain =
+      std::max<int64_t>(1, kMinUnitsPerTask / std::max<int64_t>(1, units_per_row));
   at::parallel_for(0, B, grain, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) fn(b);
   });
@@ -167,12 +168,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cell_backward
     scalar_t* dh = grad_h.data_ptr<scalar_t>();
     scalar_t* dc = lstm ? grad_c.data_ptr<scalar_t>() : nullptr;
     const bool relu = cell == Cell::RnnRelu;
-    // Row pass; it also writes the direct part of d h (GRU: d h' * z; others zero).
+    // Row pass. d h starts as its direct part (GRU: d h' * z; RNN: zero); for the LSTM the GEMM
+    // below writes all of it.
     for_each_row(B, GH, [&](int64_t b) {
       const scalar_t* wr = wsd + b * W;
       if (lstm) {
-        lstm_backward_row<scalar_t>(wr, wr + 4 * H, c_prev + b * H, dh_out + b * H, nullptr, dc + b * H,
-                          gp + b * GH, nullptr, H, H);
+        lstm_backward_row<scalar_t>(wr, wr + 4 * H, c_prev + b * H, dh_out + b * H, nullptr,
+                                    dc + b * H, gp + b * GH, nullptr, H, H);
       } else if (gru) {
         gru_backward_row(wr, h_prev + b * H, dh_out + b * H, zeros, gp + b * GH, gr + b * GH,
                          dh + b * H, H, H);
