@@ -3,7 +3,8 @@
 Each layer/direction is one input-projection GEMM for all steps followed by one fused recurrent op
 (torch.ops.fusedrnn.*_forward) that runs the whole time loop; the composition itself is the C++
 op torch.ops.fusedrnn.recurrent_layer / recurrent_stack (csrc/functional.cpp). This module adds
-the dtype handling torch.nn does around it (autocast on CUDA, half types on the CPU).
+the dtype handling around it (autocast on CUDA as torch.nn does; CPU autocast off; half types on
+the CPU computed in float32).
 """
 from __future__ import annotations
 
@@ -76,6 +77,14 @@ def recurrent_stack(
                 cell, cast(x), cast(h0), cast(c0), [cast(w) for w in flat_weights],
                 num_layers=num_layers, bidirectional=bidirectional, bias=bias, proj_size=proj_size,
                 dropout=dropout, training=training, lengths=lengths)
+    if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        # torch.nn's CPU layers disagree under autocast (RNN returns bf16, GRU float32, LSTM
+        # raises in oneDNN); the stack runs without it, in the dtype it is given.
+        with torch.autocast("cpu", enabled=False):
+            return recurrent_stack(
+                cell, x, h0, c0, flat_weights, num_layers=num_layers, bidirectional=bidirectional,
+                bias=bias, proj_size=proj_size, dropout=dropout, training=training,
+                lengths=lengths)
     if x.device.type == "cpu" and dtype not in _CPU_COMPUTE_DTYPES:
         # bf16/fp16 on CPU: compute in float32, return the caller's dtype.
         up = lambda t: None if t is None else t.float()  # noqa: E731

@@ -489,3 +489,24 @@ def test_compiled_batch_size_stays_dynamic_without_hx():
         out, (h, c) = model(torch.randn(4, B, 3))
         assert out.shape == (4, B, 8) and h.shape == c.shape == (1, B, 8)
     assert counters["stats"]["unique_graphs"] - before == 1
+
+
+@pytest.mark.parametrize("name", ["RNN", "GRU", "LSTM", "RNNCell", "GRUCell", "LSTMCell"])
+def test_cpu_autocast_runs_in_the_input_dtype(name):
+    """Under torch.autocast("cpu") fusedrnn computes in the input's dtype (float32 here), forward
+    and backward, and matches torch.nn outside autocast (torch.nn's own CPU layers disagree under
+    autocast: RNN returns bf16, GRU float32, LSTM raises)."""
+    torch.manual_seed(0)
+    ref, fused = getattr(nn, name)(3, 4), getattr(fusedrnn, name)(3, 4)
+    fused.load_state_dict(ref.state_dict())
+    x = torch.randn(5, 2, 3) if not name.endswith("Cell") else torch.randn(2, 3)
+    first = lambda out: out[0] if isinstance(out, tuple) else out  # noqa: E731
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = first(fused(x))
+    got.sum().backward()  # outside the region, as autocast's docs ask
+    want = first(ref(x))
+    want.sum().backward()
+    assert got.dtype == torch.float32
+    assert torch.allclose(got, want, atol=1e-5)
+    for a, b in zip(fused.parameters(), ref.parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-5)
