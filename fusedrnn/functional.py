@@ -16,6 +16,7 @@ from torch import Tensor
 from . import _ops  # noqa: F401  (autograd / fake registrations)
 
 ops = torch.ops.fusedrnn
+_recurrent_stack_op = ops.recurrent_stack.default
 
 # CPU kernels compute in these dtypes; half types run in float32 and are cast back.
 _CPU_COMPUTE_DTYPES = (torch.float32, torch.float64)
@@ -67,8 +68,8 @@ def recurrent_stack(
     layer, forward before reverse). Dropout applies to the outputs of all but the last layer.
     Returns output (T, B, D*P), h_n (L*D, B, P), c_n (L*D, B, H) or None.
     """
-    dtype = x.dtype
-    if x.device.type == "cuda" and torch.is_autocast_enabled("cuda"):
+    dtype, device_type = x.dtype, x.device.type  # x.device builds an object: read it once
+    if device_type == "cuda" and torch.is_autocast_enabled("cuda"):
         # Like torch.nn's cuDNN RNN under autocast: run the whole stack in the autocast dtype.
         low = torch.get_autocast_dtype("cuda")
         cast = lambda t: None if t is None else t.to(low)  # noqa: E731
@@ -77,7 +78,7 @@ def recurrent_stack(
                 cell, cast(x), cast(h0), cast(c0), [cast(w) for w in flat_weights],
                 num_layers=num_layers, bidirectional=bidirectional, bias=bias, proj_size=proj_size,
                 dropout=dropout, training=training, lengths=lengths)
-    if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+    if device_type == "cpu" and torch.is_autocast_enabled("cpu"):
         # torch.nn's CPU layers disagree under autocast (RNN returns bf16, GRU float32, LSTM
         # raises in oneDNN); the stack runs without it, in the dtype it is given.
         with torch.autocast("cpu", enabled=False):
@@ -85,7 +86,7 @@ def recurrent_stack(
                 cell, x, h0, c0, flat_weights, num_layers=num_layers, bidirectional=bidirectional,
                 bias=bias, proj_size=proj_size, dropout=dropout, training=training,
                 lengths=lengths)
-    if x.device.type == "cpu" and dtype not in _CPU_COMPUTE_DTYPES:
+    if device_type == "cpu" and dtype not in _CPU_COMPUTE_DTYPES:
         # bf16/fp16 on CPU: compute in float32, return the caller's dtype.
         up = lambda t: None if t is None else t.float()  # noqa: E731
         out, h_n, c_n = recurrent_stack(
@@ -96,7 +97,7 @@ def recurrent_stack(
     if lengths is not None:
         lengths = lengths.to(device=x.device, dtype=torch.int64)
 
-    out, h_n, c_n = ops.recurrent_stack(
-        cell, x, h0, c0, list(flat_weights), num_layers, bidirectional, bias, proj_size, dropout,
-        training, lengths)
+    weights = flat_weights if isinstance(flat_weights, list) else list(flat_weights)
+    out, h_n, c_n = _recurrent_stack_op(cell, x, h0, c0, weights, num_layers, bidirectional, bias,
+                                        proj_size, dropout, training, lengths)
     return out, h_n, c_n if cell == "lstm" else None

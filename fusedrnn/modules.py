@@ -8,6 +8,8 @@ refuses any module that is an instance of those three.
 """
 from __future__ import annotations
 
+import operator
+
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
@@ -59,7 +61,7 @@ class _FusedRNNBase(nn.RNNBase):
         params = self._parameters
         weights = [params[n] if n in params else getattr(self, n)
                    for n in self._flat_weights_names]
-        if any(w is not old for w, old in zip(weights, self._flat_weights)):
+        if any(map(operator.is_not, weights, self._flat_weights)):
             self._flat_weights = weights
         return weights
 
