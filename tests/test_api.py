@@ -273,10 +273,12 @@ def test_gradcheck_module_packed_bidirectional(cell):
     assert torch.autograd.gradcheck(f, leaves)
 
 
-def test_double_backward_raises():
-    m = fusedrnn.GRU(3, 4).double()
-    x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
-    out, _ = m(x)
+@pytest.mark.parametrize("module,x_shape", [(fusedrnn.GRU(3, 4), (5, 2, 3)),
+                                            (fusedrnn.LSTMCell(3, 4), (2, 3))],
+                         ids=["GRU", "LSTMCell"])
+def test_double_backward_raises(module, x_shape):
+    x = torch.randn(*x_shape, dtype=torch.float64, requires_grad=True)
+    out = module.double()(x)[0]
     with pytest.raises(RuntimeError, match="double backward"):
         torch.autograd.grad(out.sum(), x, create_graph=True)
 
