@@ -83,7 +83,8 @@ def test_no_dropout_when_single_layer_or_eval():
         assert torch.allclose(fused(x)[0], ref.eval()(x)[0], atol=1e-12)
 
 
-ONE_STEP_GRID = list(itertools.product(CELLS, [1, 2], [False, True], ["batched", "unbatched",
+ONE_STEP_GRID = list(itertools.product(CELLS, [1, 2], [False, True], ["batched", "batch_first",
+                                                                      "unbatched",
                                                                       "packed_unsorted"]))
 
 
@@ -91,5 +92,7 @@ ONE_STEP_GRID = list(itertools.product(CELLS, [1, 2], [False, True], ["batched",
 def test_one_step_matches_torch_nn(params):
     """T = 1 (on the CPU the one-step op runs each layer, except packed input and proj_size)."""
     cell, layers, bidir, kind = params
-    case = Case(cell, T=1, num_layers=layers, bidirectional=bidir, input_kind=kind)
+    batch_first = kind == "batch_first"
+    case = Case(cell, T=1, num_layers=layers, bidirectional=bidir, batch_first=batch_first,
+                input_kind="batched" if batch_first else kind, with_h0=layers == 1)
     check_case(case, torch.float64, seed=11)
