@@ -25,6 +25,13 @@ _cell_forward = torch.ops.fusedrnn.cell_forward.default
 _CELL_OF_MODE = {"RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu", "GRU": "gru", "LSTM": "lstm"}
 
 
+def _read_weights(module: nn.Module, names) -> list[Tensor]:
+    """module's weights by name, from _parameters (a parametrization or a reassignment falls back
+    to getattr): nn.Module's __getattr__ costs ~0.5 us a weight, a third of a small fused step."""
+    params = module._parameters
+    return [params[n] if n in params else getattr(module, n) for n in names]
+
+
 def _unpack(packed: PackedSequence) -> tuple[Tensor, Tensor]:
     """PackedSequence data -> padded (T, B, *) in sorted order, and lengths (B,) int64 on CPU."""
     padded, lengths = torch.ops.aten._pad_packed_sequence(
@@ -58,9 +65,7 @@ class _FusedRNNBase(nn.RNNBase):
         (torch.nn's checks read it): what _update_flat_weights does, with one dict look-up per
         weight instead of a hasattr and a getattr (~9 us a call at 4 weights). A
         torch.func.functional_call swap or a reassignment is seen all the same."""
-        params = self._parameters
-        weights = [params[n] if n in params else getattr(self, n)
-                   for n in self._flat_weights_names]
+        weights = _read_weights(self, self._flat_weights_names)
         if any(map(operator.is_not, weights, self._flat_weights)):
             self._flat_weights = weights
         return weights
@@ -185,14 +190,10 @@ class _FusedCellBase(nn.RNNCellBase):
         return self._cell
 
     def _current_weights(self) -> tuple[Tensor | None, ...]:
-        """(weight_ih, weight_hh, bias_ih, bias_hh), biases None without bias. Read from
-        _parameters (a parametrization or reassignment falls back to getattr): nn.Module's
-        __getattr__ costs ~0.5 us a weight, a third of a small fused step."""
-        params = self._parameters
-        names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh") if self.bias else \
-            ("weight_ih", "weight_hh")
-        weights = tuple(params[n] if n in params else getattr(self, n) for n in names)
-        return weights if self.bias else weights + (None, None)
+        """(weight_ih, weight_hh, bias_ih, bias_hh), biases None without bias."""
+        if self.bias:
+            return tuple(_read_weights(self, ("weight_ih", "weight_hh", "bias_ih", "bias_hh")))
+        return (*_read_weights(self, ("weight_ih", "weight_hh")), None, None)
 
     def _check_batch_and_sizes(self, input: Tensor, states: tuple[Tensor, ...]) -> None:
         # ATen's check_rnn_cell_forward_input / _hidden messages.
@@ -225,7 +226,7 @@ class _FusedCellBase(nn.RNNCellBase):
             return h_new if c is None else (h_new, c_new)
         weights = [w_ih, w_hh] + ([b_ih, b_hh] if self.bias else [])
         h0 = states[0].unsqueeze(0)
-        c0 = states[1].unsqueeze(0) if len(states) > 1 else None
+        c0 = None if c is None else c.unsqueeze(0)
         _, h_n, c_n = recurrent_stack(
             self._cell_name(), input.unsqueeze(0), h0, c0, weights,
             num_layers=1, bidirectional=False, bias=self.bias)

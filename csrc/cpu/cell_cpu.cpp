@@ -74,14 +74,13 @@ std::tuple<Tensor, Tensor, Tensor> cell_forward(
   Tensor c_new = at::empty({lstm ? B : 0, H}, options);
   Tensor ws = at::empty({B, W}, options);  // a scratch when not saved: the row kernels write it
   // x·W_ihᵀ + biases (GRU: b_ih only) and h·W_hhᵀ, each (B, G*H); then for the GRU the copy of
-  // h' its row kernel also writes (as a layer's output row), and b_hh or zeros.
-  Tensor scratch = at::empty({2 * B * GH + (gru ? B * H + GH : 0)}, options);
+  // h' its row kernel also writes (as a layer's output row), and zeros for a missing b_hh.
+  Tensor scratch = at::empty({2 * B * GH + (gru ? B * H + (bias ? 0 : GH) : 0)}, options);
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fusedrnn::cell_forward", [&] {
     scalar_t* xg = scratch.data_ptr<scalar_t>();
     scalar_t* hg = xg + B * GH;
     scalar_t* gru_out = hg + B * GH;
-    scalar_t* gru_b_hh = gru_out + (gru ? B * H : 0);
     const scalar_t* bi = bias ? b_ih.data_ptr<scalar_t>() : nullptr;
     const scalar_t* bh = bias ? b_hh.data_ptr<scalar_t>() : nullptr;
     if (bias) {  // RNN and LSTM add both biases to the pre-activation; the GRU's b_hn sits in r*(.)
@@ -89,8 +88,11 @@ std::tuple<Tensor, Tensor, Tensor> cell_forward(
         for (int64_t j = 0; j < GH; ++j) xg[b * GH + j] = gru ? bi[j] : bi[j] + bh[j];
       }
     }
-    if (gru) {
-      for (int64_t j = 0; j < GH; ++j) gru_b_hh[j] = bias ? bh[j] : scalar_t(0);
+    const scalar_t* gru_b_hh = bh;
+    if (gru && !bias) {
+      scalar_t* zeros = gru_out + B * H;
+      std::fill(zeros, zeros + GH, scalar_t(0));
+      gru_b_hh = zeros;
     }
     gemm_rowmajor<scalar_t>(B, GH, I, x.data_ptr<scalar_t>(), I, false, w_ih.data_ptr<scalar_t>(),
                             I, /*b_is_nk=*/true, bias ? 1 : 0, xg, GH);
@@ -202,11 +204,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cell_backward
     if (bias) {
       scalar_t* db_ih = grad_b_ih.data_ptr<scalar_t>();
       scalar_t* db_hh = grad_b_hh.data_ptr<scalar_t>();
-      std::fill(db_ih, db_ih + GH, scalar_t(0));
-      std::fill(db_hh, db_hh + GH, scalar_t(0));
-      for (int64_t b = 0; b < B; ++b) {
-        for (int64_t j = 0; j < GH; ++j) db_ih[j] += gp[b * GH + j];
-        for (int64_t j = 0; j < GH; ++j) db_hh[j] += gr[b * GH + j];
+      // Column sums; RNN and LSTM have one pre-activation gradient for both biases.
+      const auto column_sums = [&](const scalar_t* rows, scalar_t* sums) {
+        std::fill(sums, sums + GH, scalar_t(0));
+        for (int64_t b = 0; b < B; ++b) {
+          for (int64_t j = 0; j < GH; ++j) sums[j] += rows[b * GH + j];
+        }
+      };
+      column_sums(gp, db_ih);
+      if (gru) {
+        column_sums(gr, db_hh);
+      } else {
+        std::copy(db_ih, db_ih + GH, db_hh);
       }
     }
   });
