@@ -1,14 +1,21 @@
 """The CPU per-step GEMM (csrc/cpu/packed_gemm.cpp) at the shapes where its blocking has edges:
-batch rows not a multiple of the 6-row block, gate columns not a multiple of the 16-column panel,
-and depth past one 256-deep slice (LSTM backward multiplies by 4H)."""
+batch rows not a multiple of the row block (8 with AVX-512, 6 with AVX2), gate columns not a
+multiple of the 16-column panel, and depth past one 256-deep slice (LSTM backward multiplies by
+4H). Both kernel forms run here: the CPU's own, and AVX2 with AVX-512 turned off."""
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
 from helpers import CELLS, Case, check_case
 
-# (B, H): one row / 1 panel; 7 rows (6 + 1) / 33 cols (2 panels + 1); 13 rows / K=4H=280 (2 slices);
-# two rows (GRU/LSTM: every gate in one pass) with a partial panel, and with depth past one slice
-EDGE_SHAPES = [(1, 16), (7, 33), (13, 70), (6, 260), (2, 33), (2, 260)]
+# (B, H): one row / 1 panel; 7 rows (AVX2 6 + 1) / 33 cols (2 panels + 1); 13 rows (8 + 5) /
+# K=4H=280 (2 slices); two rows (GRU/LSTM: every gate in one pass) with a partial panel, and with
+# depth past one slice; 4 rows; 10 rows (8 + 2 single rows); 11 rows (8 + 3)
+EDGE_SHAPES = [(1, 16), (7, 33), (13, 70), (6, 260), (2, 33), (2, 260), (4, 20), (10, 33),
+               (11, 16)]
 
 
 @pytest.mark.parametrize("cell", list(CELLS))
@@ -16,6 +23,16 @@ EDGE_SHAPES = [(1, 16), (7, 33), (13, 70), (6, 260), (2, 33), (2, 260)]
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_gemm_block_edges(cell, B, H, dtype):
     check_case(Case(cell, T=4, B=B, I=9, H=H, input_kind="packed_unsorted"), dtype)
+
+
+def test_gemm_block_edges_avx2_kernel():
+    """The edge shapes again with the AVX2 kernel forced (what CPUs without AVX-512 run); the
+    choice is made once per process, so in a fresh one."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, FUSEDRNN_DISABLE_AVX512="1")
+    subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                    f"{here}/test_cpu_kernels.py::test_gemm_block_edges"],
+                   check=True, env=env, cwd=os.path.dirname(here))
 
 
 # Big enough that the time loops split each step over 2 workers (csrc/cpu/team.h: at least 2

@@ -12,7 +12,7 @@
 #include "blocking.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define FUSEDRNN_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define FUSEDRNN_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define FUSEDRNN_CPU_CLONES
 #endif
