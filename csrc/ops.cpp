@@ -35,8 +35,13 @@
 //                     returns d x, d h, d c ((0) unless LSTM), d w_ih, d w_hh, d b_ih, d b_hh
 //                     ((0) without bias); d x / d h are (0) when need_grad_x / need_grad_h is
 //                     false (their GEMMs skipped: the data input of a decoder needs none)
+//
+// Measurement (CPU): fma_peak_gflops(seconds) -> the cores' FMA rate in the packed kernel's
+// vector form over the intra-op threads (csrc/cpu/packed_gemm.h), 0 where that kernel cannot run
 #include <Python.h>
 #include <torch/library.h>
+
+#include "cpu/packed_gemm.h"
 
 TORCH_LIBRARY(fusedrnn, m) {
   m.def(
@@ -70,6 +75,8 @@ TORCH_LIBRARY(fusedrnn, m) {
       "recurrent_stack(str cell, Tensor x, Tensor? h0, Tensor? c0, Tensor[] weights, "
       "int num_layers, bool bidirectional, bool bias, int proj_size=0, float dropout=0.0, "
       "bool train=False, Tensor? lengths=None) -> (Tensor output, Tensor h_n, Tensor c_n)");
+  // No tensors: a catch-all kernel (the benchmark's GEMM floors, fusedrnn/floors.py).
+  m.def("fma_peak_gflops(float seconds) -> float", &fusedrnn::cpu::fma_peak_gflops);
   m.def(
       "cell_forward(str cell, Tensor x, Tensor h, Tensor? c, Tensor w_ih, Tensor w_hh, "
       "Tensor? b_ih, Tensor? b_hh, bool save_workspace) "

@@ -226,7 +226,7 @@ def table_rows(results: list[BenchResult]) -> tuple[list[str], list[list[str]]]:
     columns = ["config", "dtype", "pass", "fused ms", "torch.nn ms", "speedup", "fused µs/step",
                "spread (IQR) fused / torch"]
     if on_cpu:
-        columns += ["GEMM floor ms (shape sgemm / peak)", "fused at % of sgemm floor"]
+        columns += ["GEMM floor ms (shape sgemm / peak)", "fused at % of floor (sgemm / peak)"]
     if on_cuda:
         columns.append("torch.nn cuDNN algo (expected)")
     rows = []
@@ -242,8 +242,9 @@ def table_rows(results: list[BenchResult]) -> tuple[list[str], list[list[str]]]:
                        f"{t.fused_iqr:.0%} / {t.torch_iqr:.0%}"]
             if on_cpu:
                 f = r.floors.get(bench_pass)
-                row += ["", ""] if not f else [f"{f['sgemm']:.3f} / {f['peak']:.3f}",
-                                               f"{f['sgemm'] / t.fused_ms:.0%}"]
+                row += ["", ""] if not f else [
+                    f"{f['sgemm']:.3f} / {f['peak']:.3f}",
+                    f"{f['sgemm'] / t.fused_ms:.0%} / {f['peak'] / t.fused_ms:.0%}"]
             if on_cuda:
                 row.append(expected_cudnn_algo(cfg, bench_pass))
             rows.append(row)
@@ -326,10 +327,12 @@ def main(args: argparse.Namespace) -> int:
     columns, rows = table_rows(results)
     print(report.markdown_table(columns, rows))
     if any(r.floors for r in results):
+        dtype = args.dtype.split(",")[0]
         print(f"\nGEMM floors: every matrix product of the configuration at the rate torch.mm "
-              f"reaches on that shape here / at the large-square rate "
-              f"({floors.peak_gflops(args.dtype.split(',')[0]):.0f} GFLOP/s measured, "
-              f"{torch.get_num_threads()} threads); gate math not included (fusedrnn/floors.py)")
+              f"reaches on that shape here / at the cores' FMA peak "
+              f"({floors.peak_gflops(dtype):.0f} GFLOP/s for {dtype}, measured by "
+              f"{floors.peak_source(dtype)}, {torch.get_num_threads()} threads); gate math not "
+              f"included (fusedrnn/floors.py)")
     failed = [r for r in results if not r.verified]
     for r in failed:
         print(f"  FAIL {r.config.label()} {r.config.dtype}: {r.verify_detail}")

@@ -30,7 +30,9 @@ def device_name(device: str) -> str:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{cpu} ({torch.get_num_threads()} threads)"
+    # The vector ISA torch detects (AVX2, AVX512, ...): fused kernels pick their form by it too.
+    isa = torch.backends.cpu.get_cpu_capability()
+    return f"{cpu} ({torch.get_num_threads()} threads, {isa})"
 
 
 def environment(device: str) -> dict:

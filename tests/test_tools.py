@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from fusedrnn import __main__ as cli
 from fusedrnn import bench, verify
@@ -55,6 +56,22 @@ def test_bench_times_verified_configs(tmp_path, capsys):
         for t in r["timings"].values():
             assert t["fused_ms"] > 0 and t["torch_ms"] > 0 and t["reps"] >= 5
             assert t["speedup"] == pytest.approx(t["torch_ms"] / t["fused_ms"])
+
+
+def test_fma_peak_bounds_torch_mm_and_sets_the_peak_floor():
+    """The measured FMA peak is a ceiling (torch.mm on a large square cannot beat it by more than
+    the noise) and the peak floor is the configuration's multiply-adds at that rate."""
+    from fusedrnn import floors
+    if not torch.ops.fusedrnn.fma_peak_gflops(0.01):
+        pytest.skip("the packed kernel (AVX2+FMA) does not run on this CPU")
+    peak = floors.peak_gflops("float32")
+    assert floors.peak_source("float32") == "FMA loop on every thread"
+    mm = 2 * floors.sgemm_rate(512, 512, 512) / 1e9
+    assert 0 < mm < 1.5 * peak
+    gemms = floors.config_gemms("gru", 10, 4, 8, 16, 1, False, backward=False)
+    f = floors.floors_ms(gemms)
+    assert f["peak"] == pytest.approx(f["macs"] / (peak * 1e9 / 2) * 1e3)
+    assert floors.peak_source("float64") == "torch.mm on a large square"
 
 
 def test_bench_cell_loop(capsys):

@@ -5,7 +5,10 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
+#include <cstring>
+#include <vector>
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -40,21 +43,19 @@ bool packed_gemm_available() {
 #endif
 }
 
-namespace {
 // The 16-column panel fits one zmm register: with AVX-512 each row of A needs one accumulator,
 // so 8 rows (and every remainder up to 7) run at the FMA rate where AVX2 runs 6 and then splits
 // the k sum of the last rows. Measured on the project's 2-vCPU Zen 4 (one thread, GFLOP/s, AVX2
 // 6x16 vs AVX-512 8x16): M=8 K=64 N=64 85 vs 114; M=32 K=256 N=1024 111 vs 117.
-bool avx512_available() {
+bool packed_gemm_avx512() {
 #if FUSEDRNN_HAVE_PACKED_KERNEL
-  static const bool available = __builtin_cpu_supports("avx512f") &&
+  static const bool available = packed_gemm_available() && __builtin_cpu_supports("avx512f") &&
                                 std::getenv("FUSEDRNN_DISABLE_AVX512") == nullptr;
   return available;
 #else
   return false;
 #endif
 }
-}  // namespace
 
 #if FUSEDRNN_HAVE_PACKED_KERNEL
 namespace {
@@ -266,6 +267,81 @@ FUSEDRNN_AVX2 void multiply_panel_avx2(int64_t M, int64_t kc, const float* A, in
 }  // namespace
 #endif  // FUSEDRNN_HAVE_PACKED_KERNEL
 
+#if FUSEDRNN_HAVE_PACKED_KERNEL
+namespace {
+
+// 12 independent chains of a = a * m + c on registers, `iters` times; returns the flops done.
+// Writes the chains' sum to the volatile *sink so the compiler keeps them.
+#define FUSEDRNN_FMA_CHAINS(Vec, set1, fmadd, add, lanes)                                       \
+  Vec a0 = set1(1.f), a1 = set1(1.1f), a2 = set1(1.2f), a3 = set1(1.3f), a4 = set1(1.4f),    \
+      a5 = set1(1.5f), a6 = set1(1.6f), a7 = set1(1.7f), a8 = set1(1.8f), a9 = set1(1.9f),   \
+      a10 = set1(2.f), a11 = set1(2.1f);                                                       \
+  const Vec m = set1(0.9999999f), c = set1(1e-7f);                                             \
+  for (int64_t i = 0; i < iters; ++i) {                                                        \
+    a0 = fmadd(a0, m, c); a1 = fmadd(a1, m, c); a2 = fmadd(a2, m, c); a3 = fmadd(a3, m, c);   \
+    a4 = fmadd(a4, m, c); a5 = fmadd(a5, m, c); a6 = fmadd(a6, m, c); a7 = fmadd(a7, m, c);   \
+    a8 = fmadd(a8, m, c); a9 = fmadd(a9, m, c); a10 = fmadd(a10, m, c); a11 = fmadd(a11, m, c); \
+  }                                                                                            \
+  const Vec sum = add(add(add(add(a0, a1), add(a2, a3)), add(add(a4, a5), add(a6, a7))),       \
+                      add(add(a8, a9), add(a10, a11)));                                        \
+  float lanes_out[lanes];                                                                      \
+  std::memcpy(lanes_out, &sum, sizeof(lanes_out));                                             \
+  *sink = lanes_out[0];                                                                        \
+  return double(iters) * 12 * lanes * 2;
+
+FUSEDRNN_AVX512 double fma_chains_avx512(int64_t iters, volatile float* sink) {
+  FUSEDRNN_FMA_CHAINS(__m512, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_add_ps, 16)
+}
+FUSEDRNN_AVX2 double fma_chains_avx2(int64_t iters, volatile float* sink) {
+  FUSEDRNN_FMA_CHAINS(__m256, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_add_ps, 8)
+}
+#undef FUSEDRNN_FMA_CHAINS
+
+}  // namespace
+#endif  // FUSEDRNN_HAVE_PACKED_KERNEL
+
+double fma_peak_gflops(double seconds) {
+#if FUSEDRNN_HAVE_PACKED_KERNEL
+  if (!packed_gemm_available()) return 0.0;
+  const auto chains = packed_gemm_avx512() ? fma_chains_avx512 : fma_chains_avx2;
+  using Clock = std::chrono::steady_clock;
+  const auto elapsed = [](Clock::time_point t0) {
+    return std::chrono::duration<double>(Clock::now() - t0).count();
+  };
+  volatile float sink = 0.f;
+  // Calibrate on one thread: iterations that take about `seconds`.
+  int64_t iters = 1 << 14;
+  for (;;) {
+    const auto t0 = Clock::now();
+    chains(iters, &sink);
+    const double t = elapsed(t0);
+    if (t >= seconds / 8 || iters > (int64_t{1} << 40)) {
+      iters = std::max<int64_t>(iters, static_cast<int64_t>(iters * seconds / std::max(t, 1e-9)));
+      break;
+    }
+    iters *= 4;
+  }
+  // Then every intra-op thread at once, one task each; best of three.
+  const int64_t threads = at::get_num_threads();
+  double best = 0.0;
+  for (int rep = 0; rep < 3; ++rep) {
+    std::vector<double> flops(threads, 0.0);
+    const auto t0 = Clock::now();
+    at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) flops[t] = chains(iters, &sink);
+    });
+    const double t = elapsed(t0);
+    double total = 0.0;
+    for (double f : flops) total += f;
+    best = std::max(best, total / t / 1e9);
+  }
+  return best;
+#else
+  (void)seconds;
+  return 0.0;
+#endif
+}
+
 template <typename T>
 PackedWeight<T>::PackedWeight(const T* w, int64_t N, int64_t K, bool transposed, int64_t groups)
     : N_(N), K_(K), groups_(groups), U_(groups > 0 ? N / groups : 0), transposed_(transposed),
@@ -328,7 +404,7 @@ void PackedWeight<T>::multiply_block(int64_t u, int64_t M, const T* A, int64_t l
         continue;
       }
       const auto multiply_panel =
-          avx512_available() ? multiply_panel_avx512 : multiply_panel_avx2;
+          packed_gemm_avx512() ? multiply_panel_avx512 : multiply_panel_avx2;
       for (int64_t g = 0; g < groups_; ++g) {
         const int64_t q = u * groups_ + g;
         multiply_panel(M, kc, A + k0, lda, packed_data_ + (q * K_ + k0) * kPanelWidth,

@@ -21,6 +21,16 @@ namespace cpu {
 // True when the packed float kernel runs on this machine (AVX2 + FMA, not disabled by env).
 bool packed_gemm_available();
 
+// True when that kernel runs in its AVX-512 form (AVX-512F, FUSEDRNN_DISABLE_AVX512 not set).
+bool packed_gemm_avx512();
+
+// The cores' multiply-add rate in the vector form the packed kernel uses (AVX-512, else AVX2+FMA),
+// in GFLOP/s over every intra-op thread: each runs 12 independent register-only FMA chains for
+// about `seconds`. The hardware ceiling the packed kernel can approach, which on some CPUs is
+// above the best rate torch's BLAS reaches (AMD Zen 4: MKL runs its AVX2 path). 0 when neither
+// form runs here.
+double fma_peak_gflops(double seconds);
+
 // Packs row-major W[rows, cols] as the right operand of C[M, N] = A[M, K] · op(W):
 //   transposed = true : op(W) = W^T, W is [N, K] (weight_hh used in the forward step);
 //   transposed = false: op(W) = W,   W is [K, N] (weight_hh used in the backward step).
