@@ -30,7 +30,8 @@ def device_name(device: str) -> str:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    # The vector ISA torch detects (AVX2, AVX512, ...): fused kernels pick their form by it too.
+    # The vector ISA torch detects (AVX2, AVX512, ...); fusedrnn's kernels pick their own form from
+    # CPUID (and FUSEDRNN_DISABLE_AVX512), which agrees on common CPUs.
     isa = torch.backends.cpu.get_cpu_capability()
     return f"{cpu} ({torch.get_num_threads()} threads, {isa})"
 

@@ -26,8 +26,9 @@ def test_gemm_block_edges(cell, B, H, dtype):
 
 
 def test_gemm_block_edges_avx2_kernel():
-    """The edge shapes again with the AVX2 kernel forced (what CPUs without AVX-512 run); the
-    choice is made once per process, so in a fresh one."""
+    """The edge shapes again with the packed GEMM's AVX2 form forced (the GEMM CPUs without
+    AVX-512 run; the gate row kernels keep their own load-time clone); the choice is made once
+    per process, so in a fresh one."""
     here = os.path.dirname(os.path.abspath(__file__))
     env = dict(os.environ, FUSEDRNN_DISABLE_AVX512="1")
     subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
@@ -44,8 +45,8 @@ bool packed_gemm_available() {
 }
 
 // The 16-column panel fits one zmm register: with AVX-512 each row of A needs one accumulator,
-// so 8 rows (and every remainder up to 7) run at the FMA rate where AVX2 runs 6 and then splits
-// the k sum of the last rows. Measured on the project's 2-vCPU Zen 4 (one thread, GFLOP/s, AVX2
+// so 8-row blocks run at the FMA rate (remainders of 3-7 rows have fewer independent chains; 1-2
+// rows take the AVX2 split-k kernel) where AVX2 runs 6 and then splits the k sum of the last rows. Measured on the project's 2-vCPU Zen 4 (one thread, GFLOP/s, AVX2
 // 6x16 vs AVX-512 8x16): M=8 K=64 N=64 85 vs 114; M=32 K=256 N=1024 111 vs 117.
 bool packed_gemm_avx512() {
 #if FUSEDRNN_HAVE_PACKED_KERNEL
@@ -301,6 +302,8 @@ FUSEDRNN_AVX2 double fma_chains_avx2(int64_t iters, volatile float* sink) {
 #endif  // FUSEDRNN_HAVE_PACKED_KERNEL
 
 double fma_peak_gflops(double seconds) {
+  TORCH_CHECK(std::isfinite(seconds) && seconds >= 0 && seconds <= 60,
+              "fma_peak_gflops: seconds must be in [0, 60], got ", seconds);
 #if FUSEDRNN_HAVE_PACKED_KERNEL
   if (!packed_gemm_available()) return 0.0;
   const auto chains = packed_gemm_avx512() ? fma_chains_avx512 : fma_chains_avx2;

@@ -26,7 +26,7 @@ bool packed_gemm_avx512();
 
 // The cores' multiply-add rate in the vector form the packed kernel uses (AVX-512, else AVX2+FMA),
 // in GFLOP/s over every intra-op thread: each runs 12 independent register-only FMA chains for
-// about `seconds`. The hardware ceiling the packed kernel can approach, which on some CPUs is
+// about `seconds`, best of three (the call takes ~4x `seconds` with calibration). The hardware ceiling the packed kernel can approach, which on some CPUs is
 // above the best rate torch's BLAS reaches (AMD Zen 4: MKL runs its AVX2 path). 0 when neither
 // form runs here.
 double fma_peak_gflops(double seconds);
