@@ -1,4 +1,4 @@
-"""Build fusedrnn's C++ extension (fusedrnn._C).
+"""Build fusedrnn's C++ extension (fusedrnn._C). Supported torch: 2.11 to 2.14.
 
 CPU kernels are always built. The CUDA kernels (csrc/cuda/) are built when torch is a CUDA build
 and nvcc is found (CUDA_HOME), or when FORCE_CUDA=1; no visible GPU is needed. Architectures come
@@ -68,7 +68,9 @@ setup(
     description="Fused RNN/GRU/LSTM time loops for PyTorch, drop-in torch.nn replacements",
     packages=find_packages(include=["fusedrnn", "fusedrnn.*"]),
     python_requires=">=3.10",
-    install_requires=["torch>=2.4", "tqdm"],
+    # The range CI compile-checks (.ci/cuda_compile_check.sh: 2.11.0 and 2.14.1) and tests (2.13.0);
+    # 2.11 is what the GPU machine runs.
+    install_requires=["torch>=2.11,<2.15", "tqdm"],
     extras_require={
         "test": ["pytest", "pytest-benchmark", "numpy"],
         "plot": ["matplotlib"],

@@ -42,31 +42,10 @@
 #include <torch/library.h>
 
 #include "cpu/packed_gemm.h"
+#include "op_schemas.h"
 
 TORCH_LIBRARY(fusedrnn, m) {
-  m.def(
-      "rnn_forward(Tensor xproj, Tensor h0, Tensor w_hh, Tensor? lengths, bool reverse, "
-      "bool relu, bool save_workspace) -> (Tensor output, Tensor h_n, Tensor hprev)");
-  m.def(
-      "rnn_backward(Tensor grad_output, Tensor grad_h_n, Tensor w_hh, Tensor output, "
-      "Tensor hprev, Tensor? lengths, bool reverse, bool relu) "
-      "-> (Tensor grad_xproj, Tensor grad_h0, Tensor grad_w_hh)");
-  m.def(
-      "gru_forward(Tensor xproj, Tensor h0, Tensor w_hh, Tensor? b_hh, Tensor? lengths, "
-      "bool reverse, bool save_workspace) -> (Tensor output, Tensor h_n, Tensor gates, Tensor hprev)");
-  m.def(
-      "gru_backward(Tensor grad_output, Tensor grad_h_n, Tensor w_hh, Tensor gates, Tensor hprev, "
-      "Tensor? lengths, bool reverse) "
-      "-> (Tensor grad_xproj, Tensor grad_h0, Tensor grad_w_hh, Tensor grad_b_hh)");
-  m.def(
-      "lstm_forward(Tensor xproj, Tensor h0, Tensor c0, Tensor w_hh, Tensor? w_hr, Tensor? lengths, "
-      "bool reverse, bool save_workspace) -> (Tensor output, Tensor h_n, Tensor c_n, Tensor gates, "
-      "Tensor cells, Tensor prev_cells, Tensor hprev)");
-  m.def(
-      "lstm_backward(Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, Tensor w_hh, "
-      "Tensor? w_hr, Tensor gates, Tensor cells, Tensor prev_cells, Tensor hprev, Tensor? lengths, "
-      "bool reverse) -> (Tensor grad_xproj, Tensor grad_h0, Tensor grad_c0, Tensor grad_w_hh, "
-      "Tensor grad_w_hr)");
+  for (const char* schema : fusedrnn::kTimeLoopSchemas) m.def(schema);
   m.def(
       "recurrent_layer(str cell, Tensor x, Tensor h0, Tensor? c0, Tensor w_ih, Tensor w_hh, "
       "Tensor? b_ih, Tensor? b_hh, Tensor? w_hr=None, Tensor? lengths=None, bool reverse=False) "
@@ -91,6 +70,7 @@ TORCH_LIBRARY(fusedrnn, m) {
 
 // Importing fusedrnn._C runs the registrations above; the module itself has no functions.
 PyMODINIT_FUNC PyInit__C(void) {
-  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1,
+                               nullptr, nullptr, nullptr, nullptr, nullptr};
   return PyModule_Create(&module);
 }

@@ -350,7 +350,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
     });
   });
   return {grad_xproj, carry.result, weight_grad(grad_hproj, hprev),
-          grad_hproj.sum({0, 1})};
+          grad_hproj.sum(at::IntArrayRef{0, 1})};
 }
 
 // ============================================================================ LSTM
