@@ -1,5 +1,5 @@
 // Gate equations of every cell, forward and derivative: the one definition shared by the CPU
-// kernels and (later) the CUDA kernels. Pure scalar functions with no torch dependency, so a
+// kernels and the CUDA kernels. Pure scalar functions with no torch dependency, so a
 // .cu file can include this without pulling in torch headers.
 //
 // Conventions (torch 2.x, matching torch.nn):
@@ -26,14 +26,15 @@ namespace fusedrnn {
 namespace gates {
 
 // ---------------------------------------------------------------- primitives
-// double: the C library. float on the host: branch-free polynomial / rational forms (errors below,
-// NaN propagates) that the compiler vectorizes; libm calls would not vectorize and cost ~10 ns
+// double: the C library. float on the device (and in its CPU emulation): CUDA's expf / tanhf.
+// float on the host: branch-free polynomial / rational forms (errors below, NaN propagates) that
+// the compiler vectorizes; libm calls would not vectorize and cost ~10 ns
 // each, more than a whole small recurrent step's arithmetic.
 FUSEDRNN_HOST_DEVICE double exp_(double x) { return std::exp(x); }
 FUSEDRNN_HOST_DEVICE double tanh_(double x) { return std::tanh(x); }
 
 FUSEDRNN_HOST_DEVICE float exp_(float x) {
-#if defined(__CUDA_ARCH__)
+#if defined(__CUDA_ARCH__) || defined(FUSEDRNN_SIMT_EMULATION)
   return ::expf(x);
 #else
   // Cephes-style: max relative error ~1.5e-7.
@@ -53,7 +54,7 @@ FUSEDRNN_HOST_DEVICE float exp_(float x) {
 }
 
 FUSEDRNN_HOST_DEVICE float tanh_(float x) {
-#if defined(__CUDA_ARCH__)
+#if defined(__CUDA_ARCH__) || defined(FUSEDRNN_SIMT_EMULATION)
   return ::tanhf(x);
 #else
   // tanh(x) = x P(x^2) / Q(x^2) on [-9, 9], clamped outside, where tanh rounds to +-1 in float.

@@ -8,8 +8,14 @@ import torch
 ops = torch.ops.fusedrnn
 
 
+# Workspaces (and the recurrence) are carried in float for half types (csrc/op_checks.h:
+# state_dtype; only the CUDA ops take half types, the CPU path computes them in float32).
+_STATE_DTYPE = {torch.float16: torch.float32, torch.bfloat16: torch.float32}
+
+
 def _workspace(like: torch.Tensor, save: bool, T: int, B: int, width: int) -> torch.Tensor:
-    return like.new_empty((T, B, width) if save else (0,))
+    dtype = _STATE_DTYPE.get(like.dtype, like.dtype)
+    return like.new_empty((T, B, width) if save else (0,), dtype=dtype)
 
 
 # ------------------------------------------------------------------------------------ fake kernels
@@ -42,7 +48,7 @@ def _gru_forward_fake(xproj, h0, w_hh, b_hh, lengths, reverse, save_workspace):
 def _gru_backward_fake(grad_output, grad_h_n, w_hh, gates, hprev, lengths, reverse):
     T, B, H = hprev.shape
     return (
-        hprev.new_empty((T, B, 3 * H)),
+        grad_output.new_empty((T, B, 3 * H)),
         torch.empty_like(grad_h_n),
         torch.empty_like(w_hh),
         w_hh.new_empty((3 * H,)),
@@ -68,7 +74,7 @@ def _lstm_forward_fake(xproj, h0, c0, w_hh, w_hr, lengths, reverse, save_workspa
 def _lstm_backward_fake(grad_output, grad_h_n, grad_c_n, w_hh, w_hr, gates, cells, prev_cells,
                         hprev, lengths, reverse):
     return (
-        torch.empty_like(gates),
+        grad_output.new_empty(gates.shape),
         torch.empty_like(grad_h_n),
         torch.empty_like(grad_c_n),
         torch.empty_like(w_hh),

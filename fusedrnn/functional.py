@@ -22,6 +22,15 @@ _recurrent_stack_op = ops.recurrent_stack.default
 _CPU_COMPUTE_DTYPES = (torch.float32, torch.float64)
 
 
+def _lengths_on(x: Tensor, lengths: Tensor) -> Tensor:
+    """lengths as int64 on x's device. From CPU to a GPU through pinned memory and a
+    non-blocking copy: a copy from pageable memory would make the host wait for the GPU."""
+    lengths = lengths.to(dtype=torch.int64)
+    if x.is_cuda and lengths.device.type == "cpu" and not torch.compiler.is_compiling():
+        return lengths.pin_memory().to(x.device, non_blocking=True)
+    return lengths.to(x.device)
+
+
 def recurrent_layer(
     cell: str,
     x: Tensor,
@@ -95,7 +104,7 @@ def recurrent_stack(
             dropout=dropout, training=training, lengths=lengths)
         return out.to(dtype), h_n.to(dtype), None if c_n is None else c_n.to(dtype)
     if lengths is not None:
-        lengths = lengths.to(device=x.device, dtype=torch.int64)
+        lengths = _lengths_on(x, lengths)
 
     weights = flat_weights if isinstance(flat_weights, list) else list(flat_weights)
     out, h_n, c_n = _recurrent_stack_op(cell, x, h0, c0, weights, num_layers, bidirectional, bias,

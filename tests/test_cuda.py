@@ -3,6 +3,7 @@ gradcheck, compile) already run on CUDA through helpers.DEVICES; this file adds 
 has: half types, autocast, device-side lengths, no host synchronisation."""
 import pytest
 import torch
+from torch.nn.utils.rnn import pack_padded_sequence
 
 import fusedrnn
 from helpers import CELLS, RULE_ATOL, Case, check_case, cuda_only, make_pair
@@ -63,14 +64,18 @@ def test_lengths_on_another_device_are_rejected():
         torch.ops.fusedrnn.rnn_forward(x, h, w, torch.tensor([4, 2]), False, False, False)
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 @pytest.mark.parametrize("name", ["RNN", "GRU", "LSTM"])
-def test_forward_backward_never_synchronizes_the_host(name):
-    m = getattr(fusedrnn, name)(8, 16, num_layers=2).cuda()
+def test_forward_backward_never_synchronizes_the_host(name, packed):
+    """Packed input included: its lengths (CPU) reach the GPU by a pinned, non-blocking copy."""
+    m = getattr(fusedrnn, name)(8, 16, num_layers=2, bidirectional=True).cuda()
     x = torch.randn(10, 4, 8, device="cuda", requires_grad=True)
-    m(x)  # warm-up: first calls may initialise cuBLAS
+    # Packing is torch's own (it copies sorted indices from pageable memory): done outside.
+    inp = pack_padded_sequence(x, torch.tensor([10, 3, 7, 1]), enforce_sorted=False) if packed else x
+    m(inp)  # warm-up: first calls may initialise cuBLAS and the pinned-memory pool
     torch.cuda.set_sync_debug_mode("error")
     try:
-        out, _ = m(x)
-        out.sum().backward()
+        out, _ = m(inp)
+        (out.data if packed else out).sum().backward()
     finally:
         torch.cuda.set_sync_debug_mode("default")

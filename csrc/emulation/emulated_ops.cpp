@@ -1,0 +1,43 @@
+// The CUDA time loops (csrc/cuda/time_loops.h) driving the SIMT-emulated kernels on CPU tensors,
+// registered as torch.ops.fusedrnn_emulated.{rnn,gru,lstm}_{forward,backward} with the schemas of
+// the real ops. Test-only (tests/emulation.py builds it; never part of the wheel): this is the
+// whole CUDA op, its host loop, GEMMs (torch on the CPU here) and kernels, run without a GPU.
+#include <torch/library.h>
+
+#include "../cuda/time_loops.h"
+#include "../op_schemas.h"
+
+namespace fusedrnn {
+namespace cuda {
+namespace {
+
+// The emulation runs each launch to completion on the calling thread: no stream, no guard.
+struct EmulatedDevice {
+  explicit EmulatedDevice(const at::Tensor& like) {
+    TORCH_CHECK(like.is_cpu(), "fusedrnn_emulated: the emulated CUDA ops take CPU tensors, got ",
+                like.device());
+  }
+  cudaStream_t stream() const { return nullptr; }
+  void check(cudaError_t err) const {
+    TORCH_CHECK(err == cudaSuccess, "fusedrnn_emulated: kernel launch failed: ",
+                cudaGetErrorString(err));
+  }
+};
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(fusedrnn_emulated, m) {
+  for (const char* schema : kTimeLoopSchemas) m.def(schema);
+}
+
+TORCH_LIBRARY_IMPL(fusedrnn_emulated, CPU, m) {
+  m.impl("rnn_forward", &loops::rnn_forward<EmulatedDevice>);
+  m.impl("rnn_backward", &loops::rnn_backward<EmulatedDevice>);
+  m.impl("gru_forward", &loops::gru_forward<EmulatedDevice>);
+  m.impl("gru_backward", &loops::gru_backward<EmulatedDevice>);
+  m.impl("lstm_forward", &loops::lstm_forward<EmulatedDevice>);
+  m.impl("lstm_backward", &loops::lstm_backward<EmulatedDevice>);
+}
+
+}  // namespace cuda
+}  // namespace fusedrnn

@@ -1,0 +1,180 @@
+"""The CUDA time-loop ops, whole (host loop, per-step GEMMs, kernels), run on the CPU by the SIMT
+emulation (tests/emulation.py, csrc/emulation/) and compared with the CPU ops.
+
+Every cell (RNN tanh/relu, GRU, LSTM, LSTM with proj_size), forward and backward (workspaces
+included), forward and reverse direction, without lengths and with unsorted lengths that include
+0 and T, B in {1, 3, 8} (B=8 spans two thread blocks), storage dtypes fp32, fp64, fp16, bf16.
+
+Rule (GUIDE.md's, with the CPU op in the role of torch.nn): against the CPU op in float64 on the
+same inputs, the emulated op's error is at most 2 x the CPU op's error at that dtype + atol. For
+half types the CPU path computes in float32 and rounds what it returns: that is the baseline, so
+a CUDA op that rounded its recurrent state to the half type every step fails the long-sequence
+tests below.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from emulation import load
+from helpers import RULE_ATOL
+
+pytestmark = pytest.mark.emulation
+
+CPU_OPS = torch.ops.fusedrnn
+HALF_TYPES = (torch.float16, torch.bfloat16)
+DTYPES = {"fp32": torch.float32, "fp64": torch.float64, "fp16": torch.float16,
+          "bf16": torch.bfloat16}
+GATES = {"rnn_tanh": 1, "rnn_relu": 1, "gru": 3, "lstm": 4, "lstm_proj": 4}
+# Workspaces (state dtype) among the outputs: compared against the unrounded float baseline.
+WORKSPACES = {"hprev", "gates", "cells", "prev_cells"}
+
+
+@pytest.fixture(scope="module")
+def emulated():
+    return load()
+
+
+@dataclasses.dataclass(frozen=True)
+class OpCase:
+    cell: str
+    T: int = 6
+    B: int = 3
+    H: int = 40  # B=8: 320 (batch, unit) threads, two blocks of 256
+    reverse: bool = False
+    lengths: tuple[int, ...] | None = None
+    proj: int = 3  # P for lstm_proj
+
+    @property
+    def P(self):
+        return self.proj if self.cell == "lstm_proj" else self.H
+
+
+def ragged_lengths(T, B):
+    """Unsorted, with 0 and T wherever B allows."""
+    pattern = {1: (T - 2,), 3: (T, 0, 2), 8: (3, T, 0, 5, 1, T, 2, 4)}
+    return pattern[B]
+
+
+def make_inputs(case: OpCase, seed: int, gate_offsets=None, scale=1.0):
+    """float64 tensors for one forward + backward call; gate_offsets[k] is added to gate k of
+    xproj (to make long-memory regimes: LSTM forget gate, GRU update gate near 1)."""
+    g = torch.Generator().manual_seed(seed)
+    G, T, B, H, P = GATES[case.cell], case.T, case.B, case.H, case.P
+    rand = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64)  # noqa: E731
+    xproj = rand(T, B, G * H) * scale
+    if gate_offsets is not None:
+        xproj = xproj + torch.tensor(gate_offsets, dtype=torch.float64).repeat_interleave(H)
+    k = H ** -0.5
+    t = {
+        "xproj": xproj,
+        "h0": rand(B, P) * 0.5,
+        "c0": rand(B, H) * 0.5,
+        "w_hh": (torch.rand(G * H, P, generator=g, dtype=torch.float64) * 2 - 1) * k,
+        "b_hh": rand(3 * H) * 0.1,
+        "w_hr": (torch.rand(P, H, generator=g, dtype=torch.float64) * 2 - 1) * k,
+        "grad_output": rand(T, B, P),
+        "grad_h_n": rand(B, P),
+        "grad_c_n": rand(B, H),
+    }
+    lengths = None if case.lengths is None else torch.tensor(case.lengths, dtype=torch.int64)
+    return t, lengths
+
+
+def run(ops, case: OpCase, t: dict, lengths):
+    """Forward (workspace saved) then backward of one cell through `ops`; named results."""
+    cell, rev = case.cell, case.reverse
+    if cell.startswith("rnn"):
+        relu = cell == "rnn_relu"
+        out, h_n, hprev = ops.rnn_forward(t["xproj"], t["h0"], t["w_hh"], lengths, rev, relu, True)
+        gx, gh0, gw = ops.rnn_backward(t["grad_output"], t["grad_h_n"], t["w_hh"], out, hprev,
+                                       lengths, rev, relu)
+        return {"output": out, "h_n": h_n, "hprev": hprev, "grad_xproj": gx, "grad_h0": gh0,
+                "grad_w_hh": gw}
+    if cell == "gru":
+        out, h_n, gates, hprev = ops.gru_forward(t["xproj"], t["h0"], t["w_hh"], t["b_hh"],
+                                                 lengths, rev, True)
+        gx, gh0, gw, gb = ops.gru_backward(t["grad_output"], t["grad_h_n"], t["w_hh"], gates,
+                                           hprev, lengths, rev)
+        return {"output": out, "h_n": h_n, "gates": gates, "hprev": hprev, "grad_xproj": gx,
+                "grad_h0": gh0, "grad_w_hh": gw, "grad_b_hh": gb}
+    w_hr = t["w_hr"] if cell == "lstm_proj" else None
+    out, h_n, c_n, gates, cells, prev_cells, hprev = ops.lstm_forward(
+        t["xproj"], t["h0"], t["c0"], t["w_hh"], w_hr, lengths, rev, True)
+    gx, gh0, gc0, gw, gwr = ops.lstm_backward(t["grad_output"], t["grad_h_n"], t["grad_c_n"],
+                                              t["w_hh"], w_hr, gates, cells, prev_cells, hprev,
+                                              lengths, rev)
+    results = {"output": out, "h_n": h_n, "c_n": c_n, "gates": gates, "cells": cells,
+               "prev_cells": prev_cells, "hprev": hprev, "grad_xproj": gx, "grad_h0": gh0,
+               "grad_c0": gc0, "grad_w_hh": gw}
+    if w_hr is not None:
+        results["grad_w_hr"] = gwr
+    return results
+
+
+def cast(t: dict, dtype):
+    return {name: v.to(dtype) for name, v in t.items()}
+
+
+def check_against_cpu(emulated, case: OpCase, dtype, seed=0, **input_kw):
+    """Every result of the emulated CUDA op within the rule; returns the worst ratio err/bound."""
+    t64, lengths = make_inputs(case, seed, **input_kw)
+    stored = cast(t64, dtype)  # the op's inputs, rounded to the storage dtype
+    ref = run(CPU_OPS, case, cast(stored, torch.float64), lengths)
+    if dtype in HALF_TYPES:
+        # The CPU path for half types: compute in float32, round what it returns.
+        baseline = run(CPU_OPS, case, cast(stored, torch.float32), lengths)
+        baseline = {n: v if n in WORKSPACES else v.to(dtype) for n, v in baseline.items()}
+    else:
+        baseline = run(CPU_OPS, case, stored, lengths)
+    got = run(emulated, case, stored, lengths)
+    assert got.keys() == ref.keys()
+    worst, failures = 0.0, []
+    for name, r in ref.items():
+        want_dtype = torch.float32 if (name in WORKSPACES and dtype in HALF_TYPES) else dtype
+        assert got[name].dtype == want_dtype, f"{name}: dtype {got[name].dtype}"
+        assert got[name].shape == r.shape, f"{name}: shape {tuple(got[name].shape)}"
+        err = (got[name].double() - r).abs().max().item() if r.numel() else 0.0
+        base_err = (baseline[name].double() - r).abs().max().item() if r.numel() else 0.0
+        scale = r.abs().max().item() if r.numel() else 0.0
+        bound = 2 * base_err + RULE_ATOL[dtype] * max(1.0, scale)
+        if not err <= bound:  # NaN fails
+            failures.append(f"{name}: error {err:.3g} > bound {bound:.3g} (CPU op {base_err:.3g})")
+        worst = max(worst, err / bound if bound > 0 else 0.0)
+    assert not failures, "; ".join(failures)
+    return worst
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES.values()), ids=list(DTYPES))
+@pytest.mark.parametrize("B", [1, 3, 8])
+@pytest.mark.parametrize("ragged", [False, True], ids=["full", "lengths"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("cell", list(GATES))
+def test_emulated_cuda_op_matches_cpu_op(emulated, cell, reverse, ragged, B, dtype):
+    T = 6
+    case = OpCase(cell, T=T, B=B, reverse=reverse, lengths=ragged_lengths(T, B) if ragged else None)
+    check_against_cpu(emulated, case, dtype, seed=B + 10 * reverse)
+
+
+@pytest.mark.parametrize("dtype", list(HALF_TYPES), ids=["fp16", "bf16"])
+@pytest.mark.parametrize("cell", list(GATES))
+def test_long_sequence_half_types_keep_the_recurrence_in_float(emulated, cell, dtype):
+    """T = 1000 in a long-memory regime (LSTM forget gate ~0.993 with c growing to tens, GRU
+    update gate ~0.9975): rounding c or h to the half type every step loses the small per-step
+    changes and drifts far outside the rule; carrying them in float does not."""
+    offsets = {"lstm": [1.0, 5.0, 0.5, 0.0], "lstm_proj": [1.0, 5.0, 0.5, 0.0],
+               "gru": [0.0, 6.0, 0.0]}.get(cell)
+    case = OpCase(cell, T=1000, B=4, H=32, lengths=(1000, 0, 999, 517))
+    check_against_cpu(emulated, case, dtype, seed=3, gate_offsets=offsets, scale=0.5)
+
+
+def test_emulated_ops_report_bad_arguments_like_the_cpu_ops(emulated):
+    """Both backends share the argument checks (csrc/op_checks.h)."""
+    x, h, w = torch.randn(4, 2, 3), torch.randn(2, 3), torch.randn(5, 3)
+    for ops in (CPU_OPS, emulated):
+        with pytest.raises(RuntimeError, match=r"w_hh has shape \[5, 3\] but expected \[3, 3\]"):
+            ops.rnn_forward(x, h, w, None, False, False, False)
+        with pytest.raises(RuntimeError, match="Expected sequence length to be larger than 0"):
+            ops.rnn_forward(x[:0], h, w[:3], None, False, False, False)
