@@ -38,10 +38,13 @@ const Tensor& or_undefined(const OptTensor& t) {
 
 OptTensor as_optional(const Tensor& t) { return t.defined() ? OptTensor(t) : std::nullopt; }
 
-// A gradient autograd left undefined (that output unused) as the zeros the backward op expects.
-Tensor or_zeros(const Tensor& grad, const Tensor& like) {
-  return grad.defined() ? grad : at::zeros_like(like);
+// A gradient autograd left undefined (that output unused) as the zeros the backward op expects:
+// the shape of `shape_like`, the storage dtype of `storage` (saved workspaces are float for half
+// types; see state_dtype in csrc/op_checks.h).
+Tensor or_zeros(const Tensor& grad, const Tensor& shape_like, const Tensor& storage) {
+  return grad.defined() ? grad : at::zeros(shape_like.sizes(), storage.options());
 }
+Tensor or_zeros(const Tensor& grad, const Tensor& like) { return or_zeros(grad, like, like); }
 
 void check_no_double_backward() {
   TORCH_CHECK(!at::GradMode::is_enabled(),
@@ -116,8 +119,9 @@ struct GruFunction : torch::autograd::Function<GruFunction> {
     const variable_list saved = ctx->get_saved_variables();
     const Tensor &w_hh = saved[0], &gates = saved[1], &hprev = saved[2];
     auto [grad_xproj, grad_h0, grad_w_hh, grad_b_hh] =
-        ops::gru_backward().call(or_zeros(grads[0], hprev), or_zeros(grads[1], hprev[0]), w_hh,
-                                 gates, hprev, as_optional(saved[3]),
+        ops::gru_backward().call(or_zeros(grads[0], hprev, w_hh),
+                                 or_zeros(grads[1], hprev[0], w_hh), w_hh, gates, hprev,
+                                 as_optional(saved[3]),
                                  ctx->saved_data["reverse"].toBool());
     if (!ctx->saved_data["has_bias"].toBool()) grad_b_hh = Tensor();
     return {grad_xproj, grad_h0, grad_w_hh, grad_b_hh, Tensor(), Tensor()};
@@ -161,8 +165,9 @@ struct LstmFunction : torch::autograd::Function<LstmFunction> {
                  &prev_cells = saved[4], &hprev = saved[5];
     const OptTensor w_hr = as_optional(saved[1]);
     auto [grad_xproj, grad_h0, grad_c0, grad_w_hh, grad_w_hr] =
-        ops::lstm_backward().call(or_zeros(grads[0], hprev), or_zeros(grads[1], hprev[0]),
-                                  or_zeros(grads[2], cells[0]), w_hh, w_hr, gates, cells,
+        ops::lstm_backward().call(or_zeros(grads[0], hprev, w_hh),
+                                  or_zeros(grads[1], hprev[0], w_hh),
+                                  or_zeros(grads[2], cells[0], w_hh), w_hh, w_hr, gates, cells,
                                   prev_cells, hprev, as_optional(saved[6]),
                                   ctx->saved_data["reverse"].toBool());
     if (!w_hr.has_value()) grad_w_hr = Tensor();

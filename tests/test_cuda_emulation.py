@@ -14,12 +14,13 @@ tests below.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import pytest
 import torch
 
 from emulation import load
-from helpers import RULE_ATOL
+from helpers import CELLS, RULE_ATOL, Case, check_case, make_pair
 
 pytestmark = pytest.mark.emulation
 
@@ -178,3 +179,53 @@ def test_emulated_ops_report_bad_arguments_like_the_cpu_ops(emulated):
             ops.rnn_forward(x, h, w, None, False, False, False)
         with pytest.raises(RuntimeError, match="Expected sequence length to be larger than 0"):
             ops.rnn_forward(x[:0], h, w[:3], None, False, False, False)
+
+
+# ------------------------------------------------------- the modules on the emulated CUDA ops
+
+TIME_LOOP_OPS = ("rnn_forward", "rnn_backward", "gru_forward", "gru_backward", "lstm_forward",
+                 "lstm_backward")
+
+
+@pytest.fixture
+def cuda_ops_behind_the_modules(emulated, monkeypatch):
+    """fusedrnn's CPU time-loop kernels replaced by the emulated CUDA ops for one test, and half
+    types passed to them as they are on CUDA (the CPU path would compute them in float32): the
+    modules then run their autograd nodes (csrc/autograd.cpp) and layer composition
+    (csrc/functional.cpp) over the CUDA time loops, as on a GPU."""
+    import fusedrnn.functional
+
+    lib = torch.library.Library("fusedrnn", "IMPL")
+    with warnings.catch_warnings():  # "Overriding a previously registered kernel": intended
+        warnings.simplefilter("ignore")
+        for name in TIME_LOOP_OPS:
+            lib.impl(name, getattr(emulated, name), "CPU")
+    # In effect: the CPU op itself has no bf16 kernel, the emulated CUDA op has.
+    x, h = torch.randn(2, 1, 3, dtype=torch.bfloat16), torch.zeros(1, 3, dtype=torch.bfloat16)
+    assert CPU_OPS.rnn_forward(x, h, h.new_zeros(3, 3), None, False, False, False)[0].shape == x.shape
+    monkeypatch.setattr(fusedrnn.functional, "_CPU_COMPUTE_DTYPES",
+                        (torch.float32, torch.float64, *HALF_TYPES))
+    yield
+    lib._destroy()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("kind", ["batched", "packed_unsorted"])
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_modules_on_emulated_cuda_ops_match_torch_nn(cuda_ops_behind_the_modules, cell, kind,
+                                                     dtype):
+    """Two layers, bidirectional: outputs and every gradient vs torch.nn by the fp64 rule."""
+    check_case(Case(cell, num_layers=2, bidirectional=True, input_kind=kind, T=7, H=16), dtype)
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_half_backward_with_unused_outputs(cuda_ops_behind_the_modules, cell):
+    """A loss on the output alone leaves the gradients of h_n (and c_n) undefined; the autograd
+    node fills them with zeros of the storage dtype (the saved workspaces are float)."""
+    torch.manual_seed(0)
+    _, fused = make_pair(Case(cell, T=7, I=10, H=16), torch.bfloat16, "cpu")
+    x = torch.randn(7, 3, 10, dtype=torch.bfloat16, requires_grad=True)
+    out, _ = fused(x)
+    out.float().sum().backward()
+    grads = [x.grad] + [p.grad for p in fused.parameters()]
+    assert all(g is not None and g.dtype == torch.bfloat16 and g.isfinite().all() for g in grads)
