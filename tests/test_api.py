@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import fusedrnn
-from helpers import CELLS, DEVICES, Case, check_case, make_pair
+from helpers import CELLS, DEVICES, Case, check_case, make_pair, op_backward_samples, op_samples
 
 MODULES = ["RNN", "GRU", "LSTM"]
 
@@ -160,31 +160,11 @@ def test_lstm_proj_requires_lstm():
 # ------------------------------------------------------------------------------ ops
 
 
-def _op_samples(lengths, reverse, requires_grad=True, device="cpu"):
-    """(op, args) for every forward op, fp64, small."""
-    g = torch.Generator().manual_seed(0)
-    T, B, H, P = 5, 3, 4, 2
-
-    def r(*shape):
-        return torch.randn(*shape, generator=g, dtype=torch.float64).to(device).requires_grad_(
-            requires_grad)
-    lens = torch.tensor([5, 2, 3], device=device) if lengths else None
-    ops = torch.ops.fusedrnn
-    return [
-        (ops.rnn_forward.default, (r(T, B, H), r(B, H), r(H, H), lens, reverse, False, True)),
-        (ops.rnn_forward.default, (r(T, B, H), r(B, H), r(H, H), lens, reverse, True, True)),
-        (ops.gru_forward.default, (r(T, B, 3 * H), r(B, H), r(3 * H, H), r(3 * H), lens, reverse, True)),
-        (ops.gru_forward.default, (r(T, B, 3 * H), r(B, H), r(3 * H, H), None, lens, reverse, True)),
-        (ops.lstm_forward.default, (r(T, B, 4 * H), r(B, H), r(B, H), r(4 * H, H), None, lens, reverse, True)),
-        (ops.lstm_forward.default, (r(T, B, 4 * H), r(B, P), r(B, H), r(4 * H, P), r(P, H), lens, reverse, True)),
-    ]
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("lengths", [False, True])
 @pytest.mark.parametrize("reverse", [False, True])
 def test_opcheck_forward_ops(lengths, reverse, device):
-    for op, args in _op_samples(lengths, reverse, device=device):
+    for op, args in op_samples(lengths, reverse, device=device):
         torch.library.opcheck(op, args)
 
 
@@ -219,32 +199,15 @@ def test_opcheck_cell_ops(cell, bias):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("lengths", [False, True])
 def test_opcheck_backward_ops(lengths, device):
-    for op, args in _op_samples(lengths, reverse=True, requires_grad=False, device=device):
-        outs = op(*args)
-        name = op._schema.name.split("::")[1].replace("_forward", "")
-        ops = torch.ops.fusedrnn
-        grad = lambda t: torch.randn_like(t)  # noqa: E731
-        lens = args[3] if name == "rnn" else args[-3]
-        if name == "rnn":
-            out, h_n, hprev = outs
-            bargs = (grad(out), grad(h_n), args[2], out, hprev, lens, True, args[5])
-            torch.library.opcheck(ops.rnn_backward.default, bargs)
-        elif name == "gru":
-            out, h_n, gates, hprev = outs
-            bargs = (grad(out), grad(h_n), args[2], gates, hprev, lens, True)
-            torch.library.opcheck(ops.gru_backward.default, bargs)
-        else:
-            out, h_n, c_n, gates, cells, prev_cells, hprev = outs
-            bargs = (grad(out), grad(h_n), grad(c_n), args[3], args[4], gates, cells, prev_cells,
-                     hprev, lens, True)
-            torch.library.opcheck(ops.lstm_backward.default, bargs)
+    for op, args in op_backward_samples(lengths, device=device):
+        torch.library.opcheck(op, args)
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("lengths", [False, True])
 @pytest.mark.parametrize("reverse", [False, True])
 def test_gradcheck_ops(lengths, reverse, device):
-    for op, args in _op_samples(lengths, reverse, device=device):
+    for op, args in op_samples(lengths, reverse, device=device):
         # differentiate the user-visible outputs (output, h_n[, c_n]), not the workspaces
         n_visible = 3 if op is torch.ops.fusedrnn.lstm_forward.default else 2
         tensor_idx = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor) and a.requires_grad]

@@ -20,7 +20,8 @@ import pytest
 import torch
 
 from emulation import load
-from helpers import CELLS, RULE_ATOL, Case, check_case, make_pair
+from helpers import (CELLS, RULE_ATOL, Case, check_case, make_pair, op_backward_samples,
+                     op_samples)
 
 pytestmark = pytest.mark.emulation
 
@@ -229,3 +230,15 @@ def test_half_backward_with_unused_outputs(cuda_ops_behind_the_modules, cell):
     out.float().sum().backward()
     grads = [x.grad] + [p.grad for p in fused.parameters()]
     assert all(g is not None and g.dtype == torch.bfloat16 and g.isfinite().all() for g in grads)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16],
+                         ids=["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("lengths", [False, True], ids=["full", "lengths"])
+def test_opcheck_on_emulated_cuda_ops(cuda_ops_behind_the_modules, lengths, dtype):
+    """Schemas, fake kernels (float workspaces for half types), autograd registration and
+    torch.compile tracing of the time-loop ops, with the CUDA ops doing the work."""
+    for op, args in op_samples(lengths, reverse=True, dtype=dtype):
+        torch.library.opcheck(op, args)
+    for op, args in op_backward_samples(lengths, dtype=dtype):
+        torch.library.opcheck(op, args)
