@@ -1,20 +1,21 @@
 #!/usr/bin/env bash
 # The GPU check in ONE device call: the first thing to run when a GPU is available.
 #
-#   bash bench/gpu_check.sh OUT_DIR [DEADLINE_SECONDS]      (DEADLINE default 450)
+#   bash bench/gpu_check.sh OUT_DIR [DEADLINE_SECONDS]      (DEADLINE default 390)
 #
 # On a machine with an NVIDIA GPU and a CUDA build of torch (the lent H200: python3 3.12, torch
 # 2.11+cu130, 16 cores, nvcc 13.0, compute-sanitizer; no network), from the repository root:
-#   build      the extension for the GPU present only (TORCH_CUDA_ARCH_LIST from the device,
-#              e.g. 9.0), all cores, in place (no pip, no network)
-#   smoke      one fused op on CUDA (the CUDA kernels are registered and run)
-#   tests      the CUDA tests (tests/test_cuda.py and every shared test's cuda case; the
-#              emulation tests are CPU-only and run in CI)
-#   memcheck   compute-sanitizer memcheck, PYTORCH_NO_CUDA_MEMORY_CACHING=1, on
-#              bench/sanitizer_workload.py (every cell, fwd+bwd, packed + padded, 4 dtypes)
-#   initcheck  compute-sanitizer initcheck on the same workload
-#   verify     python -m fusedrnn verify --device cuda --quick
-#   bench      python -m fusedrnn bench --grid quick --device cuda, float32 and bfloat16
+#   build       the extension for the GPU present only (TORCH_CUDA_ARCH_LIST from the device,
+#               e.g. 9.0), all cores, in place (no pip, no network)
+#   smoke       one fused op on CUDA (the CUDA kernels are registered and run)
+#   tests_cuda  tests/test_cuda.py and the cuda case of every shared test but the grid
+#   memcheck    compute-sanitizer memcheck on bench/sanitizer_workload.py (every cell, fwd+bwd,
+#               packed + padded, 4 dtypes), PYTORCH_NO_CUDA_MEMORY_CACHING=1
+#   initcheck   compute-sanitizer initcheck on the same workload, likewise
+#   verify      python -m fusedrnn verify --device cuda --quick
+#   bench_*     python -m fusedrnn bench --grid quick --device cuda, float32 and bfloat16
+#   tests_grid  the equivalence grid on CUDA, fp32, with the time that is left
+# (The emulation tests are CPU-only and run in CI.)
 # Every step runs even if an earlier one failed (except after a failed build), each under its
 # own time cap and the overall DEADLINE, so the call ends inside the device's 10-minute command
 # limit. Writes exactly three files into OUT_DIR (the device returns at most 8): summary.md,
@@ -24,13 +25,14 @@
 #
 # Budget, from measured build times (README "CUDA"): on the 2-core development machine the
 # slowest source (csrc/autograd.cpp) compiles in ~45-65 s, csrc/cuda/recurrent_cuda.cpp in 16 s
-# and csrc/cuda/step_kernels.cu for sm_90 alone in 7 s; with 16 cores every source compiles at
-# once, so the build should take ~1-1.5 min. Caps below: build 240 s, tests 150 s, each sanitizer
-# 100 s, verify 60 s, each bench 50 s.
+# and csrc/cuda/step_kernels.cu for sm_90 alone in 7 s; with 16 cores and ninja every source
+# compiles at once, so the build should take ~1-1.5 min. The default deadline, 390 s, leaves the
+# device's 10-minute command limit and the machine's start a wide margin; the most informative
+# steps come first, the long equivalence grid last.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?usage: bash bench/gpu_check.sh OUT_DIR [DEADLINE_SECONDS]}
-DEADLINE=${2:-450}
+DEADLINE=${2:-390}
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
 LOGS=$(mktemp -d)
@@ -63,6 +65,8 @@ step() {
   nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv
   "$PY" -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version())"
   nvcc --version | tail -1
+  compute-sanitizer --version | tail -1
+  echo "ninja $(ninja --version)"; "$PY" -m pytest --version
   nproc
   git log -1 --format='commit %H %s' 2>/dev/null
 } > "$LOGS/environment.txt" 2>&1
@@ -77,23 +81,47 @@ import torch, fusedrnn
 x = torch.randn(3, 2, 4, device='cuda')
 out = torch.ops.fusedrnn.rnn_forward(x, torch.zeros(2, 4, device='cuda'), torch.randn(4, 4, device='cuda'), None, False, False, False)
 torch.cuda.synchronize(); print('rnn_forward on', out[0].device, 'h_n', out[1].cpu())"
-  step tests 150 "$PY" -m pytest tests -q -rs -p no:cacheprovider -m "not emulation" -k cuda \
-    --junitxml="$LOGS/tests.xml"
-  step memcheck 100 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck \
-    --error-exitcode 1 "$PY" bench/sanitizer_workload.py
-  step initcheck 100 compute-sanitizer --tool initcheck --error-exitcode 1 \
-    "$PY" bench/sanitizer_workload.py
+  # CUDA-only tests (half types, autocast, lengths, no host sync) and every shared test's cuda
+  # case but the equivalence grid (opcheck, gradcheck, compile, cells, ...).
+  step tests_cuda 100 "$PY" -m pytest tests -q -rs -p no:cacheprovider -m "not emulation" \
+    -k "cuda and not test_matches_torch_nn" --junitxml="$LOGS/tests-cuda.xml"
+  # Both sanitizers without torch's caching allocator, so a reused block never hides a read of
+  # memory nothing wrote (memcheck: out of bounds; initcheck: uninitialised reads).
+  for tool in memcheck initcheck; do
+    step "$tool" 90 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool "$tool" \
+      --error-exitcode 1 "$PY" bench/sanitizer_workload.py
+  done
   step verify 60 "$PY" -m fusedrnn verify --device cuda --quick --json "$LOGS/verify.json"
-  step bench_fp32 50 "$PY" -m fusedrnn bench --grid quick --device cuda --dtype float32 \
+  step bench_fp32 45 "$PY" -m fusedrnn bench --grid quick --device cuda --dtype float32 \
     --budget 0.5 --json "$LOGS/bench-fp32.json"
-  step bench_bf16 50 "$PY" -m fusedrnn bench --grid quick --device cuda --dtype bfloat16 \
+  step bench_bf16 45 "$PY" -m fusedrnn bench --grid quick --device cuda --dtype bfloat16 \
     --budget 0.5 --json "$LOGS/bench-bf16.json"
+  # Last, with what time is left: the equivalence grid on CUDA in fp32 (720 configurations).
+  step tests_grid 150 "$PY" -m pytest tests/test_equivalence.py -q -p no:cacheprovider \
+    -k "cuda and fp32" --junitxml="$LOGS/tests-grid.xml"
 fi
 
 # Summary (Markdown), results (JSON) and the logs (tar) into OUT.
 "$PY" - "$LOGS" "$OUT" <<'PY'
-import json, os, sys
+import collections, json, os, re, sys
 logs, out = sys.argv[1], sys.argv[2]
+
+
+def sanitizer_sites(name):
+    """Where compute-sanitizer's reports point: function -> count (fusedrnn's or torch's/CUB's)."""
+    path = os.path.join(logs, f"{name}.log")
+    lines = open(path, errors="replace").read().splitlines() if os.path.exists(path) else []
+    sites = collections.Counter()
+    for i, line in enumerate(lines):
+        if re.match(r"=+ (Invalid|Uninitialized|Out-of-range|Misaligned)", line):
+            for nxt in lines[i + 1:i + 4]:
+                m = re.match(r"=+\s+at (.+?)(\+0x[0-9a-f]+)?(\s+in\s.*)?$", nxt)
+                if m:
+                    sites[m.group(1)[:160]] += 1
+                    break
+    return dict(sites)
+
+
 env = open(os.path.join(logs, "environment.txt")).read()
 steps = []
 for line in open(os.path.join(logs, "steps.tsv")):
@@ -101,15 +129,22 @@ for line in open(os.path.join(logs, "steps.tsv")):
     path = os.path.join(logs, f"{name}.log")
     tail = open(path, errors="replace").read().splitlines()[-15:] if os.path.exists(path) else []
     steps.append({"step": name, "status": status, "seconds": int(seconds), "log_tail": tail})
-ok = bool(steps) and all(s["status"] == "ok" for s in steps) and len(steps) == 8
-json.dump({"environment": env, "steps": steps, "all_ok": ok}, open(os.path.join(out, "results.json"), "w"), indent=1)
+ok = bool(steps) and all(s["status"] == "ok" for s in steps) and len(steps) == 9
+sites = {tool: sanitizer_sites(tool) for tool in ("memcheck", "initcheck")}
+json.dump({"environment": env, "steps": steps, "sanitizer_sites": sites, "all_ok": ok},
+          open(os.path.join(out, "results.json"), "w"), indent=1)
 with open(os.path.join(out, "summary.md"), "w") as f:
     f.write("# fusedrnn GPU check\n\n```\n" + env + "```\n\n| step | status | seconds |\n|---|---|---|\n")
     for s in steps:
         f.write(f"| {s['step']} | {s['status']} | {s['seconds']} |\n")
     f.write(f"\nall steps ok: {ok}\n")
+    for tool, found in sites.items():
+        if found:
+            f.write(f"\n## {tool} reports by function\n\n")
+            f.writelines(f"- {n} x {fn}\n" for fn, n in sorted(found.items(), key=lambda x: -x[1]))
     for s in steps:
-        if s["status"] != "ok" or s["step"] in ("tests", "verify", "bench_fp32", "bench_bf16"):
+        if s["status"] != "ok" or s["step"] in ("tests_cuda", "verify", "bench_fp32", "bench_bf16",
+                                                "tests_grid"):
             f.write(f"\n## {s['step']} ({s['status']}), last lines\n\n```\n" + "\n".join(s["log_tail"]) + "\n```\n")
 PY
 tar -czf "$OUT/logs.tar.gz" -C "$LOGS" .

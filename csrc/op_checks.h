@@ -9,14 +9,18 @@
 
 namespace fusedrnn {
 
+inline void check_shape(const at::Tensor& t, const char* name, std::vector<int64_t> shape) {
+  TORCH_CHECK(t.sizes() == at::IntArrayRef(shape), "fusedrnn: ", name, " has shape ", t.sizes(),
+              " but expected ", at::IntArrayRef(shape));
+}
+
 inline void check_tensor(const at::Tensor& t, const at::Tensor& ref, const char* name,
                          std::vector<int64_t> shape) {
   TORCH_CHECK(t.dtype() == ref.dtype(), "fusedrnn: ", name, " has dtype ", t.dtype(),
               " but expected ", ref.dtype());
   TORCH_CHECK(t.device() == ref.device(), "fusedrnn: ", name, " is on ", t.device(),
               " but expected ", ref.device());
-  TORCH_CHECK(t.sizes() == at::IntArrayRef(shape), "fusedrnn: ", name, " has shape ", t.sizes(),
-              " but expected ", at::IntArrayRef(shape));
+  check_shape(t, name, std::move(shape));
 }
 
 inline void check_lengths(const std::optional<at::Tensor>& lengths, int64_t B) {
@@ -45,8 +49,7 @@ inline void check_workspace(const at::Tensor& t, const at::Tensor& storage, cons
               " but expected ", want);
   TORCH_CHECK(t.device() == storage.device(), "fusedrnn: ", name, " is on ", t.device(),
               " but expected ", storage.device());
-  TORCH_CHECK(t.sizes() == at::IntArrayRef(shape), "fusedrnn: ", name, " has shape ", t.sizes(),
-              " but expected ", at::IntArrayRef(shape));
+  check_shape(t, name, std::move(shape));
 }
 
 // Reads T, B, H, P from `rows` (T, B, G*H) and w_hh (G*H, P) and checks h0, w_hr and lengths;
@@ -111,7 +114,7 @@ inline LayerSizes check_gru_backward_inputs(const at::Tensor& grad_output,
   const LayerSizes s{hprev.size(0), hprev.size(1), hprev.size(2), hprev.size(2)};
   TORCH_CHECK(at::isFloatingType(grad_output.scalar_type()),
               "fusedrnn: grad_output must be floating point");
-  check_tensor(grad_output, grad_output, "grad_output", {s.T, s.B, s.H});
+  check_shape(grad_output, "grad_output", {s.T, s.B, s.H});
   check_tensor(grad_h_n, grad_output, "grad_h_n", {s.B, s.H});
   check_tensor(w_hh, grad_output, "w_hh", {3 * s.H, s.H});
   check_workspace(gates, grad_output, "gates", {s.T, s.B, 4 * s.H});
@@ -127,7 +130,7 @@ inline LayerSizes check_lstm_backward_inputs(
     const std::optional<at::Tensor>& lengths) {
   check_workspace_saved(gates, hprev);
   const LayerSizes s = check_layer(gates, 4, grad_output, grad_h_n, w_hh, w_hr, lengths);
-  check_tensor(grad_output, grad_output, "grad_output", {s.T, s.B, s.P});
+  check_shape(grad_output, "grad_output", {s.T, s.B, s.P});
   check_tensor(grad_c_n, grad_output, "grad_c_n", {s.B, s.H});
   check_workspace(gates, grad_output, "gates", {s.T, s.B, 4 * s.H});
   check_workspace(cells, grad_output, "cells", {s.T, s.B, s.H});

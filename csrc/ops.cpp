@@ -17,6 +17,8 @@
 //   RNN  -: backward reads `output` for the activation derivative
 //   GRU  gates (T, B, 4H) activated r, z, n and hn = W_hn h + b_hn
 //   LSTM gates (T, B, 4H) activated i, f, g, o;  cells (T, B, H) c_t;  prev_cells (T, B, H) c_{t-1}
+// Workspaces are float for fp16/bf16 inputs (CUDA; the recurrence is carried in float too, see
+// csrc/cuda/step_kernels.h), else the input's dtype.
 //
 // Functional ops (torch.nn's computation; cell one of rnn_tanh, rnn_relu, gru, lstm):
 //   recurrent_layer   one layer, one direction: x (T, B, I), w_ih (G*H, I), b_ih/b_hh (G*H)

@@ -26,7 +26,10 @@ def _lengths_on(x: Tensor, lengths: Tensor) -> Tensor:
     """lengths as int64 on x's device. From CPU to a GPU through pinned memory and a
     non-blocking copy: a copy from pageable memory would make the host wait for the GPU."""
     lengths = lengths.to(dtype=torch.int64)
-    if x.is_cuda and lengths.device.type == "cpu" and not torch.compiler.is_compiling():
+    # Not while a CUDA graph is captured: the pinned buffer would be freed before a replay reads
+    # it (the plain copy fails loudly there instead).
+    if (x.is_cuda and lengths.device.type == "cpu" and not torch.compiler.is_compiling()
+            and not torch.cuda.is_current_stream_capturing()):
         return lengths.pin_memory().to(x.device, non_blocking=True)
     return lengths.to(x.device)
 

@@ -31,8 +31,10 @@ def load():
         name="fusedrnn_emulation",
         sources=sources,
         extra_include_paths=[os.path.join(ROOT, "csrc")],
+        # A grid cap of 2 blocks for the step kernels: at test sizes their grid-stride loop then
+        # takes more than one turn (csrc/cuda/step_kernels.cu).
         extra_cflags=["-O2", "-std=c++20", "-fvisibility=hidden", "-DFUSEDRNN_SIMT_EMULATION",
-                      "-Wall", "-Wextra", "-Wno-unused-parameter"],
+                      "-DFUSEDRNN_STEP_MAX_BLOCKS=2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
         build_directory=BUILD_DIR,
         is_python_module=False,
         verbose=os.environ.get("FUSEDRNN_EMULATION_VERBOSE") == "1",

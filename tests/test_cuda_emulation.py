@@ -116,6 +116,18 @@ def run(ops, case: OpCase, t: dict, lengths):
     return results
 
 
+def inference(ops, case: OpCase, t: dict, lengths):
+    """The forward without workspace: output, h_n (and c_n)."""
+    cell, rev = case.cell, case.reverse
+    if cell.startswith("rnn"):
+        return ops.rnn_forward(t["xproj"], t["h0"], t["w_hh"], lengths, rev, cell == "rnn_relu",
+                               False)[:2]
+    if cell == "gru":
+        return ops.gru_forward(t["xproj"], t["h0"], t["w_hh"], t["b_hh"], lengths, rev, False)[:2]
+    w_hr = t["w_hr"] if cell == "lstm_proj" else None
+    return ops.lstm_forward(t["xproj"], t["h0"], t["c0"], t["w_hh"], w_hr, lengths, rev, False)[:3]
+
+
 def cast(t: dict, dtype):
     return {name: v.to(dtype) for name, v in t.items()}
 
@@ -133,6 +145,9 @@ def check_against_cpu(emulated, case: OpCase, dtype, seed=0, **input_kw):
         baseline = run(CPU_OPS, case, stored, lengths)
     got = run(emulated, case, stored, lengths)
     assert got.keys() == ref.keys()
+    # Inference (no workspace: the kernels' null workspace pointers) gives the same outputs.
+    for name, value in zip(("output", "h_n", "c_n"), inference(emulated, case, stored, lengths)):
+        assert torch.equal(value, got[name]), f"{name} without workspace differs"
     worst, failures = 0.0, []
     for name, r in ref.items():
         want_dtype = torch.float32 if (name in WORKSPACES and dtype in HALF_TYPES) else dtype
@@ -141,7 +156,7 @@ def check_against_cpu(emulated, case: OpCase, dtype, seed=0, **input_kw):
         err = (got[name].double() - r).abs().max().item() if r.numel() else 0.0
         base_err = (baseline[name].double() - r).abs().max().item() if r.numel() else 0.0
         scale = r.abs().max().item() if r.numel() else 0.0
-        bound = 2 * base_err + RULE_ATOL[dtype] * max(1.0, scale)
+        bound = 2 * base_err + RULE_ATOL[want_dtype] * max(1.0, scale)
         if not err <= bound:  # NaN fails
             failures.append(f"{name}: error {err:.3g} > bound {bound:.3g} (CPU op {base_err:.3g})")
         worst = max(worst, err / bound if bound > 0 else 0.0)
@@ -160,16 +175,38 @@ def test_emulated_cuda_op_matches_cpu_op(emulated, cell, reverse, ragged, B, dty
     check_against_cpu(emulated, case, dtype, seed=B + 10 * reverse)
 
 
+# Gate pre-activation offsets (added to xproj) that make the state remember for hundreds of
+# steps: "forward" grows c to tens (forget gate ~0.993, i*g > 0) or keeps h (update gate
+# ~0.9975); "backward" carries d c back through f ~0.9975 with a small output gate.
+LONG_MEMORY = {
+    ("lstm", "forward"): [1.0, 5.0, 0.5, 0.0],
+    ("lstm", "backward"): [0.0, 6.0, 0.0, -2.0],
+    ("lstm_proj", "forward"): [1.0, 5.0, 0.5, 0.0],
+    ("lstm_proj", "backward"): [0.0, 6.0, 0.0, -2.0],
+    ("gru", "forward"): [0.0, 6.0, 0.0],
+    ("rnn_tanh", "forward"): None,
+    ("rnn_relu", "forward"): None,
+}
+
+
 @pytest.mark.parametrize("dtype", list(HALF_TYPES), ids=["fp16", "bf16"])
-@pytest.mark.parametrize("cell", list(GATES))
-def test_long_sequence_half_types_keep_the_recurrence_in_float(emulated, cell, dtype):
-    """T = 1000 in a long-memory regime (LSTM forget gate ~0.993 with c growing to tens, GRU
-    update gate ~0.9975): rounding c or h to the half type every step loses the small per-step
-    changes and drifts far outside the rule; carrying them in float does not."""
-    offsets = {"lstm": [1.0, 5.0, 0.5, 0.0], "lstm_proj": [1.0, 5.0, 0.5, 0.0],
-               "gru": [0.0, 6.0, 0.0]}.get(cell)
+@pytest.mark.parametrize("cell,regime", list(LONG_MEMORY), ids=[f"{c}-{r}" for c, r in LONG_MEMORY])
+def test_long_sequence_half_types_keep_the_recurrence_in_float(emulated, cell, regime, dtype):
+    """T = 1000 in long-memory regimes: rounding c or h (forward), or d c and d h (backward), to
+    the half type every step loses the small per-step changes and drifts far outside the rule;
+    carrying them in float does not."""
     case = OpCase(cell, T=1000, B=4, H=32, lengths=(1000, 0, 999, 517))
-    check_against_cpu(emulated, case, dtype, seed=3, gate_offsets=offsets, scale=0.5)
+    check_against_cpu(emulated, case, dtype, seed=3, gate_offsets=LONG_MEMORY[cell, regime],
+                      scale=0.5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("cell", list(GATES))
+def test_grid_stride_loop(emulated, cell, dtype):
+    """B*H = 576 elements need three blocks of 256; the emulation build caps the grid at two, so
+    each thread's grid-stride loop runs twice."""
+    case = OpCase(cell, T=5, B=8, H=72, reverse=True, lengths=ragged_lengths(5, 8))
+    check_against_cpu(emulated, case, dtype, seed=5)
 
 
 def test_emulated_ops_report_bad_arguments_like_the_cpu_ops(emulated):
@@ -203,7 +240,8 @@ def cuda_ops_behind_the_modules(emulated, monkeypatch):
             lib.impl(name, getattr(emulated, name), "CPU")
     # In effect: the CPU op itself has no bf16 kernel, the emulated CUDA op has.
     x, h = torch.randn(2, 1, 3, dtype=torch.bfloat16), torch.zeros(1, 3, dtype=torch.bfloat16)
-    assert CPU_OPS.rnn_forward(x, h, h.new_zeros(3, 3), None, False, False, False)[0].shape == x.shape
+    out = CPU_OPS.rnn_forward(x, h, h.new_zeros(3, 3), None, False, False, False)[0]
+    assert out.shape == x.shape
     monkeypatch.setattr(fusedrnn.functional, "_CPU_COMPUTE_DTYPES",
                         (torch.float32, torch.float64, *HALF_TYPES))
     yield

@@ -40,7 +40,12 @@ template <typename T> __device__ __forceinline__ const T* in(const void* p) {
 template <typename T> __device__ __forceinline__ T* out(void* p) { return static_cast<T*>(p); }
 
 constexpr int kThreads = 256;
-constexpr int64_t kMaxBlocks = 8192;
+// Grid cap (grid-stride beyond it). The emulation tests build with a small cap, so that the
+// grid-stride loop takes more than one turn at test sizes.
+#ifndef FUSEDRNN_STEP_MAX_BLOCKS
+#define FUSEDRNN_STEP_MAX_BLOCKS 8192
+#endif
+constexpr int64_t kMaxBlocks = FUSEDRNN_STEP_MAX_BLOCKS;
 
 // Grid-stride over the n = rows * width elements of a step: fn(b, j).
 #define FUSEDRNN_FOR_EACH_ELEMENT(rows, width, b, j)                                          \
@@ -233,14 +238,12 @@ __global__ void lstm_backward_projection_kernel(LstmBackwardProjectionStep p) {
   using S = typename State<T>::type;
   const int64_t B = p.at.B, P = p.P, s = p.at.s;
   FUSEDRNN_FOR_EACH_ELEMENT(B, P, b, j) {
-    if (!p.at.sched.active(s, b)) {
-      out<S>(p.dh_step)[b * P + j] = S(0);
-      continue;
-    }
     const int64_t row = p.at.sched.slot(s, b) * B + b;
-    const S d = to_state(in<T>(p.grad_out)[row * P + j]) + in<S>(p.dh)[b * P + j];
+    const S d = p.at.sched.active(s, b)
+                    ? to_state(in<T>(p.grad_out)[row * P + j]) + in<S>(p.dh)[b * P + j]
+                    : S(0);
     out<S>(p.dh_step)[b * P + j] = d;
-    out<T>(p.dh_all)[row * P + j] = stored<T>(d);
+    out<S>(p.dh_all)[row * P + j] = d;
   }
 }
 
@@ -258,6 +261,7 @@ __global__ void lstm_backward_kernel(LstmBackwardStep p) {
         gs[k * H + j] = S(0);
         gx[k * H + j] = zero<T>();
       }
+      if (p.proj) out<S>(p.unprojected_all)[row * H + j] = S(0);
       if (h_lane) out<S>(p.dh_prev)[b * P + j] = in<S>(p.dh)[b * P + j];
       continue;
     }
@@ -278,7 +282,7 @@ __global__ void lstm_backward_kernel(LstmBackwardStep p) {
     gx[2 * H + j] = stored<T>(d.g);
     gx[3 * H + j] = stored<T>(d.o);
     *dc = d.c_prev;
-    if (p.proj) out<T>(p.unprojected_all)[row * H + j] = stored<T>(d.h_unprojected);
+    if (p.proj) out<S>(p.unprojected_all)[row * H + j] = d.h_unprojected;
     if (h_lane) out<S>(p.dh_prev)[b * P + j] = S(0);
   }
 }

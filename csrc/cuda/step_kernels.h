@@ -111,7 +111,7 @@ struct LstmBackwardProjectionStep {
   const void* grad_out;  // (T, B, P)
   const void* dh;        // [state] (B, P)
   void* dh_step;         // [state] (B, P)    GEMM operand
-  void* dh_all;          // (T, B, P) every step's d h_t (for d W_hr)
+  void* dh_all;          // [state] (T, B, P) every step's d h_t (for d W_hr)
 };
 
 struct LstmBackwardStep {
@@ -127,7 +127,7 @@ struct LstmBackwardStep {
   void* dc;                // [state] (B, H)     d c_t in, d c_{t-1} out
   void* grad_step;         // [state] (B, 4H)    GEMM operand
   void* grad_x;            // (T, B, 4H)
-  void* unprojected_all;   // (T, B, H)  o*tanh(c') per step for d W_hr, with proj
+  void* unprojected_all;   // [state] (T, B, H)  o*tanh(c') per step for d W_hr, with proj
   void* dh_prev;           // [state] (B, P)
 };
 

@@ -59,14 +59,12 @@ inline Tensor returned(const Tensor& state, const Tensor& like) {
   return state.to(like.scalar_type(), /*non_blocking=*/false, /*copy=*/true);
 }
 
-// A workspace in the storage dtype, for a GEMM with storage operands (itself unless half types).
-inline Tensor stored(const Tensor& workspace, const Tensor& like) {
-  return workspace.to(like.scalar_type());
-}
+// A state-dtype tensor in the storage dtype of `like` (itself unless half types).
+inline Tensor as_storage(const Tensor& t, const Tensor& like) { return t.to(like.scalar_type()); }
 
 // A workspace output in the state dtype: (T, B, width) when saved, (0) otherwise.
-inline Tensor workspace(bool save, const at::TensorOptions& state, int64_t T, int64_t B,
-                        int64_t width) {
+inline Tensor state_workspace(bool save, const at::TensorOptions& state, int64_t T, int64_t B,
+                              int64_t width) {
   return at::empty(save ? at::IntArrayRef{T, B, width} : at::IntArrayRef{0}, state);
 }
 
@@ -115,7 +113,7 @@ std::tuple<Tensor, Tensor, Tensor> rnn_forward(const Tensor& xproj_in, const Ten
   const Tensor w_hh = state_weight(w_hh_in, state);
 
   Tensor output = at::empty({T, B, H}, xproj.options());
-  Tensor hprev = workspace(save_workspace, state, T, B, H);
+  Tensor hprev = state_workspace(save_workspace, state, T, B, H);
   const PingPong h(h0_in, state);            // h_{t-1} / h_t
   Tensor pre_h = at::empty({B, H}, state);  // W_hh h_{t-1}
 
@@ -158,7 +156,7 @@ std::tuple<Tensor, Tensor, Tensor> rnn_backward(const Tensor& grad_output_in,
     step_gemm(carry.slot(step + 1), grad_pre, w_hh, /*transposed=*/false, /*accumulate=*/true);
   }
   return {grad_xproj, returned(carry.slot(T), output),
-          weight_grad(grad_xproj, stored(hprev, output))};
+          weight_grad(grad_xproj, as_storage(hprev, output))};
 }
 
 // ============================================================================ GRU
@@ -182,8 +180,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(const Tensor& xproj_in, c
   const Tensor w_hh = state_weight(w_hh_in, state);
 
   Tensor output = at::empty({T, B, H}, xproj.options());
-  Tensor gates_ws = workspace(save_workspace, state, T, B, 4 * H);
-  Tensor hprev = workspace(save_workspace, state, T, B, H);
+  Tensor gates_ws = state_workspace(save_workspace, state, T, B, 4 * H);
+  Tensor hprev = state_workspace(save_workspace, state, T, B, H);
   const PingPong h(h0_in, state);
   Tensor pre_h = at::empty({B, 3 * H}, state);  // W_hh h_{t-1} (b_hh added in-kernel)
 
@@ -226,7 +224,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
     step_gemm(carry.slot(step + 1), grad_step, w_hh, /*transposed=*/false, /*accumulate=*/true);
   }
   return {grad_xproj, returned(carry.slot(T), grad_output),
-          weight_grad(grad_hproj, stored(hprev, grad_output)),
+          weight_grad(grad_hproj, as_storage(hprev, grad_output)),
           grad_hproj.sum(at::IntArrayRef{0, 1})};
 }
 
@@ -250,10 +248,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
   const Tensor w_hr = proj ? state_weight(*w_hr_in, state) : Tensor();
 
   Tensor output = at::empty({T, B, P}, xproj.options());
-  Tensor gates_ws = workspace(save_workspace, state, T, B, 4 * H);
-  Tensor cells_ws = workspace(save_workspace, state, T, B, H);
-  Tensor prev_cells_ws = workspace(save_workspace, state, T, B, H);
-  Tensor hprev = workspace(save_workspace, state, T, B, P);
+  Tensor gates_ws = state_workspace(save_workspace, state, T, B, 4 * H);
+  Tensor cells_ws = state_workspace(save_workspace, state, T, B, H);
+  Tensor prev_cells_ws = state_workspace(save_workspace, state, T, B, H);
+  Tensor hprev = state_workspace(save_workspace, state, T, B, P);
   const PingPong h(h0_in, state), c(c0_in, state);
   Tensor pre_h = at::empty({B, 4 * H}, state);  // W_hh h_{t-1}
   // o*tanh(c) before W_hr; zeros, as the kernel writes active rows only and the GEMM reads all.
@@ -307,8 +305,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
                       .contiguous();                                // d c, updated in place
   Tensor grad_step = at::empty({B, 4 * H}, state);
   // With proj_size: d h_t and o*tanh(c_t) for every slot (zero where inactive), for d W_hr.
-  Tensor grad_h_all = at::zeros({proj ? T : 0, B, P}, storage);
-  Tensor unprojected_all = at::zeros({proj ? T : 0, B, H}, storage);
+  Tensor grad_h_all = at::empty({proj ? T : 0, B, P}, state);
+  Tensor unprojected_all = at::empty({proj ? T : 0, B, H}, state);
   Tensor grad_h_step = at::empty({proj ? B : 0, P}, state);
   Tensor grad_unproj = at::empty({proj ? B : 0, H}, state);
 
@@ -331,9 +329,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
     // d h_{t-1} += d gates · W_hh   (inactive rows have zero gate grads and pass d h through)
     step_gemm(carry.slot(step + 1), grad_step, w_hh, /*transposed=*/false, /*accumulate=*/true);
   }
-  Tensor grad_w_hr = proj ? weight_grad(grad_h_all, unprojected_all) : at::empty({0}, storage);
+  Tensor grad_w_hr = proj ? as_storage(weight_grad(grad_h_all, unprojected_all), grad_output)
+                          : at::empty({0}, storage);
   return {grad_xproj, returned(carry.slot(T), grad_output), returned(grad_c, grad_output),
-          weight_grad(grad_xproj, stored(hprev, grad_output)), grad_w_hr};
+          weight_grad(grad_xproj, as_storage(hprev, grad_output)), grad_w_hr};
 }
 
 }  // namespace loops
