@@ -3,8 +3,6 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
-#include <torch/library.h>
-
 #include "time_loops.h"
 
 namespace fusedrnn {
@@ -27,12 +25,7 @@ class CudaDevice {
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fusedrnn, CUDA, m) {
-  m.impl("rnn_forward", &loops::rnn_forward<CudaDevice>);
-  m.impl("rnn_backward", &loops::rnn_backward<CudaDevice>);
-  m.impl("gru_forward", &loops::gru_forward<CudaDevice>);
-  m.impl("gru_backward", &loops::gru_backward<CudaDevice>);
-  m.impl("lstm_forward", &loops::lstm_forward<CudaDevice>);
-  m.impl("lstm_backward", &loops::lstm_backward<CudaDevice>);
+  loops::register_time_loops<CudaDevice>(m);
 }
 
 }  // namespace cuda

@@ -18,6 +18,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <torch/library.h>
 
 #include <array>
 #include <optional>
@@ -333,6 +334,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
                           : at::empty({0}, storage);
   return {grad_xproj, returned(carry.slot(T), grad_output), returned(grad_c, grad_output),
           weight_grad(grad_xproj, as_storage(hprev, grad_output)), grad_w_hr};
+}
+
+// Registers the six time-loop ops of a library (fusedrnn's CUDA kernels, or the emulation's)
+// as these loops on `Device`.
+template <typename Device>
+void register_time_loops(torch::Library& m) {
+  m.impl("rnn_forward", &rnn_forward<Device>);
+  m.impl("rnn_backward", &rnn_backward<Device>);
+  m.impl("gru_forward", &gru_forward<Device>);
+  m.impl("gru_backward", &gru_backward<Device>);
+  m.impl("lstm_forward", &lstm_forward<Device>);
+  m.impl("lstm_backward", &lstm_backward<Device>);
 }
 
 }  // namespace loops

@@ -2,8 +2,6 @@
 // registered as torch.ops.fusedrnn_emulated.{rnn,gru,lstm}_{forward,backward} with the schemas of
 // the real ops. Test-only (tests/emulation.py builds it; never part of the wheel): this is the
 // whole CUDA op, its host loop, GEMMs (torch on the CPU here) and kernels, run without a GPU.
-#include <torch/library.h>
-
 #include "../cuda/time_loops.h"
 #include "../op_schemas.h"
 
@@ -31,12 +29,7 @@ TORCH_LIBRARY_FRAGMENT(fusedrnn_emulated, m) {
 }
 
 TORCH_LIBRARY_IMPL(fusedrnn_emulated, CPU, m) {
-  m.impl("rnn_forward", &loops::rnn_forward<EmulatedDevice>);
-  m.impl("rnn_backward", &loops::rnn_backward<EmulatedDevice>);
-  m.impl("gru_forward", &loops::gru_forward<EmulatedDevice>);
-  m.impl("gru_backward", &loops::gru_backward<EmulatedDevice>);
-  m.impl("lstm_forward", &loops::lstm_forward<EmulatedDevice>);
-  m.impl("lstm_backward", &loops::lstm_backward<EmulatedDevice>);
+  loops::register_time_loops<EmulatedDevice>(m);
 }
 
 }  // namespace cuda
