@@ -38,6 +38,7 @@ FUSEDRNN_HOST_DEVICE float exp_(float x) {
   return ::expf(x);
 #else
   // Cephes-style: max relative error ~1.5e-7.
+  const bool overflow = x > 88.72283935546875f;  // e^x > FLT_MAX: +inf, as expf gives
   x = x < -87.3f ? -87.3f : x;  // NaN compares false and passes through
   x = x > 88.7f ? 88.7f : x;
   // x = n*ln2 + r, |r| <= ln2/2; 1.5*2^23 rounds n to nearest in float arithmetic.
@@ -49,7 +50,8 @@ FUSEDRNN_HOST_DEVICE float exp_(float x) {
   const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;  // 2^n
   float scale;
   std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
+  // So sigmoid(x) = 1 / (1 + e^-x) is exactly 0 below x = -88.7, as torch's sigmoid.
+  return overflow ? __builtin_inff() : p * scale;
 #endif
 }
 
@@ -59,9 +61,10 @@ FUSEDRNN_HOST_DEVICE float tanh_(float x) {
 #else
   // tanh(x) = x P(x^2) / Q(x^2) on [-9, 9], clamped outside, where tanh rounds to +-1 in float.
   // Coefficients: our own weighted least-squares fit driven toward minimax relative error
-  // (6.7e-9 in exact arithmetic; 2.8e-7 max abs error evaluated in float). One division and ten
-  // FMAs: 1.6x faster than 1 - 2/(e^{2x}+1) with a small-|x| polynomial (0.64 vs 1.0 ns per
-  // element, AVX2, with the cap below), and tanh is most of the gate math of an RNN step.
+  // (6.7e-9 in exact arithmetic; evaluated in float: 2.7e-7 max abs error, 2.4e-7 from torch's
+  // tanh). One division and ten FMAs: 1.6x faster than 1 - 2/(e^{2x}+1) with a small-|x|
+  // polynomial (0.64 vs 1.0 ns per element, AVX2, with the cap below), and tanh is most of the
+  // gate math of an RNN step.
   const float xc = x < -9.0f ? -9.0f : (x > 9.0f ? 9.0f : x);  // NaN passes through
   const float z = xc * xc;
   const float p = (((((-8.487960868e-14f * z + 5.277672764e-11f) * z - 2.022467346e-08f) * z +
@@ -69,10 +72,16 @@ FUSEDRNN_HOST_DEVICE float tanh_(float x) {
                   9.999999934e-01f;
   const float q = ((2.546126339e-04f * z + 2.449512635e-02f) * z + 4.641732549e-01f) * z + 1.0f;
   float r = xc * p / q;
-  // Rounding can put r up to 2 ulp past +-1 near the clamp: cap it, so |tanh| <= 1 (backward
-  // uses 1 - tanh^2; ~0.2 ns per element). NaN passes. Past +-9 r stays at +-0.99999988.
-  r = 1.0f < r ? 1.0f : r;
-  return -1.0f > r ? -1.0f : r;
+  // Rounding can put r up to 2 ulp past +-1 near the clamp: cap it below 1 (backward uses
+  // 1 - tanh^2; ~0.2 ns per element). NaN passes. Then saturation exactly where torch's float
+  // tanh saturates (|x| >= 9.0108404; the correctly rounded tanh does at 9.0109205): +-1, so the
+  // derivative 1 - tanh^2 is exactly 0 there and only there, as torch's is.
+  constexpr float kBelowOne = 0.99999994f;  // the largest float below 1
+  r = kBelowOne < r ? kBelowOne : r;
+  r = -kBelowOne > r ? -kBelowOne : r;
+  constexpr float kSaturated = 9.01084041595459f;
+  r = x >= kSaturated ? 1.0f : r;
+  return x <= -kSaturated ? -1.0f : r;
 #endif
 }
 
@@ -82,15 +91,17 @@ FUSEDRNN_HOST_DEVICE T sigmoid(T x) {
 }
 
 // ---------------------------------------------------------------- RNN (tanh / relu)
+// relu as torch's: NaN stays NaN (`pre <= 0` is false for NaN).
 template <typename T>
 FUSEDRNN_HOST_DEVICE T rnn_activation(T pre, bool relu) {
-  return relu ? (pre > T(0) ? pre : T(0)) : tanh_(pre);
+  return relu ? (pre <= T(0) ? T(0) : pre) : tanh_(pre);
 }
 
-// d(pre) from d(h') and the activated value h' (torch: relu passes grad where h' > 0).
+// d(pre) from d(h') and the activated value h' (torch's threshold_backward: the gradient passes
+// unless h' <= 0, so it passes where h' is NaN).
 template <typename T>
 FUSEDRNN_HOST_DEVICE T rnn_activation_grad(T h_new, T grad_h, bool relu) {
-  return relu ? (h_new > T(0) ? grad_h : T(0)) : grad_h * (T(1) - h_new * h_new);
+  return relu ? (h_new <= T(0) ? T(0) : grad_h) : grad_h * (T(1) - h_new * h_new);
 }
 
 // ---------------------------------------------------------------- GRU

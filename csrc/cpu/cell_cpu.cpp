@@ -110,7 +110,7 @@ std::tuple<Tensor, Tensor, Tensor> cell_forward(
       scalar_t* wr = ws_data + b * W;
       if (lstm) {
         lstm_forward_row(xr, hr, c_cur + b * H, c_next + b * H, h_next + b * H, wr, H, H, H);
-        std::memcpy(wr + 4 * H, c_next + b * H, sizeof(scalar_t) * H);
+        if (H > 0) std::memcpy(wr + 4 * H, c_next + b * H, sizeof(scalar_t) * H);
       } else if (gru) {
         gru_forward_row(xr, hr, gru_b_hh, h_cur + b * H, h_next + b * H, gru_out + b * H, wr, H,
                         H, H);

@@ -32,9 +32,10 @@ namespace {
 
 using at::Tensor;
 
+// memcpy with a null pointer is undefined even for 0 bytes (batch 0, hidden 0): skip those.
 template <typename T>
 void copy_row(T* dst, const T* src, int64_t n) {
-  std::memcpy(dst, src, sizeof(T) * n);
+  if (n > 0) std::memcpy(dst, src, sizeof(T) * n);
 }
 template <typename T>
 void zero_row(T* dst, int64_t n) {
@@ -69,7 +70,7 @@ PingPong ping_pong(const Tensor& initial, int64_t T) {
   PingPong p{at::empty(init.sizes(), init.options()), at::empty(init.sizes(), init.options()), {}};
   p.slots[T & 1] = p.result.data_ptr();
   p.slots[(T + 1) & 1] = p.scratch.data_ptr();
-  std::memcpy(p.slots[0], init.data_ptr(), init.nbytes());
+  if (init.nbytes() > 0) std::memcpy(p.slots[0], init.data_ptr(), init.nbytes());
   return p;
 }
 
