@@ -32,8 +32,31 @@ def _read_weights(module: nn.Module, names) -> list[Tensor]:
     return [params[n] if n in params else getattr(module, n) for n in names]
 
 
+def _check_batch_sizes(data: Tensor, batch_sizes: Tensor) -> None:
+    """A hand-built PackedSequence is checked before anything reads its data (ATen's
+    _pad_packed_sequence corrupts the heap on, e.g., batch_sizes [3, 0, 1]). Where torch.nn
+    raises, the same error: its packed loop narrows the data step by step. Zero or increasing
+    batch sizes, on which torch.nn computes on whatever rows it reaches, raise a ValueError."""
+    int(batch_sizes[0])  # empty: torch.nn's IndexError (it reads the largest batch first)
+    if bool((batch_sizes > 0).all()) and (
+            batch_sizes.numel() == 1 or bool((batch_sizes[1:] <= batch_sizes[:-1]).all())) and (
+            int(batch_sizes.sum()) <= data.size(0)):
+        return
+    start, rows = 0, data.size(0)
+    for size in batch_sizes.tolist():
+        if size < 0:
+            raise RuntimeError("narrow(): length must be non-negative.")
+        if start + size > rows:
+            raise RuntimeError(f"start ({start}) + length ({size}) exceeds dimension size ({rows}).")
+        start += size
+    raise ValueError(
+        "fusedrnn: PackedSequence batch_sizes must be positive and non-increasing (as "
+        f"pack_padded_sequence makes them), got {batch_sizes.tolist()}")
+
+
 def _unpack(packed: PackedSequence) -> tuple[Tensor, Tensor]:
     """PackedSequence data -> padded (T, B, *) in sorted order, and lengths (B,) int64 on CPU."""
+    _check_batch_sizes(packed.data, packed.batch_sizes)
     padded, lengths = torch.ops.aten._pad_packed_sequence(
         packed.data, packed.batch_sizes, False, 0.0, packed.batch_sizes.size(0))
     return padded, lengths
