@@ -102,6 +102,34 @@ bool directions_concurrently(const Tensor& x, const OptTensor& h0, const OptTens
   return cpu::run_directions_concurrently(x.size(0), x.size(1) * recurrent_weights);
 }
 
+// Dropout between layers on a padded (T, B, F) layer output. With lengths on the CPU, drawn as
+// torch.nn draws it for PackedSequence input: over the packed rows (sum(lengths), F), in
+// pack_padded_sequence's order (lengths sorted decreasing; unsorted lengths are sorted first, as
+// pack_padded_sequence(enforce_sorted=False) does), so the same seed gives the same masks. On
+// CUDA torch.nn's masks come from cuDNN's own generator, which nothing else reproduces.
+// (Padded draws where the packed ones are not defined or cannot be traced: zero lengths, which
+// no PackedSequence has, and tensors under tracing or a dispatch mode.)
+Tensor dropout_between_layers(const Tensor& layer_output, const OptTensor& lengths, double p) {
+  const bool packed_draws = lengths.has_value() && layer_output.is_cpu() && lengths->is_cpu() &&
+                            plain_cpu(layer_output) && plain_cpu(*lengths) &&
+                            c10::impl::TorchDispatchModeTLS::stack_len() == 0 &&
+                            (*lengths > 0).all().item<bool>();
+  if (!packed_draws) return at::dropout(layer_output, p, /*train=*/true);
+  const Tensor& lens = *lengths;
+  const bool sorted =
+      lens.numel() < 2 || (lens.slice(0, 1) <= lens.slice(0, 0, -1)).all().item<bool>();
+  Tensor order, padded = layer_output, sorted_lengths = lens;
+  if (!sorted) {
+    std::tie(sorted_lengths, order) = lens.sort(/*stable=*/true, /*dim=*/0, /*descending=*/true);
+    padded = layer_output.index_select(1, order);
+  }
+  const auto [data, batch_sizes] = at::_pack_padded_sequence(padded, sorted_lengths, false);
+  Tensor out = std::get<0>(at::_pad_packed_sequence(at::dropout(data, p, /*train=*/true),
+                                                    batch_sizes, false, 0.0,
+                                                    layer_output.size(0)));
+  return sorted ? out : out.index_select(1, at::argsort(order));
+}
+
 // States of every (layer, direction), stacked as torch.nn returns them: (L*D, B, *).
 Tensor stack_states(const std::vector<Tensor>& states) {
   return states.size() == 1 ? states[0].unsqueeze(0) : at::stack(states);
@@ -169,7 +197,7 @@ std::tuple<Tensor, Tensor, Tensor> recurrent_stack(
     }
     layer_input = num_directions == 1 ? outputs[0] : at::cat(outputs, 2);
     if (dropout > 0 && train && l < num_layers - 1) {
-      layer_input = at::dropout(layer_input, dropout, /*train=*/true);
+      layer_input = dropout_between_layers(layer_input, lengths, dropout);
     }
   }
   return {layer_input, stack_states(h_n),
