@@ -122,6 +122,8 @@ class _FusedRNNBase(nn.RNNBase):
         else:
             self.check_forward_args(input, hx, batch_sizes)
             hx = self.permute_hidden(hx, sorted_indices)
+            if is_lstm and len(hx) != 2:  # ATen's check (torch.nn's Python reads hx[0], hx[1])
+                raise RuntimeError("lstm expects two hidden states")
             h0, c0 = hx if is_lstm else (hx, None)
 
         if batch_sizes is not None:
@@ -260,6 +262,9 @@ class _FusedCellBase(nn.RNNCellBase):
         if input.dim() not in (1, 2):
             raise ValueError(f"{self._name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
         if hx is not None:
+            if num_states > 1 and isinstance(hx, Tensor):  # the binding of _VF.lstm_cell's
+                raise TypeError(
+                    "lstm_cell(): argument 'hx' (position 2) must be tuple of Tensors, not Tensor")
             for idx, value in enumerate(hx if num_states > 1 else (hx,)):
                 if value.dim() not in (1, 2):
                     what = f"hx[{idx}]" if num_states > 1 else "hidden"

@@ -477,3 +477,17 @@ def test_cpu_autocast_runs_in_the_input_dtype(name):
     assert torch.allclose(got, want, atol=1e-5)
     for a, b in zip(fused.parameters(), ref.parameters()):
         assert torch.allclose(a.grad, b.grad, atol=1e-5)
+
+
+@pytest.mark.parametrize("hx_shape", [(2, 2, 4), (2, 4)], ids=["stacked", "single"])
+def test_lstm_cell_hx_as_one_tensor_raises_like_torch(hx_shape):
+    x, hx = torch.randn(2, 3), torch.randn(*hx_shape)
+    ref, fused = nn.LSTMCell(3, 4), fusedrnn.LSTMCell(3, 4)
+    _raises_same(lambda: ref(x, hx), lambda: fused(x, hx))
+
+
+def test_lstm_hx_with_three_states_raises_like_torch():
+    x, h = torch.randn(5, 2, 3), torch.randn(1, 2, 4)
+    ref, fused = nn.LSTM(3, 4), fusedrnn.LSTM(3, 4)
+    _raises_same(lambda: ref(x, (h, h, h)), lambda: fused(x, (h, h, h)))
+

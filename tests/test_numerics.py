@@ -108,3 +108,12 @@ def test_nan_and_inf_propagate_as_in_torch_nn(cell, path, where, value, dtype):
         finite = r.isfinite()
         torch.testing.assert_close(g[finite], r[finite], rtol=1e-4, atol=1e-5,
                                    msg=lambda m: f"tensor {i}: {m}")
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_empty_batch(cell):
+    """Batch 0 (no rows): empty outputs as torch.nn, without touching memory (UBSan-clean)."""
+    ref, fused = _pair(cell, torch.float32)
+    x = torch.randn(4, 0, 3)
+    want, got = ref(x), fused(x)
+    assert got[0].shape == want[0].shape
