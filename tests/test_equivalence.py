@@ -54,31 +54,9 @@ def test_bfloat16_cpu(cell):
     check_case(Case(cell, num_layers=2, bidirectional=True), torch.bfloat16, seed=5)
 
 
-@pytest.mark.parametrize("cell", list(CELLS))
-def test_dropout_matches_torch_nn_rng(cell):
-    """Dropout between layers draws the same masks as torch.nn for the same seed (unpacked input)."""
-    case = Case(cell, num_layers=3, bidirectional=True, dropout=0.5)
-    from helpers import clone_inputs, make_inputs, make_pair, outputs_and_grads, max_err
-    ref, fused = make_pair(case)
-    ref.train(), fused.train()
-    x, hx, _ = make_inputs(case, ref, torch.float64, "cpu", torch.Generator().manual_seed(1))
-    torch.manual_seed(11)
-    to, tg = outputs_and_grads(ref, case, *clone_inputs(x, hx), None, 2)
-    torch.manual_seed(11)
-    fo, fg = outputs_and_grads(fused, case, *clone_inputs(x, hx), None, 2)
-    assert max_err(fo, to) < 1e-10 and max_err(fg, tg) < 1e-10
-    # and dropout is off in eval mode: the output is deterministic
-    ref.eval(), fused.eval()
-    with torch.no_grad():
-        assert torch.equal(fused(x)[0], fused(x)[0])
-
-
-@pytest.mark.parametrize("kind", ["packed_sorted", "packed_unsorted"])
-@pytest.mark.parametrize("cell", list(CELLS))
-def test_dropout_on_packed_input_matches_torch_nn_rng(cell, kind):
-    """torch.nn drops out the packed rows between layers; so does fusedrnn on the CPU: the same
-    seed gives the same masks, outputs and gradients."""
-    case = Case(cell, num_layers=3, bidirectional=True, dropout=0.5, input_kind=kind, B=4)
+def _check_dropout_parity(case: Case):
+    """With the same seed, training-mode dropout between layers gives torch.nn's outputs and
+    gradients (the same masks)."""
     from helpers import clone_inputs, make_inputs, make_pair, outputs_and_grads, max_err
     ref, fused = make_pair(case)
     ref.train(), fused.train()
@@ -88,6 +66,25 @@ def test_dropout_on_packed_input_matches_torch_nn_rng(cell, kind):
     torch.manual_seed(11)
     fo, fg = outputs_and_grads(fused, case, *clone_inputs(x, hx), lengths, 2)
     assert max_err(fo, to) < 1e-10 and max_err(fg, tg) < 1e-10
+    return fused, x
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_dropout_matches_torch_nn_rng(cell):
+    """Dropout between layers draws the same masks as torch.nn for the same seed (unpacked input)."""
+    fused, x = _check_dropout_parity(Case(cell, num_layers=3, bidirectional=True, dropout=0.5))
+    # and dropout is off in eval mode: the output is deterministic
+    fused.eval()
+    with torch.no_grad():
+        assert torch.equal(fused(x)[0], fused(x)[0])
+
+
+@pytest.mark.parametrize("kind", ["packed_sorted", "packed_unsorted"])
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_dropout_on_packed_input_matches_torch_nn_rng(cell, kind):
+    """torch.nn drops out the packed rows between layers; so does fusedrnn on the CPU."""
+    _check_dropout_parity(Case(cell, num_layers=3, bidirectional=True, dropout=0.5,
+                               input_kind=kind, B=4))
 
 
 def test_no_dropout_when_single_layer_or_eval():
