@@ -19,9 +19,9 @@ export LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=lib
 export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:halt_on_error=1
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 export PYTHONPATH="$PWD/$OUT/pkg"
-echo "+ pytest (ASan + UBSan) tests/test_cpu_kernels.py tests/test_numerics.py tests/test_bad_packed_input.py"
+echo "+ pytest (ASan + UBSan) tests/test_cpu_kernels.py tests/test_numerics.py tests/test_bad_packed_input.py tests/test_bad_input_table.py"
 ROOT=$PWD
 cd tests  # not the repository root: there `import fusedrnn` would find the normal build
 "$PYTHON" -c "import fusedrnn; assert fusedrnn.__file__.startswith('$ROOT/$OUT/'), fusedrnn.__file__"
 "$PYTHON" -m pytest -q -p no:cacheprovider test_cpu_kernels.py test_numerics.py \
-  test_bad_packed_input.py "$@"
+  test_bad_packed_input.py test_bad_input_table.py "$@"

@@ -65,7 +65,9 @@ struct RnnFunction : torch::autograd::Function<RnnFunction> {
     // The backward needs every h_t, which is the returned output: save a copy, so an in-place op
     // on the output (nn.ReLU(inplace=True) after the layer) leaves the backward intact, as with
     // torch.nn. One extra (T, B, H) copy, about 2% of a training step.
-    ctx->save_for_backward({w_hh, out.clone(), hprev, or_undefined(lengths)});
+    // h0 only for autograd's version check: modified in place before backward, it raises as
+    // with torch.nn (which needs its values), instead of silently going unnoticed.
+    ctx->save_for_backward({w_hh, out.clone(), hprev, or_undefined(lengths), h0});
     ctx->saved_data["reverse"] = reverse;
     ctx->saved_data["relu"] = relu;
     ctx->mark_non_differentiable({hprev});
@@ -107,7 +109,7 @@ struct GruFunction : torch::autograd::Function<GruFunction> {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [out, h_n, gates, hprev] =
         ops::gru_forward().call(xproj, h0, w_hh, b_hh, lengths, reverse, true);
-    ctx->save_for_backward({w_hh, gates, hprev, or_undefined(lengths)});
+    ctx->save_for_backward({w_hh, gates, hprev, or_undefined(lengths), h0});  // h0: see RNN
     ctx->saved_data["reverse"] = reverse;
     ctx->saved_data["has_bias"] = b_hh.has_value();
     ctx->mark_non_differentiable({gates, hprev});
@@ -151,8 +153,8 @@ struct LstmFunction : torch::autograd::Function<LstmFunction> {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [out, h_n, c_n, gates, cells, prev_cells, hprev] =
         ops::lstm_forward().call(xproj, h0, c0, w_hh, w_hr, lengths, reverse, true);
-    ctx->save_for_backward(
-        {w_hh, or_undefined(w_hr), gates, cells, prev_cells, hprev, or_undefined(lengths)});
+    ctx->save_for_backward({w_hh, or_undefined(w_hr), gates, cells, prev_cells, hprev,
+                            or_undefined(lengths), h0, c0});  // h0, c0: see RNN
     ctx->saved_data["reverse"] = reverse;
     ctx->mark_non_differentiable({gates, cells, prev_cells, hprev});
     return {out, h_n, c_n, gates, cells, prev_cells, hprev};

@@ -73,6 +73,7 @@ std::tuple<Tensor, Tensor, Tensor> recurrent_layer(
     c10::string_view cell, const Tensor& x, const Tensor& h0, const OptTensor& c0,
     const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
     const OptTensor& w_hr, const OptTensor& lengths, bool reverse) {
+  const cpu::ThreadLimitWhileContended limit;  // the projection's GEMM among others
   return layer(parse_cell(cell), x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse);
 }
 
@@ -139,6 +140,7 @@ std::tuple<Tensor, Tensor, Tensor> recurrent_stack(
     c10::string_view cell_name, const Tensor& x, const OptTensor& h0_in, const OptTensor& c0_in,
     at::TensorList flat_weights, int64_t num_layers, bool bidirectional, bool bias,
     int64_t proj_size, double dropout, bool train, const OptTensor& lengths) {
+  const cpu::ThreadLimitWhileContended limit;  // the projections' GEMMs among others
   const Cell cell = parse_cell(cell_name);
   const int64_t num_directions = bidirectional ? 2 : 1;
   const bool has_proj = proj_size > 0;

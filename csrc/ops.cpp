@@ -39,11 +39,14 @@
 //                     false (their GEMMs skipped: the data input of a decoder needs none)
 //
 // Measurement (CPU): fma_peak_gflops(seconds) -> the cores' FMA rate in the packed kernel's
-// vector form over the intra-op threads (csrc/cpu/packed_gemm.h), 0 where that kernel cannot run
+// vector form over the intra-op threads (csrc/cpu/packed_gemm.h), 0 where that kernel cannot run;
+// cpu_team_counts() -> [team loops run, teams dissolved mid-loop, loops that marked the machine
+// busy] since the process started (csrc/cpu/team.h)
 #include <Python.h>
 #include <torch/library.h>
 
 #include "cpu/packed_gemm.h"
+#include "cpu/team.h"
 #include "op_schemas.h"
 
 TORCH_LIBRARY(fusedrnn, m) {
@@ -58,6 +61,8 @@ TORCH_LIBRARY(fusedrnn, m) {
       "bool train=False, Tensor? lengths=None) -> (Tensor output, Tensor h_n, Tensor c_n)");
   // No tensors: a catch-all kernel (the benchmark's GEMM floors, fusedrnn/floors.py).
   m.def("fma_peak_gflops(float seconds) -> float", &fusedrnn::cpu::fma_peak_gflops);
+  // (the thread team's record on a busy machine, csrc/cpu/team.h)
+  m.def("cpu_team_counts() -> int[]", &fusedrnn::cpu::TeamContention::totals);
   m.def(
       "cell_forward(str cell, Tensor x, Tensor h, Tensor? c, Tensor w_ih, Tensor w_hh, "
       "Tensor? b_ih, Tensor? b_hh, bool save_workspace) "

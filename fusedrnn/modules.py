@@ -8,6 +8,7 @@ refuses any module that is an instance of those three.
 """
 from __future__ import annotations
 
+import itertools
 import operator
 
 import torch
@@ -25,23 +26,32 @@ _cell_forward = torch.ops.fusedrnn.cell_forward.default
 _CELL_OF_MODE = {"RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu", "GRU": "gru", "LSTM": "lstm"}
 
 
-def _read_weights(module: nn.Module, names) -> list[Tensor]:
+def _read_weights(module: nn.Module, names, stale=None) -> list[Tensor | None]:
     """module's weights by name, from _parameters (a parametrization or a reassignment falls back
-    to getattr): nn.Module's __getattr__ costs ~0.5 us a weight, a third of a small fused step."""
+    to getattr): nn.Module's __getattr__ costs ~0.5 us a weight, a third of a small fused step.
+    A deleted weight reads as its entry in `stale` where given: torch.nn's RNNs keep computing
+    with the tensor their _flat_weights still hold."""
     params = module._parameters
-    return [params[n] if n in params else getattr(module, n) for n in names]
+    if stale is None:
+        return [params[n] if n in params else getattr(module, n) for n in names]
+    return [params[n] if n in params else getattr(module, n, old) for n, old in zip(names, stale)]
 
 
-def _check_batch_sizes(data: Tensor, batch_sizes: Tensor) -> None:
-    """A hand-built PackedSequence is checked before anything reads its data (ATen's
-    _pad_packed_sequence corrupts the heap on, e.g., batch_sizes [3, 0, 1]). Where torch.nn
-    raises, the same error: its packed loop narrows the data step by step. Zero or increasing
-    batch sizes, on which torch.nn computes on whatever rows it reaches, raise a ValueError."""
+def _any_none(values) -> bool:
+    return any(map(operator.is_, values, itertools.repeat(None)))
+
+
+def _well_formed_batch_sizes(data: Tensor, batch_sizes: Tensor) -> bool:
+    """Whether a (possibly hand-built) PackedSequence can go to the fused path, checked before
+    anything reads its data (ATen's _pad_packed_sequence corrupts the heap on, e.g., batch_sizes
+    [3, 0, 1]). Where torch.nn raises, the same error: its packed loop narrows the data step by
+    step. Zero or increasing batch sizes, on which torch.nn computes on whatever rows its loop
+    reaches, are not well formed: the caller runs torch.nn's own forward on them."""
     int(batch_sizes[0])  # empty: torch.nn's IndexError (it reads the largest batch first)
     if bool((batch_sizes > 0).all()) and (
             batch_sizes.numel() == 1 or bool((batch_sizes[1:] <= batch_sizes[:-1]).all())) and (
             int(batch_sizes.sum()) <= data.size(0)):
-        return
+        return True
     start, rows = 0, data.size(0)
     for size in batch_sizes.tolist():
         if size < 0:
@@ -49,14 +59,12 @@ def _check_batch_sizes(data: Tensor, batch_sizes: Tensor) -> None:
         if start + size > rows:
             raise RuntimeError(f"start ({start}) + length ({size}) exceeds dimension size ({rows}).")
         start += size
-    raise ValueError(
-        "fusedrnn: PackedSequence batch_sizes must be positive and non-increasing (as "
-        f"pack_padded_sequence makes them), got {batch_sizes.tolist()}")
+    return False
 
 
 def _unpack(packed: PackedSequence) -> tuple[Tensor, Tensor]:
-    """PackedSequence data -> padded (T, B, *) in sorted order, and lengths (B,) int64 on CPU."""
-    _check_batch_sizes(packed.data, packed.batch_sizes)
+    """Well-formed PackedSequence data -> padded (T, B, *) in sorted order, and lengths (B,)
+    int64 on CPU."""
     padded, lengths = torch.ops.aten._pad_packed_sequence(
         packed.data, packed.batch_sizes, False, 0.0, packed.batch_sizes.size(0))
     return padded, lengths
@@ -88,9 +96,12 @@ class _FusedRNNBase(nn.RNNBase):
         (torch.nn's checks read it): what _update_flat_weights does, with one dict look-up per
         weight instead of a hasattr and a getattr (~9 us a call at 4 weights). A
         torch.func.functional_call swap or a reassignment is seen all the same."""
-        weights = _read_weights(self, self._flat_weights_names)
+        weights = _read_weights(self, self._flat_weights_names, stale=self._flat_weights)
         if any(map(operator.is_not, weights, self._flat_weights)):
             self._flat_weights = weights
+        if _any_none(weights):  # the binding of torch.nn's _VF call
+            raise TypeError(f"expected Tensor as element {weights.index(None)} in argument 2, "
+                            "but got NoneType")
         return weights
 
     def forward(self, input, hx=None):
@@ -101,6 +112,8 @@ class _FusedRNNBase(nn.RNNBase):
         is_batched = True
         if isinstance(orig_input, PackedSequence):
             input, batch_sizes, sorted_indices, unsorted_indices = orig_input
+            if not _well_formed_batch_sizes(input, batch_sizes):
+                return _TORCH_FORWARD[self.mode](self, orig_input, hx)
         else:
             batch_sizes = sorted_indices = unsorted_indices = None
             if input.dim() not in (2, 3):
@@ -125,6 +138,13 @@ class _FusedRNNBase(nn.RNNBase):
             if is_lstm and len(hx) != 2:  # ATen's check (torch.nn's Python reads hx[0], hx[1])
                 raise RuntimeError("lstm expects two hidden states")
             h0, c0 = hx if is_lstm else (hx, None)
+            if not is_lstm and h0.dtype != weights[1].dtype and \
+                    not torch._C._is_any_autocast_enabled():
+                # torch.nn's RNN/GRU multiply h by W_hh: ATen's matmul message. (Its LSTM's
+                # message comes from whichever kernel runs it, oneDNN's on x86.)
+                raise RuntimeError(
+                    f"mat1 and mat2 must have the same dtype, but got "
+                    f"{_aten_dtype_name(h0.dtype)} and {_aten_dtype_name(weights[1].dtype)}")
 
         if batch_sizes is not None:
             x, lengths = _unpack(orig_input)
@@ -149,6 +169,12 @@ class _FusedRNNBase(nn.RNNBase):
             output = output.squeeze(0 if self.batch_first else 1)
             hidden = (hidden[0].squeeze(1), hidden[1].squeeze(1)) if is_lstm else hidden.squeeze(1)
         return output, hidden
+
+
+# torch.nn's own forward, for the inputs fusedrnn does not fuse (hand-built PackedSequence
+# batch sizes with zeros or increases).
+_TORCH_FORWARD = {"RNN_TANH": nn.RNN.forward, "RNN_RELU": nn.RNN.forward,
+                  "GRU": nn.GRU.forward, "LSTM": nn.LSTM.forward}
 
 
 class RNN(_FusedRNNBase):
@@ -205,7 +231,7 @@ class _FusedCellBase(nn.RNNCellBase):
 
     def forward(self, input: Tensor, hx=None):
         weights = self._current_weights()
-        input, states, is_batched = self._prepare(input, hx, self._num_states, weights[0])
+        input, states, is_batched = self._prepare(input, hx, self._num_states, weights)
         out = self._step(input, states, weights)
         if is_batched:
             return out
@@ -215,10 +241,24 @@ class _FusedCellBase(nn.RNNCellBase):
         return self._cell
 
     def _current_weights(self) -> tuple[Tensor | None, ...]:
-        """(weight_ih, weight_hh, bias_ih, bias_hh), biases None without bias."""
-        if self.bias:
-            return tuple(_read_weights(self, ("weight_ih", "weight_hh", "bias_ih", "bias_hh")))
-        return (*_read_weights(self, ("weight_ih", "weight_hh")), None, None)
+        """(weight_ih, weight_hh, bias_ih, bias_hh), biases None without bias. As torch.nn's
+        _VF cell calls take them: a weight set to None is the binding's TypeError; a bias set to
+        None is no bias (zeros here, as the fused op takes both biases or neither)."""
+        if not self.bias:
+            weights = (*_read_weights(self, ("weight_ih", "weight_hh")), None, None)
+        else:
+            weights = tuple(_read_weights(self, ("weight_ih", "weight_hh", "bias_ih", "bias_hh")))
+        if not _any_none(weights[:2 + 2 * self.bias]):
+            return weights
+        for position, (arg, value) in enumerate(zip(("w_ih", "w_hh"), weights), start=3):
+            if value is None:
+                raise TypeError(f"{self._cell_name()}_cell(): argument '{arg}' (position "
+                                f"{position}) must be Tensor, not NoneType")
+        w_ih, w_hh, b_ih, b_hh = weights
+        if b_ih is None and b_hh is None:
+            return w_ih, w_hh, None, None
+        zeros = torch.zeros(w_hh.size(0), dtype=w_hh.dtype, device=w_hh.device)
+        return w_ih, w_hh, zeros if b_ih is None else b_ih, zeros if b_hh is None else b_hh
 
     def _check_batch_and_sizes(self, input: Tensor, states: tuple[Tensor, ...]) -> None:
         # ATen's check_rnn_cell_forward_input / _hidden messages.
@@ -233,16 +273,24 @@ class _FusedCellBase(nn.RNNCellBase):
                 raise RuntimeError(
                     f"hidden{i} has inconsistent hidden_size: got {h.size(1)}, expected {self.hidden_size}")
 
-    def _check_dtype(self, input: Tensor, w_ih: Tensor) -> None:
-        if input.dtype != w_ih.dtype and not torch._C._is_any_autocast_enabled():
-            raise RuntimeError(
-                f"mat1 and mat2 must have the same dtype, but got "
-                f"{_aten_dtype_name(input.dtype)} and {_aten_dtype_name(w_ih.dtype)}")
+    def _check_dtypes(self, input: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor) -> None:
+        """torch.nn's cells multiply input by W_ih, then h by W_hh: ATen's matmul messages."""
+        if torch._C._is_any_autocast_enabled():
+            return
+        for mat1, mat2 in ((input, w_ih), (h, w_hh)):
+            if mat1.dtype != mat2.dtype:
+                raise RuntimeError(
+                    f"mat1 and mat2 must have the same dtype, but got "
+                    f"{_aten_dtype_name(mat1.dtype)} and {_aten_dtype_name(mat2.dtype)}")
 
     def _step(self, input: Tensor, states: tuple[Tensor, ...], weights: tuple[Tensor | None, ...]):
         """One step over batched input (B, I) from states (B, H) each."""
         w_ih, w_hh, b_ih, b_hh = weights
         c = states[1] if len(states) > 1 else None
+        if c is not None and c.dtype != input.dtype:
+            # torch.nn computes the gates in the input's dtype and c' in the promoted one: its
+            # own cell does exactly that.
+            return torch._VF.lstm_cell(input, states, w_ih, w_hh, b_ih, b_hh)
         if input.device.type == "cpu" and input.dtype in _CPU_CELL_DTYPES and \
                 w_ih.dtype == input.dtype:
             # One fused op: input projection, recurrent product and gates (csrc/cpu/cell_cpu.cpp).
@@ -257,7 +305,7 @@ class _FusedCellBase(nn.RNNCellBase):
             num_layers=1, bidirectional=False, bias=self.bias)
         return h_n[0] if c_n is None else (h_n[0], c_n[0])
 
-    def _prepare(self, input: Tensor, hx, num_states: int, w_ih: Tensor):
+    def _prepare(self, input: Tensor, hx, num_states: int, weights):
         """torch.nn's dim checks and unbatched handling; returns (batched input, states, batched)."""
         if input.dim() not in (1, 2):
             raise ValueError(f"{self._name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
@@ -265,7 +313,8 @@ class _FusedCellBase(nn.RNNCellBase):
             if num_states > 1 and isinstance(hx, Tensor):  # the binding of _VF.lstm_cell's
                 raise TypeError(
                     "lstm_cell(): argument 'hx' (position 2) must be tuple of Tensors, not Tensor")
-            for idx, value in enumerate(hx if num_states > 1 else (hx,)):
+            # torch.nn's LSTMCell checks hx[0] and hx[1]; ATen counts them after.
+            for idx, value in enumerate(hx[:2] if num_states > 1 else (hx,)):
                 if value.dim() not in (1, 2):
                     what = f"hx[{idx}]" if num_states > 1 else "hidden"
                     raise ValueError(
@@ -279,17 +328,26 @@ class _FusedCellBase(nn.RNNCellBase):
             states = (zeros,) * num_states
         else:
             states = tuple(hx) if num_states > 1 else (hx,)
+            if len(states) != num_states:
+                raise RuntimeError("lstm_cell expects two hidden states")
             if not is_batched:
                 states = tuple(s.unsqueeze(0) for s in states)
-        self._check_dtype(input, w_ih)
-        self._check_batch_and_sizes(input, states)
+        self._check_batch_and_sizes(input, states)  # ATen's order: sizes, then the products
+        self._check_dtypes(input, states[0], weights[0], weights[1])
         return input, states, is_batched
+
+
+_ATEN_DTYPE_NAMES = {
+    torch.float32: "Float", torch.float64: "Double", torch.float16: "Half",
+    torch.bfloat16: "BFloat16", torch.int64: "Long", torch.int32: "Int", torch.int16: "Short",
+    torch.int8: "Char", torch.uint8: "Byte", torch.bool: "Bool",
+    torch.complex64: "ComplexFloat", torch.complex128: "ComplexDouble",
+}
 
 
 def _aten_dtype_name(dtype: torch.dtype) -> str:
     """ATen's ScalarType name (torch.float32 -> 'Float'), as used in its error messages."""
-    return {torch.float32: "Float", torch.float64: "Double", torch.float16: "Half",
-            torch.bfloat16: "BFloat16"}.get(dtype, str(dtype))
+    return _ATEN_DTYPE_NAMES.get(dtype, str(dtype))
 
 
 class RNNCell(_FusedCellBase):

@@ -93,6 +93,64 @@ def test_thread_count_does_not_change_results(cell, reverse):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("dissolve_at", [1, 2, 3, 5])
+def test_team_dissolving_mid_loop_does_not_change_results(dissolve_at, tmp_path):
+    """On a busy machine a team dissolves mid-loop and its first worker finishes every block
+    alone (csrc/cpu/team.h). FUSEDRNN_TEAM_DISSOLVE_AT forces that after the given barrier (of
+    TEAM_T = 5 a loop; LSTM with W_hr has two a step, so there also between its two phases), in a
+    fresh process: every op's results stay bitwise equal to the 2-worker run, and every team loop
+    there did dissolve."""
+    if torch.get_num_threads() < 2:
+        pytest.skip("needs 2 intra-op threads")
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = tmp_path / "dissolved.pt"
+    code = (
+        "import sys, torch; sys.path.insert(0, 'tests'); torch.set_num_threads(2);"
+        "from test_cpu_kernels import _ops_forward_backward as run;"
+        "results = {(c, r): run(c, r) for c in %r for r in (False, True)};"
+        "torch.save((results, torch.ops.fusedrnn.cpu_team_counts()), %r)" % (list(CELLS), str(out))
+    )
+    env = dict(os.environ, FUSEDRNN_TEAM_DISSOLVE_AT=str(dissolve_at))
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=os.path.dirname(here))
+    dissolved, (loops, dissolutions, contended) = torch.load(out)
+    assert loops >= 2 * 2 * len(CELLS) and dissolutions == loops and contended == 0
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        for (cell, reverse), results in dissolved.items():
+            for a, b in zip(results, _ops_forward_backward(cell, reverse), strict=True):
+                assert torch.equal(a, b), (cell, reverse)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_team_on_one_cpu_dissolves_and_backs_off(tmp_path):
+    """Two workers squeezed onto one CPU (as when the other cores are busy): the first worker
+    waits a scheduler time slice at every barrier, so the team dissolves mid-loop and marks the
+    machine busy; calls right after run on one thread without forming a team (the back-off
+    window is 100 ms or more, the ten calls take ~30 ms); results equal torch.nn's. In a fresh
+    process, pinned to one CPU with 2 intra-op threads."""
+    if not hasattr(os, "sched_setaffinity"):
+        pytest.skip("needs os.sched_setaffinity")
+    code = (
+        "import os, sys, torch; sys.path.insert(0, 'tests');"
+        "os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); torch.set_num_threads(2);"
+        "from helpers import Case, check_case;"
+        "import fusedrnn; gru = fusedrnn.GRU(16, 64); x = torch.randn(300, 8, 16);"
+        "gru(x); first = torch.ops.fusedrnn.cpu_team_counts();"
+        "[gru(x) for _ in range(10)];"
+        "print(*first, *torch.ops.fusedrnn.cpu_team_counts());"
+        "check_case(Case('lstm', T=40, B=8, I=16, H=64), torch.float32)"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "FUSEDRNN_TEAM_DISSOLVE_AT"}
+    result = subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=root,
+                            capture_output=True, text=True)
+    loops, dissolved, contended, loops_after, _, _ = map(int, result.stdout.split())
+    assert loops == 1 and dissolved == 1 and contended == 1
+    assert loops_after - loops <= 1
+
+
 @pytest.mark.parametrize("cell", ["rnn_tanh", "rnn_relu", "gru", "lstm"])
 def test_two_worker_time_loops_match_torch(cell):
     """torch.nn equivalence (outputs and all gradients) with every step split over 2 workers:

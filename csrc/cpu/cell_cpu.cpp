@@ -22,6 +22,7 @@
 #include "../op_checks.h"
 #include "blas.h"
 #include "row_kernels.h"
+#include "team.h"
 
 namespace fusedrnn {
 namespace cpu {
@@ -226,8 +227,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cell_backward
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fusedrnn, CPU, m) {
-  m.impl("cell_forward", &cell_forward);
-  m.impl("cell_backward", &cell_backward);
+  m.impl("cell_forward", &thread_limited<&cell_forward>::call);
+  m.impl("cell_backward", &thread_limited<&cell_backward>::call);
 }
 
 }  // namespace cpu

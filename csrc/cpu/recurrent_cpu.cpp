@@ -136,7 +136,7 @@ void single_state_forward_loop(const PackedWeight<S>& w, const Schedule& sched,
   Tensor tiles = at::empty({w.packed() ? team : 0, B, G * tile_units(w.num_blocks())}, options);
   S* full_data = full.data_ptr<S>();
   S* tiles_data = tiles.data_ptr<S>();
-  run_team(team, w.num_blocks(), [&](const Worker& me) {
+  run_team(team, w.num_blocks(), [&](Worker& me) {
     S* tile = tiles_data + me.id * tiles.stride(0);
     for (int64_t s = 0; s < steps; ++s) {
       const S* h_cur = state.slot<S>(s);
@@ -158,7 +158,7 @@ void single_state_forward_loop(const PackedWeight<S>& w, const Schedule& sched,
           if (hp_ws) copy_row(hp_ws + row * H + j0, h_cur + b * H + j0, n);
         }
       }
-      team_barrier();  // h_t complete before any worker reads it
+      if (!me.barrier()) return;  // h_t complete before any worker reads it
     }
   });
 }
@@ -219,7 +219,7 @@ std::tuple<Tensor, Tensor, Tensor> rnn_backward(const Tensor& grad_output_in,
     const scalar_t* out = output.data_ptr<scalar_t>();
     scalar_t* gx = grad_xproj.data_ptr<scalar_t>();
     scalar_t* grad_pre_data = grad_pre.data_ptr<scalar_t>();
-    run_team(team, w.num_blocks(), [&](const Worker& me) {
+    run_team(team, w.num_blocks(), [&](Worker& me) {
       for (int64_t step = 0; step < T; ++step) {
         const int64_t s = T - 1 - step;
         const scalar_t* dh = carry.slot<scalar_t>(step);
@@ -240,7 +240,7 @@ std::tuple<Tensor, Tensor, Tensor> rnn_backward(const Tensor& grad_output_in,
             copy_row(gx + row * H + j0, gp + b * H + j0, n);
           }
         }
-        team_barrier();  // every unit's d pre is written before the GEMM reads all of them
+        if (!me.barrier()) return;  // every d pre is written before the GEMM reads them all
         accumulate_grad_h(w, me, B, gp, H, dh_prev, H);
       }
     });
@@ -322,7 +322,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
     scalar_t* gx = grad_xproj.data_ptr<scalar_t>();
     scalar_t* gh = grad_hproj.data_ptr<scalar_t>();
     scalar_t* grad_step_data = grad_step.data_ptr<scalar_t>();
-    run_team(team, w.num_blocks(), [&](const Worker& me) {
+    run_team(team, w.num_blocks(), [&](Worker& me) {
       for (int64_t step = 0; step < T; ++step) {
         const int64_t s = T - 1 - step;
         const scalar_t* dh = carry.slot<scalar_t>(step);
@@ -345,7 +345,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
             copy_gate_units(gs + b * 3 * H, gh + row * 3 * H, 3, H, j0, n);
           }
         }
-        team_barrier();
+        if (!me.barrier()) return;
         accumulate_grad_h(w, me, B, gs, 3 * H, dh_prev, H);
       }
     });
@@ -397,7 +397,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
     scalar_t* scratch = gates_scratch.data_ptr<scalar_t>();
     scalar_t* full_data = full.data_ptr<scalar_t>();
     scalar_t* tiles_data = tiles.data_ptr<scalar_t>();
-    run_team(team, w.num_blocks(), [&](const Worker& me) {
+    run_team(team, w.num_blocks(), [&](Worker& me) {
       scalar_t* tile = tiles_data + me.id * tiles.stride(0);
       for (int64_t s = 0; s < T; ++s) {
         const scalar_t* h_cur = h_state.slot<scalar_t>(s);
@@ -439,7 +439,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
             }
           }
         }
-        team_barrier();
+        if (!me.barrier()) return;
         if (!proj) continue;
         // h_t = W_hr (o*tanh(c_t)) over the worker's share of the P outputs; inactive rows keep
         // h_{t-1}.
@@ -464,7 +464,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
             }
           }
         }
-        team_barrier();  // unprojected is rewritten next step
+        if (!me.barrier()) return;  // unprojected is rewritten next step
       }
     });
   });
@@ -519,8 +519,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
     scalar_t* dh_step = proj ? grad_h_step.data_ptr<scalar_t>() : nullptr;
     scalar_t* dr = proj ? grad_unproj.data_ptr<scalar_t>() : nullptr;
     // The worker's blocks: block_begin/end cover P (d h_{t-1}), `share` covers H (gates).
-    run_team(team, w.num_blocks(), [&](const Worker& me) {
-      const auto [u0, u1] = me.share(hidden_blocks);
+    run_team(team, w.num_blocks(), [&](Worker& me) {
       for (int64_t step = 0; step < T; ++step) {
         const int64_t s = T - 1 - step;
         const scalar_t* dh = carry.slot<scalar_t>(step);
@@ -545,9 +544,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
               zero_row(dh_prev + b * P + p0, m);
             }
           }
-          team_barrier();
+          if (!me.barrier()) return;
           if (!packed) w_r.multiply(B, dh_step, P, 0, dr, H);  // d(o*tanh(c_t)) = d h_t · W_hr
         }
+        // The worker's hidden blocks (all of them once the team has dissolved).
+        const auto [u0, u1] = me.share(hidden_blocks);
         if (proj && packed) {
           for (int64_t u = u0; u < u1; ++u) {
             w_r.multiply_block(u, B, dh_step, P, 0, dr + u * kBlockUnits, H, 0);
@@ -572,7 +573,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
             if (!proj) zero_row(dh_prev + b * P + j0, n);
           }
         }
-        team_barrier();
+        if (!me.barrier()) return;
         // d h_{t-1} += d gates · W_hh  (inactive rows have zero gate grads and pass d h through)
         accumulate_grad_h(w, me, B, gs, 4 * H, dh_prev, P);
       }
@@ -586,12 +587,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fusedrnn, CPU, m) {
-  m.impl("rnn_forward", &rnn_forward);
-  m.impl("rnn_backward", &rnn_backward);
-  m.impl("gru_forward", &gru_forward);
-  m.impl("gru_backward", &gru_backward);
-  m.impl("lstm_forward", &lstm_forward);
-  m.impl("lstm_backward", &lstm_backward);
+  m.impl("rnn_forward", &thread_limited<&rnn_forward>::call);
+  m.impl("rnn_backward", &thread_limited<&rnn_backward>::call);
+  m.impl("gru_forward", &thread_limited<&gru_forward>::call);
+  m.impl("gru_backward", &thread_limited<&gru_backward>::call);
+  m.impl("lstm_forward", &thread_limited<&lstm_forward>::call);
+  m.impl("lstm_backward", &thread_limited<&lstm_backward>::call);
 }
 
 }  // namespace cpu

@@ -5,20 +5,145 @@
 // region per op call; each worker owns a fixed range of hidden-unit blocks for the whole sequence
 // (its slice of every gate, so the gate math needs no other thread's data) and the workers meet
 // at one barrier per step, where the next step needs every unit of the state.
+//
+// On a busy machine (a data loader or another process on the other cores) a worker is
+// descheduled for a scheduler time slice (milliseconds) at a time, and every barrier then waits
+// for it: measured with a busy loop on the second of 2 cores, a team of two made a 300-step GRU
+// loop (B=8, H=64) take ~100 ms instead of ~3 ms on one thread. So the first worker (the calling
+// thread) times its barrier waits against its own work: when the team is clearly slower than one
+// worker would be, the team dissolves mid-loop and the first worker finishes every block alone;
+// a loop the team made slower marks the team contended, and for a back-off window every op runs
+// on one thread, torch's own intra-op work inside our ops included (ThreadLimitWhileContended).
+// The waiting policy stays OpenMP's spinning barrier (0.4 us between 2 idle cores; a futex wake
+// costs 10-50 us, more than a small step).
 #pragma once
 
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
 #include <cstdint>
 #include <utility>
+#include <vector>
 
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#if defined(__x86_64__)
+#include <x86intrin.h>
+#endif
+
+// MKL's thread-local thread count, C interface (mkl_service.h maps mkl_set_num_threads_local to
+// it; the lower-case symbol is the Fortran one, which takes a pointer). x86-64 torch builds link
+// MKL into libtorch_cpu and export it; weak, so builds without MKL load and see null. Returns the
+// previous local setting, 0 = none.
+extern "C" int MKL_Set_Num_Threads_Local(int threads) __attribute__((weak));
 
 namespace fusedrnn {
 namespace cpu {
+
+// Whether a team of workers has lately made a loop slower than one worker would have been (see
+// the top of this file). Process-wide: the other cores are busy for every op alike. After a
+// contended loop the team is off for a window that doubles with each contended probe (100 ms up
+// to 1.6 s), so a machine that stays busy pays for a few steps of a probing team now and then,
+// and one that becomes idle again gets its team back within the window.
+class TeamContention {
+ public:
+  static bool active() { return now_ns() < single_until_ns().load(std::memory_order_relaxed); }
+
+  // The outcome of one team loop: whether it dissolved mid-loop (marks contention at once),
+  // whether the team made it slower than one worker (marks contention the second time in a row:
+  // a lone slow loop on an idle machine is a hiccup), whether contention is recorded at all.
+  static void record_loop(bool dissolved, bool slower, bool record = true) {
+    counts()[0].fetch_add(1, std::memory_order_relaxed);
+    if (dissolved) counts()[1].fetch_add(1, std::memory_order_relaxed);
+    if (!record) return;
+    if (!dissolved && !slower) {
+      probes().store(0, std::memory_order_relaxed);
+      slow_streak().store(0, std::memory_order_relaxed);
+      return;
+    }
+    if (!dissolved && slow_streak().fetch_add(1, std::memory_order_relaxed) == 0) return;
+    slow_streak().store(0, std::memory_order_relaxed);
+    counts()[2].fetch_add(1, std::memory_order_relaxed);
+    const int level = std::min(probes().fetch_add(1, std::memory_order_relaxed), kMaxDoublings);
+    single_until_ns().store(now_ns() + (kFirstWindowNs << level), std::memory_order_relaxed);
+  }
+
+  // Since the process started: team loops run, teams dissolved mid-loop, loops that marked
+  // contention (the op fusedrnn::cpu_team_counts, for tests and benchmarks).
+  static std::vector<int64_t> totals() {
+    return {counts()[0].load(), counts()[1].load(), counts()[2].load()};
+  }
+
+ private:
+  static constexpr int64_t kFirstWindowNs = 100'000'000;
+  static constexpr int kMaxDoublings = 4;
+
+  static int64_t now_ns() {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(
+               std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+  }
+  static std::atomic<int64_t>& single_until_ns() {
+    static std::atomic<int64_t> until{0};
+    return until;
+  }
+  static std::atomic<int64_t>* counts() {
+    static std::atomic<int64_t> values[3] = {0, 0, 0};
+    return values;
+  }
+  static std::atomic<int>& probes() {  // contended loops in a row
+    static std::atomic<int> count{0};
+    return count;
+  }
+  static std::atomic<int>& slow_streak() {  // slower (not dissolved) loops in a row
+    static std::atomic<int> count{0};
+    return count;
+  }
+};
+
+// For the lifetime of the scope, torch's intra-op threads on this thread (OpenMP regions,
+// at::parallel_for, MKL) are limited to one while the team is contended: a torch op's parallel
+// region waits for a descheduled pool thread just as a team barrier does. Thread-local settings
+// only, restored on exit; nothing changes on an idle machine.
+class ThreadLimitWhileContended {
+ public:
+  ThreadLimitWhileContended() {
+#ifdef _OPENMP
+    if (at::in_parallel_region() || !TeamContention::active()) return;
+    previous_omp_ = omp_get_max_threads();
+    omp_set_num_threads(1);
+    if (MKL_Set_Num_Threads_Local) previous_mkl_ = MKL_Set_Num_Threads_Local(1);
+#endif
+  }
+  ~ThreadLimitWhileContended() {
+#ifdef _OPENMP
+    if (previous_omp_ == 0) return;
+    omp_set_num_threads(previous_omp_);
+    if (MKL_Set_Num_Threads_Local) MKL_Set_Num_Threads_Local(previous_mkl_);
+#endif
+  }
+  ThreadLimitWhileContended(const ThreadLimitWhileContended&) = delete;
+  ThreadLimitWhileContended& operator=(const ThreadLimitWhileContended&) = delete;
+
+ private:
+  int previous_omp_ = 0, previous_mkl_ = 0;
+};
+
+// An op body under ThreadLimitWhileContended, for registration:
+//   m.impl("op", &thread_limited<&op>::call);
+template <auto Op>
+struct thread_limited;
+template <typename R, typename... Args, R (*Op)(Args...)>
+struct thread_limited<Op> {
+  static R call(Args... args) {
+    const ThreadLimitWhileContended limit;
+    return Op(std::forward<Args>(args)...);
+  }
+};
 
 // Multiply-adds per step a worker needs before one more worker pays for the per-step barrier
 // (an OpenMP barrier between the 2 cores of the project's machine costs ~0.4 us). Measured there
@@ -28,9 +153,10 @@ constexpr int64_t kMinStepMacsPerWorker = 32768;
 
 // Workers for a loop of num_blocks unit blocks: torch.get_num_threads() at most, one when the
 // per-step product is a BLAS call (can_split false: BLAS threads itself and must not run inside
-// our region), when already inside a parallel region, or when a step is too small to split.
+// our region), when already inside a parallel region, when a step is too small to split, or
+// while the machine is busy (TeamContention).
 inline int64_t team_size(bool can_split, int64_t num_blocks, int64_t macs_per_step) {
-  if (!can_split || at::in_parallel_region()) return 1;
+  if (!can_split || at::in_parallel_region() || TeamContention::active()) return 1;
   const int64_t by_work = std::max<int64_t>(1, macs_per_step / kMinStepMacsPerWorker);
   return std::min<int64_t>({static_cast<int64_t>(at::get_num_threads()), num_blocks, by_work});
 }
@@ -48,44 +174,162 @@ constexpr int64_t kMinLoopMacsForConcurrentDirections = int64_t{1} << 20;
 // for waking a second thread. Measured on the project's machine (two layers, inference, at once
 // vs one after the other): T=300 B=8 H=64 RNN 1.31x, GRU/LSTM (teams of 2) 1.0x.
 inline bool run_directions_concurrently(int64_t steps, int64_t macs_per_step) {
-  if (at::in_parallel_region() || at::get_num_threads() < 2) return false;
+  if (at::in_parallel_region() || at::get_num_threads() < 2 || TeamContention::active()) {
+    return false;
+  }
   return macs_per_step < 2 * kMinStepMacsPerWorker &&
          steps * macs_per_step >= kMinLoopMacsForConcurrentDirections;
 }
 
+// Time stamps for barrier waits: cheap enough to read twice a step (the TSC on x86-64).
+inline int64_t ticks() {
+#if defined(__x86_64__)
+  return static_cast<int64_t>(__rdtsc());
+#else
+  return std::chrono::steady_clock::now().time_since_epoch().count();
+#endif
+}
+
+// The first worker's account of a team loop, and the step at which the team dissolves.
+// Times are ticks(). The mid-loop test counts from the loop's start; the whole-loop one from the
+// region's, so waking the other workers counts as waiting (on a busy machine that too waits for a
+// scheduler time slice), but a process's first region, which creates the pool threads, cannot
+// dissolve a team.
+struct TeamClock {
+  // A team this many times slower than one worker is dissolved mid-loop (seen after
+  // kMinBarriers barriers and kMinDissolveNs of loop: on the project's shared 2-vCPU machine the
+  // second vCPU, idle otherwise, stalls for 0.1-2 ms now and then); one this much slower over a
+  // whole loop marks contention. Idle, the first worker's estimate of one worker's time is
+  // 0.7-1.1x the team's (barrier cost, uneven blocks); descheduled partners made it 10-50x.
+  static constexpr double kDissolveRatio = 3.0, kSlowerRatio = 1.5;
+  static constexpr int64_t kMinBarriers = 8, kMinDissolveNs = 1'000'000;
+
+  int64_t own_blocks = 0, num_blocks = 0;
+  int64_t region_start = 0, loop_start = 0;  // the region's (before waking workers), the loop's
+  std::chrono::steady_clock::time_point loop_start_time;
+  int64_t waking = 0, waited = 0;            // waiting before the loop, and at its barriers
+  std::atomic<int64_t> dissolve_at{-1};  // the barrier after which the first worker goes alone
+
+  // FUSEDRNN_TEAM_DISSOLVE_AT=k (tests only): every team dissolves after its k-th barrier and
+  // records no contention, so the dissolving path runs on an idle machine. 0 when unset.
+  static int64_t forced_dissolve_at() {
+    static const int64_t at = [] {
+      const char* value = std::getenv("FUSEDRNN_TEAM_DISSOLVE_AT");
+      return value ? std::max<int64_t>(0, std::atoll(value)) : 0;
+    }();
+    return at;
+  }
+
+  // How many times longer the team has taken than the first worker alone would have (one worker
+  // doing every block at the first worker's rate): over the loop so far, or the whole region.
+  double slowdown_in_loop(int64_t now) const { return ratio(now - loop_start, waited); }
+
+  bool dissolve_now(int64_t now) const {
+    return slowdown_in_loop(now) > kDissolveRatio &&
+           std::chrono::steady_clock::now() - loop_start_time >=
+               std::chrono::nanoseconds(kMinDissolveNs);
+  }
+  double slowdown_in_region(int64_t now) const {
+    return ratio(now - region_start, waking + waited);
+  }
+
+ private:
+  double ratio(int64_t elapsed, int64_t waiting) const {
+    const double alone = static_cast<double>(elapsed - waiting) * num_blocks / own_blocks;
+    return alone > 0 ? static_cast<double>(elapsed) / alone : kDissolveRatio;
+  }
+};
+
 // The unit blocks [block_begin, block_end) a worker owns; id is 0..workers-1.
 struct Worker {
   int64_t block_begin, block_end, id, workers;
+  TeamClock* clock = nullptr;  // shared by the team; null for a team of one
+  int64_t barriers_passed = 0;
 
   // This worker's share [first, second) of another range of n blocks (same rule as its own).
   std::pair<int64_t, int64_t> share(int64_t n) const {
     return {n * id / workers, n * (id + 1) / workers};
   }
+
+  // Waits until every worker has arrived. Returns false when this worker is to leave the loop
+  // now: the team dissolved here, and the first worker, from now on a team of one, carries on
+  // with every block (its range and share() cover them all).
+  [[nodiscard]] bool barrier() {
+#ifdef _OPENMP
+    if (workers < 2) return true;
+    const bool first = id == 0;
+    const int64_t arrived = first ? ticks() : 0;
+#pragma omp barrier
+    ++barriers_passed;
+    // Written by the first worker before this barrier, so every worker reads the same value.
+    if (clock->dissolve_at.load(std::memory_order_acquire) == barriers_passed) {
+      if (!first) return false;
+      block_begin = 0;
+      block_end = clock->num_blocks;
+      workers = 1;
+      return true;
+    }
+    if (first) {
+      const int64_t now = ticks();
+      clock->waited += now - arrived;
+      if (barriers_passed > TeamClock::kMinBarriers && clock->dissolve_at.load() < 0 &&
+          clock->dissolve_now(now)) {
+        clock->dissolve_at.store(barriers_passed + 1, std::memory_order_release);
+      }
+    }
+#endif
+    return true;
+  }
 };
 
-// Runs fn(worker) on `team` threads at once (the time loop inside fn calls team_barrier()).
-// The blocks are split by the team actually granted, which may be smaller than asked (nested
-// regions); with one thread fn runs inline and barriers do nothing.
+// Runs fn(worker) on `team` threads at once (the time loop inside fn calls worker.barrier() and
+// returns when it says so), then reports the loop to TeamContention. The blocks are split by the
+// team actually granted, which may be smaller than asked (nested regions); with one thread fn
+// runs inline.
 template <typename Fn>
 void run_team(int64_t team, int64_t num_blocks, const Fn& fn) {
 #ifdef _OPENMP
   if (team > 1) {
+    TeamClock clock;
+    clock.num_blocks = num_blocks;
+    clock.region_start = ticks();
+    if (TeamClock::forced_dissolve_at() > 0) clock.dissolve_at = TeamClock::forced_dissolve_at();
+    int64_t first_done = 0;
+    bool granted_team = false, first_dissolved = false;
 #pragma omp parallel num_threads(static_cast<int>(team))
     {
       const int64_t workers = omp_get_num_threads(), id = omp_get_thread_num();
-      fn(Worker{num_blocks * id / workers, num_blocks * (id + 1) / workers, id, workers});
+      Worker me{num_blocks * id / workers, num_blocks * (id + 1) / workers, id, workers, &clock};
+      if (id == 0) {
+        clock.own_blocks = me.block_end - me.block_begin;
+        granted_team = workers > 1;
+      }
+      const int64_t arrived = ticks();
+#pragma omp barrier
+      if (id == 0) {
+        clock.loop_start = ticks();
+        clock.loop_start_time = std::chrono::steady_clock::now();
+        clock.waking = clock.loop_start - arrived;
+      }
+      fn(me);
+      if (id == 0) {
+        first_done = ticks();
+        first_dissolved = me.workers == 1;
+      }
+    }
+    if (granted_team) {
+      // The region's end waits for the other workers' last step: part of the first's waiting.
+      const int64_t finish = ticks();
+      clock.waited += finish - first_done;
+      TeamContention::record_loop(first_dissolved,
+                                  clock.slowdown_in_region(finish) > TeamClock::kSlowerRatio,
+                                  /*record=*/TeamClock::forced_dissolve_at() == 0);
     }
     return;
   }
 #endif
-  fn(Worker{0, num_blocks, 0, 1});
-}
-
-// Every worker of the team waits here until all have arrived (a no-op outside a region).
-inline void team_barrier() {
-#ifdef _OPENMP
-#pragma omp barrier
-#endif
+  Worker me{0, num_blocks, 0, 1};
+  fn(me);
 }
 
 }  // namespace cpu

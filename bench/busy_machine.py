@@ -1,0 +1,186 @@
+"""Fused speed on a busy machine: the default thread count against one thread, and against torch.nn.
+
+    python bench/busy_machine.py --grid default --busy           # a busy loop on the last core
+    python bench/busy_machine.py --grid default                  # the same, idle, for comparison
+
+Per configuration and pass (fwd, fwd+bwd) it times, interleaved in one process (a fresh random
+order every repetition): fused and torch.nn, each at torch's default thread count and on one
+thread (OpenMP and MKL set to 1 for the calling thread, as torch.set_num_threads(1) sets them). `--busy` first starts a process that spins on the last CPU
+(pinned there, as a data loader or a neighbour's job would keep it busy) and stops it at the end.
+The claim checked: fused at the default thread count is never slower than fused on one thread
+("default / 1 thread" <= 1 within the spread) and never slower than torch.nn (speedup >= 1).
+Exit status 1 if a configuration fails its verification against the fp64 reference.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import dataclasses
+import os
+import random
+import subprocess
+import sys
+import time
+
+import torch
+
+from fusedrnn import bench, report
+
+VARIANTS = ("fused", "fused 1 thread", "torch.nn", "torch.nn 1 thread")
+
+
+class ThreadCount:
+    """Sets the calling thread's OpenMP and MKL thread counts, which is what
+    torch.set_num_threads does for them, without the rest of it: torch.set_num_threads also
+    re-creates the XNNPACK thread pool, whose fresh threads spin for milliseconds and, on a busy
+    machine, slow whatever is timed next. Falls back to torch.set_num_threads where the libraries
+    cannot be found."""
+
+    def __init__(self):
+        lib = os.path.join(os.path.dirname(torch.__file__), "lib")
+        try:
+            self.omp = ctypes.CDLL(os.path.join(lib, "libgomp.so.1")).omp_set_num_threads
+        except OSError:
+            self.omp = None
+        try:  # MKL's C interface, exported by x86-64 builds
+            self.mkl = ctypes.CDLL(os.path.join(lib, "libtorch_cpu.so")).MKL_Set_Num_Threads_Local
+        except (OSError, AttributeError):
+            self.mkl = None
+
+    def set(self, threads: int) -> None:
+        if self.omp is None:
+            torch.set_num_threads(threads)
+            return
+        self.omp(threads)
+        if self.mkl is not None:
+            self.mkl(threads)
+
+
+@contextlib.contextmanager
+def busy_core(enabled: bool):
+    """A process spinning on the last CPU this process may use, for the duration (if enabled)."""
+    if not enabled:
+        yield None
+        return
+    core = max(os.sched_getaffinity(0))
+    spinner = subprocess.Popen(
+        [sys.executable, "-c", f"import os\nos.sched_setaffinity(0, {{{core}}})\nwhile True: pass"])
+    time.sleep(0.5)  # let it start spinning
+    try:
+        yield core
+    finally:
+        spinner.kill()
+        spinner.wait()
+
+
+def time_variants(calls: dict[str, callable], threads: ThreadCount, default_threads: int,
+                  budget_s: float, min_reps: int = 7,
+                  max_reps: int = 400) -> dict[str, tuple[float, float]]:
+    """variant -> (median ms, IQR / median), the variants in a fresh random order every repetition
+    (a call slows the one after it on a busy machine: torch's pool threads spin ~10 ms after a
+    parallel region, so each variant must follow each other one equally often)."""
+    order = random.Random(0)
+    def one(name: str) -> float:
+        threads.set(1 if name.endswith("1 thread") else default_threads)
+        start = time.perf_counter()
+        calls[name]()
+        return (time.perf_counter() - start) * 1e3
+
+    for name in VARIANTS * 2:  # warm-up
+        one(name)
+    samples: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    start, rep = time.perf_counter(), 0
+    while rep < min_reps or (time.perf_counter() - start < budget_s and rep < max_reps):
+        for name in order.sample(VARIANTS, len(VARIANTS)):
+            samples[name].append(one(name))
+        rep += 1
+    threads.set(default_threads)
+    return {name: bench._median_and_iqr(s) for name, s in samples.items()}
+
+
+@dataclasses.dataclass
+class Row:
+    config: str
+    bench_pass: str
+    ms: dict[str, float]
+    spread: dict[str, float]
+
+    @property
+    def vs_one_thread(self) -> float:
+        return self.ms["fused"] / self.ms["fused 1 thread"]
+
+    @property
+    def speedup(self) -> float:
+        return self.ms["torch.nn"] / self.ms["fused"]
+
+    @property
+    def torch_vs_one_thread(self) -> float:
+        return self.ms["torch.nn"] / self.ms["torch.nn 1 thread"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--grid", choices=list(bench.GRIDS), default="quick")
+    parser.add_argument("--cells", default=None, help="comma-separated, e.g. rnn_tanh,gru,lstm")
+    parser.add_argument("--size", action="append", metavar="T,B,I,H",
+                        help="a size to run instead of the grid's (repeatable)")
+    parser.add_argument("--busy", action="store_true", help="spin a process on the last core")
+    parser.add_argument("--budget", type=float, default=2.0,
+                        help="seconds of timing per configuration and pass (default 2)")
+    parser.add_argument("--json", metavar="PATH", help="write every figure as JSON")
+    args = parser.parse_args()
+
+    sizes, cells, _, _ = bench.GRIDS[args.grid]
+    if args.cells:
+        cells = args.cells.split(",")
+    if args.size:
+        sizes = [tuple(int(v) for v in size.split(",")) for size in args.size]
+    configs = [bench.BenchConfig(cell, *size) for size in sizes for cell in cells]
+    default_threads = torch.get_num_threads()
+    threads = ThreadCount()
+    rows: list[Row] = []
+    failed = []
+    with busy_core(args.busy) as core:
+        load = f"a busy loop pinned to CPU {core}" if core is not None else "idle (no added load)"
+        print(report.banner("fusedrnn busy-machine bench", "cpu"))
+        print(f"load: {load}; fused at {default_threads} threads (torch default) vs fused at 1 "
+              f"thread vs torch.nn at {default_threads} threads; medians, interleaved\n")
+        for i, cfg in enumerate(report.progress(configs, desc="busy-machine bench")):
+            verified, detail = bench.verify_config(cfg, i)
+            if not verified:
+                failed.append((cfg.label(), detail))
+                continue
+            for bench_pass, (fused_fn, torch_fn) in bench.make_workloads(cfg, i).items():
+                calls = {"fused": fused_fn, "fused 1 thread": fused_fn, "torch.nn": torch_fn,
+                         "torch.nn 1 thread": torch_fn}
+                stats = time_variants(calls, threads, default_threads, args.budget)
+                rows.append(Row(cfg.label(), bench_pass, {k: v[0] for k, v in stats.items()},
+                                {k: v[1] for k, v in stats.items()}))
+    columns = ["config", "pass", "fused ms", "fused 1-thread ms", "torch.nn ms",
+               "torch.nn 1-thread ms", "fused default / 1 thread", "torch.nn default / 1 thread",
+               "speedup vs torch.nn", "spread (IQR) fused / 1t / torch / 1t"]
+    print(report.markdown_table(columns, [
+        [r.config, r.bench_pass] + [f"{r.ms[v]:.3f}" for v in VARIANTS] +
+        [f"{r.vs_one_thread:.2f}", f"{r.torch_vs_one_thread:.2f}", f"{r.speedup:.2f}x",
+         " / ".join(f"{r.spread[v]:.0%}" for v in VARIANTS)] for r in rows]))
+    slower = [r for r in rows if r.vs_one_thread > 1.0]
+    print(f"\nfused at the default threads slower than on 1 thread: {len(slower)} of {len(rows)}"
+          + "".join(f"\n  {r.config} {r.bench_pass}: {r.vs_one_thread:.2f}" for r in slower))
+    for label, detail in failed:
+        print(f"  FAIL {label}: {detail}")
+    if args.json:
+        report.write_json(args.json, {
+            "environment": report.environment("cpu"), "load": load,
+            "default_threads": default_threads,
+            "method": f"interleaved (random order each repetition), warm-up 2, median over >= 7 repetitions "
+                      f"within {args.budget}s per pass",
+            "results": [dataclasses.asdict(r) | {"fused_default_over_one_thread": r.vs_one_thread,
+                                                  "torch_default_over_one_thread":
+                                                      r.torch_vs_one_thread,
+                                                  "speedup_vs_torch": r.speedup} for r in rows]})
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
