@@ -144,8 +144,8 @@ def main() -> int:
     with busy_core(args.busy) as core:
         load = f"a busy loop pinned to CPU {core}" if core is not None else "idle (no added load)"
         print(report.banner("fusedrnn busy-machine bench", "cpu"))
-        print(f"load: {load}; fused at {default_threads} threads (torch default) vs fused at 1 "
-              f"thread vs torch.nn at {default_threads} threads; medians, interleaved\n")
+        print(f"load: {load}; fused and torch.nn each at {default_threads} threads (torch's "
+              f"default) and at 1 thread; medians, interleaved in random order\n")
         for i, cfg in enumerate(report.progress(configs, desc="busy-machine bench")):
             verified, detail = bench.verify_config(cfg, i)
             if not verified:
@@ -164,6 +164,9 @@ def main() -> int:
         [r.config, r.bench_pass] + [f"{r.ms[v]:.3f}" for v in VARIANTS] +
         [f"{r.vs_one_thread:.2f}", f"{r.torch_vs_one_thread:.2f}", f"{r.speedup:.2f}x",
          " / ".join(f"{r.spread[v]:.0%}" for v in VARIANTS)] for r in rows]))
+    loops, dissolved, contended = torch.ops.fusedrnn.cpu_team_counts()
+    print(f"fused thread teams: {loops} time loops ran on a team, {dissolved} dissolved mid-loop, "
+          f"{contended} marked the machine busy (csrc/cpu/team.h)")
     slower = [r for r in rows if r.vs_one_thread > 1.0]
     print(f"\nfused at the default threads slower than on 1 thread: {len(slower)} of {len(rows)}"
           + "".join(f"\n  {r.config} {r.bench_pass}: {r.vs_one_thread:.2f}" for r in slower))
@@ -172,6 +175,7 @@ def main() -> int:
     if args.json:
         report.write_json(args.json, {
             "environment": report.environment("cpu"), "load": load,
+            "team_counts": {"team_loops": loops, "dissolved": dissolved, "contended": contended},
             "default_threads": default_threads,
             "method": f"interleaved (random order each repetition), warm-up 2, median over >= 7 repetitions "
                       f"within {args.budget}s per pass",

@@ -15,7 +15,8 @@
 // a loop the team made slower marks the team contended, and for a back-off window every op runs
 // on one thread, torch's own intra-op work inside our ops included (ThreadLimitWhileContended).
 // The waiting policy stays OpenMP's spinning barrier (0.4 us between 2 idle cores; a futex wake
-// costs 10-50 us, more than a small step).
+// costs 10-50 us, more than a small step); OMP_WAIT_POLICY=PASSIVE, which stops torch's pool
+// threads spinning on a busy machine, makes it sleep too (README, "On a busy machine").
 #pragma once
 
 #include <ATen/Parallel.h>
