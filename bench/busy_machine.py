@@ -32,9 +32,10 @@ VARIANTS = ("fused", "fused 1 thread", "torch.nn", "torch.nn 1 thread")
 
 class ThreadCount:
     """Sets the calling thread's OpenMP and MKL thread counts, which is what
-    torch.set_num_threads does for them, without the rest of it: torch.set_num_threads also
-    re-creates the XNNPACK thread pool, whose fresh threads spin for milliseconds and, on a busy
-    machine, slow whatever is timed next. Falls back to torch.set_num_threads where the libraries
+    torch.set_num_threads does for them, without the rest of it (it also resizes torch's
+    pthreadpool). Measured on a busy machine, GRU T=300 B=1 fwd+bwd at 2 threads vs 1: 7.7 vs
+    0.64 ms with torch.set_num_threads toggled between calls, 0.80 vs 0.79 ms with only OpenMP
+    and MKL toggled. Falls back to torch.set_num_threads where the libraries
     cannot be found."""
 
     def __init__(self):

@@ -12,8 +12,9 @@
 // loop (B=8, H=64) take ~100 ms instead of ~3 ms on one thread. So the first worker (the calling
 // thread) times its barrier waits against its own work: when the team is clearly slower than one
 // worker would be, the team dissolves mid-loop and the first worker finishes every block alone;
-// a loop the team made slower marks the team contended, and for a back-off window every op runs
-// on one thread, torch's own intra-op work inside our ops included (ThreadLimitWhileContended).
+// a dissolved loop, or two in a row the team made slower, mark the machine busy, and for a
+// back-off window every op runs on one thread, torch's own intra-op work inside our ops
+// included (ThreadLimitWhileContended).
 // The waiting policy stays OpenMP's spinning barrier (0.4 us between 2 idle cores; a futex wake
 // costs 10-50 us, more than a small step); OMP_WAIT_POLICY=PASSIVE, which stops torch's pool
 // threads spinning on a busy machine, makes it sleep too (README, "On a busy machine").
@@ -273,7 +274,7 @@ struct Worker {
     if (first) {
       const int64_t now = ticks();
       clock->waited += now - arrived;
-      if (barriers_passed > TeamClock::kMinBarriers && clock->dissolve_at.load() < 0 &&
+      if (barriers_passed > TeamClock::kMinBarriers && clock->dissolve_at.load(std::memory_order_relaxed) < 0 &&
           clock->dissolve_now(now)) {
         clock->dissolve_at.store(barriers_passed + 1, std::memory_order_release);
       }
