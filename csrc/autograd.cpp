@@ -7,12 +7,15 @@
 // returning wrong second derivatives. Shapes are documented with the schemas in csrc/ops.cpp.
 #include <ATen/ATen.h>
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/engine.h>
 #include <torch/library.h>
 
 #include <optional>
 #include <string>
 #include <tuple>
 
+#include "autograd.h"
+#include "cpu/team.h"
 #include "op_handle.h"
 
 namespace fusedrnn {
@@ -46,6 +49,19 @@ Tensor or_zeros(const Tensor& grad, const Tensor& shape_like, const Tensor& stor
 }
 Tensor or_zeros(const Tensor& grad, const Tensor& like) { return or_zeros(grad, like, like); }
 
+// On a busy machine, torch's own backward nodes around the fused ones run on one thread too,
+// until the backward pass ends (csrc/cpu/team.h, HeldThreadLimit).
+void limit_threads_until_backward_ends() {
+  const cpu::HeldThreadLimit::EndFlag ended = cpu::HeldThreadLimit::hold();
+  if (!ended) return;
+  try {
+    torch::autograd::Engine::get_default_engine().queue_callback(
+        [ended] { cpu::HeldThreadLimit::end(ended); });
+  } catch (const c10::Error&) {  // not run by the engine (no pass to outlast): lift it now
+    cpu::HeldThreadLimit::end(ended);
+  }
+}
+
 void check_no_double_backward() {
   TORCH_CHECK(!at::GradMode::is_enabled(),
               "fusedrnn: double backward (create_graph=True) through a fused recurrent op is not "
@@ -76,6 +92,7 @@ struct RnnFunction : torch::autograd::Function<RnnFunction> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     check_no_double_backward();
+    limit_threads_until_backward_ends();
     const variable_list saved = ctx->get_saved_variables();
     const Tensor &w_hh = saved[0], &out = saved[1], &hprev = saved[2];
     auto [grad_xproj, grad_h0, grad_w_hh] =
@@ -118,6 +135,7 @@ struct GruFunction : torch::autograd::Function<GruFunction> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     check_no_double_backward();
+    limit_threads_until_backward_ends();
     const variable_list saved = ctx->get_saved_variables();
     const Tensor &w_hh = saved[0], &gates = saved[1], &hprev = saved[2];
     auto [grad_xproj, grad_h0, grad_w_hh, grad_b_hh] =
@@ -162,6 +180,7 @@ struct LstmFunction : torch::autograd::Function<LstmFunction> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     check_no_double_backward();
+    limit_threads_until_backward_ends();
     const variable_list saved = ctx->get_saved_variables();
     const Tensor &w_hh = saved[0], &gates = saved[2], &cells = saved[3],
                  &prev_cells = saved[4], &hprev = saved[5];
@@ -215,6 +234,7 @@ struct CellFunction : torch::autograd::Function<CellFunction> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     check_no_double_backward();
+    limit_threads_until_backward_ends();
     const variable_list saved = ctx->get_saved_variables();
     const Tensor &x = saved[0], &h = saved[1], &w_ih = saved[3], &w_hh = saved[4];
     const OptTensor c = as_optional(saved[2]);
@@ -247,7 +267,47 @@ std::tuple<Tensor, Tensor, Tensor> cell_forward_autograd(
   return {r[0], r[1], r[2]};
 }
 
+// ============================================================================ small projection
+
+
+// torch's linear with its products on one thread, backward included (torch's own backward for
+// linear would take every pool thread for a tiny GEMM). The backward is written in ATen ops, so
+// create_graph=True differentiates it as it would torch's.
+struct OneThreadLinear : torch::autograd::Function<OneThreadLinear> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& w,
+                        const OptTensor& bias) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    const cpu::OneThreadScope one_thread(true);
+    ctx->save_for_backward({x, w});
+    ctx->saved_data["bias"] = bias.has_value();  // without it the node has two inputs
+    return at::linear(x, w, bias);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list saved = ctx->get_saved_variables();
+    const Tensor &x = saved[0], &w = saved[1], &grad = grads[0];
+    const cpu::OneThreadScope one_thread(true);
+    const Tensor grad_rows = grad.flatten(0, -2);  // (T*B, G*H)
+    Tensor grad_x, grad_w, grad_bias;
+    if (ctx->needs_input_grad(0)) grad_x = at::matmul(grad, w);
+    if (ctx->needs_input_grad(1)) grad_w = at::mm(grad_rows.t(), x.flatten(0, -2));
+    if (ctx->saved_data["bias"].toBool() && ctx->needs_input_grad(2)) {
+      grad_bias = grad_rows.sum(0);
+    }
+    return {grad_x, grad_w, grad_bias};
+  }
+};
+
 }  // namespace
+
+Tensor one_thread_linear(const Tensor& x, const Tensor& w, const OptTensor& bias) {
+  if (!at::GradMode::is_enabled() ||
+      !any_requires_grad({&x, &w, &or_undefined(bias)})) {
+    const cpu::OneThreadScope one_thread(true);
+    return at::linear(x, w, bias);
+  }
+  return OneThreadLinear::apply(x, w, bias);
+}
 
 // Every backend: the Autograd alias key covers AutogradCPU, AutogradCUDA, ...
 TORCH_LIBRARY_IMPL(fusedrnn, Autograd, m) {

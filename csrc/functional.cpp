@@ -15,6 +15,7 @@
 #include <tuple>
 #include <vector>
 
+#include "autograd.h"
 #include "cell.h"
 #include "cpu/team.h"
 #include "op_handle.h"
@@ -27,6 +28,22 @@ using ops::OptTensor;
 
 // Returned in place of c_n by cells without a cell state (a schema cannot return None).
 Tensor no_cell_state(const Tensor& like) { return at::empty({0}, like.options()); }
+
+// A real CPU tensor: no tracing, functionalization or functorch wrapper, no Python subclass.
+bool plain_cpu(const Tensor& t) {
+  static const c10::DispatchKeySet allowed{c10::DispatchKey::CPU, c10::DispatchKey::ADInplaceOrView,
+                                           c10::DispatchKey::AutogradCPU,
+                                           c10::DispatchKey::AutocastCPU};
+  return !t.defined() || allowed.isSupersetOf(t.key_set());
+}
+
+// x (T, B, I) @ w_ih (G*H, I)^T + bias: forward and backward on one thread when small
+// (cpu::kMinParallelGemmMacs).
+Tensor input_projection(const Tensor& x, const Tensor& w_ih, const OptTensor& bias) {
+  const bool small = plain_cpu(x) && plain_cpu(w_ih) && plain_cpu(bias.value_or(Tensor())) &&
+                     x.numel() * w_ih.size(0) < cpu::kMinParallelGemmMacs;
+  return small ? one_thread_linear(x, w_ih, bias) : at::linear(x, w_ih, bias);
+}
 
 // One layer, one direction. x (T, B, I); h0 (B, P); c0 (B, H) for LSTM.
 std::tuple<Tensor, Tensor, Tensor> layer(Cell cell, const Tensor& x, const Tensor& h0,
@@ -48,7 +65,7 @@ std::tuple<Tensor, Tensor, Tensor> layer(Cell cell, const Tensor& x, const Tenso
     return {h_n.unsqueeze(0).clone(), h_n, cell == Cell::Lstm ? c_n : no_cell_state(h_n)};
   }
   if (cell == Cell::Gru) {  // b_hn sits inside r * (W_hn h + b_hn): b_hh goes to the fused op
-    const Tensor xproj = at::linear(x, w_ih, b_ih);
+    const Tensor xproj = input_projection(x, w_ih, b_ih);
     auto [out, h_n, gates, hprev] =
         ops::gru_forward().call(xproj, h0, w_hh, b_hh, lengths, reverse, kSaveWorkspace);
     return {out, h_n, no_cell_state(out)};
@@ -56,7 +73,7 @@ std::tuple<Tensor, Tensor, Tensor> layer(Cell cell, const Tensor& x, const Tenso
   // RNN and LSTM: both biases add to the pre-activation, so fold them into the projection.
   OptTensor bias = b_ih.has_value() ? b_ih : b_hh;
   if (b_ih.has_value() && b_hh.has_value()) bias = *b_ih + *b_hh;
-  const Tensor xproj = at::linear(x, w_ih, bias);
+  const Tensor xproj = input_projection(x, w_ih, bias);
   if (cell == Cell::Lstm) {
     TORCH_CHECK(c0.has_value(), "fusedrnn: lstm needs c0");
     auto outs =
@@ -75,14 +92,6 @@ std::tuple<Tensor, Tensor, Tensor> recurrent_layer(
     const OptTensor& w_hr, const OptTensor& lengths, bool reverse) {
   const cpu::ThreadLimitWhileContended limit;  // the projection's GEMM among others
   return layer(parse_cell(cell), x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse);
-}
-
-// A real CPU tensor: no tracing, functionalization or functorch wrapper, no Python subclass.
-bool plain_cpu(const Tensor& t) {
-  static const c10::DispatchKeySet allowed{c10::DispatchKey::CPU, c10::DispatchKey::ADInplaceOrView,
-                                           c10::DispatchKey::AutogradCPU,
-                                           c10::DispatchKey::AutocastCPU};
-  return !t.defined() || allowed.isSupersetOf(t.key_set());
 }
 
 // Whether the two directions of a layer may run on two threads at once: real CPU tensors only

@@ -7,9 +7,10 @@ import torch  # noqa: F401  (loads libc10/libtorch before the extension)
 
 from . import _C  # noqa: F401  (registers the torch.ops.fusedrnn.* kernels)
 from . import _ops  # noqa: F401  (fake kernels and autograd for those ops)
+from .convert import convert, to_torch
 from .functional import recurrent_layer, recurrent_stack
 from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 
-__all__ = ["RNN", "GRU", "LSTM", "RNNCell", "GRUCell", "LSTMCell", "recurrent_layer",
-           "recurrent_stack"]
+__all__ = ["RNN", "GRU", "LSTM", "RNNCell", "GRUCell", "LSTMCell", "convert", "to_torch",
+           "recurrent_layer", "recurrent_stack"]
 __version__ = "0.1.0"

@@ -166,10 +166,18 @@ def make_workloads(cfg: BenchConfig, seed: int = 0) -> dict[str, tuple]:
         with torch.no_grad():
             module(x)
 
+    # Backward is seeded with fixed random gradients for the output and every state, as a loss
+    # would deliver them: the time is the layer's, without a loss's own reductions (torch ops
+    # the same for both, which on a busy machine wake torch's thread pool between the calls).
+    with torch.no_grad():
+        out, hidden = ref(x)
+    states = hidden if isinstance(hidden, tuple) else (hidden,)
+    seeds = [torch.randn_like(t) for t in (out, *states)]
+
     def fwd_bwd(module):
         out, hidden = module(x_grad)
         hidden = hidden if isinstance(hidden, tuple) else (hidden,)
-        (out.float().sum() + sum(h.float().sum() for h in hidden)).backward()
+        torch.autograd.backward([out, *hidden], seeds)
 
     return {"fwd": (lambda: fwd(fused), lambda: fwd(ref)),
             "fwd+bwd": (lambda: fwd_bwd(fused), lambda: fwd_bwd(ref))}

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import itertools
 import operator
+import sys
+import warnings
 
 import torch
 from torch import Tensor, nn
@@ -76,6 +78,26 @@ def _repack(padded: Tensor, lengths: Tensor) -> Tensor:
     return data
 
 
+def _exporting_to_onnx() -> bool:
+    """Whether torch.onnx.export (either exporter) is tracing us: then the modules run torch.nn's
+    forward, which both exporters translate to ONNX's RNN/GRU/LSTM operators or their
+    decomposition. No export can be running while torch.onnx was never imported."""
+    onnx = sys.modules.get("torch.onnx")
+    return onnx is not None and onnx.is_in_onnx_export()
+
+
+def _prepare_scriptable(module: nn.Module) -> nn.Module:
+    """torch.jit.script's hook: TorchScript cannot compile the fused modules' forward (Python
+    input handling around the fused ops), so it compiles torch.nn's, on the same parameters."""
+    from .convert import torch_twin  # convert imports this module
+    twin = torch_twin(module)
+    warnings.warn(f"torch.jit.script of fusedrnn.{type(module).__name__}: TorchScript compiles "
+                  f"torch.nn.{type(twin).__name__}'s computation on the same parameters, not the "
+                  "fused kernels (torch.jit.trace, torch.compile and torch.export keep them)",
+                  stacklevel=2)
+    return twin
+
+
 class _FusedRNNBase(nn.RNNBase):
     """Shared forward of RNN/GRU/LSTM: input forms and checks as torch.nn, then the fused stack."""
 
@@ -104,7 +126,11 @@ class _FusedRNNBase(nn.RNNBase):
                             "but got NoneType")
         return weights
 
+    __prepare_scriptable__ = _prepare_scriptable
+
     def forward(self, input, hx=None):
+        if _exporting_to_onnx():
+            return _TORCH_FORWARD[self.mode](self, input, hx)
         weights = self._current_weights()
         is_lstm = self.mode == "LSTM"
         orig_input = input
@@ -172,9 +198,11 @@ class _FusedRNNBase(nn.RNNBase):
 
 
 # torch.nn's own forward, for the inputs fusedrnn does not fuse (hand-built PackedSequence
-# batch sizes with zeros or increases).
+# batch sizes with zeros or increases) and for ONNX export.
 _TORCH_FORWARD = {"RNN_TANH": nn.RNN.forward, "RNN_RELU": nn.RNN.forward,
                   "GRU": nn.GRU.forward, "LSTM": nn.LSTM.forward}
+_TORCH_CELL_FORWARD = {"RNNCell": nn.RNNCell.forward, "GRUCell": nn.GRUCell.forward,
+                       "LSTMCell": nn.LSTMCell.forward}
 
 
 class RNN(_FusedRNNBase):
@@ -229,7 +257,11 @@ class _FusedCellBase(nn.RNNCellBase):
     _name: str
     _num_states = 1  # 2 for LSTMCell: (h, c)
 
+    __prepare_scriptable__ = _prepare_scriptable
+
     def forward(self, input: Tensor, hx=None):
+        if _exporting_to_onnx():
+            return _TORCH_CELL_FORWARD[type(self)._name](self, input, hx)
         weights = self._current_weights()
         input, states, is_batched = self._prepare(input, hx, self._num_states, weights)
         out = self._step(input, states, weights)

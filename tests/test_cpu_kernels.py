@@ -128,8 +128,10 @@ def test_team_on_one_cpu_dissolves_and_backs_off(tmp_path):
     """Two workers squeezed onto one CPU (as when the other cores are busy): the first worker
     waits a scheduler time slice at every barrier, so the team dissolves mid-loop and marks the
     machine busy; calls right after run on one thread without forming a team (the back-off
-    window is 100 ms or more, the ten calls take ~30 ms); results equal torch.nn's. In a fresh
-    process, pinned to one CPU with 2 intra-op threads."""
+    window is 100 ms or more, the ten calls take ~30 ms), and a backward pass runs torch's own
+    nodes (here the input projection's, before x's gradient hook) on one thread too, with the
+    caller's 2 threads back once it ends; results equal torch.nn's. In a fresh process, pinned to
+    one CPU with 2 intra-op threads."""
     if not hasattr(os, "sched_setaffinity"):
         pytest.skip("needs os.sched_setaffinity")
     code = (
@@ -138,17 +140,22 @@ def test_team_on_one_cpu_dissolves_and_backs_off(tmp_path):
         "from helpers import Case, check_case;"
         "import fusedrnn; gru = fusedrnn.GRU(16, 64); x = torch.randn(300, 8, 16);"
         "gru(x); first = torch.ops.fusedrnn.cpu_team_counts();"
+        "xg = x.clone().requires_grad_(); seen = [];"
+        "xg.register_hook(lambda g: seen.append(torch.get_num_threads()));"
+        "gru(xg)[0].sum().backward(); after = torch.get_num_threads();"
         "[gru(x) for _ in range(10)];"
-        "print(*first, *torch.ops.fusedrnn.cpu_team_counts());"
+        "print(*first, *torch.ops.fusedrnn.cpu_team_counts(), *seen, after);"
         "check_case(Case('lstm', T=40, B=8, I=16, H=64), torch.float32)"
     )
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {k: v for k, v in os.environ.items() if k != "FUSEDRNN_TEAM_DISSOLVE_AT"}
     result = subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=root,
                             capture_output=True, text=True)
-    loops, dissolved, contended, loops_after, _, _ = map(int, result.stdout.split())
+    loops, dissolved, contended, loops_after, _, _, in_backward, after_backward = map(
+        int, result.stdout.split())
     assert loops == 1 and dissolved == 1 and contended == 1
     assert loops_after - loops <= 1
+    assert in_backward == 1 and after_backward == 2
 
 
 @pytest.mark.parametrize("cell", ["rnn_tanh", "rnn_relu", "gru", "lstm"])

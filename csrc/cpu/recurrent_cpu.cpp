@@ -32,6 +32,13 @@ namespace {
 
 using at::Tensor;
 
+// Whether the weight gradient after a backward time loop (grad_rows (T, B, N)^T . inputs (T, B, K),
+// with any bias sum beside it) is too small for torch's GEMM to take two threads
+// (kMinParallelGemmMacs, csrc/cpu/team.h).
+bool small_weight_grad(const Tensor& grad_rows, const Tensor& inputs) {
+  return grad_rows.numel() * inputs.size(-1) < kMinParallelGemmMacs;
+}
+
 // memcpy with a null pointer is undefined even for 0 bytes (batch 0, hidden 0): skip those.
 template <typename T>
 void copy_row(T* dst, const T* src, int64_t n) {
@@ -245,6 +252,7 @@ std::tuple<Tensor, Tensor, Tensor> rnn_backward(const Tensor& grad_output_in,
       }
     });
   });
+  const OneThreadScope one_thread(small_weight_grad(grad_xproj, hprev));
   return {grad_xproj, carry.result, weight_grad(grad_xproj, hprev)};
 }
 
@@ -350,6 +358,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
       }
     });
   });
+  const OneThreadScope one_thread(small_weight_grad(grad_hproj, hprev));
   return {grad_xproj, carry.result, weight_grad(grad_hproj, hprev),
           grad_hproj.sum(at::IntArrayRef{0, 1})};
 }
@@ -579,6 +588,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
       }
     });
   });
+  const OneThreadScope one_thread(small_weight_grad(grad_xproj, hprev));
   Tensor grad_w_hr = proj ? weight_grad(grad_h_all, unprojected_all)
                           : at::empty({0}, hprev.options());
   return {grad_xproj, carry.result, grad_c, weight_grad(grad_xproj, hprev), grad_w_hr};

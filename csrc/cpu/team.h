@@ -27,6 +27,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstdint>
+#include <memory>
 #include <utility>
 #include <vector>
 
@@ -49,7 +50,7 @@ namespace cpu {
 // Whether a team of workers has lately made a loop slower than one worker would have been (see
 // the top of this file). Process-wide: the other cores are busy for every op alike. After a
 // contended loop the team is off for a window that doubles with each contended probe (100 ms up
-// to 1.6 s), so a machine that stays busy pays for a few steps of a probing team now and then,
+// to 6.4 s) and halves with each uncontended one, so a machine that stays busy pays for a few steps of a probing team now and then,
 // and one that becomes idle again gets its team back within the window.
 class TeamContention {
  public:
@@ -63,7 +64,13 @@ class TeamContention {
     if (dissolved) counts()[1].fetch_add(1, std::memory_order_relaxed);
     if (!record) return;
     if (!dissolved && !slower) {
-      probes().store(0, std::memory_order_relaxed);
+      // One level down, not back to the first window: on a machine that stays busy about half
+      // the probing loops run at full speed (the partner happened to be scheduled), and a reset
+      // made every other window the shortest.
+      int level = probes().load(std::memory_order_relaxed);
+      while (level > 0 && !probes().compare_exchange_weak(level, level - 1,
+                                                          std::memory_order_relaxed)) {
+      }
       slow_streak().store(0, std::memory_order_relaxed);
       return;
     }
@@ -82,7 +89,7 @@ class TeamContention {
 
  private:
   static constexpr int64_t kFirstWindowNs = 100'000'000;
-  static constexpr int kMaxDoublings = 4;
+  static constexpr int kMaxDoublings = 6;
 
   static int64_t now_ns() {
     return std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -107,33 +114,104 @@ class TeamContention {
   }
 };
 
-// For the lifetime of the scope, torch's intra-op threads on this thread (OpenMP regions,
-// at::parallel_for, MKL) are limited to one while the team is contended: a torch op's parallel
-// region waits for a descheduled pool thread just as a team barrier does. Thread-local settings
-// only, restored on exit; nothing changes on an idle machine.
-class ThreadLimitWhileContended {
+// Limiting torch's intra-op threads on this thread (OpenMP regions, at::parallel_for, MKL) to one,
+// and restoring them: thread-local settings only. omp == 0: nothing was limited.
+struct SavedThreadCounts {
+  int omp = 0, mkl = 0;
+};
+inline SavedThreadCounts limit_to_one_thread() {
+  SavedThreadCounts saved;
+#ifdef _OPENMP
+  saved.omp = omp_get_max_threads();
+  omp_set_num_threads(1);
+  if (MKL_Set_Num_Threads_Local) saved.mkl = MKL_Set_Num_Threads_Local(1);
+#endif
+  return saved;
+}
+inline void restore_thread_counts(SavedThreadCounts saved) {
+#ifdef _OPENMP
+  if (saved.omp == 0) return;
+  omp_set_num_threads(saved.omp);
+  if (MKL_Set_Num_Threads_Local) MKL_Set_Num_Threads_Local(saved.mkl);
+#endif
+}
+
+// The one-thread limit below, held by a thread past one scope: for the rest of an autograd
+// backward pass, where torch's own nodes around the fused ones (the input projections' GEMMs,
+// bias sums, cat and stack) would wait for a descheduled pool thread just as a team barrier does.
+// The pass's end may be signalled from another thread (the engine runs its final callbacks on
+// whichever thread finishes the graph, a device worker for mixed graphs), so the holder lifts
+// the limit: at once when the end is signalled on it, else at its next fused op.
+class HeldThreadLimit {
  public:
-  ThreadLimitWhileContended() {
-#ifdef _OPENMP
-    if (at::in_parallel_region() || !TeamContention::active()) return;
-    previous_omp_ = omp_get_max_threads();
-    omp_set_num_threads(1);
-    if (MKL_Set_Num_Threads_Local) previous_mkl_ = MKL_Set_Num_Threads_Local(1);
-#endif
+  using EndFlag = std::shared_ptr<std::atomic<bool>>;
+
+  // Limits this thread while the machine is busy and it holds no limit yet. Returns the flag
+  // that ends the limit (pass it to end()), or null when nothing was limited.
+  static EndFlag hold() {
+    lift_if_ended();
+    Held& held = this_thread();
+    if (held.ended || at::in_parallel_region() || !TeamContention::active()) return nullptr;
+    held.saved = limit_to_one_thread();
+    held.ended = std::make_shared<std::atomic<bool>>(false);
+    return held.ended;
   }
-  ~ThreadLimitWhileContended() {
-#ifdef _OPENMP
-    if (previous_omp_ == 0) return;
-    omp_set_num_threads(previous_omp_);
-    if (MKL_Set_Num_Threads_Local) MKL_Set_Num_Threads_Local(previous_mkl_);
-#endif
+  static void end(const EndFlag& ended) {
+    ended->store(true, std::memory_order_release);
+    lift_if_ended();
   }
-  ThreadLimitWhileContended(const ThreadLimitWhileContended&) = delete;
-  ThreadLimitWhileContended& operator=(const ThreadLimitWhileContended&) = delete;
+  static void lift_if_ended() {
+    Held& held = this_thread();
+    if (!held.ended || !held.ended->load(std::memory_order_acquire)) return;
+    restore_thread_counts(held.saved);
+    held = Held{};
+  }
 
  private:
-  int previous_omp_ = 0, previous_mkl_ = 0;
+  struct Held {
+    SavedThreadCounts saved;
+    EndFlag ended;  // null: no limit held
+  };
+  static Held& this_thread() {
+    thread_local Held held;
+    return held;
+  }
 };
+
+// For the lifetime of the scope (when enabled), torch's intra-op threads on this thread are
+// limited to one.
+class OneThreadScope {
+ public:
+  explicit OneThreadScope(bool enable) {
+    if (enable && !at::in_parallel_region()) saved_ = limit_to_one_thread();
+  }
+  ~OneThreadScope() { restore_thread_counts(saved_); }
+  OneThreadScope(const OneThreadScope&) = delete;
+  OneThreadScope& operator=(const OneThreadScope&) = delete;
+
+ private:
+  SavedThreadCounts saved_;
+};
+
+// Whether the machine is busy now (lifting a backward pass's limit that has ended first).
+inline bool contended_now() {
+  HeldThreadLimit::lift_if_ended();
+  return TeamContention::active();
+}
+
+// One thread for the scope while the team is contended: a torch op's parallel region waits for a
+// descheduled pool thread just as a team barrier does. Nothing changes on an idle machine.
+class ThreadLimitWhileContended : public OneThreadScope {
+ public:
+  ThreadLimitWhileContended() : OneThreadScope(contended_now()) {}
+};
+
+// Multiply-adds below which a torch GEMM inside our ops runs on one thread whatever the machine:
+// MKL threads even a 300x96x1 product (MKL_VERBOSE: NThr 2), whose parallel region costs more
+// than the arithmetic and, on a busy machine, waits a scheduler time slice for the second thread
+// (GRU T=300 B=1 H=32 forward, busy loop on the other core: 0.27 ms on one thread, 2.9 ms on
+// two). 2^20 multiply-adds are ~20-40 us on one core, about the cost of waking a sleeping pool.
+constexpr int64_t kMinParallelGemmMacs = int64_t{1} << 20;
 
 // An op body under ThreadLimitWhileContended, for registration:
 //   m.impl("op", &thread_limited<&op>::call);
@@ -203,8 +281,12 @@ struct TeamClock {
   // second vCPU, idle otherwise, stalls for 0.1-2 ms now and then); one this much slower over a
   // whole loop marks contention. Idle, the first worker's estimate of one worker's time is
   // 0.7-1.1x the team's (barrier cost, uneven blocks); descheduled partners made it 10-50x.
-  static constexpr double kDissolveRatio = 3.0, kSlowerRatio = 1.5;
-  static constexpr int64_t kMinBarriers = 8, kMinDissolveNs = 1'000'000;
+  // A long loop dissolves at a smaller slowdown: a stall of a few milliseconds on an idle machine
+  // moves a ratio over 10 ms by well under kLongDissolveRatio, and a team 1.5-3x slower (partner
+  // scheduled about half the time) would otherwise run a whole long loop that slowly.
+  static constexpr double kDissolveRatio = 3.0, kLongDissolveRatio = 1.5, kSlowerRatio = 1.5;
+  static constexpr int64_t kMinBarriers = 8, kMinDissolveNs = 1'000'000,
+                           kMinLongDissolveNs = 10'000'000;
 
   int64_t own_blocks = 0, num_blocks = 0;
   int64_t region_start = 0, loop_start = 0;  // the region's (before waking workers), the loop's
@@ -227,9 +309,11 @@ struct TeamClock {
   double slowdown_in_loop(int64_t now) const { return ratio(now - loop_start, waited); }
 
   bool dissolve_now(int64_t now) const {
-    return slowdown_in_loop(now) > kDissolveRatio &&
-           std::chrono::steady_clock::now() - loop_start_time >=
-               std::chrono::nanoseconds(kMinDissolveNs);
+    const double slowdown = slowdown_in_loop(now);
+    if (slowdown <= kLongDissolveRatio) return false;
+    const auto elapsed = std::chrono::steady_clock::now() - loop_start_time;
+    return elapsed >= std::chrono::nanoseconds(slowdown > kDissolveRatio ? kMinDissolveNs
+                                                                         : kMinLongDissolveNs);
   }
   double slowdown_in_region(int64_t now) const {
     return ratio(now - region_start, waking + waited);
