@@ -6,14 +6,38 @@ from TORCH_CUDA_ARCH_LIST (default "8.0;9.0"). Otherwise setup prints why it bui
 """
 import glob
 import os
+import sys
+import sysconfig
 
-import torch
 from setuptools import find_packages, setup
+
+try:
+    import torch
+except ImportError:
+    sys.exit("fusedrnn is compiled against the installed torch: install torch first, then build "
+             "with pip's --no-build-isolation, e.g.\n"
+             "  pip install torch==2.13.0 ninja setuptools wheel\n"
+             "  pip install --no-build-isolation -e .")
 from torch.utils import cpp_extension
 from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CUDA_ARCHS = "8.0;9.0"
+# Object files live here whichever command builds (setup.py build_ext, pip install -e with or
+# without extras, pip wheel): ninja then recompiles only what changed. pip's editable builds would
+# otherwise compile everything again in a fresh temporary directory each time.
+BUILD_TEMP = os.path.join(
+    ROOT, "build", f"temp.{sysconfig.get_platform()}-{sys.implementation.cache_tag}")
+# FUSEDRNN_DEBUG=1 keeps debug info (-g); by default none: 19 MB of it otherwise.
+DEBUG = os.environ.get("FUSEDRNN_DEBUG", "0") == "1"
+
+
+class PersistentBuildExtension(BuildExtension):
+    """torch's BuildExtension (ninja) with its object files in BUILD_TEMP."""
+
+    def run(self):
+        self.build_temp = BUILD_TEMP
+        super().run()
 
 
 def _sources(pattern):
@@ -46,7 +70,7 @@ def _extension():
     # -fopenmp: at::parallel_for is a header template; without it every "parallel" loop of ours
     # silently runs on one thread (torch's wheels use OpenMP for the intra-op pool).
     cxx_flags = ["-O3", "-std=c++20", "-fvisibility=hidden", "-fno-trapping-math", "-fno-math-errno",
-                 "-fopenmp"]
+                 "-fopenmp", "-g" if DEBUG else "-g0"]
     sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
     common = dict(name="fusedrnn._C", include_dirs=[os.path.join(ROOT, "csrc")],
                   extra_link_args=["-fopenmp"], py_limited_api=False)
@@ -70,12 +94,13 @@ setup(
     python_requires=">=3.10",
     # The range CI compile-checks (.ci/cuda_compile_check.sh: 2.11.0 and 2.14.1) and tests (2.13.0);
     # 2.11 is what the GPU machine runs.
-    install_requires=["torch>=2.11,<2.15", "tqdm"],
+    # numpy: torch warns on import without it ("Failed to initialize NumPy").
+    install_requires=["torch>=2.11,<2.15", "tqdm", "numpy"],
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "numpy"],
+        "test": ["pytest", "pytest-benchmark", "onnx", "onnxruntime", "onnxscript"],
         "plot": ["matplotlib"],
     },
     ext_modules=[_extension()],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    cmdclass={"build_ext": PersistentBuildExtension.with_options(use_ninja=True)},
     entry_points={"console_scripts": ["fusedrnn = fusedrnn.__main__:main"]},
 )

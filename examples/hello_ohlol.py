@@ -90,18 +90,21 @@ def run(impl="fused", model_name="rnn", epochs=30, dtype=torch.float32, seed=DEF
     labels = indices(TARGET)
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
     losses, predictions = [], []
+    clock = _common.StepClock()
     for epoch in range(epochs):
+        clock.start()
         logits = model(inputs)
         loss = nn.functional.cross_entropy(logits, labels)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        clock.stop()
         predicted = "".join(CHARS[i] for i in logits.argmax(dim=1).tolist())
         losses.append(loss.item())
         predictions.append(predicted)
         if verbose:
             print(f"epoch {epoch + 1:3d}  loss {loss.item():.4f}  predicted {predicted!r}")
-    return {"losses": losses, "predictions": predictions}
+    return {"losses": losses, "predictions": predictions, "step_ms": clock.ms}
 
 
 def main(argv=None):
@@ -111,6 +114,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     result = run(args.impl, args.model, args.epochs, getattr(torch, args.dtype), args.seed,
                  verbose=True)
+    print(_common.step_time_line(args.impl, result["step_ms"]))
     if args.plot:
         _common.save_loss_plot(args.plot, result["losses"], "epoch", "cross entropy")
 

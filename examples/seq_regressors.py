@@ -44,14 +44,17 @@ def run(impl="fused", kind="LSTM", steps=200, dtype=torch.float32, seed=0) -> di
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
     data = torch.Generator().manual_seed(seed)
     losses = []
+    clock = _common.StepClock()
     for _ in range(steps):
         x, y = batch(data, dtype)
+        clock.start()
         loss = nn.functional.mse_loss(model(x), y)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        clock.stop()
         losses.append(loss.item())
-    return {"losses": losses}
+    return {"losses": losses, "step_ms": clock.ms}
 
 
 def main(argv=None):
@@ -59,11 +62,12 @@ def main(argv=None):
     p.add_argument("--model", choices=["rnn", "lstm"], default="lstm")
     p.add_argument("--steps", type=int, default=200)
     args = p.parse_args(argv)
-    losses = run(args.impl, args.model.upper(), args.steps, getattr(torch, args.dtype),
-                 args.seed)["losses"]
+    result = run(args.impl, args.model.upper(), args.steps, getattr(torch, args.dtype), args.seed)
+    losses = result["losses"]
     for step in range(0, len(losses), 25):
         print(f"step {step:4d}  loss {losses[step]:.5f}")
     print(f"mean loss over the last 20 steps: {sum(losses[-20:]) / len(losses[-20:]):.5f}")
+    print(_common.step_time_line(args.impl, result["step_ms"]))
     if args.plot:
         _common.save_loss_plot(args.plot, losses, "step", "MSE")
 

@@ -43,20 +43,23 @@ def run(impl="fused", epochs=3, dtype=torch.float32, seed=0, max_batches=None) -
     x_test, y_test = windows(TRAIN, TEST, dtype)  # the points after the training range
     order = torch.Generator().manual_seed(seed)
     losses = []
+    clock = _common.StepClock()
     for _ in range(epochs):
         perm = torch.randperm(TRAIN, generator=order)
         for k, i in enumerate(range(0, TRAIN, BATCH)):
             if max_batches is not None and k >= max_batches:
                 break
             idx = perm[i:i + BATCH]
+            clock.start()
             loss = nn.functional.l1_loss(model(x_train[idx]), y_train[idx])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            clock.stop()
             losses.append(loss.item())
     with torch.no_grad():
         test_mae = nn.functional.l1_loss(model(x_test), y_test).item()
-    return {"losses": losses, "test_mae": test_mae}
+    return {"losses": losses, "test_mae": test_mae, "step_ms": clock.ms}
 
 
 def main(argv=None):
@@ -69,6 +72,7 @@ def main(argv=None):
         chunk = result["losses"][e * per_epoch:(e + 1) * per_epoch]
         print(f"epoch {e + 1}  train MAE {sum(chunk) / len(chunk):.5f}")
     print(f"test MAE on the next {TEST} points: {result['test_mae']:.5f}")
+    print(_common.step_time_line(args.impl, result["step_ms"]))
     if args.plot:
         _common.save_loss_plot(args.plot, result["losses"], "batch", "train MAE")
 

@@ -42,8 +42,10 @@ def run(impl="fused", layers=2, steps=400, dtype=torch.float32, seed=0) -> dict:
     plateau = (torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=10)
                if layers == 3 else None)
     h, losses = None, []
+    clock = _common.StepClock()
     for step in range(steps):
         t, x, y = window(step, input_size, dtype)
+        clock.start()
         prediction, h = model(x, h)
         h = h.detach()  # carry the state, not the graph
         loss = nn.functional.mse_loss(prediction, y)
@@ -52,11 +54,12 @@ def run(impl="fused", layers=2, steps=400, dtype=torch.float32, seed=0) -> dict:
         if layers == 3:
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
+        clock.stop()
         if plateau is not None:
             plateau.step(loss.item())
         losses.append(loss.item())
     return {"losses": losses, "t": t, "prediction": prediction.detach().flatten(),
-            "target": y.flatten()}
+            "target": y.flatten(), "step_ms": clock.ms}
 
 
 def main(argv=None):
@@ -69,6 +72,7 @@ def main(argv=None):
     for step in range(0, len(losses), 50):
         print(f"step {step:4d}  loss {losses[step]:.5f}")
     print(f"mean loss over the last 50 steps: {sum(losses[-50:]) / len(losses[-50:]):.5f}")
+    print(_common.step_time_line(args.impl, result["step_ms"]))
     if args.plot:
         def draw(plt):
             fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))

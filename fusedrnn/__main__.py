@@ -14,12 +14,18 @@ import warnings
 from . import bench, verify
 
 
+def _first_sentence(doc: str) -> str:
+    """A module docstring's first sentence on one line (its first line may stop mid-sentence)."""
+    text = " ".join(doc.split("\n\n")[0].split())
+    return text.split(". ")[0].rstrip(".") + "."
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="fusedrnn", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command")
     for name, module in (("verify", verify), ("bench", bench)):
-        sub = commands.add_parser(name, help=module.__doc__.splitlines()[0],
+        sub = commands.add_parser(name, help=_first_sentence(module.__doc__),
                                   description=module.__doc__)
         module.add_arguments(sub)
         sub.set_defaults(run=module.main)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import statistics
 import sys
+import textwrap
 import time
 
 import torch
@@ -77,6 +79,11 @@ def expected_cudnn_algo(cfg: BenchConfig, bench_pass: str) -> str:
     return f"fwd {algo(fwd)}, bwd {algo(bwd)}"
 
 
+# A figure whose run-to-run spread (IQR / median, fused or torch.nn) exceeds this is flagged as
+# unreliable: on an idle machine medians here spread 2-15%; a busy core makes it 50-1000%.
+UNRELIABLE_SPREAD = 0.25
+
+
 @dataclasses.dataclass
 class Timing:
     fused_ms: float
@@ -88,6 +95,10 @@ class Timing:
     @property
     def speedup(self) -> float:
         return self.torch_ms / self.fused_ms
+
+    @property
+    def reliable(self) -> bool:
+        return max(self.fused_iqr, self.torch_iqr) <= UNRELIABLE_SPREAD
 
 
 @dataclasses.dataclass
@@ -110,34 +121,45 @@ class _Timer:
     def __init__(self, device: str):
         self.cuda = device.startswith("cuda")
 
-    def __call__(self, fn) -> float:
+    def __call__(self, fn, calls: int = 1) -> float:
+        """ms per call, over `calls` calls in a row."""
         if self.cuda:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            fn()
+            for _ in range(calls):
+                fn()
             end.record()
             end.synchronize()
-            return start.elapsed_time(end)
+            return start.elapsed_time(end) / calls
         t0 = time.perf_counter()
-        fn()
-        return (time.perf_counter() - t0) * 1e3
+        for _ in range(calls):
+            fn()
+        return (time.perf_counter() - t0) * 1e3 / calls
+
+
+# A sample times enough calls in a row to last this long: a single 0.1 ms call timed alone
+# spreads 40-80% from timer and scheduler jitter on an idle machine, which would hide a busy one.
+MIN_SAMPLE_MS = 2.0
 
 
 def time_interleaved(fused_fn, torch_fn, device: str, budget_s: float, min_reps: int = 5,
                      max_reps: int = 500, warmup: int = 3) -> Timing:
-    """Alternates the two (order flipped every repetition) until budget_s is spent."""
+    """Alternates the two (order flipped every repetition) until budget_s is spent; each sample
+    is the mean of enough calls in a row to last MIN_SAMPLE_MS."""
     timer = _Timer(device)
     for _ in range(warmup):
         timer(fused_fn), timer(torch_fn)
+    calls_f, calls_t = (max(1, math.ceil(MIN_SAMPLE_MS / max(timer(fn), 1e-3)))
+                        for fn in (fused_fn, torch_fn))
     fused, ref = [], []
     start = time.perf_counter()
     while len(fused) < min_reps or (time.perf_counter() - start < budget_s and len(fused) < max_reps):
         if len(fused) % 2 == 0:
-            fused.append(timer(fused_fn))
-            ref.append(timer(torch_fn))
+            fused.append(timer(fused_fn, calls_f))
+            ref.append(timer(torch_fn, calls_t))
         else:
-            ref.append(timer(torch_fn))
-            fused.append(timer(fused_fn))
+            ref.append(timer(torch_fn, calls_t))
+            fused.append(timer(fused_fn, calls_f))
     (f_med, f_iqr), (t_med, t_iqr) = _median_and_iqr(fused), _median_and_iqr(ref)
     return Timing(f_med, t_med, f_iqr, t_iqr, len(fused))
 
@@ -228,6 +250,24 @@ def build_configs(args) -> list[BenchConfig]:
             for L in layer_counts for bi in directions]
 
 
+def floor_percent(floor_ms: float, fused_ms: float) -> str:
+    """fused time as a share of a floor's. A floor is a lower bound, so over 100% only means the
+    floor was measured slower than it is (the machine was busy while torch.mm was timed)."""
+    share = floor_ms / fused_ms
+    return f"{share:.0%}" if share <= 1 else "n/a!"
+
+
+def unreliable(results: list[BenchResult]) -> list[str]:
+    """'config pass' of every timed figure flagged in the table (spread, or a floor over 100%)."""
+    flagged = []
+    for r in results:
+        for bench_pass, t in r.timings.items():
+            f = r.floors.get(bench_pass)
+            if not t.reliable or (f and max(f["sgemm"], f["peak"]) > t.fused_ms):
+                flagged.append(f"{r.config.label()} {r.config.dtype} {bench_pass}")
+    return flagged
+
+
 def table_rows(results: list[BenchResult]) -> tuple[list[str], list[list[str]]]:
     on_cuda = any(r.config.device.startswith("cuda") for r in results)
     on_cpu = any(r.floors for r in results)
@@ -245,14 +285,16 @@ def table_rows(results: list[BenchResult]) -> tuple[list[str], list[list[str]]]:
                 row = [cfg.label(), cfg.dtype, bench_pass, "FAIL", "", "", "", "not timed"]
             else:
                 t = r.timings[bench_pass]
+                flag = "" if t.reliable else " !"
                 row = [cfg.label(), cfg.dtype, bench_pass, f"{t.fused_ms:.3f}", f"{t.torch_ms:.3f}",
-                       f"{t.speedup:.2f}x", f"{t.fused_ms * 1e3 / cfg.T:.1f}",
-                       f"{t.fused_iqr:.0%} / {t.torch_iqr:.0%}"]
+                       f"{t.speedup:.2f}x{flag}", f"{t.fused_ms * 1e3 / cfg.T:.1f}",
+                       f"{t.fused_iqr:.0%} / {t.torch_iqr:.0%}{flag}"]
             if on_cpu:
                 f = r.floors.get(bench_pass)
-                row += ["", ""] if not f else [
+                row += ["", ""] if not f or not r.verified else [
                     f"{f['sgemm']:.3f} / {f['peak']:.3f}",
-                    f"{f['sgemm'] / t.fused_ms:.0%} / {f['peak'] / t.fused_ms:.0%}"]
+                    f"{floor_percent(f['sgemm'], t.fused_ms)} / "
+                    f"{floor_percent(f['peak'], t.fused_ms)}"]
             if on_cuda:
                 row.append(expected_cudnn_algo(cfg, bench_pass))
             rows.append(row)
@@ -263,11 +305,16 @@ def to_json(results: list[BenchResult], args) -> dict:
     return {
         "environment": report.environment(args.device),
         "method": f"interleaved, warm-up 3, median over >= 5 repetitions within {args.budget}s "
-                  "per pass; speedup = torch.nn ms / fused ms",
+                  f"per pass, each the mean of consecutive calls lasting >= {MIN_SAMPLE_MS} ms; "
+                  "speedup = torch.nn ms / fused ms; backward seeded with fixed random "
+                  "gradients of the output and states",
+        "threads": torch.get_num_threads(),
+        "unreliable_spread": UNRELIABLE_SPREAD,
+        "unreliable": unreliable(results),
         "results": [{
             "config": dataclasses.asdict(r.config), "verified": r.verified,
             "verify_detail": r.verify_detail,
-            "timings": {p: dict(dataclasses.asdict(t), speedup=t.speedup)
+            "timings": {p: dict(dataclasses.asdict(t), speedup=t.speedup, reliable=t.reliable)
                         for p, t in r.timings.items()},
             **({"gemm_floors_ms": r.floors} if r.floors else {}),
             **({"cudnn_algo_expected": {p: expected_cudnn_algo(r.config, p) for p in PASSES}}
@@ -277,19 +324,30 @@ def to_json(results: list[BenchResult], args) -> dict:
 
 
 def plot(results: list[BenchResult], path: str, title: str) -> None:
+    """Bars of speedup per configuration and pass, labelled with their value, with error bars
+    from the interquartile ranges (speedup x (fused IQR + torch.nn IQR) / 2 each way)."""
     plt = report.pyplot()
     timed = [r for r in results if r.verified]
     labels = [f"{r.config.label()} {r.config.dtype}" for r in timed]
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(timed) + 2), 5))
+    fig, ax = plt.subplots(figsize=(max(7, 1.1 * len(timed) + 2), 5.5))
     width = 0.4
     for k, bench_pass in enumerate(PASSES):
         xs = [i + (k - 0.5) * width for i in range(len(timed))]
-        ax.bar(xs, [r.timings[bench_pass].speedup for r in timed], width, label=bench_pass)
+        timings = [r.timings[bench_pass] for r in timed]
+        speedups = [t.speedup for t in timings]
+        errors = [s * (t.fused_iqr + t.torch_iqr) / 2 for s, t in zip(speedups, timings)]
+        bars = ax.bar(xs, speedups, width, label=bench_pass,
+                      yerr=[[min(e, 0.9 * s) for e, s in zip(errors, speedups)], errors],
+                      capsize=2, error_kw={"linewidth": 0.8})
+        ax.bar_label(bars, labels=[f"{s:.2f}{'' if t.reliable else '!'}"
+                                   for s, t in zip(speedups, timings)],
+                     fontsize=7, padding=2)
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_yscale("log")  # ratios span 0.5x..30x; equal factors get equal heights
     ax.set_xticks(range(len(timed)), labels, rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("speedup vs torch.nn (x)")
-    ax.set_title(title, fontsize=9)
+    ax.set_ylabel("speedup vs torch.nn (x); ! = spread over "
+                  f"{UNRELIABLE_SPREAD:.0%}")
+    ax.set_title("\n".join(textwrap.wrap(title, 90)), fontsize=9)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -316,6 +374,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the T steps, as a decoder does, instead of the layer modules")
     parser.add_argument("--budget", type=float, default=1.0,
                         help="seconds of timing per configuration and pass (default 1)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads for both (default: torch's, one per core); "
+                             "1 keeps figures steady on a busy machine")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", metavar="PATH", help="write every figure as JSON")
     parser.add_argument("--plot", metavar="PATH.png", help="bar chart of speedups (matplotlib)")
@@ -324,6 +385,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     if args.plot:
         report.pyplot()  # fail before the benchmarks, not after
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SystemExit(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     configs = build_configs(args)
     title = report.banner("fusedrnn bench", args.device)
     print(title)
@@ -341,6 +406,17 @@ def main(args: argparse.Namespace) -> int:
               f"({floors.peak_gflops(dtype):.0f} GFLOP/s for {dtype}, measured by "
               f"{floors.peak_source(dtype)}, {torch.get_num_threads()} threads); gate math not "
               f"included (fusedrnn/floors.py)")
+    flagged = unreliable(results)
+    if flagged:
+        warning = (
+            f"\nWARNING: {len(flagged)} of {2 * sum(r.verified for r in results)} figures are "
+            f"unreliable (marked !: a spread over {UNRELIABLE_SPREAD:.0%}, or a floor measured "
+            "slower than the fused call), so the machine was busy or noisy while timing: "
+            + ", ".join(flagged[:6]) + (", ..." if len(flagged) > 6 else "") +
+            ". Rerun on a quieter machine, with a larger --budget, or with --threads 1 (a busy "
+            "core stalls every multi-threaded op).")
+        print(warning)
+        print(warning.strip(), file=sys.stderr)
     failed = [r for r in results if not r.verified]
     for r in failed:
         print(f"  FAIL {r.config.label()} {r.config.dtype}: {r.verify_detail}")

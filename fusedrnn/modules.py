@@ -86,15 +86,74 @@ def _exporting_to_onnx() -> bool:
     return onnx is not None and onnx.is_in_onnx_export()
 
 
+def _export_forward(module: nn.RNNBase, input, hx):
+    """The forward both ONNX exporters trace: torch.nn's (ONNX RNN/GRU/LSTM operators), except
+    for LSTM with proj_size, which neither translates (the legacy exporter refuses it; the dynamo
+    exporter's graph fails in onnxruntime): that one as plain ops."""
+    if module.mode == "LSTM" and module.proj_size > 0 and not isinstance(input, PackedSequence):
+        return _lstm_with_projection_as_plain_ops(module, input, hx)
+    return _TORCH_FORWARD[module.mode](module, input, hx)
+
+
+def _lstm_with_projection_as_plain_ops(module: nn.RNNBase, input: Tensor, hx):
+    """torch.nn.LSTM(proj_size > 0)'s forward in matmul, sigmoid and tanh, step by step, for
+    export: traced, the loop is unrolled over the example input's length."""
+    is_batched = input.dim() == 3
+    x = input if is_batched else input.unsqueeze(1)
+    if module.batch_first and is_batched:
+        x = x.transpose(0, 1)
+    T, B = x.size(0), x.size(1)
+    directions = 2 if module.bidirectional else 1
+    groups = module.num_layers * directions
+    if hx is None:
+        h0 = x.new_zeros(groups, B, module.proj_size)
+        c0 = x.new_zeros(groups, B, module.hidden_size)
+    else:
+        h0, c0 = (s if is_batched else s.unsqueeze(1) for s in hx)
+    weights = module._flat_weights
+    per_group = len(weights) // groups
+    h_n, c_n, layer_input = [], [], x
+    for layer in range(module.num_layers):
+        outputs = []
+        for direction in range(directions):
+            g = layer * directions + direction
+            w_ih, w_hh, *biases = weights[g * per_group:(g + 1) * per_group - 1]
+            w_hr = weights[(g + 1) * per_group - 1]
+            h, c, steps = h0[g], c0[g], [None] * T
+            for t in (range(T) if direction == 0 else range(T - 1, -1, -1)):
+                gates = layer_input[t] @ w_ih.t() + h @ w_hh.t()
+                for b in biases:
+                    gates = gates + b
+                i, f, g_, o = gates.chunk(4, 1)
+                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g_)
+                h = (torch.sigmoid(o) * torch.tanh(c)) @ w_hr.t()
+                steps[t] = h
+            outputs.append(torch.stack(steps))
+            h_n.append(h)
+            c_n.append(c)
+        layer_input = outputs[0] if directions == 1 else torch.cat(outputs, 2)
+        if module.dropout and module.training and layer < module.num_layers - 1:
+            layer_input = nn.functional.dropout(layer_input, module.dropout, True)
+    output, hidden = layer_input, (torch.stack(h_n), torch.stack(c_n))
+    if module.batch_first and is_batched:
+        output = output.transpose(0, 1)
+    if not is_batched:
+        output, hidden = output.squeeze(1), (hidden[0].squeeze(1), hidden[1].squeeze(1))
+    return output, hidden
+
+
 def _prepare_scriptable(module: nn.Module) -> nn.Module:
     """torch.jit.script's hook: TorchScript cannot compile the fused modules' forward (Python
-    input handling around the fused ops), so it compiles torch.nn's, on the same parameters."""
+    input handling around the fused ops), so it compiles torch.nn's, on the same parameters.
+    (torch.jit.script stores what this returns in the parent module's _modules.)"""
     from .convert import torch_twin  # convert imports this module
     twin = torch_twin(module)
     warnings.warn(f"torch.jit.script of fusedrnn.{type(module).__name__}: TorchScript compiles "
                   f"torch.nn.{type(twin).__name__}'s computation on the same parameters, not the "
-                  "fused kernels (torch.jit.trace, torch.compile and torch.export keep them)",
-                  stacklevel=2)
+                  "fused kernels (torch.jit.trace, torch.compile and torch.export keep them); "
+                  "inside a model, torch.jit.script also puts that torch.nn module in the "
+                  "model's place of the fused one (fusedrnn.convert(model, inplace=True) "
+                  "swaps it back)", stacklevel=2)
     return twin
 
 
@@ -130,7 +189,7 @@ class _FusedRNNBase(nn.RNNBase):
 
     def forward(self, input, hx=None):
         if _exporting_to_onnx():
-            return _TORCH_FORWARD[self.mode](self, input, hx)
+            return _export_forward(self, input, hx)
         weights = self._current_weights()
         is_lstm = self.mode == "LSTM"
         orig_input = input

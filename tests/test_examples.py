@@ -1,6 +1,7 @@
 """The example programs (examples/) with --impl fused and --impl torch: loss curves agree (fp64
 tightly, fp32 by the rule against an fp64 run), and the fused run reaches the stated end state."""
 import os
+import re
 import sys
 
 import pytest
@@ -68,3 +69,15 @@ def test_sin_forecast_gru_generalizes():
 def test_seq_regressors_learn(kind):
     losses = seq_regressors.run("fused", kind, steps=200)["losses"]
     assert sum(losses[-20:]) / 20 < 0.05 < losses[0]
+
+
+@pytest.mark.parametrize("impl", ["fused", "torch"])
+@pytest.mark.parametrize("program, argv", [
+    (hello_ohlol, ["--epochs", "3"]), (seq_regressors, ["--steps", "4"]),
+    (sin_to_cos, ["--steps", "4"]), (sin_forecast_gru, ["--epochs", "1"]),
+], ids=["hello_ohlol", "seq_regressors", "sin_to_cos", "sin_forecast_gru"])
+def test_examples_print_time_per_training_step(program, argv, impl, capsys):
+    program.main(argv + ["--impl", impl])
+    out = capsys.readouterr().out
+    assert re.search(rf"^{impl}: \d+\.\d{{3}} ms per training step \(median of \d+, \d+ threads",
+                     out, re.MULTILINE), out

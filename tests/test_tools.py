@@ -78,7 +78,8 @@ def test_bench_cell_loop(capsys):
     argv = ["bench", *TINY, "--cells", "rnn_tanh,lstm", "--cell-loop", "--budget", "0.05"]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
-    labels = [line.split("|")[1].strip() for line in out.splitlines() if " cell x " in line]
+    labels = [line.split("|")[1].strip() for line in out.splitlines()
+              if line.startswith("|") and " cell x " in line]
     assert labels == [f"{c} cell x T=5 B=2 I=3 H=4" for c in ("rnn_tanh", "rnn_tanh", "lstm", "lstm")]
     with pytest.raises(SystemExit, match="one unidirectional layer"):
         cli.main(["bench", *TINY, "--cell-loop", "--bidirectional"])
@@ -127,3 +128,49 @@ def test_console_entry_points():
     out = subprocess.run([sys.executable, "-m", "fusedrnn", "--help"], capture_output=True,
                          text=True, check=True, cwd=ROOT).stdout
     assert "verify" in out and "bench" in out
+
+
+def _result(fused_iqr, torch_iqr, floor_ms=None):
+    cfg = bench.BenchConfig("gru", 5, 2, 3, 4)
+    timing = bench.Timing(fused_ms=1.0, torch_ms=2.0, fused_iqr=fused_iqr, torch_iqr=torch_iqr,
+                          reps=9)
+    floors = {} if floor_ms is None else {p: {"sgemm": floor_ms, "peak": floor_ms / 2}
+                                          for p in bench.PASSES}
+    return bench.BenchResult(cfg, True, "", {p: timing for p in bench.PASSES}, floors)
+
+
+def test_bench_flags_unreliable_figures_in_the_table():
+    steady, noisy = _result(0.05, 0.10, floor_ms=0.5), _result(0.05, 0.80)
+    impossible_floor = _result(0.05, 0.05, floor_ms=3.0)  # a floor slower than the fused call
+    assert bench.unreliable([steady]) == []
+    assert bench.unreliable([noisy]) == ["gru T=5 B=2 I=3 H=4 L=1 uni float32 fwd",
+                                         "gru T=5 B=2 I=3 H=4 L=1 uni float32 fwd+bwd"]
+    assert len(bench.unreliable([impossible_floor])) == 2
+    _, rows = bench.table_rows([steady, noisy, impossible_floor])
+    assert rows[0][5] == "2.00x" and rows[0][-1] == "50% / 25%"
+    assert rows[2][5] == "2.00x !" and rows[2][7] == "5% / 80% !"
+    assert rows[4][-1] == "n/a! / n/a!"  # never an impossible percentage
+
+
+def test_bench_warns_on_stderr_when_figures_are_unreliable(monkeypatch, capsys):
+    noisy = bench.Timing(1.0, 2.0, 0.9, 0.1, 5)
+    monkeypatch.setattr(bench, "time_interleaved", lambda *a, **k: noisy)
+    threads = torch.get_num_threads()
+    try:
+        assert cli.main(["bench", *TINY, "--cells", "gru", "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    captured = capsys.readouterr()
+    assert "WARNING: 2 of 2 figures are unreliable" in captured.err
+    assert "--threads 1" in captured.err and "2.00x !" in captured.out
+    with pytest.raises(SystemExit, match="--threads must be at least 1"):
+        cli.main(["bench", *TINY, "--threads", "0"])
+
+
+def test_top_level_help_gives_each_command_a_whole_sentence():
+    out = subprocess.run([sys.executable, "-m", "fusedrnn", "--help"], capture_output=True,
+                         text=True, check=True, cwd=ROOT).stdout
+    assert ("fused vs torch.nn vs an fp64 reference over a matrix of configurations, every "
+            "output and gradient, PASS/FAIL by the rule in fusedrnn.verification.") in " ".join(
+                out.split())
