@@ -86,6 +86,16 @@ def _exporting_to_onnx() -> bool:
     return onnx is not None and onnx.is_in_onnx_export()
 
 
+def _under_torch_func() -> bool:
+    """Whether a torch.func transform (grad, vjp, jacrev, vmap, ...) is running: the fused ops'
+    autograd nodes are C++ ones, which functorch refuses, so the modules then compute torch.nn's
+    forward (torch.func works on it as on torch.nn's modules; no fused speed there)."""
+    return _peek_functorch_interpreter() is not None
+
+
+_peek_functorch_interpreter = torch._C._functorch.peek_interpreter_stack
+
+
 def _export_forward(module: nn.RNNBase, input, hx):
     """The forward both ONNX exporters trace: torch.nn's (ONNX RNN/GRU/LSTM operators), except
     for LSTM with proj_size, which neither translates (the legacy exporter refuses it; the dynamo
@@ -188,6 +198,8 @@ class _FusedRNNBase(nn.RNNBase):
     __prepare_scriptable__ = _prepare_scriptable
 
     def forward(self, input, hx=None):
+        if _under_torch_func():
+            return _TORCH_FORWARD[self.mode](self, input, hx)
         if _exporting_to_onnx():
             return _export_forward(self, input, hx)
         weights = self._current_weights()
@@ -257,7 +269,7 @@ class _FusedRNNBase(nn.RNNBase):
 
 
 # torch.nn's own forward, for the inputs fusedrnn does not fuse (hand-built PackedSequence
-# batch sizes with zeros or increases) and for ONNX export.
+# batch sizes with zeros or increases), under torch.func transforms and for ONNX export.
 _TORCH_FORWARD = {"RNN_TANH": nn.RNN.forward, "RNN_RELU": nn.RNN.forward,
                   "GRU": nn.GRU.forward, "LSTM": nn.LSTM.forward}
 _TORCH_CELL_FORWARD = {"RNNCell": nn.RNNCell.forward, "GRUCell": nn.GRUCell.forward,
@@ -319,7 +331,7 @@ class _FusedCellBase(nn.RNNCellBase):
     __prepare_scriptable__ = _prepare_scriptable
 
     def forward(self, input: Tensor, hx=None):
-        if _exporting_to_onnx():
+        if _under_torch_func() or _exporting_to_onnx():
             return _TORCH_CELL_FORWARD[type(self)._name](self, input, hx)
         weights = self._current_weights()
         input, states, is_batched = self._prepare(input, hx, self._num_states, weights)
