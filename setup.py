@@ -81,7 +81,10 @@ def _extension():
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
     print(f"fusedrnn: building CPU + CUDA ({why}; archs {os.environ['TORCH_CUDA_ARCH_LIST']})")
     nvcc_flags = ["-O3", "-std=c++20", "--expt-relaxed-constexpr", "-lineinfo"]
-    common["include_dirs"] += _nvidia_wheel_includes()
+    # Searched after the toolkit's own headers (-idirafter): a CUDA build of torch from PyPI brings
+    # a partial cuda_runtime_api.h in nvidia/cu13/include that must not shadow CUDA_HOME's. Only
+    # the host glue (.cpp) needs them; the kernels (.cu) include no torch header.
+    cxx_flags = cxx_flags + [f"-idirafter{d}" for d in _nvidia_wheel_includes()]
     return CUDAExtension(sources=sources + _sources("csrc/cuda/*.cpp") + _sources("csrc/cuda/*.cu"),
                          extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags}, **common)
 
