@@ -6,6 +6,7 @@ from TORCH_CUDA_ARCH_LIST (default "8.0;9.0"). Otherwise setup prints why it bui
 """
 import glob
 import os
+import shutil
 import sys
 import sysconfig
 
@@ -18,8 +19,13 @@ except ImportError:
              "with pip's --no-build-isolation, e.g.\n"
              "  pip install torch==2.13.0 ninja setuptools wheel\n"
              "  pip install --no-build-isolation -e .")
-from torch.utils import cpp_extension
-from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+# torch finds the toolkit from `which nvcc` without resolving links: /usr/local/bin/nvcc (a link
+# into /usr/local/cuda-13.0/bin) made CUDA_HOME /usr/local, which has no CUDA headers. Resolve it
+# before torch.utils.cpp_extension reads it (at import).
+if not (os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")) and shutil.which("nvcc"):
+    os.environ["CUDA_HOME"] = os.path.dirname(os.path.dirname(os.path.realpath(shutil.which("nvcc"))))
+from torch.utils import cpp_extension  # noqa: E402
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CUDA_ARCHS = "8.0;9.0"
