@@ -19,11 +19,22 @@ except ImportError:
              "with pip's --no-build-isolation, e.g.\n"
              "  pip install torch==2.13.0 ninja setuptools wheel\n"
              "  pip install --no-build-isolation -e .")
-# torch finds the toolkit from `which nvcc` without resolving links: /usr/local/bin/nvcc (a link
-# into /usr/local/cuda-13.0/bin) made CUDA_HOME /usr/local, which has no CUDA headers. Resolve it
-# before torch.utils.cpp_extension reads it (at import).
-if not (os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")) and shutil.which("nvcc"):
-    os.environ["CUDA_HOME"] = os.path.dirname(os.path.dirname(os.path.realpath(shutil.which("nvcc"))))
+
+
+def _toolkit_with_headers():
+    """Where nvcc's toolkit is, by its headers. torch takes the parent of `which nvcc`'s folder:
+    a /usr/local/bin/nvcc (a link or a wrapper script into /usr/local/cuda-13.0/bin) made that
+    /usr/local, which has no CUDA headers."""
+    nvcc = shutil.which("nvcc")
+    candidates = ([os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))] if nvcc else []) + \
+        ["/usr/local/cuda"] + sorted(glob.glob("/usr/local/cuda-*"), reverse=True)
+    return next((c for c in candidates
+                 if os.path.exists(os.path.join(c, "include", "cuda_runtime_api.h"))), None)
+
+
+# Set before torch.utils.cpp_extension reads it (at import).
+if not (os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")) and _toolkit_with_headers():
+    os.environ["CUDA_HOME"] = _toolkit_with_headers()
 from torch.utils import cpp_extension  # noqa: E402
 from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
