@@ -363,7 +363,7 @@ def _int_list(text: str) -> list[int]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grid", choices=list(GRIDS), default="quick",
-                        help="quick (about a minute on 2 CPU cores), default, full")
+                        help="quick (~30 s on 2 CPU cores), default (~3-5 min), full")
     parser.add_argument("--device", default=report.default_device())
     parser.add_argument("--dtype", default="float32", help="comma-separated dtypes")
     parser.add_argument("--cells", default=None, help=f"comma-separated, from {', '.join(CELLS)}")

@@ -90,7 +90,8 @@ def _under_torch_func() -> bool:
     """Whether a torch.func transform (grad, vjp, jacrev, vmap, ...) is running: the fused ops'
     autograd nodes are C++ ones, which functorch refuses, so the modules then compute torch.nn's
     forward (torch.func works on it as on torch.nn's modules; no fused speed there)."""
-    return _peek_functorch_interpreter() is not None
+    # torch.compile traces through functorch's machinery too: there the fused ops are wanted.
+    return _peek_functorch_interpreter() is not None and not torch.compiler.is_compiling()
 
 
 _peek_functorch_interpreter = torch._C._functorch.peek_interpreter_stack
