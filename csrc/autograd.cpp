@@ -3,8 +3,11 @@
 // register_autograd: the Python wrapper cost ~16 us per op call (more than a whole 300-step
 // RNN forward at H=32 spends in arithmetic), this costs well under a microsecond.
 //
-// The backward ops are not differentiable: double backward (create_graph=True) raises instead of
-// returning wrong second derivatives. Shapes are documented with the schemas in csrc/ops.cpp.
+// The backward ops are not differentiable. A backward with create_graph=True (double backward:
+// gradient penalties, meta-learning) differentiates the step-by-step ATen form of the op instead
+// (reference_time_loop), from the inputs the node saved and, for the layer ops, the input
+// projection recomputed (remember_projection). Shapes are documented with the schemas in
+// csrc/ops.cpp.
 #include <ATen/ATen.h>
 #include <torch/autograd.h>
 #include <torch/csrc/autograd/engine.h>
@@ -13,6 +16,7 @@
 #include <optional>
 #include <string>
 #include <tuple>
+#include <vector>
 
 #include "autograd.h"
 #include "cpu/team.h"
@@ -62,10 +66,53 @@ void limit_threads_until_backward_ends() {
   }
 }
 
-void check_no_double_backward() {
-  TORCH_CHECK(!at::GradMode::is_enabled(),
-              "fusedrnn: double backward (create_graph=True) through a fused recurrent op is not "
-              "supported");
+// The tensors a node's computation depends on, by role; undefined where absent or not needed.
+struct Differentiable {
+  Tensor xproj, h0, c0, w_hh, b_hh, w_hr;
+};
+
+// Backward with create_graph=True: the gradients of `in` (those that require grad) as
+// differentiable functions, from the step-by-step form of the computation.
+Differentiable differentiate_reference(Cell cell, Differentiable in, const Tensor& lengths,
+                                       bool reverse, const variable_list& grads) {
+  const std::vector<Tensor> outs = reference_time_loop(cell, in.xproj, in.h0, in.c0, in.w_hh,
+                                                       in.b_hh, in.w_hr, lengths, reverse);
+  variable_list outputs, grad_outputs, inputs;
+  for (size_t i = 0; i < outs.size(); ++i) {
+    if (!outs[i].defined() || !outs[i].requires_grad()) continue;
+    outputs.push_back(outs[i]);
+    const bool given = i < grads.size() && grads[i].defined();
+    grad_outputs.push_back(given ? grads[i] : at::zeros_like(outs[i]));
+  }
+  Differentiable result;
+  const Tensor* roles[] = {&in.xproj, &in.h0, &in.c0, &in.w_hh, &in.b_hh, &in.w_hr};
+  Tensor* result_roles[] = {&result.xproj, &result.h0, &result.c0, &result.w_hh, &result.b_hh,
+                            &result.w_hr};
+  std::vector<size_t> wanted;  // indices into roles
+  for (size_t k = 0; k < 6; ++k) {
+    if (roles[k]->defined() && roles[k]->requires_grad()) {
+      inputs.push_back(*roles[k]);
+      wanted.push_back(k);
+    }
+  }
+  if (inputs.empty() || outputs.empty()) return result;
+  const variable_list g = torch::autograd::grad(outputs, inputs, grad_outputs,
+                                                /*retain_graph=*/true, /*create_graph=*/true,
+                                                /*allow_unused=*/true);
+  for (size_t j = 0; j < wanted.size(); ++j) *result_roles[wanted[j]] = g[j];
+  return result;
+}
+
+// The layer op's input projection, recomputed (with a graph to x, w_ih, bias) from what
+// remember_projection left in the node's saved_data.
+Tensor recomputed_projection(AutogradContext* ctx) {
+  TORCH_CHECK(ctx->saved_data.count("proj_x") > 0,
+              "fusedrnn: double backward (create_graph=True) through a time-loop op called "
+              "directly is not supported; through fusedrnn's modules, recurrent_layer or "
+              "recurrent_stack it is");
+  const c10::IValue& bias = ctx->saved_data["proj_bias"];
+  return at::linear(ctx->saved_data["proj_x"].toTensor(), ctx->saved_data["proj_w_ih"].toTensor(),
+                    bias.isNone() ? OptTensor() : OptTensor(bias.toTensor()));
 }
 
 // ============================================================================ RNN
@@ -91,9 +138,15 @@ struct RnnFunction : torch::autograd::Function<RnnFunction> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    check_no_double_backward();
-    limit_threads_until_backward_ends();
     const variable_list saved = ctx->get_saved_variables();
+    if (at::GradMode::is_enabled()) {  // create_graph=True
+      const Cell cell = ctx->saved_data["relu"].toBool() ? Cell::RnnRelu : Cell::RnnTanh;
+      const Differentiable g = differentiate_reference(
+          cell, {recomputed_projection(ctx), saved[4], Tensor(), saved[0]}, saved[3],
+          ctx->saved_data["reverse"].toBool(), grads);
+      return {g.xproj, g.h0, g.w_hh, Tensor(), Tensor(), Tensor()};
+    }
+    limit_threads_until_backward_ends();
     const Tensor &w_hh = saved[0], &out = saved[1], &hprev = saved[2];
     auto [grad_xproj, grad_h0, grad_w_hh] =
         ops::rnn_backward().call(or_zeros(grads[0], out), or_zeros(grads[1], out[0]), w_hh, out,
@@ -126,7 +179,8 @@ struct GruFunction : torch::autograd::Function<GruFunction> {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [out, h_n, gates, hprev] =
         ops::gru_forward().call(xproj, h0, w_hh, b_hh, lengths, reverse, true);
-    ctx->save_for_backward({w_hh, gates, hprev, or_undefined(lengths), h0});  // h0: see RNN
+    ctx->save_for_backward(  // h0 (and b_hh): see RNN, and double backward
+        {w_hh, gates, hprev, or_undefined(lengths), h0, or_undefined(b_hh)});
     ctx->saved_data["reverse"] = reverse;
     ctx->saved_data["has_bias"] = b_hh.has_value();
     ctx->mark_non_differentiable({gates, hprev});
@@ -134,9 +188,14 @@ struct GruFunction : torch::autograd::Function<GruFunction> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    check_no_double_backward();
-    limit_threads_until_backward_ends();
     const variable_list saved = ctx->get_saved_variables();
+    if (at::GradMode::is_enabled()) {  // create_graph=True
+      const Differentiable g = differentiate_reference(
+          Cell::Gru, {recomputed_projection(ctx), saved[4], Tensor(), saved[0], saved[5]},
+          saved[3], ctx->saved_data["reverse"].toBool(), grads);
+      return {g.xproj, g.h0, g.w_hh, g.b_hh, Tensor(), Tensor()};
+    }
+    limit_threads_until_backward_ends();
     const Tensor &w_hh = saved[0], &gates = saved[1], &hprev = saved[2];
     auto [grad_xproj, grad_h0, grad_w_hh, grad_b_hh] =
         ops::gru_backward().call(or_zeros(grads[0], hprev, w_hh),
@@ -179,9 +238,14 @@ struct LstmFunction : torch::autograd::Function<LstmFunction> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    check_no_double_backward();
-    limit_threads_until_backward_ends();
     const variable_list saved = ctx->get_saved_variables();
+    if (at::GradMode::is_enabled()) {  // create_graph=True
+      const Differentiable g = differentiate_reference(
+          Cell::Lstm, {recomputed_projection(ctx), saved[7], saved[8], saved[0], Tensor(), saved[1]},
+          saved[6], ctx->saved_data["reverse"].toBool(), grads);
+      return {g.xproj, g.h0, g.c0, g.w_hh, g.w_hr, Tensor(), Tensor()};
+    }
+    limit_threads_until_backward_ends();
     const Tensor &w_hh = saved[0], &gates = saved[2], &cells = saved[3],
                  &prev_cells = saved[4], &hprev = saved[5];
     const OptTensor w_hr = as_optional(saved[1]);
@@ -211,6 +275,45 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_
 // ============================================================================ one cell step
 
 
+// Double backward of one cell step: the step as a one-step time loop on x's projection, every
+// input differentiated directly (the cell node saves them all).
+variable_list differentiable_cell_backward(AutogradContext* ctx, const variable_list& saved,
+                                           const variable_list& grads) {
+  const Cell cell = parse_cell(ctx->saved_data["cell"].toStringRef());
+  const Tensor &x = saved[0], &h = saved[1], &c = saved[2], &w_ih = saved[3], &w_hh = saved[4];
+  const Tensor &b_ih = saved[6], &b_hh = saved[7];
+  // The same roles as a layer, differentiated in one call: xproj is built from x, w_ih and the
+  // biases inside the differentiated computation, so their gradients come from it.
+  variable_list inputs;
+  for (const Tensor* t : {&x, &h, &c, &w_ih, &w_hh, &b_ih, &b_hh}) inputs.push_back(*t);
+  Tensor xproj = at::linear(x, w_ih, b_ih.defined() ? OptTensor(b_ih) : std::nullopt);
+  if (cell != Cell::Gru && b_hh.defined()) xproj = xproj + b_hh;
+  const std::vector<Tensor> outs = reference_time_loop(
+      cell, xproj.unsqueeze(0), h, cell == Cell::Lstm ? c : Tensor(), w_hh,
+      cell == Cell::Gru ? b_hh : Tensor(), Tensor(), Tensor(), false);
+  variable_list outputs{outs[1]}, grad_outputs{grads[0].defined() ? grads[0]
+                                                                  : at::zeros_like(outs[1])};
+  if (cell == Cell::Lstm && outs[2].requires_grad()) {
+    outputs.push_back(outs[2]);
+    grad_outputs.push_back(grads[1].defined() ? grads[1] : at::zeros_like(outs[2]));
+  }
+  variable_list wanted;
+  std::vector<size_t> where;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    if (inputs[i].defined() && inputs[i].requires_grad()) {
+      wanted.push_back(inputs[i]);
+      where.push_back(i);
+    }
+  }
+  variable_list result(8);  // (cell, x, h, c, w_ih, w_hh, b_ih, b_hh)
+  if (wanted.empty() || !outputs[0].requires_grad()) return result;
+  const variable_list g = torch::autograd::grad(outputs, wanted, grad_outputs,
+                                                /*retain_graph=*/true, /*create_graph=*/true,
+                                                /*allow_unused=*/true);
+  for (size_t j = 0; j < where.size(); ++j) result[where[j] + 1] = g[j];
+  return result;
+}
+
 struct CellFunction : torch::autograd::Function<CellFunction> {
   static variable_list forward(AutogradContext* ctx, c10::string_view cell, const Tensor& x,
                                const Tensor& h, const OptTensor& c, const Tensor& w_ih,
@@ -221,7 +324,8 @@ struct CellFunction : torch::autograd::Function<CellFunction> {
         ops::cell_forward().call(cell, x, h, c, w_ih, w_hh, b_ih, b_hh, true);
     // The workspace is the op's own (h' and c' are copied into it), so an in-place op on a
     // returned state leaves the backward intact.
-    ctx->save_for_backward({x, h, or_undefined(c), w_ih, w_hh, workspace});
+    ctx->save_for_backward(  // the biases for double backward only
+        {x, h, or_undefined(c), w_ih, w_hh, workspace, or_undefined(b_ih), or_undefined(b_hh)});
     ctx->saved_data["cell"] = std::string(cell);
     ctx->saved_data["bias"] = b_ih.has_value();
     // Inputs that need no gradient (a decoder's data input, a zero initial state) skip a GEMM.
@@ -233,9 +337,9 @@ struct CellFunction : torch::autograd::Function<CellFunction> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    check_no_double_backward();
-    limit_threads_until_backward_ends();
     const variable_list saved = ctx->get_saved_variables();
+    if (at::GradMode::is_enabled()) return differentiable_cell_backward(ctx, saved, grads);
+    limit_threads_until_backward_ends();
     const Tensor &x = saved[0], &h = saved[1], &w_ih = saved[3], &w_hh = saved[4];
     const OptTensor c = as_optional(saved[2]);
     const OptTensor grad_c = c.has_value() ? OptTensor(or_zeros(grads[1], *c)) : std::nullopt;
@@ -299,6 +403,20 @@ struct OneThreadLinear : torch::autograd::Function<OneThreadLinear> {
 };
 
 }  // namespace
+
+void remember_projection(const Tensor& output, const Tensor& x, const Tensor& w_ih,
+                         const OptTensor& bias) {
+  torch::autograd::Node* node = output.grad_fn().get();
+  AutogradContext* ctx = nullptr;
+  using torch::autograd::CppNode;
+  if (auto* rnn = dynamic_cast<CppNode<RnnFunction>*>(node)) ctx = &rnn->ctx_;
+  if (auto* gru = dynamic_cast<CppNode<GruFunction>*>(node)) ctx = &gru->ctx_;
+  if (auto* lstm = dynamic_cast<CppNode<LstmFunction>*>(node)) ctx = &lstm->ctx_;
+  if (ctx == nullptr) return;
+  ctx->saved_data["proj_x"] = x;
+  ctx->saved_data["proj_w_ih"] = w_ih;
+  ctx->saved_data["proj_bias"] = bias.has_value() ? c10::IValue(*bias) : c10::IValue();
+}
 
 Tensor one_thread_linear(const Tensor& x, const Tensor& w, const OptTensor& bias) {
   if (!at::GradMode::is_enabled() ||

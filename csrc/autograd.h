@@ -5,6 +5,9 @@
 #include <ATen/ATen.h>
 
 #include <optional>
+#include <vector>
+
+#include "cell.h"
 
 namespace fusedrnn {
 
@@ -14,5 +17,21 @@ namespace fusedrnn {
 // a C++ one).
 at::Tensor one_thread_linear(const at::Tensor& x, const at::Tensor& w,
                              const std::optional<at::Tensor>& bias);
+
+// Double backward of a layer's fused op differentiates it again from its input projection,
+// recomputed from the projection's own inputs (which its autograd node keeps alive anyway): the
+// fused node does not save xproj, a (T, B, G*H) tensor every training step would carry. Called
+// by the functional ops right after the fused op; `output` is its first output. No effect where
+// the output has no fused autograd node (no grad needed, tracing).
+void remember_projection(const at::Tensor& output, const at::Tensor& x, const at::Tensor& w_ih,
+                         const std::optional<at::Tensor>& bias);
+
+// The time-loop ops in differentiable ATen ops (csrc/reference_loop.cpp): {output (T, B, P),
+// h_n (B, P), c_n (B, H) for LSTM else undefined}. c0, b_hh, w_hr, lengths: undefined when absent.
+std::vector<at::Tensor> reference_time_loop(Cell cell, const at::Tensor& xproj,
+                                            const at::Tensor& h0, const at::Tensor& c0,
+                                            const at::Tensor& w_hh, const at::Tensor& b_hh,
+                                            const at::Tensor& w_hr, const at::Tensor& lengths,
+                                            bool reverse);
 
 }  // namespace fusedrnn

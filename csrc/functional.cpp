@@ -68,6 +68,7 @@ std::tuple<Tensor, Tensor, Tensor> layer(Cell cell, const Tensor& x, const Tenso
     const Tensor xproj = input_projection(x, w_ih, b_ih);
     auto [out, h_n, gates, hprev] =
         ops::gru_forward().call(xproj, h0, w_hh, b_hh, lengths, reverse, kSaveWorkspace);
+    remember_projection(out, x, w_ih, b_ih);
     return {out, h_n, no_cell_state(out)};
   }
   // RNN and LSTM: both biases add to the pre-activation, so fold them into the projection.
@@ -78,11 +79,13 @@ std::tuple<Tensor, Tensor, Tensor> layer(Cell cell, const Tensor& x, const Tenso
     TORCH_CHECK(c0.has_value(), "fusedrnn: lstm needs c0");
     auto outs =
         ops::lstm_forward().call(xproj, h0, *c0, w_hh, w_hr, lengths, reverse, kSaveWorkspace);
+    remember_projection(std::get<0>(outs), x, w_ih, bias);
     return {std::get<0>(outs), std::get<1>(outs), std::get<2>(outs)};
   }
   const bool relu = cell == Cell::RnnRelu;
   auto [out, h_n, hprev] =
       ops::rnn_forward().call(xproj, h0, w_hh, lengths, reverse, relu, kSaveWorkspace);
+  remember_projection(out, x, w_ih, bias);
   return {out, h_n, no_cell_state(out)};
 }
 
