@@ -142,7 +142,8 @@ struct RnnFunction : torch::autograd::Function<RnnFunction> {
     if (at::GradMode::is_enabled()) {  // create_graph=True
       const Cell cell = ctx->saved_data["relu"].toBool() ? Cell::RnnRelu : Cell::RnnTanh;
       const Differentiable g = differentiate_reference(
-          cell, {recomputed_projection(ctx), saved[4], Tensor(), saved[0]}, saved[3],
+          cell, {recomputed_projection(ctx), saved[4], Tensor(), saved[0], Tensor(), Tensor()},
+          saved[3],
           ctx->saved_data["reverse"].toBool(), grads);
       return {g.xproj, g.h0, g.w_hh, Tensor(), Tensor(), Tensor()};
     }
@@ -191,7 +192,7 @@ struct GruFunction : torch::autograd::Function<GruFunction> {
     const variable_list saved = ctx->get_saved_variables();
     if (at::GradMode::is_enabled()) {  // create_graph=True
       const Differentiable g = differentiate_reference(
-          Cell::Gru, {recomputed_projection(ctx), saved[4], Tensor(), saved[0], saved[5]},
+          Cell::Gru, {recomputed_projection(ctx), saved[4], Tensor(), saved[0], saved[5], Tensor()},
           saved[3], ctx->saved_data["reverse"].toBool(), grads);
       return {g.xproj, g.h0, g.w_hh, g.b_hh, Tensor(), Tensor()};
     }
