@@ -19,8 +19,9 @@ at::Tensor one_thread_linear(const at::Tensor& x, const at::Tensor& w,
                              const std::optional<at::Tensor>& bias);
 
 // Double backward of a layer's fused op differentiates it again from its input projection,
-// recomputed from the projection's own inputs (which its autograd node keeps alive anyway): the
-// fused node does not save xproj, a (T, B, G*H) tensor every training step would carry. Called
+// recomputed from the projection's own inputs: the fused node does not save xproj, a (T, B, G*H)
+// tensor every training step would carry. The projection's node keeps x alive anyway whenever
+// w_ih requires grad; only with w_ih frozen does this keep x (T, B, I) alive by itself. Called
 // by the functional ops right after the fused op; `output` is its first output. No effect where
 // the output has no fused autograd node (no grad needed, tracing).
 void remember_projection(const at::Tensor& output, const at::Tensor& x, const at::Tensor& w_ih,
