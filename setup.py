@@ -50,10 +50,12 @@ DEBUG = os.environ.get("FUSEDRNN_DEBUG", "0") == "1"
 
 
 class PersistentBuildExtension(BuildExtension):
-    """torch's BuildExtension (ninja) with its object files in BUILD_TEMP."""
+    """torch's BuildExtension (ninja) with its object files in BUILD_TEMP, unless the caller chose
+    a folder inside the project's build/ (e.g. .ci/sanitize_cpu.sh's build/sanitize/temp)."""
 
     def run(self):
-        self.build_temp = BUILD_TEMP
+        if not os.path.abspath(self.build_temp).startswith(os.path.join(ROOT, "build") + os.sep):
+            self.build_temp = BUILD_TEMP  # pip's editable builds: a fresh temporary folder
         super().run()
 
 
