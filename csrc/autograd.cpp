@@ -71,36 +71,42 @@ struct Differentiable {
   Tensor xproj, h0, c0, w_hh, b_hh, w_hr;
 };
 
-// Backward with create_graph=True: the gradients of `in` (those that require grad) as
-// differentiable functions, from the step-by-step form of the computation.
-Differentiable differentiate_reference(Cell cell, Differentiable in, const Tensor& lengths,
-                                       bool reverse, const variable_list& grads) {
-  const std::vector<Tensor> outs = reference_time_loop(cell, in.xproj, in.h0, in.c0, in.w_hh,
-                                                       in.b_hh, in.w_hr, lengths, reverse);
-  variable_list outputs, grad_outputs, inputs;
+// d(outs . grads) / d(inputs) with create_graph=True, aligned with inputs: undefined where an
+// input is absent or needs no gradient. An undefined grads[i] counts as zeros; outputs that need
+// no gradient are left out.
+variable_list differentiate(const std::vector<Tensor>& outs, const variable_list& grads,
+                            const variable_list& inputs) {
+  variable_list outputs, grad_outputs, wanted, result(inputs.size());
   for (size_t i = 0; i < outs.size(); ++i) {
     if (!outs[i].defined() || !outs[i].requires_grad()) continue;
     outputs.push_back(outs[i]);
     const bool given = i < grads.size() && grads[i].defined();
     grad_outputs.push_back(given ? grads[i] : at::zeros_like(outs[i]));
   }
-  Differentiable result;
-  const Tensor* roles[] = {&in.xproj, &in.h0, &in.c0, &in.w_hh, &in.b_hh, &in.w_hr};
-  Tensor* result_roles[] = {&result.xproj, &result.h0, &result.c0, &result.w_hh, &result.b_hh,
-                            &result.w_hr};
-  std::vector<size_t> wanted;  // indices into roles
-  for (size_t k = 0; k < 6; ++k) {
-    if (roles[k]->defined() && roles[k]->requires_grad()) {
-      inputs.push_back(*roles[k]);
-      wanted.push_back(k);
+  std::vector<size_t> where;
+  for (size_t k = 0; k < inputs.size(); ++k) {
+    if (inputs[k].defined() && inputs[k].requires_grad()) {
+      wanted.push_back(inputs[k]);
+      where.push_back(k);
     }
   }
-  if (inputs.empty() || outputs.empty()) return result;
-  const variable_list g = torch::autograd::grad(outputs, inputs, grad_outputs,
+  if (wanted.empty() || outputs.empty()) return result;
+  const variable_list g = torch::autograd::grad(outputs, wanted, grad_outputs,
                                                 /*retain_graph=*/true, /*create_graph=*/true,
                                                 /*allow_unused=*/true);
-  for (size_t j = 0; j < wanted.size(); ++j) *result_roles[wanted[j]] = g[j];
+  for (size_t j = 0; j < where.size(); ++j) result[where[j]] = g[j];
   return result;
+}
+
+// Backward with create_graph=True of a time-loop node: the gradients of `in` from the
+// step-by-step form of the computation.
+Differentiable differentiate_reference(Cell cell, const Differentiable& in, const Tensor& lengths,
+                                       bool reverse, const variable_list& grads) {
+  const std::vector<Tensor> outs = reference_time_loop(cell, in.xproj, in.h0, in.c0, in.w_hh,
+                                                       in.b_hh, in.w_hr, lengths, reverse);
+  const variable_list g =
+      differentiate(outs, grads, {in.xproj, in.h0, in.c0, in.w_hh, in.b_hh, in.w_hr});
+  return {g[0], g[1], g[2], g[3], g[4], g[5]};
 }
 
 // The layer op's input projection, recomputed (with a graph to x, w_ih, bias) from what
@@ -143,8 +149,7 @@ struct RnnFunction : torch::autograd::Function<RnnFunction> {
       const Cell cell = ctx->saved_data["relu"].toBool() ? Cell::RnnRelu : Cell::RnnTanh;
       const Differentiable g = differentiate_reference(
           cell, {recomputed_projection(ctx), saved[4], Tensor(), saved[0], Tensor(), Tensor()},
-          saved[3],
-          ctx->saved_data["reverse"].toBool(), grads);
+          saved[3], ctx->saved_data["reverse"].toBool(), grads);
       return {g.xproj, g.h0, g.w_hh, Tensor(), Tensor(), Tensor()};
     }
     limit_threads_until_backward_ends();
@@ -242,7 +247,8 @@ struct LstmFunction : torch::autograd::Function<LstmFunction> {
     const variable_list saved = ctx->get_saved_variables();
     if (at::GradMode::is_enabled()) {  // create_graph=True
       const Differentiable g = differentiate_reference(
-          Cell::Lstm, {recomputed_projection(ctx), saved[7], saved[8], saved[0], Tensor(), saved[1]},
+          Cell::Lstm,
+          {recomputed_projection(ctx), saved[7], saved[8], saved[0], Tensor(), saved[1]},
           saved[6], ctx->saved_data["reverse"].toBool(), grads);
       return {g.xproj, g.h0, g.c0, g.w_hh, g.w_hr, Tensor(), Tensor()};
     }
@@ -283,36 +289,17 @@ variable_list differentiable_cell_backward(AutogradContext* ctx, const variable_
   const Cell cell = parse_cell(ctx->saved_data["cell"].toStringRef());
   const Tensor &x = saved[0], &h = saved[1], &c = saved[2], &w_ih = saved[3], &w_hh = saved[4];
   const Tensor &b_ih = saved[6], &b_hh = saved[7];
-  // The same roles as a layer, differentiated in one call: xproj is built from x, w_ih and the
-  // biases inside the differentiated computation, so their gradients come from it.
-  variable_list inputs;
-  for (const Tensor* t : {&x, &h, &c, &w_ih, &w_hh, &b_ih, &b_hh}) inputs.push_back(*t);
+  // xproj is built inside the differentiated computation, so x, w_ih and the biases get their
+  // gradients through it.
   Tensor xproj = at::linear(x, w_ih, b_ih.defined() ? OptTensor(b_ih) : std::nullopt);
   if (cell != Cell::Gru && b_hh.defined()) xproj = xproj + b_hh;
   const std::vector<Tensor> outs = reference_time_loop(
       cell, xproj.unsqueeze(0), h, cell == Cell::Lstm ? c : Tensor(), w_hh,
       cell == Cell::Gru ? b_hh : Tensor(), Tensor(), Tensor(), false);
-  variable_list outputs{outs[1]}, grad_outputs{grads[0].defined() ? grads[0]
-                                                                  : at::zeros_like(outs[1])};
-  if (cell == Cell::Lstm && outs[2].requires_grad()) {
-    outputs.push_back(outs[2]);
-    grad_outputs.push_back(grads[1].defined() ? grads[1] : at::zeros_like(outs[2]));
-  }
-  variable_list wanted;
-  std::vector<size_t> where;
-  for (size_t i = 0; i < inputs.size(); ++i) {
-    if (inputs[i].defined() && inputs[i].requires_grad()) {
-      wanted.push_back(inputs[i]);
-      where.push_back(i);
-    }
-  }
-  variable_list result(8);  // (cell, x, h, c, w_ih, w_hh, b_ih, b_hh)
-  if (wanted.empty() || !outputs[0].requires_grad()) return result;
-  const variable_list g = torch::autograd::grad(outputs, wanted, grad_outputs,
-                                                /*retain_graph=*/true, /*create_graph=*/true,
-                                                /*allow_unused=*/true);
-  for (size_t j = 0; j < where.size(); ++j) result[where[j] + 1] = g[j];
-  return result;
+  // grads: (h', c'); outs[1], outs[2] are h', c' (c' undefined but for LSTM)
+  const variable_list g =
+      differentiate({outs[1], outs[2]}, grads, {x, h, c, w_ih, w_hh, b_ih, b_hh});
+  return {Tensor(), g[0], g[1], g[2], g[3], g[4], g[5], g[6]};  // (cell, x, h, c, ...)
 }
 
 struct CellFunction : torch::autograd::Function<CellFunction> {

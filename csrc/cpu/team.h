@@ -50,8 +50,9 @@ namespace cpu {
 // Whether a team of workers has lately made a loop slower than one worker would have been (see
 // the top of this file). Process-wide: the other cores are busy for every op alike. After a
 // contended loop the team is off for a window that doubles with each contended probe (100 ms up
-// to 6.4 s) and halves with each uncontended one, so a machine that stays busy pays for a few steps of a probing team now and then,
-// and one that becomes idle again gets its team back within the window.
+// to 6.4 s) and halves with each uncontended one, so a machine that stays busy pays for a few
+// steps of a probing team now and then, and one that becomes idle again gets its team back
+// within the window.
 class TeamContention {
  public:
   static bool active() { return now_ns() < single_until_ns().load(std::memory_order_relaxed); }
