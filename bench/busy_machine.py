@@ -28,6 +28,9 @@ import torch
 from fusedrnn import bench, report
 
 VARIANTS = ("fused", "fused 1 thread", "torch.nn", "torch.nn 1 thread")
+# Two medians of the same code on this kind of shared machine differ by up to ~5%: a ratio above
+# this counts as slower beyond the noise.
+NOISE = 1.05
 
 
 class ThreadCount:
@@ -168,15 +171,24 @@ def main() -> int:
     loops, dissolved, contended = torch.ops.fusedrnn.cpu_team_counts()
     print(f"fused thread teams: {loops} time loops ran on a team, {dissolved} dissolved mid-loop, "
           f"{contended} marked the machine busy (csrc/cpu/team.h)")
+    _, _, readings, busy_readings = torch.ops.fusedrnn.cpu_machine_load()
+    print(f"machine load: {int(busy_readings)} of {int(readings)} readings found other processes "
+          f"using cores, so fused ops ran on fewer threads (csrc/cpu/machine_load.h)")
     slower = [r for r in rows if r.vs_one_thread > 1.0]
-    print(f"\nfused at the default threads slower than on 1 thread: {len(slower)} of {len(rows)}"
+    print(f"\nfused at the default threads slower than on 1 thread: {len(slower)} of {len(rows)}, "
+          f"{sum(r.vs_one_thread > NOISE for r in rows)} by more than the noise allowance "
+          f"({NOISE - 1:.0%})"
           + "".join(f"\n  {r.config} {r.bench_pass}: {r.vs_one_thread:.2f}" for r in slower))
+    behind = [r for r in rows if r.speedup < 1.0]
+    print(f"fused slower than torch.nn (default threads): {len(behind)} of {len(rows)}"
+          + "".join(f"\n  {r.config} {r.bench_pass}: {r.speedup:.2f}x" for r in behind))
     for label, detail in failed:
         print(f"  FAIL {label}: {detail}")
     if args.json:
         report.write_json(args.json, {
             "environment": report.environment("cpu"), "load": load,
             "team_counts": {"team_loops": loops, "dissolved": dissolved, "contended": contended},
+            "machine_load_readings": {"readings": int(readings), "busy": int(busy_readings)},
             "default_threads": default_threads,
             "method": f"interleaved (random order each repetition), warm-up 2, median over >= 7 repetitions "
                       f"within {args.budget}s per pass",

@@ -63,6 +63,8 @@ TORCH_LIBRARY(fusedrnn, m) {
   m.def("fma_peak_gflops(float seconds) -> float", &fusedrnn::cpu::fma_peak_gflops);
   // (the thread team's record on a busy machine, csrc/cpu/team.h)
   m.def("cpu_team_counts() -> int[]", &fusedrnn::cpu::TeamContention::totals);
+  // (the machine's load as the ops read it, csrc/cpu/machine_load.h)
+  m.def("cpu_machine_load() -> float[]", &fusedrnn::cpu::MachineLoad::summary);
   m.def(
       "cell_forward(str cell, Tensor x, Tensor h, Tensor? c, Tensor w_ih, Tensor w_hh, "
       "Tensor? b_ih, Tensor? b_hh, bool save_workspace) "

@@ -158,6 +158,43 @@ def test_team_on_one_cpu_dissolves_and_backs_off(tmp_path):
     assert in_backward == 1 and after_backward == 2
 
 
+def test_busy_core_limits_threads_without_a_team(tmp_path):
+    """Another process spinning on one of this process's 2 CPUs: the ops read the machine's load
+    (csrc/cpu/machine_load.h), count one core free, and run on one thread even where no team
+    forms to notice (RNN T=300 B=8 H=64, whose steps are too small for a team): torch's own
+    backward nodes see 1 thread during the pass, the caller's 2 come back after it, and results
+    equal torch.nn's. In a fresh process pinned to the first CPU, the spinner to the second."""
+    if not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs 2 CPUs and os.sched_setaffinity")
+    first, second = sorted(os.sched_getaffinity(0))[:2]
+    code = (
+        "import os, sys, time, subprocess, torch; sys.path.insert(0, 'tests');"
+        f"os.sched_setaffinity(0, {{{first}, {second}}}); torch.set_num_threads(2);"
+        "spin = subprocess.Popen([sys.executable, '-c', "
+        f"'import os\\nos.sched_setaffinity(0, {{{second}}})\\nwhile True: pass']);"
+        "import fusedrnn; from helpers import Case, check_case;"
+        "rnn = fusedrnn.RNN(32, 64); x = torch.randn(300, 8, 32);"
+        "load = torch.ops.fusedrnn.cpu_machine_load; load(); deadline = time.time() + 10;"
+        "time.sleep(0.5)\n"
+        "while load()[1] > 1 and time.time() < deadline: time.sleep(0.1)\n"
+        "xg = x.clone().requires_grad_(); seen = [];"
+        "xg.register_hook(lambda g: seen.append(torch.get_num_threads()));"
+        "rnn(xg)[0].sum().backward(); after = torch.get_num_threads();"
+        "others, free, readings, busy = load();"
+        "check_case(Case('rnn_tanh', T=300, B=8, I=32, H=64), torch.float32);"
+        "spin.kill(); spin.wait();"
+        "print(free, int(readings), int(busy), *seen, after, *torch.ops.fusedrnn.cpu_team_counts())"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, "-c", code], check=True, cwd=root,
+                            capture_output=True, text=True, timeout=120)
+    free, readings, busy, in_backward, after_backward, team_loops, _, _ = map(
+        float, result.stdout.split())
+    assert free == 1 and readings >= 1 and busy >= 1
+    assert in_backward == 1 and after_backward == 2
+    assert team_loops == 0
+
+
 @pytest.mark.parametrize("cell", ["rnn_tanh", "rnn_relu", "gru", "lstm"])
 def test_two_worker_time_loops_match_torch(cell):
     """torch.nn equivalence (outputs and all gradients) with every step split over 2 workers:

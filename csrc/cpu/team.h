@@ -14,13 +14,17 @@
 // worker would be, the team dissolves mid-loop and the first worker finishes every block alone;
 // a dissolved loop, or two in a row the team made slower, mark the machine busy, and for a
 // back-off window every op runs on one thread, torch's own intra-op work inside our ops
-// included (ThreadLimitWhileContended).
+// included (ThreadLimitWhileContended). Loops too small for a team, and the BLAS work around
+// them, learn of a busy machine from its load instead (csrc/cpu/machine_load.h): ops use at most
+// the cores other processes leave free.
 // The waiting policy stays OpenMP's spinning barrier (0.4 us between 2 idle cores; a futex wake
 // costs 10-50 us, more than a small step); OMP_WAIT_POLICY=PASSIVE, which stops torch's pool
 // threads spinning on a busy machine, makes it sleep too (README, "On a busy machine").
 #pragma once
 
 #include <ATen/Parallel.h>
+
+#include "cpu/machine_load.h"
 
 #include <algorithm>
 #include <atomic>
@@ -115,17 +119,26 @@ class TeamContention {
   }
 };
 
-// Limiting torch's intra-op threads on this thread (OpenMP regions, at::parallel_for, MKL) to one,
-// and restoring them: thread-local settings only. omp == 0: nothing was limited.
+// Threads our ops may use now: torch's intra-op thread count, one while teams have lately found
+// the machine busy (TeamContention), else at most the cores other processes leave free.
+inline int64_t usable_threads() {
+  const int64_t threads = at::get_num_threads();
+  if (threads < 2) return threads;
+  if (TeamContention::active()) return 1;
+  return std::min<int64_t>(threads, MachineLoad::free_cores());
+}
+
+// Limiting torch's intra-op threads on this thread (OpenMP regions, at::parallel_for, MKL) to
+// `threads`, and restoring them: thread-local settings only. omp == 0: nothing was limited.
 struct SavedThreadCounts {
   int omp = 0, mkl = 0;
 };
-inline SavedThreadCounts limit_to_one_thread() {
+inline SavedThreadCounts limit_threads(int64_t threads) {
   SavedThreadCounts saved;
 #ifdef _OPENMP
   saved.omp = omp_get_max_threads();
-  omp_set_num_threads(1);
-  if (MKL_Set_Num_Threads_Local) saved.mkl = MKL_Set_Num_Threads_Local(1);
+  omp_set_num_threads(static_cast<int>(threads));
+  if (MKL_Set_Num_Threads_Local) saved.mkl = MKL_Set_Num_Threads_Local(static_cast<int>(threads));
 #endif
   return saved;
 }
@@ -137,7 +150,7 @@ inline void restore_thread_counts(SavedThreadCounts saved) {
 #endif
 }
 
-// The one-thread limit below, held by a thread past one scope: for the rest of an autograd
+// The thread limit below, held by a thread past one scope: for the rest of an autograd
 // backward pass, where torch's own nodes around the fused ones (the input projections' GEMMs,
 // bias sums, cat and stack) would wait for a descheduled pool thread just as a team barrier does.
 // The pass's end may be signalled from another thread (the engine runs its final callbacks on
@@ -147,13 +160,15 @@ class HeldThreadLimit {
  public:
   using EndFlag = std::shared_ptr<std::atomic<bool>>;
 
-  // Limits this thread while the machine is busy and it holds no limit yet. Returns the flag
-  // that ends the limit (pass it to end()), or null when nothing was limited.
+  // Limits this thread to usable_threads() while the machine is busy and it holds no limit yet.
+  // Returns the flag that ends the limit (pass it to end()), or null when nothing was limited.
   static EndFlag hold() {
     lift_if_ended();
     Held& held = this_thread();
-    if (held.ended || at::in_parallel_region() || !TeamContention::active()) return nullptr;
-    held.saved = limit_to_one_thread();
+    if (held.ended || at::in_parallel_region()) return nullptr;
+    const int64_t threads = usable_threads();
+    if (threads >= at::get_num_threads()) return nullptr;
+    held.saved = limit_threads(threads);
     held.ended = std::make_shared<std::atomic<bool>>(false);
     return held.ended;
   }
@@ -179,32 +194,40 @@ class HeldThreadLimit {
   }
 };
 
-// For the lifetime of the scope (when enabled), torch's intra-op threads on this thread are
-// limited to one.
-class OneThreadScope {
+// For the lifetime of the scope, torch's intra-op threads on this thread are limited to
+// `threads` (nothing changes when that is 0 or no fewer than it has).
+class ThreadLimitScope {
  public:
-  explicit OneThreadScope(bool enable) {
-    if (enable && !at::in_parallel_region()) saved_ = limit_to_one_thread();
+  explicit ThreadLimitScope(int64_t threads) {
+    if (threads > 0 && threads < at::get_num_threads() && !at::in_parallel_region()) {
+      saved_ = limit_threads(threads);
+    }
   }
-  ~OneThreadScope() { restore_thread_counts(saved_); }
-  OneThreadScope(const OneThreadScope&) = delete;
-  OneThreadScope& operator=(const OneThreadScope&) = delete;
+  ~ThreadLimitScope() { restore_thread_counts(saved_); }
+  ThreadLimitScope(const ThreadLimitScope&) = delete;
+  ThreadLimitScope& operator=(const ThreadLimitScope&) = delete;
 
  private:
   SavedThreadCounts saved_;
 };
 
-// Whether the machine is busy now (lifting a backward pass's limit that has ended first).
-inline bool contended_now() {
+// One thread for the scope when enabled.
+class OneThreadScope : public ThreadLimitScope {
+ public:
+  explicit OneThreadScope(bool enable) : ThreadLimitScope(enable ? 1 : 0) {}
+};
+
+// The threads usable now (lifting a backward pass's limit that has ended first).
+inline int64_t usable_threads_now() {
   HeldThreadLimit::lift_if_ended();
-  return TeamContention::active();
+  return usable_threads();
 }
 
-// One thread for the scope while the team is contended: a torch op's parallel region waits for a
+// usable_threads() for the scope: on a busy machine a torch op's parallel region waits for a
 // descheduled pool thread just as a team barrier does. Nothing changes on an idle machine.
-class ThreadLimitWhileContended : public OneThreadScope {
+class ThreadLimitWhileContended : public ThreadLimitScope {
  public:
-  ThreadLimitWhileContended() : OneThreadScope(contended_now()) {}
+  ThreadLimitWhileContended() : ThreadLimitScope(usable_threads_now()) {}
 };
 
 // Multiply-adds below which a torch GEMM inside our ops runs on one thread whatever the machine:
@@ -235,11 +258,11 @@ constexpr int64_t kMinStepMacsPerWorker = 32768;
 // Workers for a loop of num_blocks unit blocks: torch.get_num_threads() at most, one when the
 // per-step product is a BLAS call (can_split false: BLAS threads itself and must not run inside
 // our region), when already inside a parallel region, when a step is too small to split, or
-// while the machine is busy (TeamContention).
+// while the machine is busy (usable_threads()).
 inline int64_t team_size(bool can_split, int64_t num_blocks, int64_t macs_per_step) {
-  if (!can_split || at::in_parallel_region() || TeamContention::active()) return 1;
+  if (!can_split || at::in_parallel_region()) return 1;
   const int64_t by_work = std::max<int64_t>(1, macs_per_step / kMinStepMacsPerWorker);
-  return std::min<int64_t>({static_cast<int64_t>(at::get_num_threads()), num_blocks, by_work});
+  return std::min<int64_t>({usable_threads(), num_blocks, by_work});
 }
 
 // Multiply-adds a direction's whole time loop needs before running the two directions of a
@@ -255,9 +278,7 @@ constexpr int64_t kMinLoopMacsForConcurrentDirections = int64_t{1} << 20;
 // for waking a second thread. Measured on the project's machine (two layers, inference, at once
 // vs one after the other): T=300 B=8 H=64 RNN 1.31x, GRU/LSTM (teams of 2) 1.0x.
 inline bool run_directions_concurrently(int64_t steps, int64_t macs_per_step) {
-  if (at::in_parallel_region() || at::get_num_threads() < 2 || TeamContention::active()) {
-    return false;
-  }
+  if (at::in_parallel_region() || usable_threads() < 2) return false;
   return macs_per_step < 2 * kMinStepMacsPerWorker &&
          steps * macs_per_step >= kMinLoopMacsForConcurrentDirections;
 }
