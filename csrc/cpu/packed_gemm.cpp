@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -216,6 +217,74 @@ FUSEDRNN_AVX512 void kernel_8x16_avx512(int64_t kc, const float* A, int64_t lda,
   if constexpr (MR > 7) store_row_avx512(C + 7 * ldc, c7, mask, accumulate);
 }
 
+// MR rows of A against the G gate panels of one block (panel g at panel0 + g * panel_stride):
+// C[m, g * group_stride + c] (+)= A[m, :kc] · panel_g[kc, 16]. G * MR zmm accumulators (24 for
+// LSTM's 4x6 and GRU's 3x8): per k, G panel loads and MR broadcasts feed G * MR FMAs, where gate
+// by gate (kernel_8x16_avx512) 9 loads fed 8 FMAs. The loops over G and MR are unrolled at
+// compile time, so the accumulator array lives in registers.
+template <int G, int MR>
+FUSEDRNN_AVX512 void kernel_gates_avx512(int64_t kc, const float* A, int64_t lda,
+                                         const float* panel0, int64_t panel_stride, float* C,
+                                         int64_t ldc, int64_t group_stride, int64_t ncols,
+                                         bool accumulate) {
+  static_assert(G * MR + G + 1 <= 32, "kernel_gates_avx512: more accumulators than registers");
+  __m512 acc[G][MR];
+#pragma GCC unroll 8
+  for (int g = 0; g < G; ++g) {
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) acc[g][r] = _mm512_setzero_ps();
+  }
+  for (int64_t k = 0; k < kc; ++k) {
+    __m512 b[G];
+#pragma GCC unroll 8
+    for (int g = 0; g < G; ++g) b[g] = _mm512_load_ps(panel0 + g * panel_stride + k * kPanelWidth);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      const __m512 a = _mm512_set1_ps(A[r * lda + k]);
+#pragma GCC unroll 8
+      for (int g = 0; g < G; ++g) acc[g][r] = _mm512_fmadd_ps(a, b[g], acc[g][r]);
+    }
+  }
+  const __mmask16 mask = static_cast<__mmask16>((1u << ncols) - 1u);  // ncols is 1..16
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 8
+    for (int g = 0; g < G; ++g) {
+      store_row_avx512(C + r * ldc + g * group_stride, acc[g][r], mask, accumulate);
+    }
+  }
+}
+
+// Every row of A against the G gate panels of one block, in kernel calls of at most MR rows
+// spread evenly (M = 32 with MR = 6: 6,6,5,5,5,5, not 6x5 and a latency-bound 2).
+template <int G, int MR>
+FUSEDRNN_AVX512 void multiply_gates_avx512(int64_t M, int64_t kc, const float* A, int64_t lda,
+                                           const float* panel0, int64_t panel_stride, float* C,
+                                           int64_t ldc, int64_t group_stride, int64_t ncols,
+                                           bool accumulate) {
+  const int64_t calls = (M + MR - 1) / MR;
+  for (int64_t i = 0; i < calls; ++i) {
+    const int64_t m = M * i / calls, rows = M * (i + 1) / calls - m;
+    const float* a = A + m * lda;
+    float* c = C + m * ldc;
+    const auto call = [&](auto r) {
+      kernel_gates_avx512<G, decltype(r)::value>(kc, a, lda, panel0, panel_stride, c, ldc,
+                                                 group_stride, ncols, accumulate);
+    };
+    switch (rows) {
+      case 8: if constexpr (MR >= 8) call(std::integral_constant<int, 8>{}); break;
+      case 7: if constexpr (MR >= 7) call(std::integral_constant<int, 7>{}); break;
+      case 6: if constexpr (MR >= 6) call(std::integral_constant<int, 6>{}); break;
+      case 5: call(std::integral_constant<int, 5>{}); break;
+      case 4: call(std::integral_constant<int, 4>{}); break;
+      case 3: call(std::integral_constant<int, 3>{}); break;
+      case 2: call(std::integral_constant<int, 2>{}); break;
+      case 1: call(std::integral_constant<int, 1>{}); break;
+      default: break;
+    }
+  }
+}
+
 // All rows of A against one panel slice with AVX-512, in blocks of 8 rows; one or two rows
 // left take the AVX2 split-k kernel (few rows are latency-bound either way).
 FUSEDRNN_AVX512 void multiply_panel_avx512(int64_t M, int64_t kc, const float* A, int64_t lda,
@@ -395,6 +464,9 @@ void PackedWeight<T>::multiply_block(int64_t u, int64_t M, const T* A, int64_t l
   if constexpr (std::is_same_v<T, float>) {
     // One or two rows of a GRU/LSTM step (batch 1-2): every gate in one pass, row by row.
     const bool all_gates = M <= 2 && (groups_ == 3 || groups_ == 4);
+    // Three rows or more with AVX-512: the gates of the block together, rows in register blocks.
+    static const bool gate_kernel = std::getenv("FUSEDRNN_DISABLE_GATE_KERNEL") == nullptr;
+    const bool gates_avx512 = !all_gates && gate_kernel && packed_gemm_avx512();
     for (int64_t k0 = 0; k0 < K_; k0 += kDepthBlock) {
       const int64_t kc = std::min(kDepthBlock, K_ - k0);
       const bool accumulate = beta != 0.f || k0 > 0;
@@ -405,6 +477,18 @@ void PackedWeight<T>::multiply_block(int64_t u, int64_t M, const T* A, int64_t l
           kernel(kc, A + m * lda + k0, panel0, K_ * kPanelWidth, C + m * ldc, group_stride, ncols,
                  accumulate);
         }
+        continue;
+      }
+      if (gates_avx512 && groups_ == 4) {
+        multiply_gates_avx512<4, 6>(M, kc, A + k0, lda,
+                                    packed_data_ + (u * groups_ * K_ + k0) * kPanelWidth,
+                                    K_ * kPanelWidth, C, ldc, group_stride, ncols, accumulate);
+        continue;
+      }
+      if (gates_avx512 && groups_ == 3) {
+        multiply_gates_avx512<3, 8>(M, kc, A + k0, lda,
+                                    packed_data_ + (u * groups_ * K_ + k0) * kPanelWidth,
+                                    K_ * kPanelWidth, C, ldc, group_stride, ncols, accumulate);
         continue;
       }
       const auto multiply_panel =
@@ -435,6 +519,45 @@ void PackedWeight<T>::multiply(int64_t M, const T* A, int64_t lda, T beta, T* C,
       multiply_block(u, M, A, lda, beta, C + u * kBlockUnits, ldc, U_);
     }
   });
+}
+
+at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& w,
+                         const std::optional<at::Tensor>& bias, int64_t groups) {
+  const bool floats = x.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat &&
+                      (!bias.has_value() || bias->scalar_type() == at::kFloat);
+  if (!floats || !packed_gemm_available() || x.dim() != 2 || w.dim() != 2 ||
+      x.size(1) != w.size(1) || w.size(0) % groups != 0 ||
+      (bias.has_value() && (bias->dim() != 1 || bias->size(0) != w.size(0)))) {
+    return at::Tensor();
+  }
+  const at::Tensor a = x.contiguous(), weight = w.contiguous();
+  const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
+  const int64_t M = a.size(0), K = a.size(1), N = weight.size(0);
+  at::Tensor out = at::empty({M, N}, a.options());
+  if (M == 0 || N == 0) return out;
+  if (K == 0) return b.defined() ? out.copy_(b.expand({M, N})) : out.zero_();
+  const PackedWeight<float> packed(weight.data_ptr<float>(), N, K, /*transposed=*/true, groups);
+  const float* a_data = a.data_ptr<float>();
+  const float* b_data = b.defined() ? b.data_ptr<float>() : nullptr;
+  float* c_data = out.data_ptr<float>();
+  // 96 rows a chunk (a multiple of both kernels' row blocks): the chunk's rows of x stay in L2
+  // while every unit block's panels pass over them, and its output rows (bias first) too.
+  constexpr int64_t kChunkRows = 96;
+  const int64_t chunks = (M + kChunkRows - 1) / kChunkRows;
+  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t chunk = begin; chunk < end; ++chunk) {
+      const int64_t m0 = chunk * kChunkRows, rows = std::min(kChunkRows, M - m0);
+      float* c = c_data + m0 * N;
+      if (b_data) {
+        for (int64_t m = 0; m < rows; ++m) std::memcpy(c + m * N, b_data, sizeof(float) * N);
+      }
+      for (int64_t u = 0; u < packed.num_blocks(); ++u) {
+        packed.multiply_block(u, rows, a_data + m0 * K, K, b_data ? 1.f : 0.f,
+                              c + u * kBlockUnits, N, N / groups);
+      }
+    }
+  });
+  return out;
 }
 
 template class PackedWeight<float>;
