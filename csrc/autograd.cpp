@@ -19,7 +19,6 @@
 #include <vector>
 
 #include "autograd.h"
-#include "cpu/packed_gemm.h"
 #include "cpu/team.h"
 #include "op_handle.h"
 
@@ -360,28 +359,26 @@ std::tuple<Tensor, Tensor, Tensor> cell_forward_autograd(
   return {r[0], r[1], r[2]};
 }
 
-// ============================================================================ input projection
+// ============================================================================ small projection
 
 
-// A layer's input projection x (T, B, I) · w (G*H, I)^T + bias on CPU: forward on the packed
-// kernel where it runs (cpu::packed_linear; MKL's GEMM for this short-K shape reached 40-60
-// GFLOP/s on one AVX-512 core), else torch's linear; both products on one thread when
-// `one_thread` (too small for two, cpu::kMinParallelGemmMacs). The backward is written in ATen
-// ops, so create_graph=True differentiates it as it would torch's.
-struct CpuLinear : torch::autograd::Function<CpuLinear> {
+// torch's linear with its products on one thread, backward included (torch's own backward for
+// linear would take every pool thread for a tiny GEMM). The backward is written in ATen ops, so
+// create_graph=True differentiates it as it would torch's.
+struct OneThreadLinear : torch::autograd::Function<OneThreadLinear> {
   static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& w,
-                        const OptTensor& bias, int64_t groups, bool one_thread) {
+                        const OptTensor& bias) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
+    const cpu::OneThreadScope one_thread(true);
     ctx->save_for_backward({x, w});
     ctx->saved_data["bias"] = bias.has_value();  // without it the node has two inputs
-    ctx->saved_data["one_thread"] = one_thread;
-    return cpu_linear_forward(x, w, bias, groups, one_thread);
+    return at::linear(x, w, bias);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const variable_list saved = ctx->get_saved_variables();
     const Tensor &x = saved[0], &w = saved[1], &grad = grads[0];
-    const cpu::OneThreadScope one_thread(ctx->saved_data["one_thread"].toBool());
+    const cpu::OneThreadScope one_thread(true);
     const Tensor grad_rows = grad.flatten(0, -2);  // (T*B, G*H)
     Tensor grad_x, grad_w, grad_bias;
     if (ctx->needs_input_grad(0)) grad_x = at::matmul(grad, w);
@@ -389,17 +386,7 @@ struct CpuLinear : torch::autograd::Function<CpuLinear> {
     if (ctx->saved_data["bias"].toBool() && ctx->needs_input_grad(2)) {
       grad_bias = grad_rows.sum(0);
     }
-    return {grad_x, grad_w, grad_bias, Tensor(), Tensor()};
-  }
-
-  static Tensor cpu_linear_forward(const Tensor& x, const Tensor& w, const OptTensor& bias,
-                                   int64_t groups, bool one_thread) {
-    const cpu::OneThreadScope limit(one_thread);
-    const Tensor packed = cpu::packed_linear(x.reshape({-1, x.size(-1)}), w, bias, groups);
-    if (!packed.defined()) return at::linear(x, w, bias);
-    std::vector<int64_t> sizes = x.sizes().vec();
-    sizes.back() = w.size(0);
-    return packed.view(sizes);
+    return {grad_x, grad_w, grad_bias};
   }
 };
 
@@ -419,13 +406,13 @@ void remember_projection(const Tensor& output, const Tensor& x, const Tensor& w_
   ctx->saved_data["proj_bias"] = bias.has_value() ? c10::IValue(*bias) : c10::IValue();
 }
 
-Tensor cpu_input_projection(const Tensor& x, const Tensor& w, const OptTensor& bias,
-                            int64_t groups, bool one_thread) {
+Tensor one_thread_linear(const Tensor& x, const Tensor& w, const OptTensor& bias) {
   if (!at::GradMode::is_enabled() ||
       !any_requires_grad({&x, &w, &or_undefined(bias)})) {
-    return CpuLinear::cpu_linear_forward(x, w, bias, groups, one_thread);
+    const cpu::OneThreadScope one_thread(true);
+    return at::linear(x, w, bias);
   }
-  return CpuLinear::apply(x, w, bias, groups, one_thread);
+  return OneThreadLinear::apply(x, w, bias);
 }
 
 // Every backend: the Autograd alias key covers AutogradCPU, AutogradCUDA, ...

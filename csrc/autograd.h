@@ -11,14 +11,12 @@
 
 namespace fusedrnn {
 
-// A layer's input projection on CPU, at::linear(x, w, bias) in value and gradients: forward on
-// the packed kernel (float, where it runs), products on one thread when `one_thread` (a
-// projection too small for two, cpu::kMinParallelGemmMacs). x (T, B, I), w (G*H, I), bias (G*H);
-// groups = G. For real CPU tensors only (no tracing or functorch wrapper: the autograd node is a
-// C++ one).
-at::Tensor cpu_input_projection(const at::Tensor& x, const at::Tensor& w,
-                                const std::optional<at::Tensor>& bias, int64_t groups,
-                                bool one_thread);
+// at::linear(x, w, bias) with its forward and backward products on one thread: the input
+// projection of a layer too small for two (cpu::kMinParallelGemmMacs). x (T, B, I), w (G*H, I),
+// bias (G*H). For real CPU tensors only (no tracing or functorch wrapper: the autograd node is
+// a C++ one).
+at::Tensor one_thread_linear(const at::Tensor& x, const at::Tensor& w,
+                             const std::optional<at::Tensor>& bias);
 
 // Double backward of a layer's fused op differentiates it again from its input projection,
 // recomputed from the projection's own inputs: the fused node does not save xproj, a (T, B, G*H)

@@ -7,7 +7,6 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/ThreadLocalState.h>
-#include <ATen/autocast_mode.h>
 #include <c10/core/impl/TorchDispatchModeTLS.h>
 #include <torch/library.h>
 
@@ -38,15 +37,12 @@ bool plain_cpu(const Tensor& t) {
   return !t.defined() || allowed.isSupersetOf(t.key_set());
 }
 
-// x (T, B, I) @ w_ih (G*H, I)^T + bias. Real CPU tensors outside autocast: the CPU projection
-// (packed kernel; forward and backward on one thread when small, cpu::kMinParallelGemmMacs).
-Tensor input_projection(Cell cell, const Tensor& x, const Tensor& w_ih, const OptTensor& bias) {
-  if (!plain_cpu(x) || !plain_cpu(w_ih) || !plain_cpu(bias.value_or(Tensor())) ||
-      at::autocast::is_autocast_enabled(at::kCPU)) {
-    return at::linear(x, w_ih, bias);
-  }
-  const bool small = x.numel() * w_ih.size(0) < cpu::kMinParallelGemmMacs;
-  return cpu_input_projection(x, w_ih, bias, num_gates(cell), small);
+// x (T, B, I) @ w_ih (G*H, I)^T + bias: forward and backward on one thread when small
+// (cpu::kMinParallelGemmMacs).
+Tensor input_projection(const Tensor& x, const Tensor& w_ih, const OptTensor& bias) {
+  const bool small = plain_cpu(x) && plain_cpu(w_ih) && plain_cpu(bias.value_or(Tensor())) &&
+                     x.numel() * w_ih.size(0) < cpu::kMinParallelGemmMacs;
+  return small ? one_thread_linear(x, w_ih, bias) : at::linear(x, w_ih, bias);
 }
 
 // One layer, one direction. x (T, B, I); h0 (B, P); c0 (B, H) for LSTM.
@@ -69,7 +65,7 @@ std::tuple<Tensor, Tensor, Tensor> layer(Cell cell, const Tensor& x, const Tenso
     return {h_n.unsqueeze(0).clone(), h_n, cell == Cell::Lstm ? c_n : no_cell_state(h_n)};
   }
   if (cell == Cell::Gru) {  // b_hn sits inside r * (W_hn h + b_hn): b_hh goes to the fused op
-    const Tensor xproj = input_projection(cell, x, w_ih, b_ih);
+    const Tensor xproj = input_projection(x, w_ih, b_ih);
     auto [out, h_n, gates, hprev] =
         ops::gru_forward().call(xproj, h0, w_hh, b_hh, lengths, reverse, kSaveWorkspace);
     remember_projection(out, x, w_ih, b_ih);
@@ -78,7 +74,7 @@ std::tuple<Tensor, Tensor, Tensor> layer(Cell cell, const Tensor& x, const Tenso
   // RNN and LSTM: both biases add to the pre-activation, so fold them into the projection.
   OptTensor bias = b_ih.has_value() ? b_ih : b_hh;
   if (b_ih.has_value() && b_hh.has_value()) bias = *b_ih + *b_hh;
-  const Tensor xproj = input_projection(cell, x, w_ih, bias);
+  const Tensor xproj = input_projection(x, w_ih, bias);
   if (cell == Cell::Lstm) {
     TORCH_CHECK(c0.has_value(), "fusedrnn: lstm needs c0");
     auto outs =

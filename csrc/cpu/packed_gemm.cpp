@@ -521,45 +521,6 @@ void PackedWeight<T>::multiply(int64_t M, const T* A, int64_t lda, T beta, T* C,
   });
 }
 
-at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& w,
-                         const std::optional<at::Tensor>& bias, int64_t groups) {
-  const bool floats = x.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat &&
-                      (!bias.has_value() || bias->scalar_type() == at::kFloat);
-  if (!floats || !packed_gemm_available() || x.dim() != 2 || w.dim() != 2 ||
-      x.size(1) != w.size(1) || w.size(0) % groups != 0 ||
-      (bias.has_value() && (bias->dim() != 1 || bias->size(0) != w.size(0)))) {
-    return at::Tensor();
-  }
-  const at::Tensor a = x.contiguous(), weight = w.contiguous();
-  const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
-  const int64_t M = a.size(0), K = a.size(1), N = weight.size(0);
-  at::Tensor out = at::empty({M, N}, a.options());
-  if (M == 0 || N == 0) return out;
-  if (K == 0) return b.defined() ? out.copy_(b.expand({M, N})) : out.zero_();
-  const PackedWeight<float> packed(weight.data_ptr<float>(), N, K, /*transposed=*/true, groups);
-  const float* a_data = a.data_ptr<float>();
-  const float* b_data = b.defined() ? b.data_ptr<float>() : nullptr;
-  float* c_data = out.data_ptr<float>();
-  // 96 rows a chunk (a multiple of both kernels' row blocks): the chunk's rows of x stay in L2
-  // while every unit block's panels pass over them, and its output rows (bias first) too.
-  constexpr int64_t kChunkRows = 96;
-  const int64_t chunks = (M + kChunkRows - 1) / kChunkRows;
-  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t chunk = begin; chunk < end; ++chunk) {
-      const int64_t m0 = chunk * kChunkRows, rows = std::min(kChunkRows, M - m0);
-      float* c = c_data + m0 * N;
-      if (b_data) {
-        for (int64_t m = 0; m < rows; ++m) std::memcpy(c + m * N, b_data, sizeof(float) * N);
-      }
-      for (int64_t u = 0; u < packed.num_blocks(); ++u) {
-        packed.multiply_block(u, rows, a_data + m0 * K, K, b_data ? 1.f : 0.f,
-                              c + u * kBlockUnits, N, N / groups);
-      }
-    }
-  });
-  return out;
-}
-
 template class PackedWeight<float>;
 template class PackedWeight<double>;
 

@@ -11,7 +11,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <optional>
 
 #include "blas.h"
 #include "blocking.h"
@@ -70,14 +69,6 @@ class PackedWeight {
   at::Tensor packed_;  // (num_blocks * groups, K, 16) float when the packed kernel is used
   const float* packed_data_ = nullptr;  // packed_'s data (data_ptr costs ~20 ns: once, not per step)
 };
-
-// x (M, K) · w (N, K)^T + bias (N) -> (M, N), float: a layer's input projection on the packed
-// kernel (w packed per call; `groups` as PackedWeight's, the gate count, so the gates of a unit
-// block come out of one kernel pass). Rows in cache-sized chunks, the chunks on the intra-op
-// thread pool. Undefined (the caller uses at::linear) where the packed kernel does not run here
-// or the tensors are not float.
-at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& w,
-                         const std::optional<at::Tensor>& bias, int64_t groups);
 
 }  // namespace cpu
 }  // namespace fusedrnn
