@@ -25,12 +25,14 @@ def test_gemm_block_edges(cell, B, H, dtype):
     check_case(Case(cell, T=4, B=B, I=9, H=H, input_kind="packed_unsorted"), dtype)
 
 
-def test_gemm_block_edges_avx2_kernel():
-    """The edge shapes again with the packed GEMM's AVX2 form forced (the GEMM CPUs without
-    AVX-512 run; the gate row kernels keep their own load-time clone); the choice is made once
-    per process, so in a fresh one."""
+@pytest.mark.parametrize("disable", ["FUSEDRNN_DISABLE_AVX512", "FUSEDRNN_DISABLE_GATE_KERNEL"])
+def test_gemm_block_edges_other_kernels(disable):
+    """The edge shapes again with another form of the packed GEMM forced: its AVX2 form (the GEMM
+    CPUs without AVX-512 run; the gate row kernels keep their own load-time clone), or on
+    AVX-512 the gate-by-gate 8x16 kernel in place of the all-gates one for GRU/LSTM steps. The
+    choice is made once per process, so in a fresh one."""
     here = os.path.dirname(os.path.abspath(__file__))
-    env = dict(os.environ, FUSEDRNN_DISABLE_AVX512="1")
+    env = dict(os.environ, **{disable: "1"})
     subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
                     f"{here}/test_cpu_kernels.py::test_gemm_block_edges"],
                    check=True, env=env, cwd=os.path.dirname(here))

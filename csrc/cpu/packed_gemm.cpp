@@ -466,7 +466,8 @@ void PackedWeight<T>::multiply_block(int64_t u, int64_t M, const T* A, int64_t l
     const bool all_gates = M <= 2 && (groups_ == 3 || groups_ == 4);
     // Three rows or more with AVX-512: the gates of the block together, rows in register blocks.
     static const bool gate_kernel = std::getenv("FUSEDRNN_DISABLE_GATE_KERNEL") == nullptr;
-    const bool gates_avx512 = !all_gates && gate_kernel && packed_gemm_avx512();
+    const bool gates_avx512 = !all_gates && (groups_ == 3 || groups_ == 4) && gate_kernel &&
+                              packed_gemm_avx512();
     for (int64_t k0 = 0; k0 < K_; k0 += kDepthBlock) {
       const int64_t kc = std::min(kDepthBlock, K_ - k0);
       const bool accumulate = beta != 0.f || k0 > 0;
@@ -479,16 +480,10 @@ void PackedWeight<T>::multiply_block(int64_t u, int64_t M, const T* A, int64_t l
         }
         continue;
       }
-      if (gates_avx512 && groups_ == 4) {
-        multiply_gates_avx512<4, 6>(M, kc, A + k0, lda,
-                                    packed_data_ + (u * groups_ * K_ + k0) * kPanelWidth,
-                                    K_ * kPanelWidth, C, ldc, group_stride, ncols, accumulate);
-        continue;
-      }
-      if (gates_avx512 && groups_ == 3) {
-        multiply_gates_avx512<3, 8>(M, kc, A + k0, lda,
-                                    packed_data_ + (u * groups_ * K_ + k0) * kPanelWidth,
-                                    K_ * kPanelWidth, C, ldc, group_stride, ncols, accumulate);
+      if (gates_avx512) {
+        const auto kernel = groups_ == 4 ? multiply_gates_avx512<4, 6> : multiply_gates_avx512<3, 8>;
+        kernel(M, kc, A + k0, lda, packed_data_ + (u * groups_ * K_ + k0) * kPanelWidth,
+               K_ * kPanelWidth, C, ldc, group_stride, ncols, accumulate);
         continue;
       }
       const auto multiply_panel =

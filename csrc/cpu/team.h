@@ -24,7 +24,7 @@
 
 #include <ATen/Parallel.h>
 
-#include "cpu/machine_load.h"
+#include "machine_load.h"
 
 #include <algorithm>
 #include <atomic>
