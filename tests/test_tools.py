@@ -174,3 +174,26 @@ def test_top_level_help_gives_each_command_a_whole_sentence():
     assert ("fused vs torch.nn vs an fp64 reference over a matrix of configurations, every "
             "output and gradient, PASS/FAIL by the rule in fusedrnn.verification.") in " ".join(
                 out.split())
+
+
+def test_busy_machine_bench_pairs_repetitions(tmp_path):
+    """bench/busy_machine.py: the median of per-repetition ratios with its order-statistic
+    interval (n=100: the 40th and 61st values, the textbook ranks), and one small configuration
+    run end to end, idle, into JSON."""
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    try:
+        import busy_machine
+    finally:
+        sys.path.pop(0)
+    assert busy_machine.median_interval(list(range(1, 101))) == (50.5, 40, 61)
+    assert busy_machine.median_interval([3.0, 1.0, 2.0]) == (2.0, 1.0, 3.0)
+    out = tmp_path / "busy.json"
+    subprocess.run([sys.executable, os.path.join(ROOT, "bench", "busy_machine.py"), "--cells",
+                    "gru", "--size", "12,2,3,8", "--budget", "0.05", "--json", str(out)],
+                   check=True, cwd=ROOT, capture_output=True, text=True,
+                   env=dict(os.environ, PYTHONPATH=ROOT))
+    results = json.loads(out.read_text())["results"]
+    assert [r["bench_pass"] for r in results] == ["fwd", "fwd+bwd"]
+    for r in results:
+        median, low, high = r["paired"]
+        assert low <= median <= high and r["fused_default_over_one_thread"] == median
