@@ -292,10 +292,10 @@ variable_list differentiable_cell_backward(AutogradContext* ctx, const variable_
   // xproj is built inside the differentiated computation, so x, w_ih and the biases get their
   // gradients through it.
   Tensor xproj = at::linear(x, w_ih, b_ih.defined() ? OptTensor(b_ih) : std::nullopt);
-  if (cell != Cell::Gru && b_hh.defined()) xproj = xproj + b_hh;
+  if (!spec(cell).b_hh_in_step && b_hh.defined()) xproj = xproj + b_hh;
   const std::vector<Tensor> outs = reference_time_loop(
-      cell, xproj.unsqueeze(0), h, cell == Cell::Lstm ? c : Tensor(), w_hh,
-      cell == Cell::Gru ? b_hh : Tensor(), Tensor(), Tensor(), false);
+      cell, xproj.unsqueeze(0), h, spec(cell).has_cell_state() ? c : Tensor(), w_hh,
+      spec(cell).b_hh_in_step ? b_hh : Tensor(), Tensor(), Tensor(), false);
   // grads: (h', c'); outs[1], outs[2] are h', c' (c' undefined but for LSTM)
   const variable_list g =
       differentiate({outs[1], outs[2]}, grads, {x, h, c, w_ih, w_hh, b_ih, b_hh});

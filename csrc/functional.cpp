@@ -58,11 +58,11 @@ std::tuple<Tensor, Tensor, Tensor> layer(Cell cell, const Tensor& x, const Tenso
   // (The cell op takes both biases or neither, and c only for the LSTM.)
   if (x.is_cpu() && x.sym_size(0) == 1 && !lengths.has_value() && !w_hr.has_value() &&
       b_ih.has_value() == b_hh.has_value()) {
-    const OptTensor c = cell == Cell::Lstm ? c0 : std::nullopt;
-    auto [h_n, c_n, workspace] = ops::cell_forward().call(cell_name(cell), x[0], h0, c, w_ih,
+    const OptTensor c = spec(cell).has_cell_state() ? c0 : std::nullopt;
+    auto [h_n, c_n, workspace] = ops::cell_forward().call(spec(cell).name, x[0], h0, c, w_ih,
                                                           w_hh, b_ih, b_hh, kSaveWorkspace);
     // The output is a copy: as with torch.nn, an in-place op on it must leave h_n alone.
-    return {h_n.unsqueeze(0).clone(), h_n, cell == Cell::Lstm ? c_n : no_cell_state(h_n)};
+    return {h_n.unsqueeze(0).clone(), h_n, spec(cell).has_cell_state() ? c_n : no_cell_state(h_n)};
   }
   if (cell == Cell::Gru) {  // b_hn sits inside r * (W_hn h + b_hn): b_hh goes to the fused op
     const Tensor xproj = input_projection(x, w_ih, b_ih);
@@ -173,8 +173,8 @@ std::tuple<Tensor, Tensor, Tensor> recurrent_stack(
                         ? *h0_in
                         : at::zeros_symint({groups, x.sym_size(1), w_hh0.sym_size(1)}, x.options());
   OptTensor c0 = c0_in;
-  if (cell == Cell::Lstm && !c0.has_value()) {
-    c0 = at::zeros_symint({groups, x.sym_size(1), w_hh0.sym_size(0) / 4}, x.options());
+  if (spec(cell).has_cell_state() && !c0.has_value()) {
+    c0 = at::zeros_symint({groups, x.sym_size(1), w_hh0.sym_size(0) / spec(cell).gates}, x.options());
   }
   const bool concurrent =
       bidirectional && directions_concurrently(x, h0_in, c0_in, flat_weights, lengths, per_group);
@@ -207,7 +207,7 @@ std::tuple<Tensor, Tensor, Tensor> recurrent_stack(
       auto& [out, h, c] = results[d];
       outputs.push_back(out);
       h_n.push_back(h);
-      if (cell == Cell::Lstm) c_n.push_back(c);
+      if (spec(cell).has_cell_state()) c_n.push_back(c);
     }
     layer_input = num_directions == 1 ? outputs[0] : at::cat(outputs, 2);
     if (dropout > 0 && train && l < num_layers - 1) {
@@ -215,7 +215,7 @@ std::tuple<Tensor, Tensor, Tensor> recurrent_stack(
     }
   }
   return {layer_input, stack_states(h_n),
-          cell == Cell::Lstm ? stack_states(c_n) : no_cell_state(layer_input)};
+          spec(cell).has_cell_state() ? stack_states(c_n) : no_cell_state(layer_input)};
 }
 
 }  // namespace

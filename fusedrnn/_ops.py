@@ -5,6 +5,8 @@ C++ (csrc/autograd.cpp). Fake kernels make the ops traceable by torch.compile / 
 """
 import torch
 
+from .cells import CELLS
+
 ops = torch.ops.fusedrnn
 
 
@@ -82,14 +84,12 @@ def _lstm_backward_fake(grad_output, grad_h_n, grad_c_n, w_hh, w_hr, gates, cell
     )
 
 
-_CELL_WORKSPACE = {"rnn_tanh": 1, "rnn_relu": 1, "gru": 4, "lstm": 5}  # in units of H
-
-
 @torch.library.register_fake("fusedrnn::cell_forward")
 def _cell_forward_fake(cell, x, h, c, w_ih, w_hh, b_ih, b_hh, save_workspace):
     B, H = x.shape[0], w_hh.shape[1]
-    c_new = x.new_empty((B, H) if cell == "lstm" else (0, H))
-    workspace = x.new_empty((B, _CELL_WORKSPACE[cell] * H) if save_workspace else (0,))
+    spec = CELLS[cell]
+    c_new = x.new_empty((B, H) if spec.has_cell_state else (0, H))
+    workspace = x.new_empty((B, spec.step_workspace * H) if save_workspace else (0,))
     return x.new_empty((B, H)), c_new, workspace
 
 
@@ -100,7 +100,7 @@ def _cell_backward_fake(cell, grad_h_new, grad_c_new, x, h, c, w_ih, w_hh, works
     return (
         torch.empty_like(x) if need_grad_x else x.new_empty((0,)),
         torch.empty_like(h) if need_grad_h else h.new_empty((0,)),
-        torch.empty_like(c) if cell == "lstm" else x.new_empty((0,)),
+        torch.empty_like(c) if CELLS[cell].has_cell_state else x.new_empty((0,)),
         torch.empty_like(w_ih),
         torch.empty_like(w_hh),
         bias_grad(),

@@ -22,6 +22,8 @@ import time
 
 import torch
 
+from .verification import spec_of
+
 PEAK_SHAPE = (2048, 2048, 2048)
 
 
@@ -59,7 +61,7 @@ def layer_gemms(T: int, B: int, I: int, H: int, gates: int, P: int, proj: bool,
 
 def config_gemms(cell: str, T: int, B: int, I: int, H: int, layers: int, bidirectional: bool,
                  backward: bool, proj_size: int = 0) -> list[tuple[int, int, int, int]]:
-    gates = {"rnn_tanh": 1, "rnn_relu": 1, "gru": 3, "lstm": 4, "lstm_proj": 4}[cell]
+    gates = spec_of(cell).gates
     P = proj_size or H
     directions = 2 if bidirectional else 1
     gemms = []

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from . import _ops  # noqa: F401  (autograd / fake registrations)
+from .cells import CELLS
 
 ops = torch.ops.fusedrnn
 _recurrent_stack_op = ops.recurrent_stack.default
@@ -54,7 +55,7 @@ def recurrent_layer(
     """
     out, h_n, c_n = ops.recurrent_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths,
                                         reverse)
-    return out, h_n, c_n if cell == "lstm" else None
+    return out, h_n, c_n if CELLS[cell].has_cell_state else None
 
 
 def recurrent_stack(
@@ -112,4 +113,4 @@ def recurrent_stack(
     weights = flat_weights if isinstance(flat_weights, list) else list(flat_weights)
     out, h_n, c_n = _recurrent_stack_op(cell, x, h0, c0, weights, num_layers, bidirectional, bias,
                                         proj_size, dropout, training, lengths)
-    return out, h_n, c_n if cell == "lstm" else None
+    return out, h_n, c_n if CELLS[cell].has_cell_state else None

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
+from .cells import CELL_OF_MODE
 from .functional import recurrent_stack
 
 __all__ = ["RNN", "GRU", "LSTM", "RNNCell", "GRUCell", "LSTMCell"]
@@ -24,8 +25,6 @@ __all__ = ["RNN", "GRU", "LSTM", "RNNCell", "GRUCell", "LSTMCell"]
 # Cells on the CPU in these dtypes run the fused step op; others (half types, CUDA) the layer path.
 _CPU_CELL_DTYPES = (torch.float32, torch.float64)
 _cell_forward = torch.ops.fusedrnn.cell_forward.default
-
-_CELL_OF_MODE = {"RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu", "GRU": "gru", "LSTM": "lstm"}
 
 
 def _read_weights(module: nn.Module, names, stale=None) -> list[Tensor | None]:
@@ -251,7 +250,7 @@ class _FusedRNNBase(nn.RNNBase):
                 raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
             x = input.transpose(0, 1) if self.batch_first else input
         output, h_n, c_n = recurrent_stack(
-            _CELL_OF_MODE[self.mode], x, h0, c0, weights,
+            CELL_OF_MODE[self.mode], x, h0, c0, weights,
             num_layers=self.num_layers, bidirectional=self.bidirectional, bias=self.bias,
             proj_size=self.proj_size, dropout=self.dropout, training=self.training,
             lengths=lengths)

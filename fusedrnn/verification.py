@@ -20,16 +20,17 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
-from . import modules
+from . import cells, modules
 
-# cell name -> (module class name, extra constructor kwargs)
-CELLS = {
-    "rnn_tanh": ("RNN", {"nonlinearity": "tanh"}),
-    "rnn_relu": ("RNN", {"nonlinearity": "relu"}),
-    "gru": ("GRU", {}),
-    "lstm": ("LSTM", {}),
-    "lstm_proj": ("LSTM", {"proj_size": 3}),
-}
+# What verify and bench run: every cell, and LSTM with proj_size ->
+# (module class name, constructor kwargs).
+CELLS = {name: (spec.module, spec.module_kwargs) for name, spec in cells.CELLS.items()}
+CELLS["lstm_proj"] = ("LSTM", {"proj_size": 3})
+
+
+def spec_of(config: str) -> cells.CellSpec:
+    """The cell that a configuration of CELLS runs."""
+    return cells.CELLS["lstm" if config == "lstm_proj" else config]
 INPUT_KINDS = ("batched", "unbatched", "packed_sorted", "packed_unsorted")
 
 # The rule's atol per dtype under test (see the module docstring).

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import fusedrnn
+from fusedrnn import cells
 from helpers import CELLS, DEVICES, Case, check_case, make_pair, op_backward_samples, op_samples
 
 MODULES = ["RNN", "GRU", "LSTM"]
@@ -169,14 +170,17 @@ def test_opcheck_forward_ops(lengths, reverse, device):
 
 
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("cell", ["rnn_tanh", "rnn_relu", "gru", "lstm"])
+@pytest.mark.parametrize("cell", list(cells.CELLS))
 def test_opcheck_cell_ops(cell, bias):
-    """The CPU one-step ops (cells), forward and backward."""
+    """The CPU one-step ops (cells), forward and backward. Also the check that the Python cell
+    table (fusedrnn/cells.py: gates, states, workspace width, which the fake kernels read) agrees
+    with the C++ one (csrc/cell.h, which the kernels read)."""
     g = torch.Generator().manual_seed(0)
     r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).requires_grad_()  # noqa: E731
     B, I, H = 3, 5, 4
-    G = {"rnn_tanh": 1, "rnn_relu": 1, "gru": 3, "lstm": 4}[cell]
-    c = r(B, H) if cell == "lstm" else None
+    spec = cells.CELLS[cell]
+    G = spec.gates
+    c = r(B, H) if spec.has_cell_state else None
     args = (cell, r(B, I), r(B, H), c, r(G * H, I), r(G * H, H), r(G * H) if bias else None,
             r(G * H) if bias else None, True)
     ops = torch.ops.fusedrnn
@@ -184,7 +188,8 @@ def test_opcheck_cell_ops(cell, bias):
     with torch.no_grad():
         h_new, c_new, workspace = ops.cell_forward(*args)
     detached = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
-    grad_c = torch.randn_like(c_new) if cell == "lstm" else None
+    assert workspace.shape == (B, spec.step_workspace * H)
+    grad_c = torch.randn_like(c_new) if spec.has_cell_state else None
     bargs = (cell, torch.randn_like(h_new), grad_c, *detached[1:6], workspace, bias)
     torch.library.opcheck(ops.cell_backward.default, bargs)
     torch.library.opcheck(ops.cell_backward.default, bargs + (False, False))
@@ -404,7 +409,7 @@ def test_stack_op_rejects_zero_layers():
 def test_layer_with_one_bias(cell, which):
     """A lone bias is used, not dropped: same as both biases with the other one zero."""
     g = torch.Generator().manual_seed(0)
-    G, T, B, I, H = (4 if cell == "lstm" else 1), 5, 2, 3, 4
+    G, T, B, I, H = cells.CELLS[cell].gates, 5, 2, 3, 4
     x, h0, c0 = (torch.randn(T, B, I, generator=g, dtype=torch.float64),
                  torch.randn(B, H, generator=g, dtype=torch.float64),
                  torch.randn(B, H, generator=g, dtype=torch.float64))
@@ -426,7 +431,7 @@ def test_layer_with_one_bias(cell, which):
 def test_one_step_layer_ignores_c0_of_cells_without_one(cell):
     """The layer ops ignore a c0 given to RNN/GRU, at T = 1 (the one-step route) as at T = 5."""
     g = torch.Generator().manual_seed(0)
-    G, B, I, H = (3 if cell == "gru" else 1), 2, 3, 4
+    G, B, I, H = cells.CELLS[cell].gates, 2, 3, 4
     r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
     x, h0, c0, w_ih, w_hh = r(5, B, I), r(B, H), r(B, H), r(G * H, I), r(G * H, H)
     for steps in (x, x[:1]):

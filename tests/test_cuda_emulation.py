@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from emulation import load
+from fusedrnn.verification import spec_of
 from helpers import (CELLS, RULE_ATOL, Case, check_case, make_pair, op_backward_samples,
                      op_samples)
 
@@ -29,7 +30,8 @@ CPU_OPS = torch.ops.fusedrnn
 HALF_TYPES = (torch.float16, torch.bfloat16)
 DTYPES = {"fp32": torch.float32, "fp64": torch.float64, "fp16": torch.float16,
           "bf16": torch.bfloat16}
-GATES = {"rnn_tanh": 1, "rnn_relu": 1, "gru": 3, "lstm": 4, "lstm_proj": 4}
+# The verification configurations (cells and LSTM with proj_size) -> gates per cell.
+GATES = {name: spec_of(name).gates for name in CELLS}
 # Workspaces (state dtype) among the outputs: compared against the unrounded float baseline.
 WORKSPACES = {"hprev", "gates", "cells", "prev_cells"}
 

@@ -44,15 +44,6 @@ void for_each_row(int64_t B, int64_t units_per_row, const Fn& fn) {
   });
 }
 
-// Width of a row of the workspace: RNN h'; GRU r, z, n, hn; LSTM i, f, g, o, c'.
-int64_t workspace_width(Cell cell, int64_t H) {
-  switch (cell) {
-    case Cell::Gru: return 4 * H;
-    case Cell::Lstm: return 5 * H;
-    default: return H;
-  }
-}
-
 std::tuple<Tensor, Tensor, Tensor> cell_forward(
     c10::string_view cell_name, const Tensor& x_in, const Tensor& h_in,
     const std::optional<Tensor>& c_in, const Tensor& w_ih_in, const Tensor& w_hh_in,
@@ -60,10 +51,10 @@ std::tuple<Tensor, Tensor, Tensor> cell_forward(
     bool save_workspace) {
   const Cell cell = parse_cell(cell_name);
   const bool lstm = cell == Cell::Lstm, gru = cell == Cell::Gru, bias = b_ih_in.has_value();
-  const int64_t G = num_gates(cell);
+  const int64_t G = spec(cell).gates;
   const CellSizes sz =
       check_cell_inputs(G, lstm, x_in, h_in, c_in, w_ih_in, w_hh_in, b_ih_in, b_hh_in);
-  const int64_t B = sz.B, I = sz.I, H = sz.H, GH = G * H, W = workspace_width(cell, H);
+  const int64_t B = sz.B, I = sz.I, H = sz.H, GH = G * H, W = spec(cell).step_workspace * H;
   const Tensor x = x_in.contiguous(), h = h_in.contiguous(), w_ih = w_ih_in.contiguous(),
                w_hh = w_hh_in.contiguous();
   const Tensor c = lstm ? c_in->contiguous() : Tensor();
@@ -130,10 +121,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cell_backward
     const Tensor& ws_in, bool bias, bool need_grad_x, bool need_grad_h) {
   const Cell cell = parse_cell(cell_name);
   const bool lstm = cell == Cell::Lstm, gru = cell == Cell::Gru;
-  const int64_t G = num_gates(cell);
+  const int64_t G = spec(cell).gates;
   const CellSizes sz = check_cell_inputs(G, lstm, x_in, h_in, c_in, w_ih_in, w_hh_in,
                                          std::nullopt, std::nullopt);
-  const int64_t B = sz.B, I = sz.I, H = sz.H, GH = G * H, W = workspace_width(cell, H);
+  const int64_t B = sz.B, I = sz.I, H = sz.H, GH = G * H, W = spec(cell).step_workspace * H;
   check_tensor(grad_h_new_in, x_in, "grad_h_new", {B, H});
   TORCH_CHECK(grad_c_new_in.has_value() == lstm, "fusedrnn: grad_c_new is ",
               lstm ? "needed" : "only for lstm");

@@ -1,0 +1,37 @@
+"""The recurrent cells: what Python code knows about each, in one table.
+
+The C++ side has its own table with the same facts (csrc/cell.h); tests/test_api.py checks that
+the two agree, through the ops' shapes.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class CellSpec:
+    name: str           # the ops' `cell` argument
+    mode: str           # torch.nn.RNNBase.mode of the layer module that runs it
+    module: str         # the layer class in torch.nn and fusedrnn
+    module_kwargs: dict  # constructor arguments that select this cell on that class
+    gates: int          # gate blocks of H rows in W_ih / W_hh (and b_ih / b_hh)
+    states: int         # 1: h; 2: h and the cell state c
+    # The one-step op's (cell_forward) saved workspace per batch row, in units of H:
+    # RNN h'; GRU r, z, n, hn; LSTM i, f, g, o, c'.
+    step_workspace: int
+
+    @property
+    def has_cell_state(self) -> bool:
+        return self.states == 2
+
+
+CELLS: dict[str, CellSpec] = {spec.name: spec for spec in (
+    CellSpec("rnn_tanh", "RNN_TANH", "RNN", {"nonlinearity": "tanh"}, gates=1, states=1,
+             step_workspace=1),
+    CellSpec("rnn_relu", "RNN_RELU", "RNN", {"nonlinearity": "relu"}, gates=1, states=1,
+             step_workspace=1),
+    CellSpec("gru", "GRU", "GRU", {}, gates=3, states=1, step_workspace=4),
+    CellSpec("lstm", "LSTM", "LSTM", {}, gates=4, states=2, step_workspace=5),
+)}
+
+CELL_OF_MODE: dict[str, str] = {spec.mode: spec.name for spec in CELLS.values()}
