@@ -2,6 +2,10 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
+# Thread teams wherever the size rule allows one, not where this machine's timings favour them
+# (csrc/cpu/team.h, TeamChoice): the tests of team loops must get a team on any machine.
+# tests/test_cpu_kernels.py runs the learning itself in a fresh process without this.
+os.environ.setdefault("FUSEDRNN_TEAM_CHOICE", "rule")
 
 import pytest
 import torch

@@ -126,6 +126,44 @@ def test_team_dissolving_mid_loop_does_not_change_results(dissolve_at, tmp_path)
         torch.set_num_threads(threads)
 
 
+def test_team_choice_learns_from_both_ways():
+    """Where the size rule allows a team, the loops learn whether one pays on this machine
+    (csrc/cpu/team.h, TeamChoice): the first loops of a step-size class alternate team / one
+    worker, later ones run the cheaper way; results are bitwise the same either way. With
+    FUSEDRNN_TEAM_CHOICE=rule (the rest of this suite) every loop gets its team. Fresh processes,
+    2 intra-op threads."""
+    if torch.get_num_threads() < 2 and os.cpu_count() < 2:
+        pytest.skip("needs 2 CPUs")
+    code = (
+        "import torch, fusedrnn; torch.set_num_threads(2); g = torch.Generator().manual_seed(0);"
+        f"T, B, H = 200, {TEAM_B}, {TEAM_H};"
+        "args = (torch.randn(T, B, 3 * H, generator=g), torch.randn(B, H, generator=g),"
+        "        torch.randn(3 * H, H, generator=g) / H ** 0.5, torch.randn(3 * H, generator=g));"
+        "teams, outs = [], [];"
+        "count = lambda: torch.ops.fusedrnn.cpu_team_counts()[0]\n"
+        "for _ in range(12):\n"
+        "    before = count(); outs.append(torch.ops.fusedrnn.gru_forward(*args, None, False, False)[0])\n"
+        "    teams.append(count() - before)\n"
+        "print(*teams, torch.ops.fusedrnn.cpu_team_counts()[2],"
+        "      all(torch.equal(o, outs[0]) for o in outs))"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "FUSEDRNN_TEAM_CHOICE"}
+    runs = {}
+    for choice in ("learn", "rule"):
+        if choice == "rule":
+            env["FUSEDRNN_TEAM_CHOICE"] = "rule"
+        out = subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=root,
+                             capture_output=True, text=True, timeout=120).stdout.split()
+        *teams, contended, same = out
+        if int(contended) > 0:
+            pytest.skip("the machine is busy: teams backed off")
+        assert same == "True"
+        runs[choice] = [int(t) for t in teams]
+    assert runs["learn"][:4] == [1, 0, 1, 0]
+    assert runs["rule"] == [1] * 12
+
+
 def test_team_on_one_cpu_dissolves_and_backs_off(tmp_path):
     """Two workers squeezed onto one CPU (as when the other cores are busy): the first worker
     waits a scheduler time slice at every barrier, so the team dissolves mid-loop and marks the

@@ -32,6 +32,7 @@
 #include <cstdlib>
 #include <cstdint>
 #include <memory>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -255,14 +256,84 @@ struct thread_limited<Op> {
 // 98304 MACs: 4.0 vs 2.6-3.1; LSTM, 131072 MACs: 7.2 vs 5.4.
 constexpr int64_t kMinStepMacsPerWorker = 32768;
 
-// Workers for a loop of num_blocks unit blocks: torch.get_num_threads() at most, one when the
-// per-step product is a BLAS call (can_split false: BLAS threads itself and must not run inside
-// our region), when already inside a parallel region, when a step is too small to split, or
-// while the machine is busy (usable_threads()).
-inline int64_t team_size(bool can_split, int64_t num_blocks, int64_t macs_per_step) {
-  if (!can_split || at::in_parallel_region()) return 1;
+// Whether a team pays where the rule above allows one, learned on the machine at hand: the rule
+// was measured on one CPU, and on another a team of two is slower than one worker at the same
+// step size (a 2-vCPU Intel Xeon, idle, GRU T=300 B=8 H=64: 1.04x forward, 1.16x
+// forward+backward). Per class of step size (per-step multiply-adds, by powers of two) the loops
+// time themselves: the first kExplore alternate team / one worker, then the cheaper way per
+// multiply-add runs, and the other is tried again every kReprobe-th loop, so a change of load or
+// of machine is seen. A team must be kTeamGain cheaper: it takes a second core from whatever else
+// runs. FUSEDRNN_TEAM_CHOICE=rule (tests) turns the learning off: a team wherever the rule allows.
+class TeamChoice {
+ public:
+  static constexpr int kClasses = 48;
+  static constexpr int64_t kExplore = 4, kReprobe = 16;
+  static constexpr double kTeamGain = 0.95;
+
+  static int class_of(int64_t macs_per_step) {
+    int c = 0;
+    while (c + 1 < kClasses && (int64_t{2} << c) <= macs_per_step) ++c;
+    return c;
+  }
+  static bool learning() {
+    static const bool on = [] {
+      const char* value = std::getenv("FUSEDRNN_TEAM_CHOICE");
+      return !(value && std::string_view(value) == "rule");
+    }();
+    return on;
+  }
+  // Whether the next loop of class c runs on its team.
+  static bool use_team(int c) {
+    Class& k = classes()[c];
+    const int64_t n = k.loops.fetch_add(1, std::memory_order_relaxed);
+    if (n < kExplore) return n % 2 == 0;
+    const double team = k.team_cost.load(std::memory_order_relaxed);
+    const double alone = k.alone_cost.load(std::memory_order_relaxed);
+    const bool team_cheaper = team > 0 && alone > 0 ? team < kTeamGain * alone : alone == 0;
+    return n % kReprobe == 0 ? !team_cheaper : team_cheaper;
+  }
+  // A loop of class c took `ticks` for `macs` multiply-adds, on a team or not.
+  static void record(int c, bool team, double ticks, double macs) {
+    if (macs <= 0 || ticks <= 0) return;
+    std::atomic<double>& cost = team ? classes()[c].team_cost : classes()[c].alone_cost;
+    const double seen = ticks / macs, before = cost.load(std::memory_order_relaxed);
+    cost.store(before > 0 ? before + (seen - before) / 4 : seen, std::memory_order_relaxed);
+  }
+
+ private:
+  struct Class {
+    std::atomic<int64_t> loops{0};
+    // Ticks per multiply-add, a running average (weight 1/4 for the newest loop); 0: none yet.
+    std::atomic<double> team_cost{0.0}, alone_cost{0.0};
+  };
+  static Class* classes() {
+    static Class values[kClasses];
+    return values;
+  }
+};
+
+// How a time loop runs: `workers` threads, and the class of step size whose team-or-not record
+// its time goes to (-1: none, where no team was possible).
+struct TeamPlan {
+  int64_t workers = 1;
+  int choice_class = -1;
+  double loop_macs = 0;  // multiply-adds of the whole loop
+};
+
+// The plan for a loop of `steps` steps over num_blocks unit blocks: torch.get_num_threads()
+// workers at most, one when the per-step product is a BLAS call (can_split false: BLAS threads
+// itself and must not run inside our region), when already inside a parallel region, when a step
+// is too small to split, while the machine is busy (usable_threads()), or where one worker has
+// proved cheaper (TeamChoice).
+inline TeamPlan plan_team(bool can_split, int64_t num_blocks, int64_t macs_per_step,
+                          int64_t steps) {
+  if (!can_split || at::in_parallel_region()) return {};
   const int64_t by_work = std::max<int64_t>(1, macs_per_step / kMinStepMacsPerWorker);
-  return std::min<int64_t>({usable_threads(), num_blocks, by_work});
+  const int64_t allowed = std::min<int64_t>({usable_threads(), num_blocks, by_work});
+  if (allowed < 2 || !TeamChoice::learning()) return {allowed};
+  const int c = TeamChoice::class_of(macs_per_step);
+  return {TeamChoice::use_team(c) ? allowed : 1, c,
+          static_cast<double>(macs_per_step) * static_cast<double>(steps)};
 }
 
 // Multiply-adds a direction's whole time loop needs before running the two directions of a
@@ -390,12 +461,13 @@ struct Worker {
   }
 };
 
-// Runs fn(worker) on `team` threads at once (the time loop inside fn calls worker.barrier() and
-// returns when it says so), then reports the loop to TeamContention. The blocks are split by the
-// team actually granted, which may be smaller than asked (nested regions); with one thread fn
-// runs inline.
+// Runs fn(worker) on plan.workers threads at once (the time loop inside fn calls
+// worker.barrier() and returns when it says so), then reports the loop to TeamContention and its
+// time to TeamChoice. The blocks are split by the team actually granted, which may be smaller
+// than asked (nested regions); with one thread fn runs inline.
 template <typename Fn>
-void run_team(int64_t team, int64_t num_blocks, const Fn& fn) {
+void run_team(const TeamPlan& plan, int64_t num_blocks, const Fn& fn) {
+  const int64_t team = plan.workers;
 #ifdef _OPENMP
   if (team > 1) {
     TeamClock clock;
@@ -432,12 +504,22 @@ void run_team(int64_t team, int64_t num_blocks, const Fn& fn) {
       TeamContention::record_loop(first_dissolved,
                                   clock.slowdown_in_region(finish) > TeamClock::kSlowerRatio,
                                   /*record=*/TeamClock::forced_dissolve_at() == 0);
+      // A dissolved loop says the machine is busy, not what a team costs on it.
+      if (plan.choice_class >= 0 && !first_dissolved) {
+        TeamChoice::record(plan.choice_class, true,
+                           static_cast<double>(finish - clock.region_start), plan.loop_macs);
+      }
     }
     return;
   }
 #endif
   Worker me{0, num_blocks, 0, 1};
+  const int64_t start = plan.choice_class >= 0 ? ticks() : 0;
   fn(me);
+  if (plan.choice_class >= 0) {
+    TeamChoice::record(plan.choice_class, false, static_cast<double>(ticks() - start),
+                       plan.loop_macs);
+  }
 }
 
 }  // namespace cpu
