@@ -138,9 +138,10 @@ void single_state_forward_loop(const PackedWeight<S>& w, const Schedule& sched,
                                const PingPong& state, int64_t steps, int64_t B, int64_t H,
                                int64_t G, S* out, S* hp_ws, const at::TensorOptions& options,
                                const ActiveRow& active_row, const ZeroInactive& zero_inactive) {
-  const TeamPlan team = plan_team(w.packed(), w.num_blocks(), B * G * H * H, steps);
+  const TeamPlan team = plan_team(w.packed(), w.num_blocks(), B * G * H * H, steps, false, G);
   Tensor full = at::empty({w.packed() ? 0 : B, G * H}, options);  // W_hh h (BLAS path)
-  Tensor tiles = at::empty({w.packed() ? team.workers : 0, B, G * tile_units(w.num_blocks())}, options);
+  Tensor tiles =
+      at::empty({w.packed() ? team.workers : 0, B, G * tile_units(w.num_blocks())}, options);
   S* full_data = full.data_ptr<S>();
   S* tiles_data = tiles.data_ptr<S>();
   run_team(team, w.num_blocks(), [&](Worker& me) {
@@ -221,7 +222,7 @@ std::tuple<Tensor, Tensor, Tensor> rnn_backward(const Tensor& grad_output_in,
 
   AT_DISPATCH_FLOATING_TYPES(output.scalar_type(), "fusedrnn::rnn_backward", [&] {
     const PackedWeight<scalar_t> w(w_hh.data_ptr<scalar_t>(), H, H, /*transposed=*/false);
-    const TeamPlan team = plan_team(w.packed(), w.num_blocks(), B * H * H, T);
+    const TeamPlan team = plan_team(w.packed(), w.num_blocks(), B * H * H, T, true, 1);
     const scalar_t* gout = grad_output.data_ptr<scalar_t>();
     const scalar_t* out = output.data_ptr<scalar_t>();
     scalar_t* gx = grad_xproj.data_ptr<scalar_t>();
@@ -323,7 +324,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
 
   AT_DISPATCH_FLOATING_TYPES(hprev.scalar_type(), "fusedrnn::gru_backward", [&] {
     const PackedWeight<scalar_t> w(w_hh.data_ptr<scalar_t>(), H, 3 * H, /*transposed=*/false);
-    const TeamPlan team = plan_team(w.packed(), w.num_blocks(), B * 3 * H * H, T);
+    const TeamPlan team = plan_team(w.packed(), w.num_blocks(), B * 3 * H * H, T, true, 3);
     const scalar_t* gout = grad_output.data_ptr<scalar_t>();
     const scalar_t* g_ws = gates_ws.data_ptr<scalar_t>();
     const scalar_t* hp_ws = hprev.data_ptr<scalar_t>();
@@ -393,7 +394,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
                                      /*transposed=*/true);
     const bool packed = w.packed() && (!proj || w_r.packed());
     const TeamPlan team =
-        plan_team(packed, w.num_blocks(), B * 4 * H * P + (proj ? B * P * H : 0), T);
+        plan_team(packed, w.num_blocks(), B * 4 * H * P + (proj ? B * P * H : 0), T, false, 4);
     Tensor full = at::empty({packed ? 0 : B, 4 * H}, xproj.options());  // W_hh h (BLAS path)
     Tensor tiles = at::empty({packed ? team.workers : 0, B, 4 * tile_units(w.num_blocks())},
                               xproj.options());
@@ -516,7 +517,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
                                      /*transposed=*/false);
     const bool packed = w.packed() && (!proj || w_r.packed());
     const TeamPlan team =
-        plan_team(packed, w.num_blocks(), B * 4 * H * P + (proj ? B * P * H : 0), T);
+        plan_team(packed, w.num_blocks(), B * 4 * H * P + (proj ? B * P * H : 0), T, true, 4);
     const int64_t hidden_blocks = (H + kBlockUnits - 1) / kBlockUnits;
     const scalar_t* gout = grad_output.data_ptr<scalar_t>();
     const scalar_t* g_ws = gates_ws.data_ptr<scalar_t>();

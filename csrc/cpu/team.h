@@ -259,21 +259,25 @@ constexpr int64_t kMinStepMacsPerWorker = 32768;
 // Whether a team pays where the rule above allows one, learned on the machine at hand: the rule
 // was measured on one CPU, and on another a team of two is slower than one worker at the same
 // step size (a 2-vCPU Intel Xeon, idle, GRU T=300 B=8 H=64: 1.04x forward, 1.16x
-// forward+backward). Per class of step size (per-step multiply-adds, by powers of two) the loops
-// time themselves: the first kExplore alternate team / one worker, then the cheaper way per
-// multiply-add runs, and the other is tried again every kReprobe-th loop, so a change of load or
-// of machine is seen. A team must be kTeamGain cheaper: it takes a second core from whatever else
-// runs. FUSEDRNN_TEAM_CHOICE=rule (tests) turns the learning off: a team wherever the rule allows.
+// forward+backward). Per kind of loop and class of step size (per-step multiply-adds, by powers
+// of two) the loops time themselves: the first kExplore alternate team / one worker, then the
+// cheaper way per multiply-add runs, and the other is tried again every kReprobe-th loop, so a
+// change of load or of machine is seen. A team must be kTeamGain cheaper: it takes a second core
+// from whatever else runs. FUSEDRNN_TEAM_CHOICE=rule (tests) turns the learning off: a team
+// wherever the rule allows.
 class TeamChoice {
  public:
-  static constexpr int kClasses = 48;
+  static constexpr int kSizes = 48, kMaxGates = 7;
   static constexpr int64_t kExplore = 4, kReprobe = 16;
   static constexpr double kTeamGain = 0.95;
 
-  static int class_of(int64_t macs_per_step) {
-    int c = 0;
-    while (c + 1 < kClasses && (int64_t{2} << c) <= macs_per_step) ++c;
-    return c;
+  // The record for a loop: forward and backward loops, and cells of different gate counts, cost
+  // differently per multiply-add (a fwd+bwd pass alternates them), so each kind learns apart.
+  static int class_of(bool backward, int64_t gates, int64_t macs_per_step) {
+    int size = 0;
+    while (size + 1 < kSizes && (int64_t{2} << size) <= macs_per_step) ++size;
+    const int64_t kind = (backward ? kMaxGates + 1 : 0) + std::min<int64_t>(gates, kMaxGates);
+    return static_cast<int>(kind) * kSizes + size;
   }
   static bool learning() {
     static const bool on = [] {
@@ -307,31 +311,32 @@ class TeamChoice {
     std::atomic<double> team_cost{0.0}, alone_cost{0.0};
   };
   static Class* classes() {
-    static Class values[kClasses];
+    static Class values[2 * (kMaxGates + 1) * kSizes];
     return values;
   }
 };
 
-// How a time loop runs: `workers` threads, and the class of step size whose team-or-not record
-// its time goes to (-1: none, where no team was possible).
+// How a time loop runs: `workers` threads, and the TeamChoice record its time goes to (-1: none,
+// where no team was possible).
 struct TeamPlan {
   int64_t workers = 1;
   int choice_class = -1;
   double loop_macs = 0;  // multiply-adds of the whole loop
 };
 
-// The plan for a loop of `steps` steps over num_blocks unit blocks: torch.get_num_threads()
+// The plan for a loop of `steps` steps over num_blocks unit blocks (a forward or backward loop of
+// a cell with `gates` gates): torch.get_num_threads()
 // workers at most, one when the per-step product is a BLAS call (can_split false: BLAS threads
 // itself and must not run inside our region), when already inside a parallel region, when a step
 // is too small to split, while the machine is busy (usable_threads()), or where one worker has
 // proved cheaper (TeamChoice).
 inline TeamPlan plan_team(bool can_split, int64_t num_blocks, int64_t macs_per_step,
-                          int64_t steps) {
+                          int64_t steps, bool backward, int64_t gates) {
   if (!can_split || at::in_parallel_region()) return {};
   const int64_t by_work = std::max<int64_t>(1, macs_per_step / kMinStepMacsPerWorker);
   const int64_t allowed = std::min<int64_t>({usable_threads(), num_blocks, by_work});
   if (allowed < 2 || !TeamChoice::learning()) return {allowed};
-  const int c = TeamChoice::class_of(macs_per_step);
+  const int c = TeamChoice::class_of(backward, gates, macs_per_step);
   return {TeamChoice::use_team(c) ? allowed : 1, c,
           static_cast<double>(macs_per_step) * static_cast<double>(steps)};
 }
