@@ -58,11 +58,12 @@ std::tuple<Tensor, Tensor, Tensor> layer(Cell cell, const Tensor& x, const Tenso
   // (The cell op takes both biases or neither, and c only for the LSTM.)
   if (x.is_cpu() && x.sym_size(0) == 1 && !lengths.has_value() && !w_hr.has_value() &&
       b_ih.has_value() == b_hh.has_value()) {
-    const OptTensor c = spec(cell).has_cell_state() ? c0 : std::nullopt;
-    auto [h_n, c_n, workspace] = ops::cell_forward().call(spec(cell).name, x[0], h0, c, w_ih,
-                                                          w_hh, b_ih, b_hh, kSaveWorkspace);
+    const bool has_c = spec(cell).has_cell_state();
+    auto [h_n, c_n, workspace] =
+        ops::cell_forward().call(spec(cell).name, x[0], h0, has_c ? c0 : std::nullopt, w_ih, w_hh,
+                                 b_ih, b_hh, kSaveWorkspace);
     // The output is a copy: as with torch.nn, an in-place op on it must leave h_n alone.
-    return {h_n.unsqueeze(0).clone(), h_n, spec(cell).has_cell_state() ? c_n : no_cell_state(h_n)};
+    return {h_n.unsqueeze(0).clone(), h_n, has_c ? c_n : no_cell_state(h_n)};
   }
   if (cell == Cell::Gru) {  // b_hn sits inside r * (W_hn h + b_hn): b_hh goes to the fused op
     const Tensor xproj = input_projection(x, w_ih, b_ih);
@@ -174,7 +175,8 @@ std::tuple<Tensor, Tensor, Tensor> recurrent_stack(
                         : at::zeros_symint({groups, x.sym_size(1), w_hh0.sym_size(1)}, x.options());
   OptTensor c0 = c0_in;
   if (spec(cell).has_cell_state() && !c0.has_value()) {
-    c0 = at::zeros_symint({groups, x.sym_size(1), w_hh0.sym_size(0) / spec(cell).gates}, x.options());
+    const c10::SymInt H = w_hh0.sym_size(0) / spec(cell).gates;
+    c0 = at::zeros_symint({groups, x.sym_size(1), H}, x.options());
   }
   const bool concurrent =
       bidirectional && directions_concurrently(x, h0_in, c0_in, flat_weights, lengths, per_group);

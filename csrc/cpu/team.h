@@ -263,13 +263,16 @@ constexpr int64_t kMinStepMacsPerWorker = 32768;
 // of two) the loops time themselves: the first kExplore alternate team / one worker, then the
 // cheaper way per multiply-add runs, and the other is tried again every kReprobe-th loop, so a
 // change of load or of machine is seen. A team must be kTeamGain cheaper: it takes a second core
-// from whatever else runs. FUSEDRNN_TEAM_CHOICE=rule (tests) turns the learning off: a team
-// wherever the rule allows.
+// from whatever else runs. Only steps under kMaxLearnedStepMacs learn: above it a barrier costs a
+// few percent of a step's work at most (teams of two there: 0.5-0.75x one worker's time on the
+// same Xeon), and a noisy exploring loop must not cost a large layer its team.
+// FUSEDRNN_TEAM_CHOICE=rule (tests) turns the learning off: a team wherever the rule allows.
 class TeamChoice {
  public:
   static constexpr int kSizes = 48, kMaxGates = 7;
   static constexpr int64_t kExplore = 4, kReprobe = 16;
   static constexpr double kTeamGain = 0.95;
+  static constexpr int64_t kMaxLearnedStepMacs = 16 * kMinStepMacsPerWorker;
 
   // The record for a loop: forward and backward loops, and cells of different gate counts, cost
   // differently per multiply-add (a fwd+bwd pass alternates them), so each kind learns apart.
@@ -335,7 +338,10 @@ inline TeamPlan plan_team(bool can_split, int64_t num_blocks, int64_t macs_per_s
   if (!can_split || at::in_parallel_region()) return {};
   const int64_t by_work = std::max<int64_t>(1, macs_per_step / kMinStepMacsPerWorker);
   const int64_t allowed = std::min<int64_t>({usable_threads(), num_blocks, by_work});
-  if (allowed < 2 || !TeamChoice::learning()) return {allowed};
+  if (allowed < 2 || !TeamChoice::learning() ||
+      macs_per_step >= TeamChoice::kMaxLearnedStepMacs) {
+    return {allowed};
+  }
   const int c = TeamChoice::class_of(backward, gates, macs_per_step);
   return {TeamChoice::use_team(c) ? allowed : 1, c,
           static_cast<double>(macs_per_step) * static_cast<double>(steps)};
