@@ -38,6 +38,16 @@ def test_gemm_block_edges_other_kernels(disable):
                    check=True, env=env, cwd=os.path.dirname(here))
 
 
+def _python_in_fresh_process(code: str, **env: str | None) -> list[str]:
+    """Runs `python -c code` from the repository root in a new process, with the environment
+    changed by env (None: removed); returns its stdout split in words."""
+    environ = {k: v for k, v in os.environ.items() if k not in env}
+    environ.update({k: v for k, v in env.items() if v is not None})
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return subprocess.run([sys.executable, "-c", code], check=True, env=environ, cwd=root,
+                          capture_output=True, text=True, timeout=300).stdout.split()
+
+
 # Big enough that the time loops split each step over 2 workers (csrc/cpu/team.h: at least 2
 # unit blocks of 16 and 2 * kMinStepMacsPerWorker = 65536 multiply-adds per step: B * G*H * P (+ B * P * H with W_hr)).
 TEAM_T, TEAM_B, TEAM_H, TEAM_P = 5, 13, 104, 40
@@ -104,7 +114,6 @@ def test_team_dissolving_mid_loop_does_not_change_results(dissolve_at, tmp_path)
     there did dissolve."""
     if torch.get_num_threads() < 2:
         pytest.skip("needs 2 intra-op threads")
-    here = os.path.dirname(os.path.abspath(__file__))
     out = tmp_path / "dissolved.pt"
     code = (
         "import sys, torch; sys.path.insert(0, 'tests'); torch.set_num_threads(2);"
@@ -112,8 +121,7 @@ def test_team_dissolving_mid_loop_does_not_change_results(dissolve_at, tmp_path)
         "results = {(c, r): run(c, r) for c in %r for r in (False, True)};"
         "torch.save((results, torch.ops.fusedrnn.cpu_team_counts()), %r)" % (list(CELLS), str(out))
     )
-    env = dict(os.environ, FUSEDRNN_TEAM_DISSOLVE_AT=str(dissolve_at))
-    subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=os.path.dirname(here))
+    _python_in_fresh_process(code, FUSEDRNN_TEAM_DISSOLVE_AT=str(dissolve_at))
     dissolved, (loops, dissolutions, contended) = torch.load(out)
     assert loops >= 2 * 2 * len(CELLS) and dissolutions == loops and contended == 0
     threads = torch.get_num_threads()
@@ -147,15 +155,10 @@ def test_team_choice_learns_from_both_ways():
         "print(*teams, torch.ops.fusedrnn.cpu_team_counts()[2],"
         "      all(torch.equal(o, outs[0]) for o in outs))"
     )
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {k: v for k, v in os.environ.items() if k != "FUSEDRNN_TEAM_CHOICE"}
     runs = {}
     for choice in ("learn", "rule"):
-        if choice == "rule":
-            env["FUSEDRNN_TEAM_CHOICE"] = "rule"
-        out = subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=root,
-                             capture_output=True, text=True, timeout=120).stdout.split()
-        *teams, contended, same = out
+        *teams, contended, same = _python_in_fresh_process(
+            code, FUSEDRNN_TEAM_CHOICE="rule" if choice == "rule" else None)
         if int(contended) > 0:
             pytest.skip("the machine is busy: teams backed off")
         assert same == "True"
@@ -187,12 +190,8 @@ def test_team_on_one_cpu_dissolves_and_backs_off(tmp_path):
         "print(*first, *torch.ops.fusedrnn.cpu_team_counts(), *seen, after);"
         "check_case(Case('lstm', T=40, B=8, I=16, H=64), torch.float32)"
     )
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {k: v for k, v in os.environ.items() if k != "FUSEDRNN_TEAM_DISSOLVE_AT"}
-    result = subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=root,
-                            capture_output=True, text=True)
     loops, dissolved, contended, loops_after, _, _, in_backward, after_backward = map(
-        int, result.stdout.split())
+        int, _python_in_fresh_process(code, FUSEDRNN_TEAM_DISSOLVE_AT=None))
     assert loops == 1 and dissolved == 1 and contended == 1
     assert loops_after - loops <= 1
     assert in_backward == 1 and after_backward == 2
@@ -232,11 +231,8 @@ def test_busy_core_limits_threads_without_a_team(tmp_path):
         "print(free, int(readings), int(busy), *seen, after, *torch.ops.fusedrnn.cpu_team_counts(),"
         "     max(shared_free))"
     )
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    result = subprocess.run([sys.executable, "-c", code], check=True, cwd=root,
-                            capture_output=True, text=True, timeout=120)
     free, readings, busy, in_backward, after_backward, team_loops, _, _, shared_free = map(
-        float, result.stdout.split())
+        float, _python_in_fresh_process(code))
     assert free == 1 and readings >= 1 and busy >= 1
     assert shared_free == 1
     assert in_backward == 1 and after_backward == 2
