@@ -31,7 +31,7 @@ import time
 
 import torch
 
-from fusedrnn import bench, report
+from fusedrnn import bench, probes, report
 
 VARIANTS = ("fused", "fused 1 thread", "torch.nn", "torch.nn 1 thread")
 # Two medians of the same code on this kind of shared machine differ by up to ~5%: a ratio above
@@ -196,10 +196,10 @@ def main() -> int:
         [f"{r.paired[0]:.2f} ({r.paired[1]:.2f}-{r.paired[2]:.2f})",
          f"{r.torch_vs_one_thread:.2f}", f"{r.speedup:.2f}x",
          " / ".join(f"{r.spread[v]:.0%}" for v in VARIANTS)] for r in rows]))
-    loops, dissolved, contended = torch.ops.fusedrnn.cpu_team_counts()
+    loops, dissolved, contended = probes.team_counts()
     print(f"fused thread teams: {loops} time loops ran on a team, {dissolved} dissolved mid-loop, "
           f"{contended} marked the machine busy (csrc/cpu/team.h)")
-    _, _, readings, busy_readings = torch.ops.fusedrnn.cpu_machine_load()
+    _, _, readings, busy_readings = probes.machine_load()
     print(f"machine load: {int(busy_readings)} of {int(readings)} readings found other processes "
           f"using cores, so fused ops ran on fewer threads (csrc/cpu/machine_load.h)")
     slower = [r for r in rows if r.slower_than_one_thread]

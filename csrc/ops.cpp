@@ -38,15 +38,10 @@
 //                     ((0) without bias); d x / d h are (0) when need_grad_x / need_grad_h is
 //                     false (their GEMMs skipped: the data input of a decoder needs none)
 //
-// Measurement (CPU): fma_peak_gflops(seconds) -> the cores' FMA rate in the packed kernel's
-// vector form over the intra-op threads (csrc/cpu/packed_gemm.h), 0 where that kernel cannot run;
-// cpu_team_counts() -> [team loops run, teams dissolved mid-loop, loops that marked the machine
-// busy] since the process started (csrc/cpu/team.h)
+// (Measurement probes of the CPU backend are a library of their own: csrc/cpu/probes.cpp.)
 #include <Python.h>
 #include <torch/library.h>
 
-#include "cpu/packed_gemm.h"
-#include "cpu/team.h"
 #include "op_schemas.h"
 
 TORCH_LIBRARY(fusedrnn, m) {
@@ -59,12 +54,6 @@ TORCH_LIBRARY(fusedrnn, m) {
       "recurrent_stack(str cell, Tensor x, Tensor? h0, Tensor? c0, Tensor[] weights, "
       "int num_layers, bool bidirectional, bool bias, int proj_size=0, float dropout=0.0, "
       "bool train=False, Tensor? lengths=None) -> (Tensor output, Tensor h_n, Tensor c_n)");
-  // No tensors: a catch-all kernel (the benchmark's GEMM floors, fusedrnn/floors.py).
-  m.def("fma_peak_gflops(float seconds) -> float", &fusedrnn::cpu::fma_peak_gflops);
-  // (the thread team's record on a busy machine, csrc/cpu/team.h)
-  m.def("cpu_team_counts() -> int[]", &fusedrnn::cpu::TeamContention::totals);
-  // (the machine's load as the ops read it, csrc/cpu/machine_load.h)
-  m.def("cpu_machine_load() -> float[]", &fusedrnn::cpu::MachineLoad::summary);
   m.def(
       "cell_forward(str cell, Tensor x, Tensor h, Tensor? c, Tensor w_ih, Tensor w_hh, "
       "Tensor? b_ih, Tensor? b_hh, bool save_workspace) "

@@ -9,7 +9,7 @@ the transposed products and the weight gradients. Two floors per configuration a
   arithmetic as fast as the best BLAS call for each product, and everything else for free.
 - peak floor: all multiply-adds at the cores' FMA peak with the current thread count: for float32,
   a register-only FMA loop on every thread in the fused kernel's vector form
-  (torch.ops.fusedrnn.fma_peak_gflops); for float64, or where that loop cannot run, the best rate
+  (fusedrnn.probes.fma_peak_gflops); for float64, or where that loop cannot run, the best rate
   torch.mm reaches on a large square product. (On AMD Zen 4 MKL reaches ~80% of the FMA peak
   while the fused kernel's AVX-512 form reaches ~100%, so torch.mm's rate is no ceiling there.)
 
@@ -22,6 +22,7 @@ import time
 
 import torch
 
+from . import probes
 from .verification import spec_of
 
 PEAK_SHAPE = (2048, 2048, 2048)
@@ -83,7 +84,7 @@ def floors_ms(gemms: list[tuple[int, int, int, int]], dtype: str = "float32") ->
 @functools.lru_cache(maxsize=None)
 def _fma_loop_gflops(threads: int) -> float:
     """The fused kernel's FMA loop on every thread (0 where it cannot run); cached per thread count."""
-    return torch.ops.fusedrnn.fma_peak_gflops(0.2)
+    return probes.fma_peak_gflops(0.2)
 
 
 def peak_gflops(dtype: str = "float32") -> float:

@@ -116,10 +116,10 @@ def test_team_dissolving_mid_loop_does_not_change_results(dissolve_at, tmp_path)
         pytest.skip("needs 2 intra-op threads")
     out = tmp_path / "dissolved.pt"
     code = (
-        "import sys, torch; sys.path.insert(0, 'tests'); torch.set_num_threads(2);"
+        "import sys, torch, fusedrnn.probes; sys.path.insert(0, 'tests'); torch.set_num_threads(2);"
         "from test_cpu_kernels import _ops_forward_backward as run;"
         "results = {(c, r): run(c, r) for c in %r for r in (False, True)};"
-        "torch.save((results, torch.ops.fusedrnn.cpu_team_counts()), %r)" % (list(CELLS), str(out))
+        "torch.save((results, fusedrnn.probes.team_counts()), %r)" % (list(CELLS), str(out))
     )
     _python_in_fresh_process(code, FUSEDRNN_TEAM_DISSOLVE_AT=str(dissolve_at))
     dissolved, (loops, dissolutions, contended) = torch.load(out)
@@ -143,16 +143,18 @@ def test_team_choice_learns_from_both_ways():
     if torch.get_num_threads() < 2 and os.cpu_count() < 2:
         pytest.skip("needs 2 CPUs")
     code = (
-        "import torch, fusedrnn; torch.set_num_threads(2); g = torch.Generator().manual_seed(0);"
+        "import torch, fusedrnn.probes; torch.set_num_threads(2);"
+        "g = torch.Generator().manual_seed(0);"
         f"T, B, H = 200, {TEAM_B}, {TEAM_H};"
         "args = (torch.randn(T, B, 3 * H, generator=g), torch.randn(B, H, generator=g),"
         "        torch.randn(3 * H, H, generator=g) / H ** 0.5, torch.randn(3 * H, generator=g));"
         "teams, outs = [], [];"
-        "count = lambda: torch.ops.fusedrnn.cpu_team_counts()[0]\n"
+        "count = lambda: fusedrnn.probes.team_counts()[0]\n"
         "for _ in range(12):\n"
-        "    before = count(); outs.append(torch.ops.fusedrnn.gru_forward(*args, None, False, False)[0])\n"
+        "    before = count()\n"
+        "    outs.append(torch.ops.fusedrnn.gru_forward(*args, None, False, False)[0])\n"
         "    teams.append(count() - before)\n"
-        "print(*teams, torch.ops.fusedrnn.cpu_team_counts()[2],"
+        "print(*teams, fusedrnn.probes.team_counts()[2],"
         "      all(torch.equal(o, outs[0]) for o in outs))"
     )
     runs = {}
@@ -181,13 +183,13 @@ def test_team_on_one_cpu_dissolves_and_backs_off(tmp_path):
         "import os, sys, torch; sys.path.insert(0, 'tests');"
         "os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); torch.set_num_threads(2);"
         "from helpers import Case, check_case;"
-        "import fusedrnn; gru = fusedrnn.GRU(16, 64); x = torch.randn(300, 8, 16);"
-        "gru(x); first = torch.ops.fusedrnn.cpu_team_counts();"
+        "import fusedrnn, fusedrnn.probes; gru = fusedrnn.GRU(16, 64); x = torch.randn(300, 8, 16);"
+        "gru(x); first = fusedrnn.probes.team_counts();"
         "xg = x.clone().requires_grad_(); seen = [];"
         "xg.register_hook(lambda g: seen.append(torch.get_num_threads()));"
         "gru(xg)[0].sum().backward(); after = torch.get_num_threads();"
         "[gru(x) for _ in range(10)];"
-        "print(*first, *torch.ops.fusedrnn.cpu_team_counts(), *seen, after);"
+        "print(*first, *fusedrnn.probes.team_counts(), *seen, after);"
         "check_case(Case('lstm', T=40, B=8, I=16, H=64), torch.float32)"
     )
     loops, dissolved, contended, loops_after, _, _, in_backward, after_backward = map(
@@ -213,9 +215,9 @@ def test_busy_core_limits_threads_without_a_team(tmp_path):
         f"os.sched_setaffinity(0, {{{first}, {second}}}); torch.set_num_threads(2);"
         "spin = subprocess.Popen([sys.executable, '-c', "
         f"'import os\\nos.sched_setaffinity(0, {{{second}}})\\nwhile True: pass']);"
-        "import fusedrnn; from helpers import Case, check_case;"
+        "import fusedrnn, fusedrnn.probes; from helpers import Case, check_case;"
         "rnn = fusedrnn.RNN(32, 64); x = torch.randn(300, 8, 32);"
-        "load = torch.ops.fusedrnn.cpu_machine_load; load(); deadline = time.time() + 10;"
+        "load = fusedrnn.probes.machine_load; load(); deadline = time.time() + 10;"
         "time.sleep(0.5)\n"
         "while load()[1] > 1 and time.time() < deadline: time.sleep(0.1)\n"
         "xg = x.clone().requires_grad_(); seen = [];"
@@ -228,7 +230,7 @@ def test_busy_core_limits_threads_without_a_team(tmp_path):
         "a = torch.randn(256, 256); shared_free = set(); end = time.time() + 1.5\n"
         "while time.time() < end: a @ a; shared_free.add(load()[1])\n"
         "spin.kill(); spin.wait();"
-        "print(free, int(readings), int(busy), *seen, after, *torch.ops.fusedrnn.cpu_team_counts(),"
+        "print(free, int(readings), int(busy), *seen, after, *fusedrnn.probes.team_counts(),"
         "     max(shared_free))"
     )
     free, readings, busy, in_backward, after_backward, team_loops, _, _, shared_free = map(

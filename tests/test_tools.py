@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fusedrnn import __main__ as cli
-from fusedrnn import bench, verify
+from fusedrnn import bench, probes, verify
 from fusedrnn.verification import TensorCheck
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,7 +63,7 @@ def test_fma_peak_sets_the_peak_floor():
     that rate bounds torch.mm is a timing question for the benchmark, not a test: on the shared
     machine one measurement of the FMA loop came out at half of torch.mm's rate.)"""
     from fusedrnn import floors
-    if not torch.ops.fusedrnn.fma_peak_gflops(0.01):
+    if not probes.fma_peak_gflops(0.01):
         pytest.skip("the packed kernel (AVX2+FMA) does not run on this CPU")
     peak = floors.peak_gflops("float32")
     assert floors.peak_source("float32") == "FMA loop on every thread"

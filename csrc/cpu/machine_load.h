@@ -47,9 +47,9 @@ class MachineLoad {
     return s.free_cores.load(std::memory_order_relaxed);
   }
 
-  // For tests and benchmarks (the op fusedrnn::cpu_machine_load): the last window's cores' worth
-  // of CPU time used by others, free_cores(), the readings taken since the process started and
-  // how many of them left fewer cores free than the process may run on.
+  // For tests and benchmarks (the probe fusedrnn_probes::machine_load): the last window's cores'
+  // worth of CPU time used by others, free_cores(), the readings taken since the process started
+  // and how many of them left fewer cores free than the process may run on.
   static std::vector<double> summary() {
     const int free = free_cores();
     const State& s = state();

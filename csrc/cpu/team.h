@@ -88,7 +88,7 @@ class TeamContention {
   }
 
   // Since the process started: team loops run, teams dissolved mid-loop, loops that marked
-  // contention (the op fusedrnn::cpu_team_counts, for tests and benchmarks).
+  // contention (the probe fusedrnn_probes::team_counts, for tests and benchmarks).
   static std::vector<int64_t> totals() {
     return {counts()[0].load(), counts()[1].load(), counts()[2].load()};
   }

@@ -1,0 +1,17 @@
+// Measurement probes of the CPU backend, for the benchmarks and tests: a library of their own
+// (torch.ops.fusedrnn_probes, wrapped by fusedrnn/probes.py), apart from the fused ops.
+#include <torch/library.h>
+
+#include "machine_load.h"
+#include "packed_gemm.h"
+#include "team.h"
+
+// No tensors: catch-all kernels.
+TORCH_LIBRARY(fusedrnn_probes, m) {
+  // The cores' FMA rate in the packed kernel's vector form (the benchmark's GEMM floors).
+  m.def("fma_peak_gflops(float seconds) -> float", &fusedrnn::cpu::fma_peak_gflops);
+  // The thread teams' record on a busy machine (csrc/cpu/team.h).
+  m.def("team_counts() -> int[]", &fusedrnn::cpu::TeamContention::totals);
+  // The machine's load as the ops read it (csrc/cpu/machine_load.h).
+  m.def("machine_load() -> float[]", &fusedrnn::cpu::MachineLoad::summary);
+}
