@@ -140,7 +140,7 @@ def test_team_choice_learns_from_both_ways():
     worker, later ones run the cheaper way; results are bitwise the same either way. With
     FUSEDRNN_TEAM_CHOICE=rule (the rest of this suite) every loop gets its team. Fresh processes,
     2 intra-op threads."""
-    if torch.get_num_threads() < 2 and os.cpu_count() < 2:
+    if (os.cpu_count() or 1) < 2:
         pytest.skip("needs 2 CPUs")
     code = (
         "import torch, fusedrnn.probes; torch.set_num_threads(2);"
@@ -154,15 +154,15 @@ def test_team_choice_learns_from_both_ways():
         "    before = count()\n"
         "    outs.append(torch.ops.fusedrnn.gru_forward(*args, None, False, False)[0])\n"
         "    teams.append(count() - before)\n"
-        "print(*teams, fusedrnn.probes.team_counts()[2],"
+        "print(*teams, fusedrnn.probes.team_counts()[2] + fusedrnn.probes.machine_load()[3],"
         "      all(torch.equal(o, outs[0]) for o in outs))"
     )
     runs = {}
     for choice in ("learn", "rule"):
-        *teams, contended, same = _python_in_fresh_process(
+        *teams, busy, same = _python_in_fresh_process(
             code, FUSEDRNN_TEAM_CHOICE="rule" if choice == "rule" else None)
-        if int(contended) > 0:
-            pytest.skip("the machine is busy: teams backed off")
+        if int(busy) > 0:  # a team backed off, or the load reading left one core: no team allowed
+            pytest.skip("the machine is busy")
         assert same == "True"
         runs[choice] = [int(t) for t in teams]
     assert runs["learn"][:4] == [1, 0, 1, 0]
