@@ -209,7 +209,7 @@ def gemm_floors(cfg: BenchConfig) -> dict[str, dict]:
     """pass -> GEMM floors (fusedrnn.floors) of the configuration; CPU only."""
     if cfg.device != "cpu":
         return {}
-    proj = 3 if cfg.cell == "lstm_proj" else 0  # verification.CELLS' proj_size
+    proj = CELLS[cfg.cell][1].get("proj_size", 0)
     return {bench_pass: floors.floors_ms(
                 floors.config_gemms(cfg.cell, cfg.T, cfg.B, cfg.I, cfg.H, cfg.layers,
                                     cfg.bidirectional, bench_pass == "fwd+bwd", proj), cfg.dtype)

@@ -31,6 +31,8 @@ CELLS["lstm_proj"] = ("LSTM", {"proj_size": 3})
 def spec_of(config: str) -> cells.CellSpec:
     """The cell that a configuration of CELLS runs."""
     return cells.CELLS["lstm" if config == "lstm_proj" else config]
+
+
 INPUT_KINDS = ("batched", "unbatched", "packed_sorted", "packed_unsorted")
 
 # The rule's atol per dtype under test (see the module docstring).
