@@ -79,8 +79,8 @@ if grep -q "^build	ok" "$STEPS"; then
   step smoke 60 "$PY" -c "
 import torch, fusedrnn
 x = torch.randn(3, 2, 4, device='cuda')
-out = torch.ops.fusedrnn.rnn_forward(x, torch.zeros(2, 4, device='cuda'), torch.randn(4, 4, device='cuda'), None, False, False, False)
-torch.cuda.synchronize(); print('rnn_forward on', out[0].device, 'h_n', out[1].cpu())"
+out = torch.ops.fusedrnn.time_loop_forward('rnn_tanh', x, torch.zeros(2, 4, device='cuda'), None, torch.randn(4, 4, device='cuda'), None, None, None, False, False)
+torch.cuda.synchronize(); print('time_loop_forward on', out[0].device, 'h_n', out[1].cpu())"
   # CUDA-only tests (half types, autocast, lengths, no host sync) and every shared test's cuda
   # case but the equivalence grid (opcheck, gradcheck, compile, cells, ...).
   step tests_cuda 100 "$PY" -m pytest tests -q -rs -p no:cacheprovider -m "not emulation" \

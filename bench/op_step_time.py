@@ -13,6 +13,7 @@ import time
 import torch
 
 import fusedrnn  # noqa: F401  (registers torch.ops.fusedrnn)
+from fusedrnn.cells import CELLS
 
 
 def median_seconds(fn, reps: int) -> float:
@@ -39,14 +40,14 @@ def main() -> None:
     T, B, H = args.T, args.B, args.H
     ops = torch.ops.fusedrnn
     h0 = torch.randn(B, H)
-    for cell, gates in (("rnn_tanh", 1), ("gru", 3), ("lstm", 4)):
+    for cell in ("rnn_tanh", "gru", "lstm"):
+        gates = CELLS[cell].gates
         xproj = torch.randn(T, B, gates * H)       # (T, B, G*H)
         w_hh = torch.randn(gates * H, H) / H**0.5  # (G*H, H)
-        run = {
-            "rnn_tanh": lambda: ops.rnn_forward(xproj, h0, w_hh, None, False, False, False),
-            "gru": lambda: ops.gru_forward(xproj, h0, w_hh, None, None, False, False),
-            "lstm": lambda: ops.lstm_forward(xproj, h0, h0, w_hh, None, None, False, False),
-        }[cell]
+        c0 = h0 if CELLS[cell].has_cell_state else None
+
+        def run():
+            return ops.time_loop_forward(cell, xproj, h0, c0, w_hh, None, None, None, False, False)
         step_s = median_seconds(run, args.reps) / T
         flops = 2 * B * gates * H * H
         mm_s = median_seconds(lambda: torch.mm(h0, w_hh.t()), 10 * args.reps)

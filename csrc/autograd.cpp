@@ -21,6 +21,7 @@
 #include "autograd.h"
 #include "cpu/team.h"
 #include "op_handle.h"
+#include "time_loop_op.h"
 
 namespace fusedrnn {
 namespace {
@@ -121,162 +122,83 @@ Tensor recomputed_projection(AutogradContext* ctx) {
                     bias.isNone() ? OptTensor() : OptTensor(bias.toTensor()));
 }
 
-// ============================================================================ RNN
+// ============================================================================ layer time loop
 
 
-struct RnnFunction : torch::autograd::Function<RnnFunction> {
-  static variable_list forward(AutogradContext* ctx, const Tensor& xproj, const Tensor& h0,
-                               const Tensor& w_hh, const OptTensor& lengths, bool reverse,
-                               bool relu) {
+struct TimeLoopFunction : torch::autograd::Function<TimeLoopFunction> {
+  // Positions in the saved variables; the workspace follows them.
+  enum Saved { kWhh, kWhr, kBhh, kLengths, kH0, kC0, kWorkspace };
+
+  static variable_list forward(AutogradContext* ctx, c10::string_view cell, const Tensor& xproj,
+                               const Tensor& h0, const OptTensor& c0, const Tensor& w_hh,
+                               const OptTensor& b_hh, const OptTensor& w_hr,
+                               const OptTensor& lengths, bool reverse) {
     ctx->set_materialize_grads(false);  // unused outputs' grads stay undefined: see or_zeros
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [out, h_n, hprev] = ops::rnn_forward().call(xproj, h0, w_hh, lengths, reverse, relu, true);
-    // The backward needs every h_t, which is the returned output: save a copy, so an in-place op
-    // on the output (nn.ReLU(inplace=True) after the layer) leaves the backward intact, as with
-    // torch.nn. One extra (T, B, H) copy, about 2% of a training step.
-    // h0 only for autograd's version check: modified in place before backward, it raises as
-    // with torch.nn (which needs its values), instead of silently going unnoticed.
-    ctx->save_for_backward({w_hh, out.clone(), hprev, or_undefined(lengths), h0});
+    auto [out, h_n, c_n, workspace] =
+        ops::time_loop_forward().call(cell, xproj, h0, c0, w_hh, b_hh, w_hr, lengths, reverse,
+                                      /*save_workspace=*/true);
+    // The workspace is the op's own (never an output), so an in-place op on a returned tensor
+    // (nn.ReLU(inplace=True) after the layer) leaves the backward intact. h0 and c0 only for
+    // autograd's version check (and double backward): modified in place before backward, they
+    // raise as with torch.nn, which needs their values, instead of going unnoticed.
+    variable_list saved = {w_hh, or_undefined(w_hr), or_undefined(b_hh), or_undefined(lengths),
+                           h0, or_undefined(c0)};
+    saved.insert(saved.end(), workspace.begin(), workspace.end());
+    ctx->save_for_backward(saved);
+    ctx->saved_data["cell"] = std::string(cell);
     ctx->saved_data["reverse"] = reverse;
-    ctx->saved_data["relu"] = relu;
-    ctx->mark_non_differentiable({hprev});
-    return {out, h_n, hprev};
+    ctx->mark_non_differentiable(workspace);
+    if (!c0.has_value()) ctx->mark_non_differentiable({c_n});
+    variable_list outputs = {out, h_n, c_n};
+    outputs.insert(outputs.end(), workspace.begin(), workspace.end());
+    return outputs;
   }
 
+  // Gradients of (cell, xproj, h0, c0, w_hh, b_hh, w_hr, lengths, reverse).
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const variable_list saved = ctx->get_saved_variables();
+    const Tensor &w_hh = saved[kWhh], &w_hr = saved[kWhr], &b_hh = saved[kBhh];
+    const Tensor &h0 = saved[kH0], &c0 = saved[kC0];
+    const std::string& cell = ctx->saved_data["cell"].toStringRef();
+    const bool reverse = ctx->saved_data["reverse"].toBool();
     if (at::GradMode::is_enabled()) {  // create_graph=True
-      const Cell cell = ctx->saved_data["relu"].toBool() ? Cell::RnnRelu : Cell::RnnTanh;
       const Differentiable g = differentiate_reference(
-          cell, {recomputed_projection(ctx), saved[4], Tensor(), saved[0], Tensor(), Tensor()},
-          saved[3], ctx->saved_data["reverse"].toBool(), grads);
-      return {g.xproj, g.h0, g.w_hh, Tensor(), Tensor(), Tensor()};
+          parse_cell(cell), {recomputed_projection(ctx), h0, c0, w_hh, b_hh, w_hr},
+          saved[kLengths], reverse, grads);
+      return {Tensor(), g.xproj, g.h0, g.c0, g.w_hh, g.b_hh, g.w_hr, Tensor(), Tensor()};
     }
     limit_threads_until_backward_ends();
-    const Tensor &w_hh = saved[0], &out = saved[1], &hprev = saved[2];
-    auto [grad_xproj, grad_h0, grad_w_hh] =
-        ops::rnn_backward().call(or_zeros(grads[0], out), or_zeros(grads[1], out[0]), w_hh, out,
-                                 hprev, as_optional(saved[3]), ctx->saved_data["reverse"].toBool(),
-                                 ctx->saved_data["relu"].toBool());
-    return {grad_xproj, grad_h0, grad_w_hh, Tensor(), Tensor(), Tensor()};
+    const std::vector<Tensor> workspace(saved.begin() + kWorkspace, saved.end());
+    const Tensor& hprev = workspace.back();  // (T, B, P): the shape of the output
+    const OptTensor grad_c_n = c0.defined() ? OptTensor(or_zeros(grads[2], c0)) : std::nullopt;
+    auto [grad_xproj, grad_h0, grad_c0, grad_w_hh, grad_b_hh, grad_w_hr] =
+        ops::time_loop_backward().call(cell, or_zeros(grads[0], hprev, w_hh),
+                                       or_zeros(grads[1], h0), grad_c_n, w_hh, as_optional(w_hr),
+                                       workspace, as_optional(saved[kLengths]), reverse);
+    const auto if_input = [](const Tensor& input, const Tensor& grad) {
+      return input.defined() ? grad : Tensor();
+    };
+    return {Tensor(), grad_xproj, grad_h0, if_input(c0, grad_c0), grad_w_hh,
+            if_input(b_hh, grad_b_hh), if_input(w_hr, grad_w_hr), Tensor(), Tensor()};
   }
 };
 
-std::tuple<Tensor, Tensor, Tensor> rnn_forward_autograd(const Tensor& xproj, const Tensor& h0,
-                                                        const Tensor& w_hh,
-                                                        const OptTensor& lengths, bool reverse,
-                                                        bool relu, bool save_workspace) {
-  if (!at::GradMode::is_enabled() || !any_requires_grad({&xproj, &h0, &w_hh})) {
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return ops::rnn_forward().call(xproj, h0, w_hh, lengths, reverse, relu, save_workspace);
-  }
-  const variable_list r = RnnFunction::apply(xproj, h0, w_hh, lengths, reverse, relu);
-  return {r[0], r[1], r[2]};
-}
-
-// ============================================================================ GRU
-
-
-struct GruFunction : torch::autograd::Function<GruFunction> {
-  static variable_list forward(AutogradContext* ctx, const Tensor& xproj, const Tensor& h0,
-                               const Tensor& w_hh, const OptTensor& b_hh, const OptTensor& lengths,
-                               bool reverse) {
-    ctx->set_materialize_grads(false);
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [out, h_n, gates, hprev] =
-        ops::gru_forward().call(xproj, h0, w_hh, b_hh, lengths, reverse, true);
-    ctx->save_for_backward(  // h0 (and b_hh): see RNN, and double backward
-        {w_hh, gates, hprev, or_undefined(lengths), h0, or_undefined(b_hh)});
-    ctx->saved_data["reverse"] = reverse;
-    ctx->saved_data["has_bias"] = b_hh.has_value();
-    ctx->mark_non_differentiable({gates, hprev});
-    return {out, h_n, gates, hprev};
-  }
-
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const variable_list saved = ctx->get_saved_variables();
-    if (at::GradMode::is_enabled()) {  // create_graph=True
-      const Differentiable g = differentiate_reference(
-          Cell::Gru, {recomputed_projection(ctx), saved[4], Tensor(), saved[0], saved[5], Tensor()},
-          saved[3], ctx->saved_data["reverse"].toBool(), grads);
-      return {g.xproj, g.h0, g.w_hh, g.b_hh, Tensor(), Tensor()};
-    }
-    limit_threads_until_backward_ends();
-    const Tensor &w_hh = saved[0], &gates = saved[1], &hprev = saved[2];
-    auto [grad_xproj, grad_h0, grad_w_hh, grad_b_hh] =
-        ops::gru_backward().call(or_zeros(grads[0], hprev, w_hh),
-                                 or_zeros(grads[1], hprev[0], w_hh), w_hh, gates, hprev,
-                                 as_optional(saved[3]),
-                                 ctx->saved_data["reverse"].toBool());
-    if (!ctx->saved_data["has_bias"].toBool()) grad_b_hh = Tensor();
-    return {grad_xproj, grad_h0, grad_w_hh, grad_b_hh, Tensor(), Tensor()};
-  }
-};
-
-std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward_autograd(
-    const Tensor& xproj, const Tensor& h0, const Tensor& w_hh, const OptTensor& b_hh,
-    const OptTensor& lengths, bool reverse, bool save_workspace) {
+TimeLoopForwardResult time_loop_forward_autograd(c10::string_view cell, const Tensor& xproj,
+                                                 const Tensor& h0, const OptTensor& c0,
+                                                 const Tensor& w_hh, const OptTensor& b_hh,
+                                                 const OptTensor& w_hr, const OptTensor& lengths,
+                                                 bool reverse, bool save_workspace) {
   if (!at::GradMode::is_enabled() ||
-      !any_requires_grad({&xproj, &h0, &w_hh, &or_undefined(b_hh)})) {
+      !any_requires_grad({&xproj, &h0, &or_undefined(c0), &w_hh, &or_undefined(b_hh),
+                          &or_undefined(w_hr)})) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return ops::gru_forward().call(xproj, h0, w_hh, b_hh, lengths, reverse, save_workspace);
+    return ops::time_loop_forward().call(cell, xproj, h0, c0, w_hh, b_hh, w_hr, lengths, reverse,
+                                         save_workspace);
   }
-  const variable_list r = GruFunction::apply(xproj, h0, w_hh, b_hh, lengths, reverse);
-  return {r[0], r[1], r[2], r[3]};
-}
-
-// ============================================================================ LSTM
-
-
-struct LstmFunction : torch::autograd::Function<LstmFunction> {
-  static variable_list forward(AutogradContext* ctx, const Tensor& xproj, const Tensor& h0,
-                               const Tensor& c0, const Tensor& w_hh, const OptTensor& w_hr,
-                               const OptTensor& lengths, bool reverse) {
-    ctx->set_materialize_grads(false);
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [out, h_n, c_n, gates, cells, prev_cells, hprev] =
-        ops::lstm_forward().call(xproj, h0, c0, w_hh, w_hr, lengths, reverse, true);
-    ctx->save_for_backward({w_hh, or_undefined(w_hr), gates, cells, prev_cells, hprev,
-                            or_undefined(lengths), h0, c0});  // h0, c0: see RNN
-    ctx->saved_data["reverse"] = reverse;
-    ctx->mark_non_differentiable({gates, cells, prev_cells, hprev});
-    return {out, h_n, c_n, gates, cells, prev_cells, hprev};
-  }
-
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const variable_list saved = ctx->get_saved_variables();
-    if (at::GradMode::is_enabled()) {  // create_graph=True
-      const Differentiable g = differentiate_reference(
-          Cell::Lstm,
-          {recomputed_projection(ctx), saved[7], saved[8], saved[0], Tensor(), saved[1]},
-          saved[6], ctx->saved_data["reverse"].toBool(), grads);
-      return {g.xproj, g.h0, g.c0, g.w_hh, g.w_hr, Tensor(), Tensor()};
-    }
-    limit_threads_until_backward_ends();
-    const Tensor &w_hh = saved[0], &gates = saved[2], &cells = saved[3],
-                 &prev_cells = saved[4], &hprev = saved[5];
-    const OptTensor w_hr = as_optional(saved[1]);
-    auto [grad_xproj, grad_h0, grad_c0, grad_w_hh, grad_w_hr] =
-        ops::lstm_backward().call(or_zeros(grads[0], hprev, w_hh),
-                                  or_zeros(grads[1], hprev[0], w_hh),
-                                  or_zeros(grads[2], cells[0], w_hh), w_hh, w_hr, gates, cells,
-                                  prev_cells, hprev, as_optional(saved[6]),
-                                  ctx->saved_data["reverse"].toBool());
-    if (!w_hr.has_value()) grad_w_hr = Tensor();
-    return {grad_xproj, grad_h0, grad_c0, grad_w_hh, grad_w_hr, Tensor(), Tensor()};
-  }
-};
-
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_autograd(
-    const Tensor& xproj, const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
-    const OptTensor& w_hr, const OptTensor& lengths, bool reverse, bool save_workspace) {
-  if (!at::GradMode::is_enabled() ||
-      !any_requires_grad({&xproj, &h0, &c0, &w_hh, &or_undefined(w_hr)})) {
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return ops::lstm_forward().call(xproj, h0, c0, w_hh, w_hr, lengths, reverse, save_workspace);
-  }
-  const variable_list r = LstmFunction::apply(xproj, h0, c0, w_hh, w_hr, lengths, reverse);
-  return {r[0], r[1], r[2], r[3], r[4], r[5], r[6]};
+  const variable_list r =
+      TimeLoopFunction::apply(cell, xproj, h0, c0, w_hh, b_hh, w_hr, lengths, reverse);
+  return {r[0], r[1], r[2], std::vector<Tensor>(r.begin() + 3, r.end())};
 }
 
 // ============================================================================ one cell step
@@ -396,10 +318,9 @@ void remember_projection(const Tensor& output, const Tensor& x, const Tensor& w_
                          const OptTensor& bias) {
   torch::autograd::Node* node = output.grad_fn().get();
   AutogradContext* ctx = nullptr;
-  using torch::autograd::CppNode;
-  if (auto* rnn = dynamic_cast<CppNode<RnnFunction>*>(node)) ctx = &rnn->ctx_;
-  if (auto* gru = dynamic_cast<CppNode<GruFunction>*>(node)) ctx = &gru->ctx_;
-  if (auto* lstm = dynamic_cast<CppNode<LstmFunction>*>(node)) ctx = &lstm->ctx_;
+  if (auto* loop = dynamic_cast<torch::autograd::CppNode<TimeLoopFunction>*>(node)) {
+    ctx = &loop->ctx_;
+  }
   if (ctx == nullptr) return;
   ctx->saved_data["proj_x"] = x;
   ctx->saved_data["proj_w_ih"] = w_ih;
@@ -417,9 +338,7 @@ Tensor one_thread_linear(const Tensor& x, const Tensor& w, const OptTensor& bias
 
 // Every backend: the Autograd alias key covers AutogradCPU, AutogradCUDA, ...
 TORCH_LIBRARY_IMPL(fusedrnn, Autograd, m) {
-  m.impl("rnn_forward", &rnn_forward_autograd);
-  m.impl("gru_forward", &gru_forward_autograd);
-  m.impl("lstm_forward", &lstm_forward_autograd);
+  m.impl("time_loop_forward", &time_loop_forward_autograd);
   m.impl("cell_forward", &cell_forward_autograd);
 }
 

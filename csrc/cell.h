@@ -12,6 +12,17 @@ namespace fusedrnn {
 
 enum class Cell { RnnTanh, RnnRelu, Gru, Lstm };
 
+// One workspace tensor the layer op (time_loop_forward) saves for its backward: (T, B, width),
+// width `units` times H, or P (the size of h) for `of_h`.
+struct WorkspacePart {
+  const char* name;
+  int64_t units;
+  bool of_h;
+};
+
+// Parts per cell at most (LSTM: gates, cells, prev_cells, hprev).
+inline constexpr int kMaxWorkspaceParts = 4;
+
 struct CellSpec {
   Cell cell;
   const char* name;  // the ops' `cell` argument
@@ -25,16 +36,30 @@ struct CellSpec {
   // b_hh enters the step itself (GRU: n = tanh(x_n + r * (W_hn h + b_hn))) instead of adding to
   // the input projection.
   bool b_hh_in_step;
+  // Whether h may be projected to proj_size features (w_hr; torch.nn: LSTM only).
+  bool projectable;
+  // The layer op's saved workspace, in order; the last part is always hprev (T, B, P), the state
+  // each step started from.
+  WorkspacePart workspace[kMaxWorkspaceParts];
+  int workspace_parts;
 
   bool has_cell_state() const { return states == 2; }
 };
 
 // In the order of enum Cell.
+// Workspace parts: RNN h_t (activated; its derivative needs it); GRU r, z, n and
+// hn = W_hn h + b_hn; LSTM i, f, g, o activated, c_t, c_{t-1}.
+inline constexpr WorkspacePart kHprev{"hprev", 1, true};
 inline constexpr CellSpec kCells[] = {
-    {Cell::RnnTanh, "rnn_tanh", /*gates=*/1, /*states=*/1, /*step_workspace=*/1, false},
-    {Cell::RnnRelu, "rnn_relu", /*gates=*/1, /*states=*/1, /*step_workspace=*/1, false},
-    {Cell::Gru, "gru", /*gates=*/3, /*states=*/1, /*step_workspace=*/4, true},
-    {Cell::Lstm, "lstm", /*gates=*/4, /*states=*/2, /*step_workspace=*/5, false},
+    {Cell::RnnTanh, "rnn_tanh", /*gates=*/1, /*states=*/1, /*step_workspace=*/1,
+     /*b_hh_in_step=*/false, /*projectable=*/false, {{"activations", 1, false}, kHprev}, 2},
+    {Cell::RnnRelu, "rnn_relu", /*gates=*/1, /*states=*/1, /*step_workspace=*/1,
+     /*b_hh_in_step=*/false, /*projectable=*/false, {{"activations", 1, false}, kHprev}, 2},
+    {Cell::Gru, "gru", /*gates=*/3, /*states=*/1, /*step_workspace=*/4, /*b_hh_in_step=*/true,
+     /*projectable=*/false, {{"gates", 4, false}, kHprev}, 2},
+    {Cell::Lstm, "lstm", /*gates=*/4, /*states=*/2, /*step_workspace=*/5, /*b_hh_in_step=*/false,
+     /*projectable=*/true,
+     {{"gates", 4, false}, {"cells", 1, false}, {"prev_cells", 1, false}, kHprev}, 4},
 };
 
 inline const CellSpec& spec(Cell cell) { return kCells[static_cast<int>(cell)]; }

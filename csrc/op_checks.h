@@ -7,6 +7,8 @@
 #include <optional>
 #include <vector>
 
+#include "cell.h"
+
 namespace fusedrnn {
 
 inline void check_shape(const at::Tensor& t, const char* name, std::vector<int64_t> shape) {
@@ -52,90 +54,94 @@ inline void check_workspace(const at::Tensor& t, const at::Tensor& storage, cons
   check_shape(t, name, std::move(shape));
 }
 
-// Reads T, B, H, P from `rows` (T, B, G*H) and w_hh (G*H, P) and checks h0, w_hr and lengths;
-// the weights and h0 must have the dtype and device of `storage`.
-inline LayerSizes check_layer(const at::Tensor& rows, int64_t num_gates, const at::Tensor& storage,
-                              const at::Tensor& h0, const at::Tensor& w_hh,
-                              const std::optional<at::Tensor>& w_hr,
-                              const std::optional<at::Tensor>& lengths) {
-  TORCH_CHECK(rows.dim() == 3, "fusedrnn: xproj must be (T, B, G*H), got ", rows.sizes());
-  TORCH_CHECK(rows.size(0) > 0, "Expected sequence length to be larger than 0 in RNN");
-  TORCH_CHECK(rows.size(2) % num_gates == 0 && rows.size(2) > 0,
-              "fusedrnn: xproj.size(2) must be a positive multiple of ", num_gates);
-  TORCH_CHECK(at::isFloatingType(storage.scalar_type()), "fusedrnn: xproj must be floating point");
-  LayerSizes s{rows.size(0), rows.size(1), rows.size(2) / num_gates, 0};
+// Checks w_hh (G*H, P) and w_hr (P, H), when the cell may project h, against H and `storage`'s
+// dtype and device; returns P.
+inline int64_t check_recurrent_weights(const CellSpec& cell, int64_t H, const at::Tensor& storage,
+                                       const at::Tensor& w_hh,
+                                       const std::optional<at::Tensor>& w_hr) {
   TORCH_CHECK(w_hh.dim() == 2, "fusedrnn: w_hh must be 2-D, got ", w_hh.sizes());
-  s.P = w_hh.size(1);
-  check_tensor(w_hh, storage, "w_hh", {num_gates * s.H, s.P});
+  const int64_t P = w_hh.size(1);
+  check_tensor(w_hh, storage, "w_hh", {cell.gates * H, P});
+  TORCH_CHECK(!w_hr.has_value() || cell.projectable, "fusedrnn: ", cell.name,
+              " does not project h (w_hr is only for lstm)");
   if (w_hr.has_value()) {
-    check_tensor(*w_hr, storage, "w_hr", {s.P, s.H});
+    check_tensor(*w_hr, storage, "w_hr", {P, H});
     // As torch.nn requires (proj_size < hidden_size); the kernels write h rows within H lanes.
-    TORCH_CHECK(s.P < s.H, "fusedrnn: w_hr must project to fewer than H = ", s.H,
-                " features, got P = ", s.P);
+    TORCH_CHECK(P < H, "fusedrnn: w_hr must project to fewer than H = ", H,
+                " features, got P = ", P);
   } else {
-    TORCH_CHECK(s.P == s.H, "fusedrnn: w_hh must be (G*H, H) without w_hr, got ", w_hh.sizes());
+    TORCH_CHECK(P == H, "fusedrnn: w_hh must be (G*H, H) without w_hr, got ", w_hh.sizes());
   }
-  check_tensor(h0, storage, "h0", {s.B, s.P});
+  return P;
+}
+
+// The layer op's forward arguments (csrc/op_schemas.h) for `cell`: sizes from xproj (T, B, G*H),
+// whose dtype is the storage dtype; c0 exactly for cells with a cell state, b_hh only for cells
+// where it enters the step (the others take it in xproj).
+inline LayerSizes check_time_loop_forward(const CellSpec& cell, const at::Tensor& xproj,
+                                          const at::Tensor& h0,
+                                          const std::optional<at::Tensor>& c0,
+                                          const at::Tensor& w_hh,
+                                          const std::optional<at::Tensor>& b_hh,
+                                          const std::optional<at::Tensor>& w_hr,
+                                          const std::optional<at::Tensor>& lengths) {
+  const int64_t G = cell.gates;
+  TORCH_CHECK(xproj.dim() == 3, "fusedrnn: xproj must be (T, B, G*H), got ", xproj.sizes());
+  TORCH_CHECK(xproj.size(0) > 0, "Expected sequence length to be larger than 0 in RNN");
+  TORCH_CHECK(xproj.size(2) % G == 0 && xproj.size(2) > 0,
+              "fusedrnn: xproj.size(2) must be a positive multiple of ", G);
+  TORCH_CHECK(at::isFloatingType(xproj.scalar_type()), "fusedrnn: xproj must be floating point");
+  LayerSizes s{xproj.size(0), xproj.size(1), xproj.size(2) / G, 0};
+  s.P = check_recurrent_weights(cell, s.H, xproj, w_hh, w_hr);
+  check_tensor(h0, xproj, "h0", {s.B, s.P});
+  TORCH_CHECK(c0.has_value() == cell.has_cell_state(), "fusedrnn: c0 is ",
+              cell.has_cell_state() ? "needed by " : "not taken by ", cell.name);
+  if (c0.has_value()) check_tensor(*c0, xproj, "c0", {s.B, s.H});
+  TORCH_CHECK(!b_hh.has_value() || cell.b_hh_in_step, "fusedrnn: ", cell.name,
+              " takes b_hh inside xproj (W_ih x + b_ih + b_hh), not as an argument");
+  if (b_hh.has_value()) check_tensor(*b_hh, xproj, "b_hh", {G * s.H});
   check_lengths(lengths, s.B);
   return s;
 }
 
-// A forward op's inputs: sizes from xproj (T, B, G*H), which is also the storage dtype.
-inline LayerSizes check_forward_inputs(const at::Tensor& xproj, int64_t num_gates,
-                                       const at::Tensor& h0, const at::Tensor& w_hh,
-                                       const std::optional<at::Tensor>& w_hr,
-                                       const std::optional<at::Tensor>& lengths) {
-  return check_layer(xproj, num_gates, xproj, h0, w_hh, w_hr, lengths);
+// A workspace part's width (T, B, width) at these sizes.
+inline int64_t workspace_width(const WorkspacePart& part, const LayerSizes& s) {
+  return part.of_h ? s.P : part.units * s.H;
 }
 
-inline void check_workspace_saved(const at::Tensor& a, const at::Tensor& b) {
-  TORCH_CHECK(a.dim() == 3 && b.dim() == 3, "fusedrnn: backward needs the forward's workspace "
-              "(run forward with save_workspace=True)");
-}
-
-// The backward ops' arguments (shapes in csrc/ops.cpp); sizes read from the forward's tensors,
-// workspaces in the state dtype of the storage dtype (grad_output's).
-inline LayerSizes check_rnn_backward_inputs(const at::Tensor& grad_output,
-                                            const at::Tensor& grad_h_n, const at::Tensor& w_hh,
-                                            const at::Tensor& output, const at::Tensor& hprev,
-                                            const std::optional<at::Tensor>& lengths) {
-  const LayerSizes s = check_forward_inputs(output, 1, grad_h_n, w_hh, std::nullopt, lengths);
-  check_tensor(grad_output, output, "grad_output", {s.T, s.B, s.H});
-  check_workspace_saved(hprev, output);
-  check_workspace(hprev, output, "hprev", {s.T, s.B, s.H});
-  return s;
-}
-
-inline LayerSizes check_gru_backward_inputs(const at::Tensor& grad_output,
-                                            const at::Tensor& grad_h_n, const at::Tensor& w_hh,
-                                            const at::Tensor& gates, const at::Tensor& hprev,
-                                            const std::optional<at::Tensor>& lengths) {
-  check_workspace_saved(hprev, gates);
-  const LayerSizes s{hprev.size(0), hprev.size(1), hprev.size(2), hprev.size(2)};
+// The layer op's backward arguments for `cell`: sizes from grad_output (T, B, P) and w_hh
+// (G*H, P), storage dtype grad_output's; the workspace as the forward saved it, in the state
+// dtype of the storage dtype.
+inline LayerSizes check_time_loop_backward(const CellSpec& cell, const at::Tensor& grad_output,
+                                           const at::Tensor& grad_h_n,
+                                           const std::optional<at::Tensor>& grad_c_n,
+                                           const at::Tensor& w_hh,
+                                           const std::optional<at::Tensor>& w_hr,
+                                           at::TensorList workspace,
+                                           const std::optional<at::Tensor>& lengths) {
+  TORCH_CHECK(static_cast<int>(workspace.size()) == cell.workspace_parts,
+              "fusedrnn: backward needs the forward's workspace (run forward with "
+              "save_workspace=True): ", cell.workspace_parts, " tensors for ", cell.name, ", got ",
+              workspace.size());
   TORCH_CHECK(at::isFloatingType(grad_output.scalar_type()),
               "fusedrnn: grad_output must be floating point");
-  check_shape(grad_output, "grad_output", {s.T, s.B, s.H});
-  check_tensor(grad_h_n, grad_output, "grad_h_n", {s.B, s.H});
-  check_tensor(w_hh, grad_output, "w_hh", {3 * s.H, s.H});
-  check_workspace(gates, grad_output, "gates", {s.T, s.B, 4 * s.H});
-  check_workspace(hprev, grad_output, "hprev", {s.T, s.B, s.H});
-  check_lengths(lengths, s.B);
-  return s;
-}
-
-inline LayerSizes check_lstm_backward_inputs(
-    const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& grad_c_n,
-    const at::Tensor& w_hh, const std::optional<at::Tensor>& w_hr, const at::Tensor& gates,
-    const at::Tensor& cells, const at::Tensor& prev_cells, const at::Tensor& hprev,
-    const std::optional<at::Tensor>& lengths) {
-  check_workspace_saved(gates, hprev);
-  const LayerSizes s = check_layer(gates, 4, grad_output, grad_h_n, w_hh, w_hr, lengths);
+  TORCH_CHECK(grad_output.dim() == 3, "fusedrnn: grad_output must be (T, B, P), got ",
+              grad_output.sizes());
+  TORCH_CHECK(w_hh.dim() == 2 && w_hh.size(0) % cell.gates == 0, "fusedrnn: w_hh must be (",
+              cell.gates, "*H, P), got ", w_hh.sizes());
+  LayerSizes s{grad_output.size(0), grad_output.size(1), w_hh.size(0) / cell.gates, 0};
+  s.P = check_recurrent_weights(cell, s.H, grad_output, w_hh, w_hr);
   check_shape(grad_output, "grad_output", {s.T, s.B, s.P});
-  check_tensor(grad_c_n, grad_output, "grad_c_n", {s.B, s.H});
-  check_workspace(gates, grad_output, "gates", {s.T, s.B, 4 * s.H});
-  check_workspace(cells, grad_output, "cells", {s.T, s.B, s.H});
-  check_workspace(prev_cells, grad_output, "prev_cells", {s.T, s.B, s.H});
-  check_workspace(hprev, grad_output, "hprev", {s.T, s.B, s.P});
+  check_tensor(grad_h_n, grad_output, "grad_h_n", {s.B, s.P});
+  TORCH_CHECK(grad_c_n.has_value() == cell.has_cell_state(), "fusedrnn: grad_c_n is ",
+              cell.has_cell_state() ? "needed by " : "not taken by ", cell.name);
+  if (grad_c_n.has_value()) check_tensor(*grad_c_n, grad_output, "grad_c_n", {s.B, s.H});
+  for (int i = 0; i < cell.workspace_parts; ++i) {
+    const WorkspacePart& part = cell.workspace[i];
+    check_workspace(workspace[i], grad_output, part.name,
+                    {s.T, s.B, workspace_width(part, s)});
+  }
+  check_lengths(lengths, s.B);
   return s;
 }
 

@@ -8,6 +8,7 @@
 
 #include <optional>
 #include <tuple>
+#include <vector>
 
 namespace fusedrnn {
 namespace ops {
@@ -15,23 +16,12 @@ namespace ops {
 using at::Tensor;
 using OptTensor = std::optional<Tensor>;
 
-using RnnForward = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
-                                                      const OptTensor&, bool, bool, bool);
-using RnnBackward = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&,
-                                                       const Tensor&, const Tensor&,
-                                                       const Tensor&, const OptTensor&, bool,
-                                                       bool);
-using GruForward = std::tuple<Tensor, Tensor, Tensor, Tensor>(
-    const Tensor&, const Tensor&, const Tensor&, const OptTensor&, const OptTensor&, bool, bool);
-using GruBackward = std::tuple<Tensor, Tensor, Tensor, Tensor>(
-    const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const OptTensor&,
-    bool);
-using LstmForward = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
-    const Tensor&, const Tensor&, const Tensor&, const Tensor&, const OptTensor&,
-    const OptTensor&, bool, bool);
-using LstmBackward = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>(
-    const Tensor&, const Tensor&, const Tensor&, const Tensor&, const OptTensor&, const Tensor&,
-    const Tensor&, const Tensor&, const Tensor&, const OptTensor&, bool);
+using TimeLoopForward = std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>>(
+    c10::string_view, const Tensor&, const Tensor&, const OptTensor&, const Tensor&,
+    const OptTensor&, const OptTensor&, const OptTensor&, bool, bool);
+using TimeLoopBackward = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
+    c10::string_view, const Tensor&, const Tensor&, const OptTensor&, const Tensor&,
+    const OptTensor&, at::TensorList, const OptTensor&, bool);
 
 using CellForward = std::tuple<Tensor, Tensor, Tensor>(
     c10::string_view, const Tensor&, const Tensor&, const OptTensor&, const Tensor&, const Tensor&,
@@ -47,12 +37,8 @@ using CellBackward = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, 
         c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>(); \
     return handle;                                                                  \
   }
-FUSEDRNN_OP_HANDLE(rnn_forward, RnnForward, "fusedrnn::rnn_forward")
-FUSEDRNN_OP_HANDLE(rnn_backward, RnnBackward, "fusedrnn::rnn_backward")
-FUSEDRNN_OP_HANDLE(gru_forward, GruForward, "fusedrnn::gru_forward")
-FUSEDRNN_OP_HANDLE(gru_backward, GruBackward, "fusedrnn::gru_backward")
-FUSEDRNN_OP_HANDLE(lstm_forward, LstmForward, "fusedrnn::lstm_forward")
-FUSEDRNN_OP_HANDLE(lstm_backward, LstmBackward, "fusedrnn::lstm_backward")
+FUSEDRNN_OP_HANDLE(time_loop_forward, TimeLoopForward, "fusedrnn::time_loop_forward")
+FUSEDRNN_OP_HANDLE(time_loop_backward, TimeLoopBackward, "fusedrnn::time_loop_backward")
 FUSEDRNN_OP_HANDLE(cell_forward, CellForward, "fusedrnn::cell_forward")
 FUSEDRNN_OP_HANDLE(cell_backward, CellBackward, "fusedrnn::cell_backward")
 #undef FUSEDRNN_OP_HANDLE

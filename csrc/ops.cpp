@@ -3,24 +3,34 @@
 // csrc/autograd.cpp, the functional ops (recurrent_layer/_stack) in csrc/functional.cpp, fake
 // kernels in fusedrnn/_ops.py.
 //
-// Shapes (T steps, B batch, H hidden, P = proj_size or H, G = gates per cell: RNN 1, GRU 3, LSTM 4):
-//   xproj    (T, B, G*H)  input projection W_ih x_t + b_ih (+ b_hh for RNN and LSTM)
-//   h0 / h_n (B, P)       c0 / c_n (B, H)
-//   w_hh     (G*H, P)     w_hr (P, H)       b_hh (G*H) (GRU only: it sits inside r * (...))
+// The layer op pair (schemas in csrc/op_schemas.h), one layer and one direction of any cell
+// (`cell`: a name of csrc/cell.h's table). Shapes (T steps, B batch, H hidden, P = proj_size or
+// H, G = the cell's gates: RNN 1, GRU 3, LSTM 4):
+//   xproj    (T, B, G*H)  input projection W_ih x_t + b_ih, plus b_hh where it does not enter
+//                         the step (every cell but GRU)
+//   h0 / h_n (B, P)       c0 / c_n (B, H) for cells with a cell state (LSTM); else c0 is None
+//                         and c_n (0)
+//   w_hh     (G*H, P)     w_hr (P, H) where h may be projected (LSTM)
+//   b_hh     (G*H)        only where it enters the step (GRU: n = tanh(x_n + r * (W_hn h + b_hn)))
 //   lengths  (B) int64    optional; row b runs lengths[b] steps, then its state is frozen and its
 //                         outputs are zero (torch.nn's PackedSequence semantics)
 //   reverse               run time backwards (from lengths[b]-1 down to 0 for row b)
 //   output   (T, B, P)    h_t at time t (not step), zero past a row's length
-// Workspaces (what backward needs; shape (0) when save_workspace is false, which autograd
-// overrides when it records the call), all indexed by time:
-//   hprev    (T, B, P)    the hidden state each step started from
-//   RNN  -: backward reads `output` for the activation derivative
-//   GRU  gates (T, B, 4H) activated r, z, n and hn = W_hn h + b_hn
-//   LSTM gates (T, B, 4H) activated i, f, g, o;  cells (T, B, H) c_t;  prev_cells (T, B, H) c_{t-1}
+//   workspace             what backward needs, [] when save_workspace is false (autograd
+//                         overrides it when it records the call): the cell's parts of
+//                         csrc/cell.h, each (T, B, width) indexed by time, zero past a row's
+//                         length; the last is hprev (T, B, P), the state each step started from:
+//     RNN  activations (T, B, H) h_t;  hprev
+//     GRU  gates (T, B, 4H) activated r, z, n and hn = W_hn h + b_hn;  hprev
+//     LSTM gates (T, B, 4H) activated i, f, g, o;  cells (T, B, H) c_t;  prev_cells c_{t-1};  hprev
 // Workspaces are float for fp16/bf16 inputs (CUDA; the recurrence is carried in float too, see
 // csrc/cuda/step_kernels.h), else the input's dtype.
+//   time_loop_backward   d output (T, B, P), d h_n (B, P), d c_n (B, H) (cells with a cell state),
+//                        w_hh, w_hr, the forward's workspace; returns d xproj (T, B, G*H), d h0,
+//                        d c0 ((0) without a cell state), d w_hh, d b_hh ((G*H) where b_hh enters
+//                        the step, else (0)), d w_hr ((0) without w_hr)
 //
-// Functional ops (torch.nn's computation; cell one of rnn_tanh, rnn_relu, gru, lstm):
+// Functional ops (torch.nn's computation):
 //   recurrent_layer   one layer, one direction: x (T, B, I), w_ih (G*H, I), b_ih/b_hh (G*H)
 //   recurrent_stack   num_layers x (1 or 2 directions): h0 (L*D, B, P), c0 (L*D, B, H) (zeros
 //                     when None), weights in torch.nn's flat order, dropout between layers

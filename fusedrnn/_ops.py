@@ -15,72 +15,38 @@ ops = torch.ops.fusedrnn
 _STATE_DTYPE = {torch.float16: torch.float32, torch.bfloat16: torch.float32}
 
 
-def _workspace(like: torch.Tensor, save: bool, T: int, B: int, width: int) -> torch.Tensor:
-    dtype = _STATE_DTYPE.get(like.dtype, like.dtype)
-    return like.new_empty((T, B, width) if save else (0,), dtype=dtype)
+def _workspace(like: torch.Tensor, T: int, B: int, width: int) -> torch.Tensor:
+    return like.new_empty((T, B, width), dtype=_STATE_DTYPE.get(like.dtype, like.dtype))
 
 
 # ------------------------------------------------------------------------------------ fake kernels
 
 
-@torch.library.register_fake("fusedrnn::rnn_forward")
-def _rnn_forward_fake(xproj, h0, w_hh, lengths, reverse, relu, save_workspace):
-    T, B, H = xproj.shape
-    return xproj.new_empty((T, B, H)), h0.new_empty((B, H)), _workspace(xproj, save_workspace, T, B, H)
+@torch.library.register_fake("fusedrnn::time_loop_forward")
+def _time_loop_forward_fake(cell, xproj, h0, c0, w_hh, b_hh, w_hr, lengths, reverse,
+                            save_workspace):
+    spec = CELLS[cell]
+    T, B, _ = xproj.shape
+    H, P = w_hh.shape[0] // spec.gates, w_hh.shape[1]
+    c_n = c0.new_empty((B, H)) if spec.has_cell_state else xproj.new_empty((0,))
+    workspace = [_workspace(xproj, T, B, units * (P if of == "P" else H))
+                 for _, units, of in spec.workspace] if save_workspace else []
+    return xproj.new_empty((T, B, P)), h0.new_empty((B, P)), c_n, workspace
 
 
-@torch.library.register_fake("fusedrnn::rnn_backward")
-def _rnn_backward_fake(grad_output, grad_h_n, w_hh, output, hprev, lengths, reverse, relu):
-    return torch.empty_like(output), torch.empty_like(grad_h_n), torch.empty_like(w_hh)
-
-
-@torch.library.register_fake("fusedrnn::gru_forward")
-def _gru_forward_fake(xproj, h0, w_hh, b_hh, lengths, reverse, save_workspace):
-    T, B, H3 = xproj.shape
-    H = H3 // 3
+@torch.library.register_fake("fusedrnn::time_loop_backward")
+def _time_loop_backward_fake(cell, grad_output, grad_h_n, grad_c_n, w_hh, w_hr, workspace,
+                             lengths, reverse):
+    spec = CELLS[cell]
+    T, B, _ = grad_output.shape
+    none = lambda: grad_output.new_empty((0,))  # noqa: E731  (one per output: no aliases)
     return (
-        xproj.new_empty((T, B, H)),
-        h0.new_empty((B, H)),
-        _workspace(xproj, save_workspace, T, B, 4 * H),
-        _workspace(xproj, save_workspace, T, B, H),
-    )
-
-
-@torch.library.register_fake("fusedrnn::gru_backward")
-def _gru_backward_fake(grad_output, grad_h_n, w_hh, gates, hprev, lengths, reverse):
-    T, B, H = hprev.shape
-    return (
-        grad_output.new_empty((T, B, 3 * H)),
+        grad_output.new_empty((T, B, w_hh.shape[0])),
         torch.empty_like(grad_h_n),
+        torch.empty_like(grad_c_n) if spec.has_cell_state else none(),
         torch.empty_like(w_hh),
-        w_hh.new_empty((3 * H,)),
-    )
-
-
-@torch.library.register_fake("fusedrnn::lstm_forward")
-def _lstm_forward_fake(xproj, h0, c0, w_hh, w_hr, lengths, reverse, save_workspace):
-    T, B, H4 = xproj.shape
-    H, P = H4 // 4, w_hh.shape[1]
-    return (
-        xproj.new_empty((T, B, P)),
-        h0.new_empty((B, P)),
-        c0.new_empty((B, H)),
-        _workspace(xproj, save_workspace, T, B, 4 * H),
-        _workspace(xproj, save_workspace, T, B, H),
-        _workspace(xproj, save_workspace, T, B, H),
-        _workspace(xproj, save_workspace, T, B, P),
-    )
-
-
-@torch.library.register_fake("fusedrnn::lstm_backward")
-def _lstm_backward_fake(grad_output, grad_h_n, grad_c_n, w_hh, w_hr, gates, cells, prev_cells,
-                        hprev, lengths, reverse):
-    return (
-        grad_output.new_empty(gates.shape),
-        torch.empty_like(grad_h_n),
-        torch.empty_like(grad_c_n),
-        torch.empty_like(w_hh),
-        torch.empty_like(w_hr) if w_hr is not None else w_hh.new_empty((0,)),
+        w_hh.new_empty((w_hh.shape[0],)) if spec.b_hh_in_step else none(),
+        torch.empty_like(w_hr) if w_hr is not None else none(),
     )
 
 

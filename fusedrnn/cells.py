@@ -19,19 +19,28 @@ class CellSpec:
     # The one-step op's (cell_forward) saved workspace per batch row, in units of H:
     # RNN h'; GRU r, z, n, hn; LSTM i, f, g, o, c'.
     step_workspace: int
+    # The layer op's (time_loop_forward) saved workspace, in order: (name, width in units of H,
+    # or of P for "P": the size of h); the last part is hprev (T, B, P).
+    workspace: tuple[tuple[str, int, str], ...] = ()
+    b_hh_in_step: bool = False  # b_hh enters the step (GRU) instead of the input projection
+    projectable: bool = False   # h may be projected to proj_size features (w_hr)
 
     @property
     def has_cell_state(self) -> bool:
         return self.states == 2
 
 
+_HPREV = ("hprev", 1, "P")
 CELLS: dict[str, CellSpec] = {spec.name: spec for spec in (
     CellSpec("rnn_tanh", "RNN_TANH", "RNN", {"nonlinearity": "tanh"}, gates=1, states=1,
-             step_workspace=1),
+             step_workspace=1, workspace=(("activations", 1, "H"), _HPREV)),
     CellSpec("rnn_relu", "RNN_RELU", "RNN", {"nonlinearity": "relu"}, gates=1, states=1,
-             step_workspace=1),
-    CellSpec("gru", "GRU", "GRU", {}, gates=3, states=1, step_workspace=4),
-    CellSpec("lstm", "LSTM", "LSTM", {}, gates=4, states=2, step_workspace=5),
+             step_workspace=1, workspace=(("activations", 1, "H"), _HPREV)),
+    CellSpec("gru", "GRU", "GRU", {}, gates=3, states=1, step_workspace=4,
+             workspace=(("gates", 4, "H"), _HPREV), b_hh_in_step=True),
+    CellSpec("lstm", "LSTM", "LSTM", {}, gates=4, states=2, step_workspace=5,
+             workspace=(("gates", 4, "H"), ("cells", 1, "H"), ("prev_cells", 1, "H"), _HPREV),
+             projectable=True),
 )}
 
 CELL_OF_MODE: dict[str, str] = {spec.mode: spec.name for spec in CELLS.values()}

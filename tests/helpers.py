@@ -8,7 +8,7 @@ import torch
 from fusedrnn.verification import (  # noqa: F401  (re-exported for the tests)
     CELLS, RULE_ATOL, Case, clone_inputs, compare, make_inputs, make_pair, max_abs_diff,
 )
-from fusedrnn import verification
+from fusedrnn import cells, verification
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -40,7 +40,8 @@ def check_case(case: Case, dtype, device="cpu", seed=0):
 
 
 def op_samples(lengths, reverse, requires_grad=True, device="cpu", dtype=torch.float64):
-    """(op, args) for every forward op of torch.ops.fusedrnn, small, fp64 by default."""
+    """(op, args) of the layer op (torch.ops.fusedrnn.time_loop_forward) for every cell, with
+    and without the optional b_hh / w_hr where the cell takes them; small, fp64 by default."""
     g = torch.Generator().manual_seed(0)
     T, B, H, P = 5, 3, 4, 2
 
@@ -48,39 +49,33 @@ def op_samples(lengths, reverse, requires_grad=True, device="cpu", dtype=torch.f
         return torch.randn(*shape, generator=g, dtype=torch.float64).to(device, dtype).requires_grad_(
             requires_grad)
     lens = torch.tensor([5, 2, 3], device=device) if lengths else None
-    ops = torch.ops.fusedrnn
-    return [
-        (ops.rnn_forward.default, (r(T, B, H), r(B, H), r(H, H), lens, reverse, False, True)),
-        (ops.rnn_forward.default, (r(T, B, H), r(B, H), r(H, H), lens, reverse, True, True)),
-        (ops.gru_forward.default, (r(T, B, 3 * H), r(B, H), r(3 * H, H), r(3 * H), lens, reverse, True)),
-        (ops.gru_forward.default, (r(T, B, 3 * H), r(B, H), r(3 * H, H), None, lens, reverse, True)),
-        (ops.lstm_forward.default, (r(T, B, 4 * H), r(B, H), r(B, H), r(4 * H, H), None, lens, reverse, True)),
-        (ops.lstm_forward.default, (r(T, B, 4 * H), r(B, P), r(B, H), r(4 * H, P), r(P, H), lens, reverse, True)),
-    ]
+    op = torch.ops.fusedrnn.time_loop_forward.default
+    samples = []
+    for name, spec in cells.CELLS.items():
+        G = spec.gates
+        for optional in (False, True):
+            if optional and not (spec.b_hh_in_step or spec.projectable):
+                continue
+            Ph = P if optional and spec.projectable else H  # the size of h
+            c0 = r(B, H) if spec.has_cell_state else None
+            b_hh = r(G * H) if optional and spec.b_hh_in_step else None
+            w_hr = r(Ph, H) if optional and spec.projectable else None
+            samples.append((op, (name, r(T, B, G * H), r(B, Ph), c0, r(G * H, Ph), b_hh, w_hr,
+                                 lens, reverse, True)))
+    return samples
 
 
 def op_backward_samples(lengths, device="cpu", dtype=torch.float64):
-    """(op, args) for every backward op of torch.ops.fusedrnn: op_samples' forwards (reverse),
-    run for their workspaces, with random output gradients."""
-    ops = torch.ops.fusedrnn
+    """(op, args) of torch.ops.fusedrnn.time_loop_backward: op_samples' forwards (reverse), run
+    for their workspaces, with random output gradients."""
+    op = torch.ops.fusedrnn.time_loop_backward.default
     samples = []
-    for op, args in op_samples(lengths, reverse=True, requires_grad=False, device=device,
-                               dtype=dtype):
-        outs = op(*args)
-        name = op._schema.name.split("::")[1].replace("_forward", "")
+    for _, args in op_samples(lengths, reverse=True, requires_grad=False, device=device,
+                              dtype=dtype):
+        cell, _, _, c0, w_hh, _, w_hr, lens, reverse, _ = args
+        out, h_n, c_n, workspace = torch.ops.fusedrnn.time_loop_forward(*args)
         grad = torch.randn_like
-        lens = args[3] if name == "rnn" else args[-3]
-        if name == "rnn":
-            out, h_n, hprev = outs
-            samples.append((ops.rnn_backward.default,
-                            (grad(out), grad(h_n), args[2], out, hprev, lens, True, args[5])))
-        elif name == "gru":
-            out, h_n, gates, hprev = outs
-            samples.append((ops.gru_backward.default,
-                            (grad(out), grad(h_n), args[2], gates, hprev, lens, True)))
-        else:
-            out, h_n, c_n, gates, cells, prev_cells, hprev = outs
-            samples.append((ops.lstm_backward.default,
-                            (grad(out), grad(h_n), grad(c_n), args[3], args[4], gates, cells,
-                             prev_cells, hprev, lens, True)))
+        grad_c_n = grad(c_n) if c0 is not None else None
+        samples.append((op, (cell, grad(out), grad(h_n), grad_c_n, w_hh, w_hr, workspace, lens,
+                             reverse)))
     return samples

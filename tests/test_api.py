@@ -214,7 +214,7 @@ def test_opcheck_backward_ops(lengths, device):
 def test_gradcheck_ops(lengths, reverse, device):
     for op, args in op_samples(lengths, reverse, device=device):
         # differentiate the user-visible outputs (output, h_n[, c_n]), not the workspaces
-        n_visible = 3 if op is torch.ops.fusedrnn.lstm_forward.default else 2
+        n_visible = 3 if cells.CELLS[args[0]].has_cell_state else 2
         tensor_idx = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor) and a.requires_grad]
 
         def f(*ts, op=op, args=args, tensor_idx=tensor_idx, n_visible=n_visible):
@@ -297,23 +297,43 @@ def test_bidirectional_directions_at_once_match_torch(name, packed):
 def test_no_workspace_in_inference():
     m = fusedrnn.LSTM(3, 4)
     with torch.no_grad():
-        outs = torch.ops.fusedrnn.lstm_forward(
-            torch.randn(5, 2, 16), torch.zeros(2, 4), torch.zeros(2, 4), m.weight_hh_l0, None,
-            None, False, False)
-    assert all(t.numel() == 0 for t in outs[3:])
+        out, h_n, c_n, workspace = torch.ops.fusedrnn.time_loop_forward(
+            "lstm", torch.randn(5, 2, 16), torch.zeros(2, 4), torch.zeros(2, 4), m.weight_hh_l0,
+            None, None, None, False, False)
+    assert workspace == [] and out.shape == (5, 2, 4) and c_n.shape == (2, 4)
 
 
 def test_op_rejects_bad_shapes_and_lengths():
     ops = torch.ops.fusedrnn
     x, h, w = torch.randn(5, 2, 4), torch.randn(2, 4), torch.randn(4, 4)
+
+    def rnn(x=x, h=h, w=w, lengths=None, c0=None, b_hh=None, w_hr=None, cell="rnn_tanh"):
+        return ops.time_loop_forward(cell, x, h, c0, w, b_hh, w_hr, lengths, False, False)
     with pytest.raises(RuntimeError, match="h0 has shape"):
-        ops.rnn_forward(x, torch.randn(3, 4), w, None, False, False, False)
+        rnn(h=torch.randn(3, 4))
     with pytest.raises(RuntimeError, match="lengths"):
-        ops.rnn_forward(x, h, w, torch.tensor([6, 1]), False, False, False)
+        rnn(lengths=torch.tensor([6, 1]))
     with pytest.raises(RuntimeError, match="lengths"):
-        ops.rnn_forward(x, h, w, torch.tensor([1, 2, 3]), False, False, False)
+        rnn(lengths=torch.tensor([1, 2, 3]))
     with pytest.raises(RuntimeError, match="dtype"):
-        ops.rnn_forward(x, h.double(), w, None, False, False, False)
+        rnn(h=h.double())
+    # What each cell takes comes from the cell table (csrc/cell.h).
+    with pytest.raises(ValueError, match="unknown cell 'elman'"):
+        rnn(cell="elman")
+    with pytest.raises(RuntimeError, match="c0 is not taken by rnn_tanh"):
+        rnn(c0=h)
+    with pytest.raises(RuntimeError, match="rnn_tanh takes b_hh inside xproj"):
+        rnn(b_hh=torch.randn(4))
+    with pytest.raises(RuntimeError, match="rnn_tanh does not project h"):
+        rnn(w_hr=torch.randn(4, 4))
+    with pytest.raises(RuntimeError, match="c0 is needed by lstm"):
+        rnn(cell="lstm", x=torch.randn(5, 2, 16), w=torch.randn(16, 4))
+    with pytest.raises(RuntimeError, match="needs the forward's workspace"):
+        ops.time_loop_backward("gru", torch.randn(5, 2, 4), h, None, torch.randn(12, 4), None,
+                               [], None, False)
+    with pytest.raises(RuntimeError, match="gates has shape"):
+        ops.time_loop_backward("gru", torch.randn(5, 2, 4), h, None, torch.randn(12, 4), None,
+                               [torch.randn(5, 2, 12), torch.randn(5, 2, 4)], None, False)
 
 
 class _Model(nn.Module):
@@ -380,9 +400,9 @@ def test_op_rejects_projection_not_smaller_than_hidden():
     """proj_size must be < hidden_size (torch.nn's rule); the ops enforce it too."""
     T, B, H, P = 3, 2, 4, 5
     with pytest.raises(RuntimeError, match="fewer than H = 4"):
-        torch.ops.fusedrnn.lstm_forward(torch.randn(T, B, 4 * H), torch.randn(B, P),
-                                        torch.randn(B, H), torch.randn(4 * H, P),
-                                        torch.randn(P, H), None, False, False)
+        torch.ops.fusedrnn.time_loop_forward("lstm", torch.randn(T, B, 4 * H), torch.randn(B, P),
+                                             torch.randn(B, H), torch.randn(4 * H, P), None,
+                                             torch.randn(P, H), None, False, False)
 
 
 @pytest.mark.parametrize("name", ["GRU", "LSTM"])

@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+from fusedrnn.verification import spec_of
 from helpers import CELLS, Case, check_case
 
 # (B, H): one row / 1 panel; 7 rows (AVX2 6 + 1) / 33 cols (2 panels + 1); 13 rows (8 + 5) /
@@ -54,37 +55,28 @@ TEAM_T, TEAM_B, TEAM_H, TEAM_P = 5, 13, 104, 40
 
 
 def _ops_forward_backward(cell, reverse):
-    """Every output of the cell's forward and backward op on fixed random data, with unequal
-    lengths (one row empty, one full) so blocks see active and inactive rows."""
+    """Every output of the layer op pair for the cell (verification's names: lstm_proj is LSTM
+    with W_hr) on fixed random data, with unequal lengths (one row empty, one full) so blocks
+    see active and inactive rows."""
     g = torch.Generator().manual_seed(0)
     randn = lambda *shape: torch.randn(*shape, generator=g)  # noqa: E731
     T, B, H = TEAM_T, TEAM_B, TEAM_H
     lengths = torch.randint(0, T + 1, (B,), generator=g)
     lengths[0], lengths[1] = 0, T
     ops = torch.ops.fusedrnn
-    if cell in ("rnn_tanh", "rnn_relu"):
-        relu = cell == "rnn_relu"
-        w_hh = randn(H, H) * 0.1
-        out, h_n, hprev = ops.rnn_forward(randn(T, B, H), randn(B, H), w_hh, lengths, reverse,
-                                          relu, True)
-        bwd = ops.rnn_backward(randn(T, B, H), randn(B, H), w_hh, out, hprev, lengths, reverse,
-                               relu)
-        return [out, h_n, hprev, *bwd[:2]]  # not grad_w_hh: see below
-    if cell == "gru":
-        w_hh, b_hh = randn(3 * H, H) * 0.1, randn(3 * H)
-        fwd = ops.gru_forward(randn(T, B, 3 * H), randn(B, H), w_hh, b_hh, lengths, reverse, True)
-        _, _, gates, hprev = fwd
-        bwd = ops.gru_backward(randn(T, B, H), randn(B, H), w_hh, gates, hprev, lengths, reverse)
-        return [*fwd, bwd[0], bwd[1], bwd[3]]
-    P = TEAM_P if cell == "lstm_proj" else H
-    w_hh = randn(4 * H, P) * 0.1
+    spec = spec_of(cell)
+    G, P = spec.gates, TEAM_P if cell == "lstm_proj" else H
+    w_hh = randn(G * H, P) * 0.1
     w_hr = randn(P, H) * 0.1 if cell == "lstm_proj" else None
-    fwd = ops.lstm_forward(randn(T, B, 4 * H), randn(B, P), randn(B, H), w_hh, w_hr, lengths,
-                           reverse, True)
-    _, _, _, gates, cells, prev_cells, hprev = fwd
-    bwd = ops.lstm_backward(randn(T, B, P), randn(B, P), randn(B, H), w_hh, w_hr, gates, cells,
-                            prev_cells, hprev, lengths, reverse)
-    return [*fwd, *bwd[:3]]
+    b_hh = randn(G * H) if spec.b_hh_in_step else None
+    c0 = randn(B, H) if spec.has_cell_state else None
+    out, h_n, c_n, workspace = ops.time_loop_forward(spec.name, randn(T, B, G * H), randn(B, P),
+                                                     c0, w_hh, b_hh, w_hr, lengths, reverse, True)
+    grad_c_n = randn(B, H) if spec.has_cell_state else None
+    bwd = ops.time_loop_backward(spec.name, randn(T, B, P), randn(B, P), grad_c_n, w_hh, w_hr,
+                                 workspace, lengths, reverse)
+    # Not grad_w_hh / grad_w_hr: see below.
+    return [out, h_n, c_n, *workspace, bwd[0], bwd[1], bwd[2], bwd[4]]
 
 
 @pytest.mark.parametrize("cell", list(CELLS))
@@ -146,13 +138,14 @@ def test_team_choice_learns_from_both_ways():
         "import torch, fusedrnn.probes; torch.set_num_threads(2);"
         "g = torch.Generator().manual_seed(0);"
         f"T, B, H = 200, {TEAM_B}, {TEAM_H};"
-        "args = (torch.randn(T, B, 3 * H, generator=g), torch.randn(B, H, generator=g),"
-        "        torch.randn(3 * H, H, generator=g) / H ** 0.5, torch.randn(3 * H, generator=g));"
+        "args = ('gru', torch.randn(T, B, 3 * H, generator=g), torch.randn(B, H, generator=g),"
+        "        None, torch.randn(3 * H, H, generator=g) / H ** 0.5,"
+        "        torch.randn(3 * H, generator=g), None, None, False, False);"
         "teams, outs = [], [];"
         "count = lambda: fusedrnn.probes.team_counts()[0]\n"
         "for _ in range(12):\n"
         "    before = count()\n"
-        "    outs.append(torch.ops.fusedrnn.gru_forward(*args, None, False, False)[0])\n"
+        "    outs.append(torch.ops.fusedrnn.time_loop_forward(*args)[0])\n"
         "    teams.append(count() - before)\n"
         "print(*teams, fusedrnn.probes.team_counts()[2] + fusedrnn.probes.machine_load()[3],"
         "      all(torch.equal(o, outs[0]) for o in outs))"
@@ -260,8 +253,9 @@ def test_float_tanh_bounded_and_accurate():
     half = torch.linspace(0, 12, 200001)
     x = torch.cat([-half.flip(0), half, torch.tensor([float("nan")])])
     T = x.numel()
-    out, _, _ = torch.ops.fusedrnn.rnn_forward(x.view(T, 1, 1), torch.zeros(1, 1),
-                                               torch.zeros(1, 1), None, False, False, False)
+    out = torch.ops.fusedrnn.time_loop_forward("rnn_tanh", x.view(T, 1, 1), torch.zeros(1, 1),
+                                               None, torch.zeros(1, 1), None, None, None, False,
+                                               False)[0]
     y = out.view(-1)
     finite = ~torch.isnan(x)
     assert torch.isnan(y[-1])

@@ -50,8 +50,9 @@ def test_out_of_range_lengths_are_clamped_not_read_out_of_bounds():
                     torch.randn(H, H, device="cuda"))
     bad = torch.tensor([T + 7, -4, 2], device="cuda")
     clamped = torch.tensor([T, 0, 2], device="cuda")
-    got = torch.ops.fusedrnn.rnn_forward(xproj, h0, w, bad, True, False, False)
-    want = torch.ops.fusedrnn.rnn_forward(xproj, h0, w, clamped, True, False, False)
+    op = torch.ops.fusedrnn.time_loop_forward
+    got = op("rnn_tanh", xproj, h0, None, w, None, None, bad, True, False)
+    want = op("rnn_tanh", xproj, h0, None, w, None, None, clamped, True, False)
     torch.cuda.synchronize()
     for a, b in zip(got[:2], want[:2]):
         assert torch.equal(a, b)
@@ -61,7 +62,8 @@ def test_lengths_on_another_device_are_rejected():
     x, h, w = (torch.randn(4, 2, 3, device="cuda"), torch.randn(2, 3, device="cuda"),
                torch.randn(3, 3, device="cuda"))
     with pytest.raises(RuntimeError, match="lengths must be on cuda"):
-        torch.ops.fusedrnn.rnn_forward(x, h, w, torch.tensor([4, 2]), False, False, False)
+        torch.ops.fusedrnn.time_loop_forward("rnn_tanh", x, h, None, w, None, None,
+                                             torch.tensor([4, 2]), False, False)
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])

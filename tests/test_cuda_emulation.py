@@ -33,7 +33,7 @@ DTYPES = {"fp32": torch.float32, "fp64": torch.float64, "fp16": torch.float16,
 # The verification configurations (cells and LSTM with proj_size) -> gates per cell.
 GATES = {name: spec_of(name).gates for name in CELLS}
 # Workspaces (state dtype) among the outputs: compared against the unrounded float baseline.
-WORKSPACES = {"hprev", "gates", "cells", "prev_cells"}
+WORKSPACES = {name for spec in map(spec_of, CELLS) for name, _, _ in spec.workspace}
 
 
 @pytest.fixture(scope="module")
@@ -87,32 +87,31 @@ def make_inputs(case: OpCase, seed: int, gate_offsets=None, scale=1.0):
     return t, lengths
 
 
+def _forward_args(case: OpCase, t: dict, lengths, save_workspace):
+    spec = spec_of(case.cell)
+    return (spec.name, t["xproj"], t["h0"], t["c0"] if spec.has_cell_state else None, t["w_hh"],
+            t["b_hh"] if spec.b_hh_in_step else None,
+            t["w_hr"] if case.cell == "lstm_proj" else None, lengths, case.reverse, save_workspace)
+
+
 def run(ops, case: OpCase, t: dict, lengths):
-    """Forward (workspace saved) then backward of one cell through `ops`; named results."""
-    cell, rev = case.cell, case.reverse
-    if cell.startswith("rnn"):
-        relu = cell == "rnn_relu"
-        out, h_n, hprev = ops.rnn_forward(t["xproj"], t["h0"], t["w_hh"], lengths, rev, relu, True)
-        gx, gh0, gw = ops.rnn_backward(t["grad_output"], t["grad_h_n"], t["w_hh"], out, hprev,
-                                       lengths, rev, relu)
-        return {"output": out, "h_n": h_n, "hprev": hprev, "grad_xproj": gx, "grad_h0": gh0,
-                "grad_w_hh": gw}
-    if cell == "gru":
-        out, h_n, gates, hprev = ops.gru_forward(t["xproj"], t["h0"], t["w_hh"], t["b_hh"],
-                                                 lengths, rev, True)
-        gx, gh0, gw, gb = ops.gru_backward(t["grad_output"], t["grad_h_n"], t["w_hh"], gates,
-                                           hprev, lengths, rev)
-        return {"output": out, "h_n": h_n, "gates": gates, "hprev": hprev, "grad_xproj": gx,
-                "grad_h0": gh0, "grad_w_hh": gw, "grad_b_hh": gb}
-    w_hr = t["w_hr"] if cell == "lstm_proj" else None
-    out, h_n, c_n, gates, cells, prev_cells, hprev = ops.lstm_forward(
-        t["xproj"], t["h0"], t["c0"], t["w_hh"], w_hr, lengths, rev, True)
-    gx, gh0, gc0, gw, gwr = ops.lstm_backward(t["grad_output"], t["grad_h_n"], t["grad_c_n"],
-                                              t["w_hh"], w_hr, gates, cells, prev_cells, hprev,
-                                              lengths, rev)
-    results = {"output": out, "h_n": h_n, "c_n": c_n, "gates": gates, "cells": cells,
-               "prev_cells": prev_cells, "hprev": hprev, "grad_xproj": gx, "grad_h0": gh0,
-               "grad_c0": gc0, "grad_w_hh": gw}
+    """Forward (workspace saved) then backward of one cell through `ops`; named results (the
+    workspace parts by their names in the cell table)."""
+    spec = spec_of(case.cell)
+    args = _forward_args(case, t, lengths, True)
+    out, h_n, c_n, workspace = ops.time_loop_forward(*args)
+    grad_c_n = t["grad_c_n"] if spec.has_cell_state else None
+    w_hr = args[6]
+    gx, gh0, gc0, gw, gb, gwr = ops.time_loop_backward(
+        spec.name, t["grad_output"], t["grad_h_n"], grad_c_n, t["w_hh"], w_hr, workspace, lengths,
+        case.reverse)
+    results = {"output": out, "h_n": h_n, "grad_xproj": gx, "grad_h0": gh0, "grad_w_hh": gw}
+    results.update({name: part for (name, _, _), part in zip(spec.workspace, workspace,
+                                                              strict=True)})
+    if spec.has_cell_state:
+        results.update(c_n=c_n, grad_c0=gc0)
+    if spec.b_hh_in_step:
+        results["grad_b_hh"] = gb
     if w_hr is not None:
         results["grad_w_hr"] = gwr
     return results
@@ -120,14 +119,9 @@ def run(ops, case: OpCase, t: dict, lengths):
 
 def inference(ops, case: OpCase, t: dict, lengths):
     """The forward without workspace: output, h_n (and c_n)."""
-    cell, rev = case.cell, case.reverse
-    if cell.startswith("rnn"):
-        return ops.rnn_forward(t["xproj"], t["h0"], t["w_hh"], lengths, rev, cell == "rnn_relu",
-                               False)[:2]
-    if cell == "gru":
-        return ops.gru_forward(t["xproj"], t["h0"], t["w_hh"], t["b_hh"], lengths, rev, False)[:2]
-    w_hr = t["w_hr"] if cell == "lstm_proj" else None
-    return ops.lstm_forward(t["xproj"], t["h0"], t["c0"], t["w_hh"], w_hr, lengths, rev, False)[:3]
+    out, h_n, c_n, workspace = ops.time_loop_forward(*_forward_args(case, t, lengths, False))
+    assert workspace == []
+    return (out, h_n, c_n) if spec_of(case.cell).has_cell_state else (out, h_n)
 
 
 def cast(t: dict, dtype):
@@ -216,15 +210,15 @@ def test_emulated_ops_report_bad_arguments_like_the_cpu_ops(emulated):
     x, h, w = torch.randn(4, 2, 3), torch.randn(2, 3), torch.randn(5, 3)
     for ops in (CPU_OPS, emulated):
         with pytest.raises(RuntimeError, match=r"w_hh has shape \[5, 3\] but expected \[3, 3\]"):
-            ops.rnn_forward(x, h, w, None, False, False, False)
+            ops.time_loop_forward("rnn_tanh", x, h, None, w, None, None, None, False, False)
         with pytest.raises(RuntimeError, match="Expected sequence length to be larger than 0"):
-            ops.rnn_forward(x[:0], h, w[:3], None, False, False, False)
+            ops.time_loop_forward("rnn_tanh", x[:0], h, None, w[:3], None, None, None, False,
+                                  False)
 
 
 # ------------------------------------------------------- the modules on the emulated CUDA ops
 
-TIME_LOOP_OPS = ("rnn_forward", "rnn_backward", "gru_forward", "gru_backward", "lstm_forward",
-                 "lstm_backward")
+TIME_LOOP_OPS = ("time_loop_forward", "time_loop_backward")
 
 
 @pytest.fixture
@@ -242,7 +236,8 @@ def cuda_ops_behind_the_modules(emulated, monkeypatch):
             lib.impl(name, getattr(emulated, name), "CPU")
     # In effect: the CPU op itself has no bf16 kernel, the emulated CUDA op has.
     x, h = torch.randn(2, 1, 3, dtype=torch.bfloat16), torch.zeros(1, 3, dtype=torch.bfloat16)
-    out = CPU_OPS.rnn_forward(x, h, h.new_zeros(3, 3), None, False, False, False)[0]
+    out = CPU_OPS.time_loop_forward("rnn_tanh", x, h, None, h.new_zeros(3, 3), None, None, None,
+                                    False, False)[0]
     assert out.shape == x.shape
     monkeypatch.setattr(fusedrnn.functional, "_CPU_COMPUTE_DTYPES",
                         (torch.float32, torch.float64, *HALF_TYPES))

@@ -88,7 +88,8 @@ def test_a_time_loop_op_called_directly_says_double_backward_needs_the_layer():
     xproj = torch.randn(T, B, H, dtype=torch.float64, requires_grad=True)
     h0 = torch.zeros(B, H, dtype=torch.float64)
     w_hh = torch.randn(H, H, dtype=torch.float64, requires_grad=True)
-    out, _, _ = torch.ops.fusedrnn.rnn_forward(xproj, h0, w_hh, None, False, False, False)
+    out = torch.ops.fusedrnn.time_loop_forward("rnn_tanh", xproj, h0, None, w_hh, None, None,
+                                               None, False, False)[0]
     torch.autograd.grad(out.sum(), xproj, retain_graph=True)  # first order: fine
     with pytest.raises(RuntimeError, match="through fusedrnn's modules, recurrent_layer or "
                                            "recurrent_stack it is"):

@@ -20,8 +20,8 @@
 #include <tuple>
 
 #include "../gate_math.h"
-#include "../op_checks.h"
 #include "../op_helpers.h"
+#include "../time_loop_op.h"
 #include "packed_gemm.h"
 #include "row_kernels.h"
 #include "team.h"
@@ -173,16 +173,19 @@ void single_state_forward_loop(const PackedWeight<S>& w, const Schedule& sched,
 
 // ============================================================================ RNN (tanh / relu)
 
-std::tuple<Tensor, Tensor, Tensor> rnn_forward(const Tensor& xproj_in, const Tensor& h0_in,
-                                               const Tensor& w_hh_in,
-                                               const std::optional<Tensor>& lengths, bool reverse,
-                                               bool relu, bool save_workspace) {
-  const LayerSizes sz = check_forward_inputs(xproj_in, 1, h0_in, w_hh_in, std::nullopt, lengths);
+// The loops below take arguments checked by csrc/time_loop_op.h, with the sizes it read.
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> rnn_forward(const LayerSizes& sz, const Tensor& xproj_in,
+                                                       const Tensor& h0_in, const Tensor& w_hh_in,
+                                                       const std::optional<Tensor>& lengths,
+                                                       bool reverse, bool relu,
+                                                       bool save_workspace) {
   const int64_t T = sz.T, B = sz.B, H = sz.H;
   const Schedule sched = make_schedule(T, reverse, lengths, xproj_in);
   const Tensor xproj = xproj_in.contiguous(), w_hh = w_hh_in.contiguous();
 
   Tensor output = at::empty({T, B, H}, xproj.options());
+  Tensor activations = workspace(save_workspace, xproj, T, B, H);
   Tensor hprev = workspace(save_workspace, xproj, T, B, H);
   const PingPong state = ping_pong(h0_in, T);  // h_{t-1} / h_t
 
@@ -191,40 +194,44 @@ std::tuple<Tensor, Tensor, Tensor> rnn_forward(const Tensor& xproj_in, const Ten
     const scalar_t* x = xproj.data_ptr<scalar_t>();
     scalar_t* out = output.data_ptr<scalar_t>();
     scalar_t* hp_ws = save_workspace ? hprev.data_ptr<scalar_t>() : nullptr;
+    scalar_t* act_ws = save_workspace ? activations.data_ptr<scalar_t>() : nullptr;
     single_state_forward_loop(
         w, sched, state, T, B, H, /*G=*/1, out, hp_ws, xproj.options(),
         [&](int64_t b, int64_t row, int64_t j0, int64_t n, const scalar_t*, scalar_t* h_next,
             const WorkerProduct<scalar_t>& gh) {
           rnn_forward_row(x + row * H + j0, gh.data + b * gh.ld, h_next + b * H + j0,
                           out + row * H + j0, n, relu);
+          if (act_ws) copy_row(act_ws + row * H + j0, out + row * H + j0, n);
         },
-        [](int64_t, int64_t, int64_t) {});
+        [&](int64_t row, int64_t j0, int64_t n) {
+          if (act_ws) zero_row(act_ws + row * H + j0, n);
+        });
   });
-  return {output, state.result, hprev};
+  return {output, state.result, activations, hprev};
 }
 
-std::tuple<Tensor, Tensor, Tensor> rnn_backward(const Tensor& grad_output_in,
+std::tuple<Tensor, Tensor, Tensor> rnn_backward(const LayerSizes& sz,
+                                                const Tensor& grad_output_in,
                                                 const Tensor& grad_h_n, const Tensor& w_hh_in,
-                                                const Tensor& output_in, const Tensor& hprev_in,
+                                                const Tensor& activations_in,
+                                                const Tensor& hprev_in,
                                                 const std::optional<Tensor>& lengths,
                                                 bool reverse, bool relu) {
-  const LayerSizes sz =
-      check_rnn_backward_inputs(grad_output_in, grad_h_n, w_hh_in, output_in, hprev_in, lengths);
   const int64_t T = sz.T, B = sz.B, H = sz.H;
   const Schedule sched = make_schedule(T, reverse, lengths, w_hh_in);
   const Tensor grad_output = grad_output_in.contiguous(), w_hh = w_hh_in.contiguous(),
-               output = output_in.contiguous(), hprev = hprev_in.contiguous();
+               activations = activations_in.contiguous(), hprev = hprev_in.contiguous();
 
   // Every row is written (zero where inactive), so no zero fill of T*B*H first.
-  Tensor grad_xproj = at::empty({T, B, H}, output.options());
+  Tensor grad_xproj = at::empty({T, B, H}, activations.options());
   const PingPong carry = ping_pong(grad_h_n, T);  // d h_t / d h_{t-1}
-  Tensor grad_pre = at::empty({2, B, H}, output.options());  // d(pre-activation), double-buffered
+  Tensor grad_pre = at::empty({2, B, H}, activations.options());  // d(pre-activation), double-buffered
 
-  AT_DISPATCH_FLOATING_TYPES(output.scalar_type(), "fusedrnn::rnn_backward", [&] {
+  AT_DISPATCH_FLOATING_TYPES(activations.scalar_type(), "fusedrnn::rnn_backward", [&] {
     const PackedWeight<scalar_t> w(w_hh.data_ptr<scalar_t>(), H, H, /*transposed=*/false);
     const TeamPlan team = plan_team(w.packed(), w.num_blocks(), B * H * H, T, true, 1);
     const scalar_t* gout = grad_output.data_ptr<scalar_t>();
-    const scalar_t* out = output.data_ptr<scalar_t>();
+    const scalar_t* act = activations.data_ptr<scalar_t>();
     scalar_t* gx = grad_xproj.data_ptr<scalar_t>();
     scalar_t* grad_pre_data = grad_pre.data_ptr<scalar_t>();
     run_team(team, w.num_blocks(), [&](Worker& me) {
@@ -243,7 +250,7 @@ std::tuple<Tensor, Tensor, Tensor> rnn_backward(const Tensor& grad_output_in,
               copy_row(dh_prev + b * H + j0, dh + b * H + j0, n);
               continue;
             }
-            rnn_backward_row(out + row * H + j0, gout + row * H + j0, dh + b * H + j0,
+            rnn_backward_row(act + row * H + j0, gout + row * H + j0, dh + b * H + j0,
                              gp + b * H + j0, dh_prev + b * H + j0, n, relu);
             copy_row(gx + row * H + j0, gp + b * H + j0, n);
           }
@@ -259,14 +266,13 @@ std::tuple<Tensor, Tensor, Tensor> rnn_backward(const Tensor& grad_output_in,
 
 // ============================================================================ GRU
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(const Tensor& xproj_in, const Tensor& h0_in,
+std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(const LayerSizes& sz,
+                                                       const Tensor& xproj_in, const Tensor& h0_in,
                                                        const Tensor& w_hh_in,
                                                        const std::optional<Tensor>& b_hh_in,
                                                        const std::optional<Tensor>& lengths,
                                                        bool reverse, bool save_workspace) {
-  const LayerSizes sz = check_forward_inputs(xproj_in, 3, h0_in, w_hh_in, std::nullopt, lengths);
   const int64_t T = sz.T, B = sz.B, H = sz.H;
-  if (b_hh_in.has_value()) check_tensor(*b_hh_in, xproj_in, "b_hh", {3 * H});
   const Schedule sched = make_schedule(T, reverse, lengths, xproj_in);
   const Tensor xproj = xproj_in.contiguous(), w_hh = w_hh_in.contiguous();
   const Tensor b_hh = b_hh_in.has_value() ? b_hh_in->contiguous()
@@ -305,11 +311,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(const Tensor& xproj_in, c
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
-    const Tensor& grad_output_in, const Tensor& grad_h_n, const Tensor& w_hh_in,
-    const Tensor& gates_in, const Tensor& hprev_in, const std::optional<Tensor>& lengths,
-    bool reverse) {
-  const LayerSizes sz =
-      check_gru_backward_inputs(grad_output_in, grad_h_n, w_hh_in, gates_in, hprev_in, lengths);
+    const LayerSizes& sz, const Tensor& grad_output_in, const Tensor& grad_h_n,
+    const Tensor& w_hh_in, const Tensor& gates_in, const Tensor& hprev_in,
+    const std::optional<Tensor>& lengths, bool reverse) {
   const int64_t T = sz.T, B = sz.B, H = sz.H;
   const Schedule sched = make_schedule(T, reverse, lengths, w_hh_in);
   const Tensor grad_output = grad_output_in.contiguous(), w_hh = w_hh_in.contiguous(),
@@ -367,12 +371,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
 // ============================================================================ LSTM
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
-    const Tensor& xproj_in, const Tensor& h0_in, const Tensor& c0_in, const Tensor& w_hh_in,
-    const std::optional<Tensor>& w_hr_in, const std::optional<Tensor>& lengths, bool reverse,
-    bool save_workspace) {
-  const LayerSizes sz = check_forward_inputs(xproj_in, 4, h0_in, w_hh_in, w_hr_in, lengths);
+    const LayerSizes& sz, const Tensor& xproj_in, const Tensor& h0_in, const Tensor& c0_in,
+    const Tensor& w_hh_in, const std::optional<Tensor>& w_hr_in,
+    const std::optional<Tensor>& lengths, bool reverse, bool save_workspace) {
   const int64_t T = sz.T, B = sz.B, H = sz.H, P = sz.P;
-  check_tensor(c0_in, xproj_in, "c0", {B, H});
   const bool proj = w_hr_in.has_value();
   const Schedule sched = make_schedule(T, reverse, lengths, xproj_in);
   const Tensor xproj = xproj_in.contiguous(), w_hh = w_hh_in.contiguous();
@@ -484,13 +486,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
-    const Tensor& grad_output_in, const Tensor& grad_h_n, const Tensor& grad_c_n,
-    const Tensor& w_hh_in, const std::optional<Tensor>& w_hr_in, const Tensor& gates_in,
-    const Tensor& cells_in, const Tensor& prev_cells_in, const Tensor& hprev_in,
-    const std::optional<Tensor>& lengths, bool reverse) {
-  const LayerSizes sz = check_lstm_backward_inputs(grad_output_in, grad_h_n, grad_c_n, w_hh_in,
-                                                   w_hr_in, gates_in, cells_in, prev_cells_in,
-                                                   hprev_in, lengths);
+    const LayerSizes& sz, const Tensor& grad_output_in, const Tensor& grad_h_n,
+    const Tensor& grad_c_n, const Tensor& w_hh_in, const std::optional<Tensor>& w_hr_in,
+    const Tensor& gates_in, const Tensor& cells_in, const Tensor& prev_cells_in,
+    const Tensor& hprev_in, const std::optional<Tensor>& lengths, bool reverse) {
   const int64_t T = sz.T, B = sz.B, H = sz.H, P = sz.P;
   const bool proj = w_hr_in.has_value();
   const Schedule sched = make_schedule(T, reverse, lengths, w_hh_in);
@@ -597,15 +596,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
   return {grad_xproj, carry.result, grad_c, weight_grad(grad_xproj, hprev), grad_w_hr};
 }
 
+struct CpuLoops {
+  static constexpr auto rnn_forward = &cpu::rnn_forward;
+  static constexpr auto rnn_backward = &cpu::rnn_backward;
+  static constexpr auto gru_forward = &cpu::gru_forward;
+  static constexpr auto gru_backward = &cpu::gru_backward;
+  static constexpr auto lstm_forward = &cpu::lstm_forward;
+  static constexpr auto lstm_backward = &cpu::lstm_backward;
+};
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fusedrnn, CPU, m) {
-  m.impl("rnn_forward", &thread_limited<&rnn_forward>::call);
-  m.impl("rnn_backward", &thread_limited<&rnn_backward>::call);
-  m.impl("gru_forward", &thread_limited<&gru_forward>::call);
-  m.impl("gru_backward", &thread_limited<&gru_backward>::call);
-  m.impl("lstm_forward", &thread_limited<&lstm_forward>::call);
-  m.impl("lstm_backward", &thread_limited<&lstm_backward>::call);
+  m.impl("time_loop_forward", &thread_limited<&TimeLoopOps<CpuLoops>::forward>::call);
+  m.impl("time_loop_backward", &thread_limited<&TimeLoopOps<CpuLoops>::backward>::call);
 }
 
 }  // namespace cpu

@@ -46,13 +46,14 @@ FUSEDRNN_CPU_CLONES void rnn_forward_row(const T* __restrict x, const T* __restr
   });
 }
 
-// grad_pre = act'(h') * (grad_out + dh); also zeroes dh_prev (the GEMM adds W_hh^T grad_pre).
+// grad_pre = act'(h') * (grad_out + dh), h' read from `h_new` (the forward's activations
+// workspace); also zeroes dh_prev (the GEMM adds W_hh^T grad_pre).
 template <typename T>
-FUSEDRNN_CPU_CLONES void rnn_backward_row(const T* __restrict out, const T* __restrict grad_out,
+FUSEDRNN_CPU_CLONES void rnn_backward_row(const T* __restrict h_new, const T* __restrict grad_out,
                                           const T* __restrict dh, T* __restrict grad_pre,
                                           T* __restrict dh_prev, int64_t n, bool relu) {
   for_units(n, [&](int64_t j) __attribute__((always_inline)) {
-    grad_pre[j] = gates::rnn_activation_grad(out[j], grad_out[j] + dh[j], relu);
+    grad_pre[j] = gates::rnn_activation_grad(h_new[j], grad_out[j] + dh[j], relu);
     dh_prev[j] = T(0);
   });
 }

@@ -65,6 +65,7 @@ __global__ void rnn_forward_kernel(RnnForwardStep p) {
     if (!p.at.sched.active(s, b)) {
       out<S>(p.h_next)[b * H + j] = h_cur;
       out<T>(p.out)[row * H + j] = zero<T>();
+      if (p.activations) out<S>(p.activations)[row * H + j] = S(0);
       if (p.hprev) out<S>(p.hprev)[row * H + j] = S(0);
       continue;
     }
@@ -72,6 +73,7 @@ __global__ void rnn_forward_kernel(RnnForwardStep p) {
     const S h = gates::rnn_activation<S>(pre, p.relu);
     out<S>(p.h_next)[b * H + j] = h;
     out<T>(p.out)[row * H + j] = stored<T>(h);
+    if (p.activations) out<S>(p.activations)[row * H + j] = h;
     if (p.hprev) out<S>(p.hprev)[row * H + j] = h_cur;
   }
 }
@@ -89,7 +91,7 @@ __global__ void rnn_backward_kernel(RnnBackwardStep p) {
       continue;
     }
     const S grad_h = to_state(in<T>(p.grad_out)[row * H + j]) + in<S>(p.dh)[b * H + j];
-    const S g = gates::rnn_activation_grad<S>(to_state(in<T>(p.out)[row * H + j]), grad_h, p.relu);
+    const S g = gates::rnn_activation_grad<S>(in<S>(p.activations)[row * H + j], grad_h, p.relu);
     out<S>(p.grad_pre)[b * H + j] = g;
     out<T>(p.grad_x)[row * H + j] = stored<T>(g);
     out<S>(p.dh_prev)[b * H + j] = S(0);

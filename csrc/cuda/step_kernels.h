@@ -39,13 +39,14 @@ struct RnnForwardStep {
   const void* h_cur; // [state] (B, H)
   void* h_next;      // [state] (B, H)
   void* out;         // (T, B, H)
+  void* activations; // [state] (T, B, H) workspace h_t, or nullptr
   void* hprev;       // [state] (T, B, H) workspace, or nullptr
 };
 
 struct RnnBackwardStep {
   StepPosition at;
   bool relu;
-  const void* out;       // (T, B, H) forward output
+  const void* activations;  // [state] (T, B, H) the forward's h_t
   const void* grad_out;  // (T, B, H)
   const void* dh;        // [state] (B, H)  d h_t carried from step t+1
   void* dh_prev;         // [state] (B, H)  zeroed for active rows (the GEMM adds W_hh^T d pre)

@@ -24,8 +24,8 @@
 #include <optional>
 #include <tuple>
 
-#include "../op_checks.h"
 #include "../op_helpers.h"
+#include "../time_loop_op.h"
 #include "step_kernels.h"
 
 namespace fusedrnn {
@@ -99,12 +99,14 @@ inline void* data_or_null(const Tensor& t) { return t.numel() ? t.data_ptr() : n
 
 // ============================================================================ RNN (tanh / relu)
 
+// The loops take arguments checked by csrc/time_loop_op.h, with the sizes it read.
+
 template <typename Device>
-std::tuple<Tensor, Tensor, Tensor> rnn_forward(const Tensor& xproj_in, const Tensor& h0_in,
-                                               const Tensor& w_hh_in,
-                                               const std::optional<Tensor>& lengths, bool reverse,
-                                               bool relu, bool save_workspace) {
-  const LayerSizes sz = check_forward_inputs(xproj_in, 1, h0_in, w_hh_in, std::nullopt, lengths);
+std::tuple<Tensor, Tensor, Tensor, Tensor> rnn_forward(const LayerSizes& sz, const Tensor& xproj_in,
+                                                       const Tensor& h0_in, const Tensor& w_hh_in,
+                                                       const std::optional<Tensor>& lengths,
+                                                       bool reverse, bool relu,
+                                                       bool save_workspace) {
   const int64_t T = sz.T, B = sz.B, H = sz.H;
   const Device device(xproj_in);
   const Schedule sched = make_schedule(T, reverse, lengths, xproj_in);
@@ -114,6 +116,7 @@ std::tuple<Tensor, Tensor, Tensor> rnn_forward(const Tensor& xproj_in, const Ten
   const Tensor w_hh = state_weight(w_hh_in, state);
 
   Tensor output = at::empty({T, B, H}, xproj.options());
+  Tensor activations = state_workspace(save_workspace, state, T, B, H);
   Tensor hprev = state_workspace(save_workspace, state, T, B, H);
   const PingPong h(h0_in, state);            // h_{t-1} / h_t
   Tensor pre_h = at::empty({B, H}, state);  // W_hh h_{t-1}
@@ -121,56 +124,56 @@ std::tuple<Tensor, Tensor, Tensor> rnn_forward(const Tensor& xproj_in, const Ten
   for (int64_t s = 0; s < T; ++s) {
     step_gemm(pre_h, h.slot(s), w_hh, /*transposed=*/true, /*accumulate=*/false);
     const RnnForwardStep p{{sched, s, B, H}, relu, xproj.data_ptr(), pre_h.data_ptr(),
-                           h.data(s), h.data(s + 1), output.data_ptr(), data_or_null(hprev)};
+                           h.data(s), h.data(s + 1), output.data_ptr(),
+                           data_or_null(activations), data_or_null(hprev)};
     device.check(rnn_forward_step(p, dtype, device.stream()));
   }
-  return {output, returned(h.slot(T), xproj), hprev};
+  return {output, returned(h.slot(T), xproj), activations, hprev};
 }
 
 template <typename Device>
-std::tuple<Tensor, Tensor, Tensor> rnn_backward(const Tensor& grad_output_in,
+std::tuple<Tensor, Tensor, Tensor> rnn_backward(const LayerSizes& sz,
+                                                const Tensor& grad_output_in,
                                                 const Tensor& grad_h_n, const Tensor& w_hh_in,
-                                                const Tensor& output_in, const Tensor& hprev_in,
+                                                const Tensor& activations_in,
+                                                const Tensor& hprev_in,
                                                 const std::optional<Tensor>& lengths,
                                                 bool reverse, bool relu) {
-  const LayerSizes sz =
-      check_rnn_backward_inputs(grad_output_in, grad_h_n, w_hh_in, output_in, hprev_in, lengths);
   const int64_t T = sz.T, B = sz.B, H = sz.H;
-  const Device device(output_in);
-  const Schedule sched = make_schedule(T, reverse, lengths, output_in);
-  const Tensor grad_output = grad_output_in.contiguous(), output = output_in.contiguous(),
-               hprev = hprev_in.contiguous();
-  const Dtype dtype = dtype_of(output);
-  const at::TensorOptions state = state_options(output);
+  const Device device(grad_output_in);
+  const Schedule sched = make_schedule(T, reverse, lengths, grad_output_in);
+  const Tensor grad_output = grad_output_in.contiguous(),
+               activations = activations_in.contiguous(), hprev = hprev_in.contiguous();
+  const Dtype dtype = dtype_of(grad_output);
+  const at::TensorOptions state = state_options(grad_output);
   const Tensor w_hh = state_weight(w_hh_in, state);
 
-  Tensor grad_xproj = at::empty({T, B, H}, output.options());  // every row written
+  Tensor grad_xproj = at::empty({T, B, H}, grad_output.options());  // every row written
   const PingPong carry(grad_h_n, state);                         // d h_t / d h_{t-1}
   Tensor grad_pre = at::empty({B, H}, state);
 
   for (int64_t step = 0; step < T; ++step) {
-    const RnnBackwardStep p{{sched, T - 1 - step, B, H}, relu, output.data_ptr(),
+    const RnnBackwardStep p{{sched, T - 1 - step, B, H}, relu, activations.data_ptr(),
                             grad_output.data_ptr(), carry.data(step), carry.data(step + 1),
                             grad_pre.data_ptr(), grad_xproj.data_ptr()};
     device.check(rnn_backward_step(p, dtype, device.stream()));
     // d h_{t-1} += d pre · W_hh   (inactive rows have d pre = 0 and pass d h through)
     step_gemm(carry.slot(step + 1), grad_pre, w_hh, /*transposed=*/false, /*accumulate=*/true);
   }
-  return {grad_xproj, returned(carry.slot(T), output),
-          weight_grad(grad_xproj, as_storage(hprev, output))};
+  return {grad_xproj, returned(carry.slot(T), grad_output),
+          weight_grad(grad_xproj, as_storage(hprev, grad_output))};
 }
 
 // ============================================================================ GRU
 
 template <typename Device>
-std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(const Tensor& xproj_in, const Tensor& h0_in,
+std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(const LayerSizes& sz,
+                                                       const Tensor& xproj_in, const Tensor& h0_in,
                                                        const Tensor& w_hh_in,
                                                        const std::optional<Tensor>& b_hh_in,
                                                        const std::optional<Tensor>& lengths,
                                                        bool reverse, bool save_workspace) {
-  const LayerSizes sz = check_forward_inputs(xproj_in, 3, h0_in, w_hh_in, std::nullopt, lengths);
   const int64_t T = sz.T, B = sz.B, H = sz.H;
-  if (b_hh_in.has_value()) check_tensor(*b_hh_in, xproj_in, "b_hh", {3 * H});
   const Device device(xproj_in);
   const Schedule sched = make_schedule(T, reverse, lengths, xproj_in);
   const Tensor xproj = xproj_in.contiguous();
@@ -198,11 +201,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(const Tensor& xproj_in, c
 
 template <typename Device>
 std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
-    const Tensor& grad_output_in, const Tensor& grad_h_n, const Tensor& w_hh_in,
-    const Tensor& gates_in, const Tensor& hprev_in, const std::optional<Tensor>& lengths,
-    bool reverse) {
-  const LayerSizes sz =
-      check_gru_backward_inputs(grad_output_in, grad_h_n, w_hh_in, gates_in, hprev_in, lengths);
+    const LayerSizes& sz, const Tensor& grad_output_in, const Tensor& grad_h_n,
+    const Tensor& w_hh_in, const Tensor& gates_in, const Tensor& hprev_in,
+    const std::optional<Tensor>& lengths, bool reverse) {
   const int64_t T = sz.T, B = sz.B, H = sz.H;
   const Device device(grad_output_in);
   const Schedule sched = make_schedule(T, reverse, lengths, grad_output_in);
@@ -233,12 +234,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
 
 template <typename Device>
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
-    const Tensor& xproj_in, const Tensor& h0_in, const Tensor& c0_in, const Tensor& w_hh_in,
-    const std::optional<Tensor>& w_hr_in, const std::optional<Tensor>& lengths, bool reverse,
-    bool save_workspace) {
-  const LayerSizes sz = check_forward_inputs(xproj_in, 4, h0_in, w_hh_in, w_hr_in, lengths);
+    const LayerSizes& sz, const Tensor& xproj_in, const Tensor& h0_in, const Tensor& c0_in,
+    const Tensor& w_hh_in, const std::optional<Tensor>& w_hr_in,
+    const std::optional<Tensor>& lengths, bool reverse, bool save_workspace) {
   const int64_t T = sz.T, B = sz.B, H = sz.H, P = sz.P;
-  check_tensor(c0_in, xproj_in, "c0", {B, H});
   const bool proj = w_hr_in.has_value();
   const Device device(xproj_in);
   const Schedule sched = make_schedule(T, reverse, lengths, xproj_in);
@@ -280,13 +279,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
 
 template <typename Device>
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
-    const Tensor& grad_output_in, const Tensor& grad_h_n, const Tensor& grad_c_n,
-    const Tensor& w_hh_in, const std::optional<Tensor>& w_hr_in, const Tensor& gates_in,
-    const Tensor& cells_in, const Tensor& prev_cells_in, const Tensor& hprev_in,
-    const std::optional<Tensor>& lengths, bool reverse) {
-  const LayerSizes sz = check_lstm_backward_inputs(grad_output_in, grad_h_n, grad_c_n, w_hh_in,
-                                                   w_hr_in, gates_in, cells_in, prev_cells_in,
-                                                   hprev_in, lengths);
+    const LayerSizes& sz, const Tensor& grad_output_in, const Tensor& grad_h_n,
+    const Tensor& grad_c_n, const Tensor& w_hh_in, const std::optional<Tensor>& w_hr_in,
+    const Tensor& gates_in, const Tensor& cells_in, const Tensor& prev_cells_in,
+    const Tensor& hprev_in, const std::optional<Tensor>& lengths, bool reverse) {
   const int64_t T = sz.T, B = sz.B, H = sz.H, P = sz.P;
   const bool proj = w_hr_in.has_value();
   const Device device(grad_output_in);
@@ -336,16 +332,22 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
           weight_grad(grad_xproj, as_storage(hprev, grad_output)), grad_w_hr};
 }
 
-// Registers the six time-loop ops of a library (fusedrnn's CUDA kernels, or the emulation's)
-// as these loops on `Device`.
+template <typename Device>
+struct DeviceLoops {
+  static constexpr auto rnn_forward = &loops::rnn_forward<Device>;
+  static constexpr auto rnn_backward = &loops::rnn_backward<Device>;
+  static constexpr auto gru_forward = &loops::gru_forward<Device>;
+  static constexpr auto gru_backward = &loops::gru_backward<Device>;
+  static constexpr auto lstm_forward = &loops::lstm_forward<Device>;
+  static constexpr auto lstm_backward = &loops::lstm_backward<Device>;
+};
+
+// Registers the layer op pair of a library (fusedrnn's CUDA kernels, or the emulation's) as
+// these loops on `Device`.
 template <typename Device>
 void register_time_loops(torch::Library& m) {
-  m.impl("rnn_forward", &rnn_forward<Device>);
-  m.impl("rnn_backward", &rnn_backward<Device>);
-  m.impl("gru_forward", &gru_forward<Device>);
-  m.impl("gru_backward", &gru_backward<Device>);
-  m.impl("lstm_forward", &lstm_forward<Device>);
-  m.impl("lstm_backward", &lstm_backward<Device>);
+  m.impl("time_loop_forward", &TimeLoopOps<DeviceLoops<Device>>::forward);
+  m.impl("time_loop_backward", &TimeLoopOps<DeviceLoops<Device>>::backward);
 }
 
 }  // namespace loops

@@ -1,5 +1,5 @@
 // The CUDA time loops (csrc/cuda/time_loops.h) driving the SIMT-emulated kernels on CPU tensors,
-// registered as torch.ops.fusedrnn_emulated.{rnn,gru,lstm}_{forward,backward} with the schemas of
+// registered as torch.ops.fusedrnn_emulated.time_loop_{forward,backward} with the schemas of
 // the real ops. Test-only (tests/emulation.py builds it; never part of the wheel): this is the
 // whole CUDA op, its host loop, GEMMs (torch on the CPU here) and kernels, run without a GPU.
 #include "../cuda/time_loops.h"
