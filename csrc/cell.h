@@ -1,68 +1,32 @@
-// The recurrent cells: what the C++ code knows about each, in one table. fusedrnn/cells.py is
-// the Python one; tests/test_api.py checks that the two agree, through the ops' shapes.
+// The recurrent cells' table (csrc/cell_table.h) with its look-ups: by name (the ops' `cell`
+// argument), and as a compile-time constant for the backends' templates.
 #pragma once
 
 #include <c10/util/Exception.h>
 
-#include <cstdint>
 #include <string>
 #include <string_view>
+#include <type_traits>
+
+#include "cell_table.h"
 
 namespace fusedrnn {
 
-enum class Cell { RnnTanh, RnnRelu, Gru, Lstm };
+// A cell known at run time as a compile-time constant, for the backends' loops, which are
+// templates over the cell: visit_cell(cell, f) calls f(CellConstant<cell>{}).
+template <Cell C>
+using CellConstant = std::integral_constant<Cell, C>;
 
-// One workspace tensor the layer op (time_loop_forward) saves for its backward: (T, B, width),
-// width `units` times H, or P (the size of h) for `of_h`.
-struct WorkspacePart {
-  const char* name;
-  int64_t units;
-  bool of_h;
-};
-
-// Parts per cell at most (LSTM: gates, cells, prev_cells, hprev).
-inline constexpr int kMaxWorkspaceParts = 4;
-
-struct CellSpec {
-  Cell cell;
-  const char* name;  // the ops' `cell` argument
-  // Gate blocks of H rows in W_ih / W_hh (and b_ih / b_hh): RNN 1, GRU 3 (r, z, n),
-  // LSTM 4 (i, f, g, o).
-  int64_t gates;
-  int64_t states;  // 1: h; 2: h and the cell state c
-  // The one-step op's (cell_forward) saved workspace per batch row, in units of H:
-  // RNN h'; GRU r, z, n, hn; LSTM i, f, g, o, c'.
-  int64_t step_workspace;
-  // b_hh enters the step itself (GRU: n = tanh(x_n + r * (W_hn h + b_hn))) instead of adding to
-  // the input projection.
-  bool b_hh_in_step;
-  // Whether h may be projected to proj_size features (w_hr; torch.nn: LSTM only).
-  bool projectable;
-  // The layer op's saved workspace, in order; the last part is always hprev (T, B, P), the state
-  // each step started from.
-  WorkspacePart workspace[kMaxWorkspaceParts];
-  int workspace_parts;
-
-  bool has_cell_state() const { return states == 2; }
-};
-
-// In the order of enum Cell.
-// Workspace parts: RNN h_t (activated; its derivative needs it); GRU r, z, n and
-// hn = W_hn h + b_hn; LSTM i, f, g, o activated, c_t, c_{t-1}.
-inline constexpr WorkspacePart kHprev{"hprev", 1, true};
-inline constexpr CellSpec kCells[] = {
-    {Cell::RnnTanh, "rnn_tanh", /*gates=*/1, /*states=*/1, /*step_workspace=*/1,
-     /*b_hh_in_step=*/false, /*projectable=*/false, {{"activations", 1, false}, kHprev}, 2},
-    {Cell::RnnRelu, "rnn_relu", /*gates=*/1, /*states=*/1, /*step_workspace=*/1,
-     /*b_hh_in_step=*/false, /*projectable=*/false, {{"activations", 1, false}, kHprev}, 2},
-    {Cell::Gru, "gru", /*gates=*/3, /*states=*/1, /*step_workspace=*/4, /*b_hh_in_step=*/true,
-     /*projectable=*/false, {{"gates", 4, false}, kHprev}, 2},
-    {Cell::Lstm, "lstm", /*gates=*/4, /*states=*/2, /*step_workspace=*/5, /*b_hh_in_step=*/false,
-     /*projectable=*/true,
-     {{"gates", 4, false}, {"cells", 1, false}, {"prev_cells", 1, false}, kHprev}, 4},
-};
-
-inline const CellSpec& spec(Cell cell) { return kCells[static_cast<int>(cell)]; }
+template <typename F>
+decltype(auto) visit_cell(Cell cell, F&& f) {
+  switch (cell) {
+    case Cell::RnnTanh: return f(CellConstant<Cell::RnnTanh>{});
+    case Cell::RnnRelu: return f(CellConstant<Cell::RnnRelu>{});
+    case Cell::Gru: return f(CellConstant<Cell::Gru>{});
+    case Cell::Lstm: return f(CellConstant<Cell::Lstm>{});
+  }
+  TORCH_CHECK(false, "fusedrnn: unknown cell ", static_cast<int>(cell));
+}
 
 inline Cell parse_cell(std::string_view name) {
   std::string known;

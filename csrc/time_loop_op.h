@@ -2,9 +2,9 @@
 // one backend's time loops: the checks every backend shares, the cell's loop, and the workspace
 // as the list the schema returns. Each backend registers TimeLoopOps<its loops>:
 //   csrc/cpu/recurrent_cpu.cpp (CPU), csrc/cuda/time_loops.h (CUDA and its SIMT emulation).
-// `Loops` has static function pointers to the backend's loop of each kind of cell
-// (rnn_forward ... lstm_backward: the signatures TimeLoopOps calls below), given the sizes the
-// checks read.
+// `Loops` has the backend's loops as static function templates over the cell,
+// Loops::forward<Cell> and Loops::backward<Cell>, called with the sizes the checks read and the
+// op's arguments.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -38,29 +38,10 @@ struct TimeLoopOps {
                                        bool save_workspace) {
     const CellSpec& cell = spec(parse_cell(cell_name));
     const LayerSizes sz = check_time_loop_forward(cell, xproj, h0, c0, w_hh, b_hh, w_hr, lengths);
-    const auto saved = [&](std::vector<Tensor> parts) {
-      return save_workspace ? std::move(parts) : std::vector<Tensor>{};
-    };
-    switch (cell.cell) {
-      case Cell::RnnTanh:
-      case Cell::RnnRelu: {
-        auto [out, h_n, activations, hprev] =
-            Loops::rnn_forward(sz, xproj, h0, w_hh, lengths, reverse, cell.cell == Cell::RnnRelu,
-                               save_workspace);
-        return {out, h_n, no_cell_state(out), saved({activations, hprev})};
-      }
-      case Cell::Gru: {
-        auto [out, h_n, gates, hprev] =
-            Loops::gru_forward(sz, xproj, h0, w_hh, b_hh, lengths, reverse, save_workspace);
-        return {out, h_n, no_cell_state(out), saved({gates, hprev})};
-      }
-      case Cell::Lstm: {
-        auto [out, h_n, c_n, gates, cells, prev_cells, hprev] = Loops::lstm_forward(
-            sz, xproj, h0, *c0, w_hh, w_hr, lengths, reverse, save_workspace);
-        return {out, h_n, c_n, saved({gates, cells, prev_cells, hprev})};
-      }
-    }
-    TORCH_CHECK(false, "fusedrnn: no time loop for ", cell.name);
+    return visit_cell(cell.cell, [&](auto c) {
+      return Loops::template forward<decltype(c)::value>(sz, xproj, h0, c0, w_hh, b_hh, w_hr,
+                                                         lengths, reverse, save_workspace);
+    });
   }
 
   static TimeLoopBackwardResult backward(c10::string_view cell_name, const Tensor& grad_output,
@@ -71,34 +52,11 @@ struct TimeLoopOps {
     const CellSpec& cell = spec(parse_cell(cell_name));
     const LayerSizes sz =
         check_time_loop_backward(cell, grad_output, grad_h_n, grad_c_n, w_hh, w_hr, ws, lengths);
-    // A (0) tensor of its own per output: outputs must not alias.
-    const auto none = [&] { return at::empty({0}, grad_output.options()); };
-    switch (cell.cell) {
-      case Cell::RnnTanh:
-      case Cell::RnnRelu: {
-        auto [grad_xproj, grad_h0, grad_w_hh] =
-            Loops::rnn_backward(sz, grad_output, grad_h_n, w_hh, ws[0], ws[1], lengths, reverse,
-                                cell.cell == Cell::RnnRelu);
-        return {grad_xproj, grad_h0, none(), grad_w_hh, none(), none()};
-      }
-      case Cell::Gru: {
-        auto [grad_xproj, grad_h0, grad_w_hh, grad_b_hh] = Loops::gru_backward(
-            sz, grad_output, grad_h_n, w_hh, ws[0], ws[1], lengths, reverse);
-        return {grad_xproj, grad_h0, none(), grad_w_hh, grad_b_hh, none()};
-      }
-      case Cell::Lstm: {
-        auto [grad_xproj, grad_h0, grad_c0, grad_w_hh, grad_w_hr] =
-            Loops::lstm_backward(sz, grad_output, grad_h_n, *grad_c_n, w_hh, w_hr, ws[0], ws[1],
-                                 ws[2], ws[3], lengths, reverse);
-        return {grad_xproj, grad_h0, grad_c0, grad_w_hh, none(), grad_w_hr};
-      }
-    }
-    TORCH_CHECK(false, "fusedrnn: no time loop for ", cell.name);
+    return visit_cell(cell.cell, [&](auto c) {
+      return Loops::template backward<decltype(c)::value>(sz, grad_output, grad_h_n, grad_c_n,
+                                                          w_hh, w_hr, ws, lengths, reverse);
+    });
   }
-
- private:
-  // Returned in place of c_n by cells without a cell state (a schema cannot return None).
-  static Tensor no_cell_state(const Tensor& like) { return at::empty({0}, like.options()); }
 };
 
 }  // namespace fusedrnn

@@ -7,8 +7,11 @@
 // and gradients); the recurrent product gh may have its own gate stride (a per-block tile).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
+#include <cstring>
 
+#include "../cell.h"
 #include "../gate_math.h"
 #include "blocking.h"
 
@@ -32,6 +35,12 @@ inline __attribute__((always_inline)) void for_units(int64_t n, const Body& body
   } else {
     for (int64_t j = 0; j < n; ++j) body(j);
   }
+}
+
+// n units from src to dst (memcpy with a null pointer is undefined even for 0 bytes).
+template <typename T>
+inline void copy_units(T* dst, const T* src, int64_t n) {
+  if (n > 0) std::memcpy(dst, src, sizeof(T) * n);
 }
 
 // h' = act(x + W_hh h); writes h' to the state and the output.
@@ -81,8 +90,8 @@ FUSEDRNN_CPU_CLONES void gru_forward_row(const T* __restrict x, const T* __restr
   });
 }
 
-// Writes d(input projection) grad_x (3H), d(W_hh h + b_hh) grad_h (3H) and the direct part of
-// dh_prev (the GEMM adds W_hh^T grad_h).
+// Writes d(input projection) grad_x (3H), d(W_hh h + b_hh) grad_h (3H, `stride` apart) and the
+// direct part of dh_prev (the GEMM adds W_hh^T grad_h).
 template <typename T>
 FUSEDRNN_CPU_CLONES void gru_backward_row(const T* __restrict ws, const T* __restrict h_prev,
                                           const T* __restrict grad_out, const T* __restrict dh,
@@ -143,6 +152,98 @@ FUSEDRNN_CPU_CLONES void lstm_backward_row(const T* __restrict ws, const T* __re
     if (unprojected) unprojected[j] = d.h_unprojected;
   });
 }
+
+// ============================================================================ cells
+
+// One batch row of one step as the time loops (recurrent_cpu.cpp) hand it to a cell: the
+// worker's units [j0, j0 + n) of the row, every pointer already at unit j0, gate blocks H apart
+// (gh: gh_stride apart).
+template <typename T>
+struct ForwardRow {
+  const T* x;         // xproj (G blocks)
+  const T* gh;        // W_hh h_{t-1} (G blocks)
+  int64_t gh_stride;
+  const T* b_hh;      // (G blocks) where b_hh enters the step, else nullptr
+  const T* h_cur;     // h_{t-1}
+  T* h_new;           // h_t (before W_hr where h is projected)
+  T* out;             // the output row (h_new again where h is projected: the loop writes it)
+  const T* c_cur;     // c_{t-1}, cells with a cell state
+  T* c_new;           // c_t
+  // The cell's workspace parts but hprev (csrc/cell.h), this row: nullptr when not saved, but
+  // part 0 is then a scratch row (the row kernels write it unconditionally to vectorize).
+  T* ws[kMaxWorkspaceParts];
+  int64_t n, H;
+};
+
+template <typename T>
+struct BackwardRow {
+  const T* ws[kMaxWorkspaceParts];  // the forward's workspace, this row (hprev last)
+  // d h_t = grad_out + dh; where h is projected (dh == nullptr) grad_out is d h_t · W_hr,
+  // d(h before W_hr).
+  const T* grad_out;
+  const T* dh;
+  T* dc;              // d c_t on entry, d c_{t-1} on exit (cells with a cell state)
+  T* grad_step;       // d(W_hh h_{t-1} (+ b_hh)): the GEMM operand for d h_{t-1}
+  T* grad_x;          // d xproj (G blocks), where it differs from grad_step, else nullptr
+  T* dh_prev;         // d h_{t-1}: its direct part (the GEMM adds the rest); nullptr where h is
+                      // projected (the loop sets it)
+  T* unprojected;     // o*tanh(c_t) for d W_hr where h is projected, else nullptr
+  int64_t n, H;
+};
+
+// A cell's pointwise step on the CPU: CpuCell<C>::forward(row) / backward(row), from the row
+// kernels above.
+template <Cell C>
+struct CpuCell;
+
+template <bool Relu>
+struct CpuRnn {
+  template <typename T>
+  static void forward(const ForwardRow<T>& r) {
+    rnn_forward_row(r.x, r.gh, r.h_new, r.out, r.n, Relu);
+    copy_units(r.ws[0], r.out, r.n);  // the activations: backward's derivative reads them
+  }
+  template <typename T>
+  static void backward(const BackwardRow<T>& r) {
+    rnn_backward_row(r.ws[0], r.grad_out, r.dh, r.grad_step, r.dh_prev, r.n, Relu);
+  }
+};
+template <>
+struct CpuCell<Cell::RnnTanh> : CpuRnn<false> {};
+template <>
+struct CpuCell<Cell::RnnRelu> : CpuRnn<true> {};
+
+template <>
+struct CpuCell<Cell::Gru> {
+  template <typename T>
+  static void forward(const ForwardRow<T>& r) {
+    gru_forward_row(r.x, r.gh, r.b_hh, r.h_cur, r.h_new, r.out, r.ws[0], r.n, r.H, r.gh_stride);
+  }
+  template <typename T>
+  static void backward(const BackwardRow<T>& r) {
+    gru_backward_row(r.ws[0], r.ws[1], r.grad_out, r.dh, r.grad_x, r.grad_step, r.dh_prev, r.n,
+                     r.H);
+  }
+};
+
+template <>
+struct CpuCell<Cell::Lstm> {
+  template <typename T>
+  static void forward(const ForwardRow<T>& r) {
+    lstm_forward_row(r.x, r.gh, r.c_cur, r.c_new, r.h_new, r.ws[0], r.n, r.H, r.gh_stride);
+    if (r.out != r.h_new) copy_units(r.out, r.h_new, r.n);
+    if (r.ws[1] != nullptr) {  // saved: c_t and c_{t-1}
+      copy_units(r.ws[1], r.c_new, r.n);
+      copy_units(r.ws[2], r.c_cur, r.n);
+    }
+  }
+  template <typename T>
+  static void backward(const BackwardRow<T>& r) {
+    lstm_backward_row(r.ws[0], r.ws[1], r.ws[2], r.grad_out, r.dh, r.dc, r.grad_step,
+                      r.unprojected, r.n, r.H);
+    if (r.dh_prev != nullptr) std::fill(r.dh_prev, r.dh_prev + r.n, T(0));
+  }
+};
 
 }  // namespace cpu
 }  // namespace fusedrnn

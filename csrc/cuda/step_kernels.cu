@@ -1,7 +1,8 @@
-// Per-step fused pointwise kernels (see step_kernels.h). One thread per (batch row, hidden unit),
-// grid-stride; each mirrors the CPU row pass of csrc/cpu/recurrent_cpu.cpp element by element,
-// with the gate equations from gate_math.h. Compiled by nvcc for the GPU, and by the host
-// compiler under the SIMT emulation for the tests (csrc/emulation/).
+// Per-step fused pointwise kernels (see step_kernels.h): one forward and one backward kernel for
+// every cell, which hand each element to the cell's DeviceCell<C>. One thread per (batch row,
+// hidden unit), grid-stride; each mirrors the CPU time loops of csrc/cpu/recurrent_cpu.cpp element
+// by element, with the gate equations from gate_math.h. Compiled by nvcc for the GPU, and by the
+// host compiler under the SIMT emulation for the tests (csrc/emulation/).
 #include "../gate_math.h"
 #include "step_kernels.h"
 
@@ -53,178 +54,192 @@ constexpr int64_t kMaxBlocks = FUSEDRNN_STEP_MAX_BLOCKS;
        idx_ < n_; idx_ += int64_t(gridDim.x) * blockDim.x)                                     \
     if (const int64_t b = idx_ / (width), j = idx_ % (width); true)
 
-// ------------------------------------------------------------------------------------ RNN
+// ------------------------------------------------------------------------------------ cells
 
-template <typename T>
-__global__ void rnn_forward_kernel(RnnForwardStep p) {
-  using S = typename State<T>::type;
-  const int64_t B = p.at.B, H = p.at.H, s = p.at.s;
-  FUSEDRNN_FOR_EACH_ELEMENT(B, H, b, j) {
-    const int64_t row = p.at.sched.slot(s, b) * B + b;
-    const S h_cur = in<S>(p.h_cur)[b * H + j];
-    if (!p.at.sched.active(s, b)) {
-      out<S>(p.h_next)[b * H + j] = h_cur;
-      out<T>(p.out)[row * H + j] = zero<T>();
-      if (p.activations) out<S>(p.activations)[row * H + j] = S(0);
-      if (p.hprev) out<S>(p.hprev)[row * H + j] = S(0);
-      continue;
-    }
-    const S pre = to_state(in<T>(p.x)[row * H + j]) + in<S>(p.gh)[b * H + j];
-    const S h = gates::rnn_activation<S>(pre, p.relu);
-    out<S>(p.h_next)[b * H + j] = h;
-    out<T>(p.out)[row * H + j] = stored<T>(h);
-    if (p.activations) out<S>(p.activations)[row * H + j] = h;
-    if (p.hprev) out<S>(p.hprev)[row * H + j] = h_cur;
+// One element (batch row, unit j) of a step as the kernels below hand it to a cell.
+template <typename T, typename S>
+struct ForwardElement {
+  const T* x;     // the row's xproj (G blocks, H apart)
+  const S* gh;    // the row's W_hh h_{t-1} (G blocks)
+  const T* b_hh;  // (G*H) where b_hh enters the step, else nullptr
+  S h_cur;        // h_{t-1}[j] (0 for j >= P)
+  S c_cur;        // c_{t-1}[j], cells with a cell state
+  S* const* ws;   // the row of each workspace part before hprev; nullptr when not saved
+  int64_t j, H;
+};
+
+template <typename S>
+struct ForwardResult {
+  S h, c;  // h_t[j] (before W_hr where h is projected); c_t[j], cells with a cell state
+};
+
+template <typename S>
+struct BackwardElement {
+  const S* const* ws;  // the row of each workspace part before hprev
+  S hprev;             // h_{t-1}[j] (0 for j >= P)
+  S grad_h;            // d h_t[j] (d(h before W_hr) where h is projected)
+  S* dc;               // d c_t[j] in, d c_{t-1}[j] out; cells with a cell state
+  int64_t j, H;
+};
+
+template <typename S>
+struct BackwardResult {
+  S step[kMaxGates];  // d(W_hh h_{t-1} (+ b_hh)) per gate: the GEMM operand
+  S x[kMaxGates];     // d xproj per gate
+  S h_prev;           // the direct part of d h_{t-1}[j]
+  S unprojected;      // h before W_hr, recomputed (for d W_hr where h is projected)
+};
+
+// A cell's pointwise step on one element: DeviceCell<C>::forward / backward, from gate_math.h.
+template <Cell C>
+struct DeviceCell;
+
+template <bool Relu>
+struct DeviceRnn {
+  template <typename T, typename S>
+  __device__ static ForwardResult<S> forward(const ForwardElement<T, S>& e) {
+    const S h = gates::rnn_activation<S>(to_state(e.x[e.j]) + e.gh[e.j], Relu);
+    if (e.ws[0]) e.ws[0][e.j] = h;  // the activations: backward's derivative reads them
+    return {h, S(0)};
   }
-}
-
-template <typename T>
-__global__ void rnn_backward_kernel(RnnBackwardStep p) {
-  using S = typename State<T>::type;
-  const int64_t B = p.at.B, H = p.at.H, s = p.at.s;
-  FUSEDRNN_FOR_EACH_ELEMENT(B, H, b, j) {
-    const int64_t row = p.at.sched.slot(s, b) * B + b;
-    if (!p.at.sched.active(s, b)) {  // d pre = 0: d h passes through the GEMM unchanged
-      out<S>(p.grad_pre)[b * H + j] = S(0);
-      out<T>(p.grad_x)[row * H + j] = zero<T>();
-      out<S>(p.dh_prev)[b * H + j] = in<S>(p.dh)[b * H + j];
-      continue;
-    }
-    const S grad_h = to_state(in<T>(p.grad_out)[row * H + j]) + in<S>(p.dh)[b * H + j];
-    const S g = gates::rnn_activation_grad<S>(in<S>(p.activations)[row * H + j], grad_h, p.relu);
-    out<S>(p.grad_pre)[b * H + j] = g;
-    out<T>(p.grad_x)[row * H + j] = stored<T>(g);
-    out<S>(p.dh_prev)[b * H + j] = S(0);
+  template <typename S>
+  __device__ static BackwardResult<S> backward(const BackwardElement<S>& e) {
+    BackwardResult<S> r{};
+    r.step[0] = r.x[0] = gates::rnn_activation_grad<S>(e.ws[0][e.j], e.grad_h, Relu);
+    return r;
   }
-}
+};
+template <>
+struct DeviceCell<Cell::RnnTanh> : DeviceRnn<false> {};
+template <>
+struct DeviceCell<Cell::RnnRelu> : DeviceRnn<true> {};
 
-// ------------------------------------------------------------------------------------ GRU
-
-template <typename T>
-__global__ void gru_forward_kernel(GruForwardStep p) {
-  using S = typename State<T>::type;
-  const int64_t B = p.at.B, H = p.at.H, s = p.at.s;
-  FUSEDRNN_FOR_EACH_ELEMENT(B, H, b, j) {
-    const int64_t row = p.at.sched.slot(s, b) * B + b;
-    const S h_cur = in<S>(p.h_cur)[b * H + j];
-    S* gates_row = p.gates ? out<S>(p.gates) + row * 4 * H : nullptr;
-    if (!p.at.sched.active(s, b)) {
-      out<S>(p.h_next)[b * H + j] = h_cur;
-      out<T>(p.out)[row * H + j] = zero<T>();
-      if (gates_row) {
-        for (int k = 0; k < 4; ++k) gates_row[k * H + j] = S(0);
-      }
-      if (p.hprev) out<S>(p.hprev)[row * H + j] = S(0);
-      continue;
-    }
-    const T* x = in<T>(p.x) + row * 3 * H;
-    const S* gh = in<S>(p.gh) + b * 3 * H;
-    const T* bias = in<T>(p.b_hh);
-    auto hpart = [&](int k) { return gh[k * H + j] + to_state(bias[k * H + j]); };
+template <>
+struct DeviceCell<Cell::Gru> {
+  template <typename T, typename S>
+  __device__ static ForwardResult<S> forward(const ForwardElement<T, S>& e) {
+    const int64_t j = e.j, H = e.H;
+    auto hpart = [&](int k) { return e.gh[k * H + j] + to_state(e.b_hh[k * H + j]); };
     S h;
-    const auto g = gates::gru_forward<S>(to_state(x[j]), to_state(x[H + j]),
-                                         to_state(x[2 * H + j]), hpart(0), hpart(1), hpart(2),
-                                         h_cur, &h);
-    out<S>(p.h_next)[b * H + j] = h;
-    out<T>(p.out)[row * H + j] = stored<T>(h);
-    if (gates_row) {
-      gates_row[j] = g.r;
-      gates_row[H + j] = g.z;
-      gates_row[2 * H + j] = g.n;
-      gates_row[3 * H + j] = g.hn;
+    const auto g = gates::gru_forward<S>(to_state(e.x[j]), to_state(e.x[H + j]),
+                                         to_state(e.x[2 * H + j]), hpart(0), hpart(1), hpart(2),
+                                         e.h_cur, &h);
+    if (S* ws = e.ws[0]) {
+      ws[j] = g.r;
+      ws[H + j] = g.z;
+      ws[2 * H + j] = g.n;
+      ws[3 * H + j] = g.hn;
     }
-    if (p.hprev) out<S>(p.hprev)[row * H + j] = h_cur;
+    return {h, S(0)};
   }
-}
-
-template <typename T>
-__global__ void gru_backward_kernel(GruBackwardStep p) {
-  using S = typename State<T>::type;
-  const int64_t B = p.at.B, H = p.at.H, s = p.at.s;
-  FUSEDRNN_FOR_EACH_ELEMENT(B, H, b, j) {
-    const int64_t row = p.at.sched.slot(s, b) * B + b;
-    S* gs = out<S>(p.grad_step) + b * 3 * H;
-    T* gx = out<T>(p.grad_x) + row * 3 * H;
-    T* ghp = out<T>(p.grad_hproj) + row * 3 * H;
-    if (!p.at.sched.active(s, b)) {
-      for (int k = 0; k < 3; ++k) {
-        gs[k * H + j] = S(0);
-        gx[k * H + j] = ghp[k * H + j] = zero<T>();
-      }
-      out<S>(p.dh_prev)[b * H + j] = in<S>(p.dh)[b * H + j];
-      continue;
-    }
-    const S* ws = in<S>(p.gates) + row * 4 * H;
+  template <typename S>
+  __device__ static BackwardResult<S> backward(const BackwardElement<S>& e) {
+    const int64_t j = e.j, H = e.H;
+    const S* ws = e.ws[0];
     const gates::GruGates<S> g{ws[j], ws[H + j], ws[2 * H + j], ws[3 * H + j]};
-    const S grad_h = to_state(in<T>(p.grad_out)[row * H + j]) + in<S>(p.dh)[b * H + j];
-    const auto d = gates::gru_backward<S>(g, in<S>(p.hprev)[row * H + j], grad_h);
-    gx[j] = stored<T>(d.r);
-    gx[H + j] = stored<T>(d.z);
-    gx[2 * H + j] = stored<T>(d.n);
-    gs[j] = d.r;
-    gs[H + j] = d.z;
-    gs[2 * H + j] = d.hn;
-    ghp[j] = stored<T>(d.r);
-    ghp[H + j] = stored<T>(d.z);
-    ghp[2 * H + j] = stored<T>(d.hn);
-    out<S>(p.dh_prev)[b * H + j] = d.h_prev;
+    const auto d = gates::gru_backward<S>(g, e.hprev, e.grad_h);
+    BackwardResult<S> r{};
+    r.step[0] = r.x[0] = d.r;
+    r.step[1] = r.x[1] = d.z;
+    r.step[2] = d.hn;  // b_hn sits behind the reset gate: d(W_hn h + b_hn) = d x_n * r
+    r.x[2] = d.n;
+    r.h_prev = d.h_prev;
+    return r;
   }
-}
+};
 
-// ------------------------------------------------------------------------------------ LSTM
-
-template <typename T>
-__global__ void lstm_forward_kernel(LstmForwardStep p) {
-  using S = typename State<T>::type;
-  const int64_t B = p.at.B, H = p.at.H, P = p.P, s = p.at.s;
-  FUSEDRNN_FOR_EACH_ELEMENT(B, H, b, j) {
-    const int64_t row = p.at.sched.slot(s, b) * B + b;
-    const S c_cur = in<S>(p.c_cur)[b * H + j];
-    // h rows are P wide (P <= H): threads j < P handle them.
-    const bool h_lane = j < P;
-    if (!p.at.sched.active(s, b)) {
-      out<S>(p.c_next)[b * H + j] = c_cur;
-      if (h_lane) {
-        if (!p.proj) out<S>(p.h_next)[b * P + j] = in<S>(p.h_cur)[b * P + j];
-        out<T>(p.out)[row * P + j] = zero<T>();
-      }
-      if (p.gates) {
-        for (int k = 0; k < 4; ++k) out<S>(p.gates)[row * 4 * H + k * H + j] = S(0);
-        out<S>(p.cells)[row * H + j] = S(0);
-        out<S>(p.prev_cells)[row * H + j] = S(0);
-        if (h_lane) out<S>(p.hprev)[row * P + j] = S(0);
-      }
-      continue;
-    }
-    const T* x = in<T>(p.x) + row * 4 * H;
-    const S* gh = in<S>(p.gh) + b * 4 * H;
-    auto pre = [&](int k) { return to_state(x[k * H + j]) + gh[k * H + j]; };
+template <>
+struct DeviceCell<Cell::Lstm> {
+  template <typename T, typename S>
+  __device__ static ForwardResult<S> forward(const ForwardElement<T, S>& e) {
+    const int64_t j = e.j, H = e.H;
+    auto pre = [&](int k) { return to_state(e.x[k * H + j]) + e.gh[k * H + j]; };
     S c_new, h_new;
-    const auto a = gates::lstm_forward<S>(pre(0), pre(1), pre(2), pre(3), c_cur, &c_new, &h_new);
-    out<S>(p.c_next)[b * H + j] = c_new;
-    if (p.proj) {
-      out<S>(p.unprojected)[b * H + j] = h_new;
-    } else {
-      out<S>(p.h_next)[b * P + j] = h_new;
-      out<T>(p.out)[row * P + j] = stored<T>(h_new);
-    }
-    if (p.gates) {
-      S* ws = out<S>(p.gates) + row * 4 * H;
+    const auto a = gates::lstm_forward<S>(pre(0), pre(1), pre(2), pre(3), e.c_cur, &c_new, &h_new);
+    if (S* ws = e.ws[0]) {  // saved: the gates, c_t and c_{t-1}
       ws[j] = a.i;
       ws[H + j] = a.f;
       ws[2 * H + j] = a.g;
       ws[3 * H + j] = a.o;
-      out<S>(p.cells)[row * H + j] = c_new;
-      out<S>(p.prev_cells)[row * H + j] = c_cur;
-      if (h_lane) out<S>(p.hprev)[row * P + j] = in<S>(p.h_cur)[b * P + j];
+      e.ws[1][j] = c_new;
+      e.ws[2][j] = e.c_cur;
     }
+    return {h_new, c_new};
+  }
+  template <typename S>
+  __device__ static BackwardResult<S> backward(const BackwardElement<S>& e) {
+    const int64_t j = e.j, H = e.H;
+    const S* ws = e.ws[0];
+    const gates::LstmGates<S> a{ws[j], ws[H + j], ws[2 * H + j], ws[3 * H + j]};
+    const auto d = gates::lstm_backward<S>(a, e.ws[1][j], e.ws[2][j], e.grad_h, *e.dc);
+    *e.dc = d.c_prev;
+    BackwardResult<S> r{};
+    r.step[0] = r.x[0] = d.i;
+    r.step[1] = r.x[1] = d.f;
+    r.step[2] = r.x[2] = d.g;
+    r.step[3] = r.x[3] = d.o;
+    r.unprojected = d.h_unprojected;
+    return r;
+  }
+};
+
+// ------------------------------------------------------------------------------- the kernels
+
+// The rows of the workspace parts before hprev for batch row `row` (nullptr when not saved).
+template <typename S>
+struct WorkspaceRows {
+  S* parts[kMaxWorkspaceParts] = {};
+
+  __device__ WorkspaceRows(const StepWorkspace& ws, int64_t row, int64_t H) {
+    for (int i = 0; i < ws.cell_parts; ++i) {
+      if (ws.parts[i]) parts[i] = out<S>(ws.parts[i]) + row * ws.units[i] * H;
+    }
+  }
+};
+
+template <typename T, Cell C>
+__global__ void forward_kernel(ForwardStep p) {
+  using S = typename State<T>::type;
+  constexpr int64_t G = spec(C).gates;
+  const int64_t B = p.at.B, H = p.at.H, P = p.at.P, s = p.at.s;
+  FUSEDRNN_FOR_EACH_ELEMENT(B, H, b, j) {
+    const int64_t row = p.at.sched.slot(s, b) * B + b;
+    const bool h_lane = j < P;  // h rows are P wide (P <= H): threads j < P handle them
+    const WorkspaceRows<S> ws(p.ws, row, H);
+    S* hprev = static_cast<S*>(p.ws.hprev);
+    if (!p.at.sched.active(s, b)) {  // state carried over, output and workspace zero
+      if (p.c_next) out<S>(p.c_next)[b * H + j] = in<S>(p.c_cur)[b * H + j];
+      if (h_lane) {
+        if (!p.proj) out<S>(p.h_next)[b * P + j] = in<S>(p.h_cur)[b * P + j];
+        out<T>(p.out)[row * P + j] = zero<T>();
+        if (hprev) hprev[row * P + j] = S(0);
+      }
+      for (int i = 0; i < p.ws.cell_parts; ++i) {
+        if (!ws.parts[i]) continue;
+        for (int64_t k = 0; k < p.ws.units[i]; ++k) ws.parts[i][k * H + j] = S(0);
+      }
+      continue;
+    }
+    const S h_cur = h_lane ? in<S>(p.h_cur)[b * P + j] : S(0);
+    const ForwardElement<T, S> e{in<T>(p.x) + row * G * H, in<S>(p.gh) + b * G * H,
+                                 in<T>(p.b_hh), h_cur,
+                                 p.c_cur ? in<S>(p.c_cur)[b * H + j] : S(0), ws.parts, j, H};
+    const ForwardResult<S> r = DeviceCell<C>::forward(e);
+    if (p.c_next) out<S>(p.c_next)[b * H + j] = r.c;
+    if (p.proj) {
+      out<S>(p.unprojected)[b * H + j] = r.h;
+    } else {
+      out<S>(p.h_next)[b * P + j] = r.h;
+      out<T>(p.out)[row * P + j] = stored<T>(r.h);
+    }
+    if (hprev && h_lane) hprev[row * P + j] = h_cur;
   }
 }
 
 template <typename T>
-__global__ void lstm_projection_kernel(LstmProjectionStep p) {
+__global__ void projection_kernel(ProjectionStep p) {
   using S = typename State<T>::type;
-  const int64_t B = p.at.B, P = p.P, s = p.at.s;
+  const int64_t B = p.at.B, P = p.at.P, s = p.at.s;
   FUSEDRNN_FOR_EACH_ELEMENT(B, P, b, j) {
     if (p.at.sched.active(s, b)) {
       out<T>(p.out)[(p.at.sched.slot(s, b) * B + b) * P + j] =
@@ -236,9 +251,9 @@ __global__ void lstm_projection_kernel(LstmProjectionStep p) {
 }
 
 template <typename T>
-__global__ void lstm_backward_projection_kernel(LstmBackwardProjectionStep p) {
+__global__ void backward_projection_kernel(BackwardProjectionStep p) {
   using S = typename State<T>::type;
-  const int64_t B = p.at.B, P = p.P, s = p.at.s;
+  const int64_t B = p.at.B, P = p.at.P, s = p.at.s;
   FUSEDRNN_FOR_EACH_ELEMENT(B, P, b, j) {
     const int64_t row = p.at.sched.slot(s, b) * B + b;
     const S d = p.at.sched.active(s, b)
@@ -249,43 +264,40 @@ __global__ void lstm_backward_projection_kernel(LstmBackwardProjectionStep p) {
   }
 }
 
-template <typename T>
-__global__ void lstm_backward_kernel(LstmBackwardStep p) {
+template <typename T, Cell C>
+__global__ void backward_kernel(BackwardStep p) {
   using S = typename State<T>::type;
-  const int64_t B = p.at.B, H = p.at.H, P = p.P, s = p.at.s;
+  constexpr int64_t G = spec(C).gates;
+  const int64_t B = p.at.B, H = p.at.H, P = p.at.P, s = p.at.s;
   FUSEDRNN_FOR_EACH_ELEMENT(B, H, b, j) {
     const bool h_lane = j < P;
     const int64_t row = p.at.sched.slot(s, b) * B + b;
-    S* gs = out<S>(p.grad_step) + b * 4 * H;
-    T* gx = out<T>(p.grad_x) + row * 4 * H;
-    if (!p.at.sched.active(s, b)) {
-      for (int k = 0; k < 4; ++k) {
+    S* gs = out<S>(p.grad_step) + b * G * H;
+    T* gx = out<T>(p.grad_x) + row * G * H;
+    T* ghp = p.grad_hproj ? out<T>(p.grad_hproj) + row * G * H : nullptr;
+    if (!p.at.sched.active(s, b)) {  // d gates 0: d h passes through the GEMM unchanged
+      for (int64_t k = 0; k < G; ++k) {
         gs[k * H + j] = S(0);
         gx[k * H + j] = zero<T>();
+        if (ghp) ghp[k * H + j] = zero<T>();
       }
       if (p.proj) out<S>(p.unprojected_all)[row * H + j] = S(0);
       if (h_lane) out<S>(p.dh_prev)[b * P + j] = in<S>(p.dh)[b * P + j];
       continue;
     }
-    const S* ws = in<S>(p.gates) + row * 4 * H;
-    const gates::LstmGates<S> a{ws[j], ws[H + j], ws[2 * H + j], ws[3 * H + j]};
-    // Without proj, d(o*tanh(c)) is d output_t + carried d h_t (P == H).
+    const WorkspaceRows<S> ws(p.ws, row, H);
     const S grad_h = p.proj ? in<S>(p.grad_unproj)[b * H + j]
                             : to_state(in<T>(p.grad_out)[row * P + j]) + in<S>(p.dh)[b * P + j];
-    S* dc = out<S>(p.dc) + b * H + j;
-    const auto d = gates::lstm_backward<S>(a, in<S>(p.cells)[row * H + j],
-                                           in<S>(p.prev_cells)[row * H + j], grad_h, *dc);
-    gs[j] = d.i;
-    gs[H + j] = d.f;
-    gs[2 * H + j] = d.g;
-    gs[3 * H + j] = d.o;
-    gx[j] = stored<T>(d.i);
-    gx[H + j] = stored<T>(d.f);
-    gx[2 * H + j] = stored<T>(d.g);
-    gx[3 * H + j] = stored<T>(d.o);
-    *dc = d.c_prev;
-    if (p.proj) out<S>(p.unprojected_all)[row * H + j] = d.h_unprojected;
-    if (h_lane) out<S>(p.dh_prev)[b * P + j] = S(0);
+    const BackwardElement<S> e{ws.parts, h_lane ? in<S>(p.ws.hprev)[row * P + j] : S(0), grad_h,
+                               p.dc ? out<S>(p.dc) + b * H + j : nullptr, j, H};
+    const BackwardResult<S> r = DeviceCell<C>::backward(e);
+    for (int64_t k = 0; k < G; ++k) {
+      gs[k * H + j] = r.step[k];
+      gx[k * H + j] = stored<T>(r.x[k]);
+      if (ghp) ghp[k * H + j] = stored<T>(r.step[k]);
+    }
+    if (p.proj) out<S>(p.unprojected_all)[row * H + j] = r.unprojected;
+    if (h_lane) out<S>(p.dh_prev)[b * P + j] = r.h_prev;
   }
 }
 
@@ -312,46 +324,57 @@ cudaError_t launch_step(const Params& p, int64_t width, Dtype dtype, cudaStream_
   return cudaErrorInvalidValue;
 }
 
-// kernel<T> as a class template, so launch_step can take the kernel family as an argument.
-#define FUSEDRNN_KERNEL_FAMILY(family, kernel) \
-  template <typename T> struct family { static constexpr auto fn = &kernel<T>; }
-FUSEDRNN_KERNEL_FAMILY(RnnForward, rnn_forward_kernel);
-FUSEDRNN_KERNEL_FAMILY(RnnBackward, rnn_backward_kernel);
-FUSEDRNN_KERNEL_FAMILY(GruForward, gru_forward_kernel);
-FUSEDRNN_KERNEL_FAMILY(GruBackward, gru_backward_kernel);
-FUSEDRNN_KERNEL_FAMILY(LstmForward, lstm_forward_kernel);
-FUSEDRNN_KERNEL_FAMILY(LstmProjection, lstm_projection_kernel);
-FUSEDRNN_KERNEL_FAMILY(LstmBackwardProjection, lstm_backward_projection_kernel);
-FUSEDRNN_KERNEL_FAMILY(LstmBackward, lstm_backward_kernel);
-#undef FUSEDRNN_KERNEL_FAMILY
+// kernel<T> (of a cell) as a class template, so launch_step can take it as an argument.
+template <Cell C>
+struct Forward {
+  template <typename T>
+  struct Kernel {
+    static constexpr auto fn = &forward_kernel<T, C>;
+  };
+};
+template <Cell C>
+struct Backward {
+  template <typename T>
+  struct Kernel {
+    static constexpr auto fn = &backward_kernel<T, C>;
+  };
+};
+template <typename T>
+struct Projection {
+  static constexpr auto fn = &projection_kernel<T>;
+};
+template <typename T>
+struct BackwardProjection {
+  static constexpr auto fn = &backward_projection_kernel<T>;
+};
 
 }  // namespace
 
-cudaError_t rnn_forward_step(const RnnForwardStep& p, Dtype dtype, cudaStream_t stream) {
-  return launch_step<RnnForward>(p, p.at.H, dtype, stream);
+template <Cell C>
+cudaError_t forward_step(const ForwardStep& p, Dtype dtype, cudaStream_t stream) {
+  return launch_step<Forward<C>::template Kernel>(p, p.at.H, dtype, stream);
 }
-cudaError_t rnn_backward_step(const RnnBackwardStep& p, Dtype dtype, cudaStream_t stream) {
-  return launch_step<RnnBackward>(p, p.at.H, dtype, stream);
+template <Cell C>
+cudaError_t backward_step(const BackwardStep& p, Dtype dtype, cudaStream_t stream) {
+  return launch_step<Backward<C>::template Kernel>(p, p.at.H, dtype, stream);
 }
-cudaError_t gru_forward_step(const GruForwardStep& p, Dtype dtype, cudaStream_t stream) {
-  return launch_step<GruForward>(p, p.at.H, dtype, stream);
+cudaError_t projection_step(const ProjectionStep& p, Dtype dtype, cudaStream_t stream) {
+  return launch_step<Projection>(p, p.at.P, dtype, stream);
 }
-cudaError_t gru_backward_step(const GruBackwardStep& p, Dtype dtype, cudaStream_t stream) {
-  return launch_step<GruBackward>(p, p.at.H, dtype, stream);
+cudaError_t backward_projection_step(const BackwardProjectionStep& p, Dtype dtype,
+                                     cudaStream_t stream) {
+  return launch_step<BackwardProjection>(p, p.at.P, dtype, stream);
 }
-cudaError_t lstm_forward_step(const LstmForwardStep& p, Dtype dtype, cudaStream_t stream) {
-  return launch_step<LstmForward>(p, p.at.H, dtype, stream);
-}
-cudaError_t lstm_projection_step(const LstmProjectionStep& p, Dtype dtype, cudaStream_t stream) {
-  return launch_step<LstmProjection>(p, p.P, dtype, stream);
-}
-cudaError_t lstm_backward_projection_step(const LstmBackwardProjectionStep& p, Dtype dtype,
-                                          cudaStream_t stream) {
-  return launch_step<LstmBackwardProjection>(p, p.P, dtype, stream);
-}
-cudaError_t lstm_backward_step(const LstmBackwardStep& p, Dtype dtype, cudaStream_t stream) {
-  return launch_step<LstmBackward>(p, p.at.H, dtype, stream);
-}
+
+// The cells' kernels (one line per cell).
+#define FUSEDRNN_CELL_STEPS(cell)                                                          \
+  template cudaError_t forward_step<cell>(const ForwardStep&, Dtype, cudaStream_t);      \
+  template cudaError_t backward_step<cell>(const BackwardStep&, Dtype, cudaStream_t)
+FUSEDRNN_CELL_STEPS(Cell::RnnTanh);
+FUSEDRNN_CELL_STEPS(Cell::RnnRelu);
+FUSEDRNN_CELL_STEPS(Cell::Gru);
+FUSEDRNN_CELL_STEPS(Cell::Lstm);
+#undef FUSEDRNN_CELL_STEPS
 
 }  // namespace cuda
 }  // namespace fusedrnn

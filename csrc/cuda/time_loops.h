@@ -1,4 +1,5 @@
-// CUDA time loops of one layer and one direction, forward and backward, for RNN, GRU and LSTM:
+// CUDA time loops of one layer and one direction, forward and backward, one of each for every
+// cell (the cell's step kernels and the cell table, csrc/cell_table.h, make the difference):
 // the per-step design. Per step: one GEMM through at::mm_out / addmm_ (on a GPU: torch's current
 // cuBLAS handle and stream and its TF32 settings), then ONE fused pointwise kernel
 // (step_kernels.cu). Backward likewise, with the weight gradients as one GEMM at the end. No
@@ -97,146 +98,31 @@ struct PingPong {
 
 inline void* data_or_null(const Tensor& t) { return t.numel() ? t.data_ptr() : nullptr; }
 
-// ============================================================================ RNN (tanh / relu)
-
-// The loops take arguments checked by csrc/time_loop_op.h, with the sizes it read.
-
-template <typename Device>
-std::tuple<Tensor, Tensor, Tensor, Tensor> rnn_forward(const LayerSizes& sz, const Tensor& xproj_in,
-                                                       const Tensor& h0_in, const Tensor& w_hh_in,
-                                                       const std::optional<Tensor>& lengths,
-                                                       bool reverse, bool relu,
-                                                       bool save_workspace) {
-  const int64_t T = sz.T, B = sz.B, H = sz.H;
-  const Device device(xproj_in);
-  const Schedule sched = make_schedule(T, reverse, lengths, xproj_in);
-  const Tensor xproj = xproj_in.contiguous();
-  const Dtype dtype = dtype_of(xproj);
-  const at::TensorOptions state = state_options(xproj);
-  const Tensor w_hh = state_weight(w_hh_in, state);
-
-  Tensor output = at::empty({T, B, H}, xproj.options());
-  Tensor activations = state_workspace(save_workspace, state, T, B, H);
-  Tensor hprev = state_workspace(save_workspace, state, T, B, H);
-  const PingPong h(h0_in, state);            // h_{t-1} / h_t
-  Tensor pre_h = at::empty({B, H}, state);  // W_hh h_{t-1}
-
-  for (int64_t s = 0; s < T; ++s) {
-    step_gemm(pre_h, h.slot(s), w_hh, /*transposed=*/true, /*accumulate=*/false);
-    const RnnForwardStep p{{sched, s, B, H}, relu, xproj.data_ptr(), pre_h.data_ptr(),
-                           h.data(s), h.data(s + 1), output.data_ptr(),
-                           data_or_null(activations), data_or_null(hprev)};
-    device.check(rnn_forward_step(p, dtype, device.stream()));
+// The cell's workspace as the step kernels see it, from the op's saved tensors (or none).
+inline StepWorkspace step_workspace(const CellSpec& cell, const std::vector<Tensor>& parts) {
+  StepWorkspace ws{};
+  ws.cell_parts = cell.workspace_parts - 1;
+  for (int i = 0; i < ws.cell_parts; ++i) {
+    ws.parts[i] = data_or_null(parts[i]);
+    ws.units[i] = cell.workspace[i].units;
   }
-  return {output, returned(h.slot(T), xproj), activations, hprev};
+  ws.hprev = data_or_null(parts[ws.cell_parts]);
+  return ws;
 }
 
-template <typename Device>
-std::tuple<Tensor, Tensor, Tensor> rnn_backward(const LayerSizes& sz,
-                                                const Tensor& grad_output_in,
-                                                const Tensor& grad_h_n, const Tensor& w_hh_in,
-                                                const Tensor& activations_in,
-                                                const Tensor& hprev_in,
-                                                const std::optional<Tensor>& lengths,
-                                                bool reverse, bool relu) {
-  const int64_t T = sz.T, B = sz.B, H = sz.H;
-  const Device device(grad_output_in);
-  const Schedule sched = make_schedule(T, reverse, lengths, grad_output_in);
-  const Tensor grad_output = grad_output_in.contiguous(),
-               activations = activations_in.contiguous(), hprev = hprev_in.contiguous();
-  const Dtype dtype = dtype_of(grad_output);
-  const at::TensorOptions state = state_options(grad_output);
-  const Tensor w_hh = state_weight(w_hh_in, state);
+// ============================================================================ forward
 
-  Tensor grad_xproj = at::empty({T, B, H}, grad_output.options());  // every row written
-  const PingPong carry(grad_h_n, state);                         // d h_t / d h_{t-1}
-  Tensor grad_pre = at::empty({B, H}, state);
-
-  for (int64_t step = 0; step < T; ++step) {
-    const RnnBackwardStep p{{sched, T - 1 - step, B, H}, relu, activations.data_ptr(),
-                            grad_output.data_ptr(), carry.data(step), carry.data(step + 1),
-                            grad_pre.data_ptr(), grad_xproj.data_ptr()};
-    device.check(rnn_backward_step(p, dtype, device.stream()));
-    // d h_{t-1} += d pre · W_hh   (inactive rows have d pre = 0 and pass d h through)
-    step_gemm(carry.slot(step + 1), grad_pre, w_hh, /*transposed=*/false, /*accumulate=*/true);
-  }
-  return {grad_xproj, returned(carry.slot(T), grad_output),
-          weight_grad(grad_xproj, as_storage(hprev, grad_output))};
-}
-
-// ============================================================================ GRU
-
-template <typename Device>
-std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(const LayerSizes& sz,
-                                                       const Tensor& xproj_in, const Tensor& h0_in,
-                                                       const Tensor& w_hh_in,
-                                                       const std::optional<Tensor>& b_hh_in,
-                                                       const std::optional<Tensor>& lengths,
-                                                       bool reverse, bool save_workspace) {
-  const int64_t T = sz.T, B = sz.B, H = sz.H;
-  const Device device(xproj_in);
-  const Schedule sched = make_schedule(T, reverse, lengths, xproj_in);
-  const Tensor xproj = xproj_in.contiguous();
-  const Tensor b_hh = b_hh_in.has_value() ? b_hh_in->contiguous()
-                                          : at::zeros({3 * H}, xproj.options());
-  const Dtype dtype = dtype_of(xproj);
-  const at::TensorOptions state = state_options(xproj);
-  const Tensor w_hh = state_weight(w_hh_in, state);
-
-  Tensor output = at::empty({T, B, H}, xproj.options());
-  Tensor gates_ws = state_workspace(save_workspace, state, T, B, 4 * H);
-  Tensor hprev = state_workspace(save_workspace, state, T, B, H);
-  const PingPong h(h0_in, state);
-  Tensor pre_h = at::empty({B, 3 * H}, state);  // W_hh h_{t-1} (b_hh added in-kernel)
-
-  for (int64_t s = 0; s < T; ++s) {
-    step_gemm(pre_h, h.slot(s), w_hh, /*transposed=*/true, /*accumulate=*/false);
-    const GruForwardStep p{{sched, s, B, H}, xproj.data_ptr(), pre_h.data_ptr(),
-                           b_hh.data_ptr(), h.data(s), h.data(s + 1), output.data_ptr(),
-                           data_or_null(gates_ws), data_or_null(hprev)};
-    device.check(gru_forward_step(p, dtype, device.stream()));
-  }
-  return {output, returned(h.slot(T), xproj), gates_ws, hprev};
-}
-
-template <typename Device>
-std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
-    const LayerSizes& sz, const Tensor& grad_output_in, const Tensor& grad_h_n,
-    const Tensor& w_hh_in, const Tensor& gates_in, const Tensor& hprev_in,
-    const std::optional<Tensor>& lengths, bool reverse) {
-  const int64_t T = sz.T, B = sz.B, H = sz.H;
-  const Device device(grad_output_in);
-  const Schedule sched = make_schedule(T, reverse, lengths, grad_output_in);
-  const Tensor grad_output = grad_output_in.contiguous(), gates_ws = gates_in.contiguous(),
-               hprev = hprev_in.contiguous();
-  const Dtype dtype = dtype_of(grad_output);
-  const at::TensorOptions state = state_options(grad_output);
-  const Tensor w_hh = state_weight(w_hh_in, state);
-
-  Tensor grad_xproj = at::empty({T, B, 3 * H}, grad_output.options());  // every row written
-  Tensor grad_hproj = at::empty({T, B, 3 * H}, grad_output.options());  // every row written
-  const PingPong carry(grad_h_n, state);
-  Tensor grad_step = at::empty({B, 3 * H}, state);
-
-  for (int64_t step = 0; step < T; ++step) {
-    const GruBackwardStep p{{sched, T - 1 - step, B, H}, gates_ws.data_ptr(), hprev.data_ptr(),
-                            grad_output.data_ptr(), carry.data(step), carry.data(step + 1),
-                            grad_xproj.data_ptr(), grad_hproj.data_ptr(), grad_step.data_ptr()};
-    device.check(gru_backward_step(p, dtype, device.stream()));
-    step_gemm(carry.slot(step + 1), grad_step, w_hh, /*transposed=*/false, /*accumulate=*/true);
-  }
-  return {grad_xproj, returned(carry.slot(T), grad_output),
-          weight_grad(grad_hproj, as_storage(hprev, grad_output)),
-          grad_hproj.sum(at::IntArrayRef{0, 1})};
-}
-
-// ============================================================================ LSTM
-
-template <typename Device>
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
-    const LayerSizes& sz, const Tensor& xproj_in, const Tensor& h0_in, const Tensor& c0_in,
-    const Tensor& w_hh_in, const std::optional<Tensor>& w_hr_in,
-    const std::optional<Tensor>& lengths, bool reverse, bool save_workspace) {
+// One layer and direction of cell C: per step the W_hh GEMM, the cell's step kernel, and where
+// h is projected the W_hr GEMM and the projection kernel.
+template <typename Device, Cell C>
+TimeLoopForwardResult forward(const LayerSizes& sz, const Tensor& xproj_in, const Tensor& h0_in,
+                              const std::optional<Tensor>& c0_in, const Tensor& w_hh_in,
+                              const std::optional<Tensor>& b_hh_in,
+                              const std::optional<Tensor>& w_hr_in,
+                              const std::optional<Tensor>& lengths, bool reverse,
+                              bool save_workspace) {
+  constexpr CellSpec cell = spec(C);
+  constexpr int64_t G = cell.gates;
   const int64_t T = sz.T, B = sz.B, H = sz.H, P = sz.P;
   const bool proj = w_hr_in.has_value();
   const Device device(xproj_in);
@@ -246,100 +132,148 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
   const at::TensorOptions state = state_options(xproj);
   const Tensor w_hh = state_weight(w_hh_in, state);
   const Tensor w_hr = proj ? state_weight(*w_hr_in, state) : Tensor();
+  Tensor b_hh;  // where it enters the step; zeros when absent
+  if (cell.b_hh_in_step) {
+    b_hh = b_hh_in.has_value() ? b_hh_in->contiguous() : at::zeros({G * H}, xproj.options());
+  }
 
   Tensor output = at::empty({T, B, P}, xproj.options());
-  Tensor gates_ws = state_workspace(save_workspace, state, T, B, 4 * H);
-  Tensor cells_ws = state_workspace(save_workspace, state, T, B, H);
-  Tensor prev_cells_ws = state_workspace(save_workspace, state, T, B, H);
-  Tensor hprev = state_workspace(save_workspace, state, T, B, P);
-  const PingPong h(h0_in, state), c(c0_in, state);
-  Tensor pre_h = at::empty({B, 4 * H}, state);  // W_hh h_{t-1}
-  // o*tanh(c) before W_hr; zeros, as the kernel writes active rows only and the GEMM reads all.
+  std::vector<Tensor> saved;
+  for (int i = 0; i < cell.workspace_parts; ++i) {
+    saved.push_back(
+        state_workspace(save_workspace, state, T, B, workspace_width(cell.workspace[i], sz)));
+  }
+  const PingPong h(h0_in, state);  // h_{t-1} / h_t
+  const std::optional<PingPong> c =
+      cell.has_cell_state() ? std::optional<PingPong>(std::in_place, *c0_in, state)
+                            : std::nullopt;
+  Tensor pre_h = at::empty({B, G * H}, state);  // W_hh h_{t-1}
+  // h before W_hr; zeros, as the kernel writes active rows only and the GEMM reads all.
   Tensor unprojected = at::zeros({proj ? B : 0, H}, state);
 
+  ForwardStep p{};
+  p.at = {sched, 0, B, H, P};
+  p.proj = proj;
+  p.x = xproj.data_ptr();
+  p.gh = pre_h.data_ptr();
+  p.b_hh = cell.b_hh_in_step ? b_hh.data_ptr() : nullptr;
+  p.out = output.data_ptr();
+  p.unprojected = data_or_null(unprojected);
+  p.ws = step_workspace(cell, saved);
   for (int64_t s = 0; s < T; ++s) {
     step_gemm(pre_h, h.slot(s), w_hh, /*transposed=*/true, /*accumulate=*/false);
-    const LstmForwardStep p{{sched, s, B, H}, P, proj, xproj.data_ptr(), pre_h.data_ptr(),
-                            h.data(s), h.data(s + 1), c.data(s), c.data(s + 1),
-                            output.data_ptr(), data_or_null(unprojected),
-                            data_or_null(gates_ws), data_or_null(cells_ws),
-                            data_or_null(prev_cells_ws), data_or_null(hprev)};
-    device.check(lstm_forward_step(p, dtype, device.stream()));
+    p.at.s = s;
+    p.h_cur = h.data(s);
+    p.h_next = h.data(s + 1);
+    p.c_cur = c ? c->data(s) : nullptr;
+    p.c_next = c ? c->data(s + 1) : nullptr;
+    device.check(forward_step<C>(p, dtype, device.stream()));
     if (proj) {
-      // h_t = W_hr (o*tanh(c_t)); inactive rows keep h_{t-1}.
+      // h_t = W_hr (h before W_hr); inactive rows keep h_{t-1}.
       step_gemm(h.slot(s + 1), unprojected, w_hr, /*transposed=*/true, /*accumulate=*/false);
-      const LstmProjectionStep q{{sched, s, B, H}, P, h.data(s), h.data(s + 1),
-                                 output.data_ptr()};
-      device.check(lstm_projection_step(q, dtype, device.stream()));
+      const ProjectionStep q{{sched, s, B, H, P}, h.data(s), h.data(s + 1), output.data_ptr()};
+      device.check(projection_step(q, dtype, device.stream()));
     }
   }
-  return {output, returned(h.slot(T), xproj), returned(c.slot(T), xproj), gates_ws, cells_ws,
-          prev_cells_ws, hprev};
+  Tensor c_n = c ? returned(c->slot(T), xproj) : at::empty({0}, xproj.options());
+  return {output, returned(h.slot(T), xproj), c_n,
+          save_workspace ? saved : std::vector<Tensor>{}};
 }
 
-template <typename Device>
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
-    const LayerSizes& sz, const Tensor& grad_output_in, const Tensor& grad_h_n,
-    const Tensor& grad_c_n, const Tensor& w_hh_in, const std::optional<Tensor>& w_hr_in,
-    const Tensor& gates_in, const Tensor& cells_in, const Tensor& prev_cells_in,
-    const Tensor& hprev_in, const std::optional<Tensor>& lengths, bool reverse) {
+// ============================================================================ backward
+
+// One layer and direction of cell C, backward: per step, where h is projected, the d h_t kernel
+// and the W_hr GEMM; the cell's step kernel; d h_{t-1} += d(W_hh h_{t-1}) · W_hh. The weight
+// gradients are one GEMM over all steps at the end.
+template <typename Device, Cell C>
+TimeLoopBackwardResult backward(const LayerSizes& sz, const Tensor& grad_output_in,
+                                const Tensor& grad_h_n, const std::optional<Tensor>& grad_c_n,
+                                const Tensor& w_hh_in, const std::optional<Tensor>& w_hr_in,
+                                at::TensorList ws_in, const std::optional<Tensor>& lengths,
+                                bool reverse) {
+  constexpr CellSpec cell = spec(C);
+  constexpr int64_t G = cell.gates;
+  // GRU: b_hh enters the step behind the reset gate, so d(W_hh h + b_hh) is not d xproj; it is
+  // kept for every step (the W_hh gradient and the b_hh sum).
+  constexpr bool own_recurrent_grad = cell.b_hh_in_step;
   const int64_t T = sz.T, B = sz.B, H = sz.H, P = sz.P;
   const bool proj = w_hr_in.has_value();
   const Device device(grad_output_in);
   const Schedule sched = make_schedule(T, reverse, lengths, grad_output_in);
-  const Tensor grad_output = grad_output_in.contiguous(), gates_ws = gates_in.contiguous(),
-               cells = cells_in.contiguous(), prev_cells = prev_cells_in.contiguous(),
-               hprev = hprev_in.contiguous();
+  const Tensor grad_output = grad_output_in.contiguous();
+  std::vector<Tensor> saved;
+  for (const Tensor& t : ws_in) saved.push_back(t.contiguous());
+  const Tensor& hprev = saved.back();
   const Dtype dtype = dtype_of(grad_output);
   const at::TensorOptions state = state_options(grad_output);
+  const at::TensorOptions storage = grad_output.options();
   const Tensor w_hh = state_weight(w_hh_in, state);
   const Tensor w_hr = proj ? state_weight(*w_hr_in, state) : Tensor();
 
-  const at::TensorOptions storage = grad_output.options();
-  Tensor grad_xproj = at::empty({T, B, 4 * H}, storage);  // every row written
-  const PingPong carry(grad_h_n, state);                            // d h_t / d h_{t-1}
-  Tensor grad_c = grad_c_n.to(state.dtype(), /*non_blocking=*/false, /*copy=*/true)
-                      .contiguous();                                // d c, updated in place
-  Tensor grad_step = at::empty({B, 4 * H}, state);
-  // With proj_size: d h_t and o*tanh(c_t) for every slot (zero where inactive), for d W_hr.
+  Tensor grad_xproj = at::empty({T, B, G * H}, storage);  // every row written
+  Tensor grad_hproj = at::empty({own_recurrent_grad ? T : 0, B, G * H}, storage);
+  const PingPong carry(grad_h_n, state);  // d h_t / d h_{t-1}
+  Tensor grad_c = cell.has_cell_state()  // d c, updated in place
+                      ? grad_c_n->to(state.dtype(), /*non_blocking=*/false, /*copy=*/true)
+                            .contiguous()
+                      : at::empty({0}, state);
+  Tensor grad_step = at::empty({B, G * H}, state);
+  // Where h is projected: d h_t and the h before W_hr for every slot (zero where inactive), for
+  // d W_hr; this step's d h_t and d(h before W_hr).
   Tensor grad_h_all = at::empty({proj ? T : 0, B, P}, state);
   Tensor unprojected_all = at::empty({proj ? T : 0, B, H}, state);
   Tensor grad_h_step = at::empty({proj ? B : 0, P}, state);
   Tensor grad_unproj = at::empty({proj ? B : 0, H}, state);
 
+  BackwardStep p{};
+  p.at = {sched, 0, B, H, P};
+  p.proj = proj;
+  p.ws = step_workspace(cell, saved);
+  p.grad_out = grad_output.data_ptr();
+  p.grad_unproj = data_or_null(grad_unproj);
+  p.dc = data_or_null(grad_c);
+  p.grad_step = grad_step.data_ptr();
+  p.grad_x = grad_xproj.data_ptr();
+  p.grad_hproj = data_or_null(grad_hproj);
+  p.unprojected_all = data_or_null(unprojected_all);
   for (int64_t step = 0; step < T; ++step) {
     const int64_t s = T - 1 - step;
     if (proj) {
-      const LstmBackwardProjectionStep q{{sched, s, B, H}, P, grad_output.data_ptr(),
-                                         carry.data(step), grad_h_step.data_ptr(),
-                                         grad_h_all.data_ptr()};
-      device.check(lstm_backward_projection_step(q, dtype, device.stream()));
-      // d(o*tanh(c_t)) = d h_t · W_hr
+      const BackwardProjectionStep q{{sched, s, B, H, P}, grad_output.data_ptr(),
+                                     carry.data(step), grad_h_step.data_ptr(),
+                                     grad_h_all.data_ptr()};
+      device.check(backward_projection_step(q, dtype, device.stream()));
+      // d(h before W_hr) = d h_t · W_hr
       step_gemm(grad_unproj, grad_h_step, w_hr, /*transposed=*/false, /*accumulate=*/false);
     }
-    const LstmBackwardStep p{{sched, s, B, H}, P, proj, gates_ws.data_ptr(), cells.data_ptr(),
-                             prev_cells.data_ptr(), grad_output.data_ptr(), carry.data(step),
-                             data_or_null(grad_unproj), grad_c.data_ptr(), grad_step.data_ptr(),
-                             grad_xproj.data_ptr(), data_or_null(unprojected_all),
-                             carry.data(step + 1)};
-    device.check(lstm_backward_step(p, dtype, device.stream()));
+    p.at.s = s;
+    p.dh = carry.data(step);
+    p.dh_prev = carry.data(step + 1);
+    device.check(backward_step<C>(p, dtype, device.stream()));
     // d h_{t-1} += d gates · W_hh   (inactive rows have zero gate grads and pass d h through)
     step_gemm(carry.slot(step + 1), grad_step, w_hh, /*transposed=*/false, /*accumulate=*/true);
   }
-  Tensor grad_w_hr = proj ? as_storage(weight_grad(grad_h_all, unprojected_all), grad_output)
-                          : at::empty({0}, storage);
-  return {grad_xproj, returned(carry.slot(T), grad_output), returned(grad_c, grad_output),
-          weight_grad(grad_xproj, as_storage(hprev, grad_output)), grad_w_hr};
+  const Tensor& recurrent_grad = own_recurrent_grad ? grad_hproj : grad_xproj;
+  const auto none = [&] { return at::empty({0}, storage); };  // one per output: no aliases
+  return {grad_xproj,
+          returned(carry.slot(T), grad_output),
+          cell.has_cell_state() ? returned(grad_c, grad_output) : none(),
+          weight_grad(recurrent_grad, as_storage(hprev, grad_output)),
+          own_recurrent_grad ? recurrent_grad.sum(at::IntArrayRef{0, 1}) : none(),
+          proj ? as_storage(weight_grad(grad_h_all, unprojected_all), grad_output) : none()};
 }
 
+// The loops above as TimeLoopOps (csrc/time_loop_op.h) calls them.
 template <typename Device>
 struct DeviceLoops {
-  static constexpr auto rnn_forward = &loops::rnn_forward<Device>;
-  static constexpr auto rnn_backward = &loops::rnn_backward<Device>;
-  static constexpr auto gru_forward = &loops::gru_forward<Device>;
-  static constexpr auto gru_backward = &loops::gru_backward<Device>;
-  static constexpr auto lstm_forward = &loops::lstm_forward<Device>;
-  static constexpr auto lstm_backward = &loops::lstm_backward<Device>;
+  template <Cell C>
+  static TimeLoopForwardResult forward(auto&&... args) {
+    return loops::forward<Device, C>(args...);
+  }
+  template <Cell C>
+  static TimeLoopBackwardResult backward(auto&&... args) {
+    return loops::backward<Device, C>(args...);
+  }
 };
 
 // Registers the layer op pair of a library (fusedrnn's CUDA kernels, or the emulation's) as
