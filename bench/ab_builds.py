@@ -10,6 +10,8 @@ B's speedup / A's speedup (> 1: B faster), and the range; "slower" means the med
 
     git worktree add /tmp/before <rev> && (cd /tmp/before && python setup.py build_ext --inplace)
     python bench/ab_builds.py --a /tmp/before --b . --reps 3 --json ab.json
+    python bench/ab_builds.py --a /tmp/before --b . --cells rnn_relu --T 100 --B 64 --I 512 \
+        --H 512   # other arguments go to fusedrnn bench
 """
 from __future__ import annotations
 
@@ -66,8 +68,8 @@ def main() -> None:
     parser.add_argument("--tolerance", type=float, default=0.05,
                         help="a slowdown within this is noise (default 5%%)")
     parser.add_argument("--json", metavar="PATH", help="every ratio and both builds' reports")
-    args = parser.parse_args()
-    bench_args = ["--grid", args.grid, "--budget", args.budget]
+    args, more = parser.parse_known_args()  # anything else goes to fusedrnn bench (--cells ...)
+    bench_args = ["--grid", args.grid, "--budget", args.budget, *more]
     if args.threads:
         bench_args += ["--threads", args.threads]
     runs = {"a": [], "b": []}

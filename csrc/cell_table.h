@@ -29,9 +29,6 @@ struct CellSpec {
   // LSTM 4 (i, f, g, o).
   int64_t gates;
   int64_t states;  // 1: h; 2: h and the cell state c
-  // The one-step op's (cell_forward) saved workspace per batch row, in units of H:
-  // RNN h'; GRU r, z, n, hn; LSTM i, f, g, o, c'.
-  int64_t step_workspace;
   // b_hh enters the step itself (GRU: n = tanh(x_n + r * (W_hn h + b_hn))) instead of adding to
   // the input projection.
   bool b_hh_in_step;
@@ -42,7 +39,17 @@ struct CellSpec {
   WorkspacePart workspace[kMaxWorkspaceParts];
   int workspace_parts;
 
-  bool has_cell_state() const { return states == 2; }
+  constexpr bool has_cell_state() const { return states == 2; }
+  // Whether d(W_hh h (+ b_hh)) differs from d xproj, so backward keeps it for every step (the
+  // W_hh gradient and the b_hh sum): where b_hh enters the step (GRU: behind the reset gate).
+  constexpr bool own_recurrent_grad() const { return b_hh_in_step; }
+  // The one-step op's (cell_forward) saved workspace per batch row, in units of H: the layer
+  // workspace's parts but hprev, side by side (the op's input h is its hprev).
+  constexpr int64_t step_workspace_units() const {
+    int64_t units = 0;
+    for (int i = 0; i < workspace_parts - 1; ++i) units += workspace[i].units;
+    return units;
+  }
 };
 
 // In the order of enum Cell.
@@ -50,14 +57,13 @@ struct CellSpec {
 // hn = W_hn h + b_hn; LSTM i, f, g, o activated, c_t, c_{t-1}.
 inline constexpr WorkspacePart kHprev{"hprev", 1, true};
 inline constexpr CellSpec kCells[] = {
-    {Cell::RnnTanh, "rnn_tanh", /*gates=*/1, /*states=*/1, /*step_workspace=*/1,
-     /*b_hh_in_step=*/false, /*projectable=*/false, {{"activations", 1, false}, kHprev}, 2},
-    {Cell::RnnRelu, "rnn_relu", /*gates=*/1, /*states=*/1, /*step_workspace=*/1,
-     /*b_hh_in_step=*/false, /*projectable=*/false, {{"activations", 1, false}, kHprev}, 2},
-    {Cell::Gru, "gru", /*gates=*/3, /*states=*/1, /*step_workspace=*/4, /*b_hh_in_step=*/true,
-     /*projectable=*/false, {{"gates", 4, false}, kHprev}, 2},
-    {Cell::Lstm, "lstm", /*gates=*/4, /*states=*/2, /*step_workspace=*/5, /*b_hh_in_step=*/false,
-     /*projectable=*/true,
+    {Cell::RnnTanh, "rnn_tanh", /*gates=*/1, /*states=*/1, /*b_hh_in_step=*/false,
+     /*projectable=*/false, {{"activations", 1, false}, kHprev}, 2},
+    {Cell::RnnRelu, "rnn_relu", /*gates=*/1, /*states=*/1, /*b_hh_in_step=*/false,
+     /*projectable=*/false, {{"activations", 1, false}, kHprev}, 2},
+    {Cell::Gru, "gru", /*gates=*/3, /*states=*/1, /*b_hh_in_step=*/true, /*projectable=*/false,
+     {{"gates", 4, false}, kHprev}, 2},
+    {Cell::Lstm, "lstm", /*gates=*/4, /*states=*/2, /*b_hh_in_step=*/false, /*projectable=*/true,
      {{"gates", 4, false}, {"cells", 1, false}, {"prev_cells", 1, false}, kHprev}, 4},
 };
 

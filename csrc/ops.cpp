@@ -41,8 +41,9 @@
 // and gate math in one op, since at T = 1 every extra op call costs more than the arithmetic:
 //   cell_forward      x (B, I), h (B, H), c (B, H) for LSTM, w_ih (G*H, I), w_hh (G*H, H),
 //                     b_ih/b_hh (G*H); returns h' (B, H), c' (B, H) (LSTM; else (0)) and the
-//                     workspace (B, W) when saved, else (0): RNN W = H: h';
-//                     GRU W = 4H: r, z, n, hn;  LSTM W = 5H: i, f, g, o, c'
+//                     workspace (B, W) when saved, else (0): the layer workspace's parts but
+//                     hprev, side by side: RNN W = H: h';  GRU W = 4H: r, z, n, hn;
+//                     LSTM W = 6H: i, f, g, o, c', c
 //   cell_backward     d h' (B, H), d c' (B, H) for LSTM, and the forward's inputs and workspace;
 //                     returns d x, d h, d c ((0) unless LSTM), d w_ih, d w_hh, d b_ih, d b_hh
 //                     ((0) without bias); d x / d h are (0) when need_grad_x / need_grad_h is

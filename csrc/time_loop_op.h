@@ -3,8 +3,7 @@
 // as the list the schema returns. Each backend registers TimeLoopOps<its loops>:
 //   csrc/cpu/recurrent_cpu.cpp (CPU), csrc/cuda/time_loops.h (CUDA and its SIMT emulation).
 // `Loops` has the backend's loops as static function templates over the cell,
-// Loops::forward<Cell> and Loops::backward<Cell>, called with the sizes the checks read and the
-// op's arguments.
+// Loops::forward<Cell>(const ForwardArgs&) and Loops::backward<Cell>(const BackwardArgs&).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -26,6 +25,32 @@ using TimeLoopForwardResult =
 using TimeLoopBackwardResult =
     std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
+// The ops' arguments (shapes in csrc/ops.cpp) as the backends' loops receive them: checked, with
+// the sizes the checks read.
+struct ForwardArgs {
+  const at::Tensor& xproj;
+  const at::Tensor& h0;
+  const std::optional<at::Tensor>& c0;
+  const at::Tensor& w_hh;
+  const std::optional<at::Tensor>& b_hh;
+  const std::optional<at::Tensor>& w_hr;
+  const std::optional<at::Tensor>& lengths;
+  bool reverse, save_workspace;
+  LayerSizes sz;
+};
+
+struct BackwardArgs {
+  const at::Tensor& grad_output;
+  const at::Tensor& grad_h_n;
+  const std::optional<at::Tensor>& grad_c_n;
+  const at::Tensor& w_hh;
+  const std::optional<at::Tensor>& w_hr;
+  at::TensorList workspace;
+  const std::optional<at::Tensor>& lengths;
+  bool reverse;
+  LayerSizes sz;
+};
+
 template <typename Loops>
 struct TimeLoopOps {
   using Tensor = at::Tensor;
@@ -37,11 +62,10 @@ struct TimeLoopOps {
                                        const OptTensor& lengths, bool reverse,
                                        bool save_workspace) {
     const CellSpec& cell = spec(parse_cell(cell_name));
-    const LayerSizes sz = check_time_loop_forward(cell, xproj, h0, c0, w_hh, b_hh, w_hr, lengths);
-    return visit_cell(cell.cell, [&](auto c) {
-      return Loops::template forward<decltype(c)::value>(sz, xproj, h0, c0, w_hh, b_hh, w_hr,
-                                                         lengths, reverse, save_workspace);
-    });
+    const ForwardArgs args{xproj, h0, c0, w_hh, b_hh, w_hr, lengths, reverse, save_workspace,
+                           check_time_loop_forward(cell, xproj, h0, c0, w_hh, b_hh, w_hr, lengths)};
+    return visit_cell(cell.cell,
+                      [&](auto c) { return Loops::template forward<decltype(c)::value>(args); });
   }
 
   static TimeLoopBackwardResult backward(c10::string_view cell_name, const Tensor& grad_output,
@@ -50,12 +74,11 @@ struct TimeLoopOps {
                                          at::TensorList ws, const OptTensor& lengths,
                                          bool reverse) {
     const CellSpec& cell = spec(parse_cell(cell_name));
-    const LayerSizes sz =
-        check_time_loop_backward(cell, grad_output, grad_h_n, grad_c_n, w_hh, w_hr, ws, lengths);
-    return visit_cell(cell.cell, [&](auto c) {
-      return Loops::template backward<decltype(c)::value>(sz, grad_output, grad_h_n, grad_c_n,
-                                                          w_hh, w_hr, ws, lengths, reverse);
-    });
+    const BackwardArgs args{
+        grad_output, grad_h_n, grad_c_n, w_hh, w_hr, ws, lengths, reverse,
+        check_time_loop_backward(cell, grad_output, grad_h_n, grad_c_n, w_hh, w_hr, ws, lengths)};
+    return visit_cell(cell.cell,
+                      [&](auto c) { return Loops::template backward<decltype(c)::value>(args); });
   }
 };
 

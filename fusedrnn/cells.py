@@ -16,12 +16,9 @@ class CellSpec:
     module_kwargs: dict  # constructor arguments that select this cell on that class
     gates: int          # gate blocks of H rows in W_ih / W_hh (and b_ih / b_hh)
     states: int         # 1: h; 2: h and the cell state c
-    # The one-step op's (cell_forward) saved workspace per batch row, in units of H:
-    # RNN h'; GRU r, z, n, hn; LSTM i, f, g, o, c'.
-    step_workspace: int
     # The layer op's (time_loop_forward) saved workspace, in order: (name, width in units of H,
     # or of P for "P": the size of h); the last part is hprev (T, B, P).
-    workspace: tuple[tuple[str, int, str], ...] = ()
+    workspace: tuple[tuple[str, int, str], ...]
     b_hh_in_step: bool = False  # b_hh enters the step (GRU) instead of the input projection
     projectable: bool = False   # h may be projected to proj_size features (w_hr)
 
@@ -29,16 +26,22 @@ class CellSpec:
     def has_cell_state(self) -> bool:
         return self.states == 2
 
+    @property
+    def step_workspace(self) -> int:
+        """The one-step op's (cell_forward) saved workspace per batch row, in units of H: the
+        layer workspace's parts but hprev, side by side."""
+        return sum(units for _, units, _ in self.workspace[:-1])
+
 
 _HPREV = ("hprev", 1, "P")
 CELLS: dict[str, CellSpec] = {spec.name: spec for spec in (
     CellSpec("rnn_tanh", "RNN_TANH", "RNN", {"nonlinearity": "tanh"}, gates=1, states=1,
-             step_workspace=1, workspace=(("activations", 1, "H"), _HPREV)),
+             workspace=(("activations", 1, "H"), _HPREV)),
     CellSpec("rnn_relu", "RNN_RELU", "RNN", {"nonlinearity": "relu"}, gates=1, states=1,
-             step_workspace=1, workspace=(("activations", 1, "H"), _HPREV)),
-    CellSpec("gru", "GRU", "GRU", {}, gates=3, states=1, step_workspace=4,
+             workspace=(("activations", 1, "H"), _HPREV)),
+    CellSpec("gru", "GRU", "GRU", {}, gates=3, states=1,
              workspace=(("gates", 4, "H"), _HPREV), b_hh_in_step=True),
-    CellSpec("lstm", "LSTM", "LSTM", {}, gates=4, states=2, step_workspace=5,
+    CellSpec("lstm", "LSTM", "LSTM", {}, gates=4, states=2,
              workspace=(("gates", 4, "H"), ("cells", 1, "H"), ("prev_cells", 1, "H"), _HPREV),
              projectable=True),
 )}

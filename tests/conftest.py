@@ -6,6 +6,16 @@ sys.path.insert(0, os.path.dirname(__file__))
 # (csrc/cpu/team.h, TeamChoice): the tests of team loops must get a team on any machine.
 # tests/test_cpu_kernels.py runs the learning itself in a fresh process without this.
 os.environ.setdefault("FUSEDRNN_TEAM_CHOICE", "rule")
+# torch.compile's on-disk caches in a directory of this run: they key compiled graphs on the op
+# schemas, not on fusedrnn's build, so graphs compiled by another build of fusedrnn (a stale
+# fake kernel, an op that no longer exists) would be replayed instead of traced.
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="fusedrnn-tests-inductor-")
+    atexit.register(shutil.rmtree, os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
 
 import pytest
 import torch

@@ -34,6 +34,17 @@ using at::Tensor;
 // thread is worth waking.
 constexpr int64_t kMinUnitsPerTask = 16384;
 
+// The rows of the cell's workspace parts before hprev (csrc/cell_table.h) inside one row of
+// the one-step op's workspace, where they lie side by side (step_workspace_units() * H).
+template <typename T>
+void step_workspace_rows(const CellSpec& cell, T* row, int64_t H, T** parts) {
+  int64_t offset = 0;
+  for (int i = 0; i < cell.workspace_parts - 1; ++i) {
+    parts[i] = row + offset;
+    offset += cell.workspace[i].units * H;
+  }
+}
+
 // fn(b) for every batch row b, split over the intra-op pool when the rows are wide enough.
 template <typename Fn>
 void for_each_row(int64_t B, int64_t units_per_row, const Fn& fn) {
@@ -50,11 +61,12 @@ std::tuple<Tensor, Tensor, Tensor> cell_forward(
     const std::optional<Tensor>& b_ih_in, const std::optional<Tensor>& b_hh_in,
     bool save_workspace) {
   const Cell cell = parse_cell(cell_name);
-  const bool lstm = cell == Cell::Lstm, gru = cell == Cell::Gru, bias = b_ih_in.has_value();
-  const int64_t G = spec(cell).gates;
+  const CellSpec& cs = spec(cell);
+  const bool lstm = cs.has_cell_state(), gru = cs.b_hh_in_step, bias = b_ih_in.has_value();
+  const int64_t G = cs.gates;
   const CellSizes sz =
       check_cell_inputs(G, lstm, x_in, h_in, c_in, w_ih_in, w_hh_in, b_ih_in, b_hh_in);
-  const int64_t B = sz.B, I = sz.I, H = sz.H, GH = G * H, W = spec(cell).step_workspace * H;
+  const int64_t B = sz.B, I = sz.I, H = sz.H, GH = G * H, W = cs.step_workspace_units() * H;
   const Tensor x = x_in.contiguous(), h = h_in.contiguous(), w_ih = w_ih_in.contiguous(),
                w_hh = w_hh_in.contiguous();
   const Tensor c = lstm ? c_in->contiguous() : Tensor();
@@ -65,14 +77,14 @@ std::tuple<Tensor, Tensor, Tensor> cell_forward(
   Tensor h_new = at::empty({B, H}, options);
   Tensor c_new = at::empty({lstm ? B : 0, H}, options);
   Tensor ws = at::empty({B, W}, options);  // a scratch when not saved: the row kernels write it
-  // x·W_ihᵀ + biases (GRU: b_ih only) and h·W_hhᵀ, each (B, G*H); then for the GRU the copy of
-  // h' its row kernel also writes (as a layer's output row), and zeros for a missing b_hh.
-  Tensor scratch = at::empty({2 * B * GH + (gru ? B * H + (bias ? 0 : GH) : 0)}, options);
+  // x·W_ihᵀ + biases (GRU: b_ih only) and h·W_hhᵀ, each (B, G*H); the copy of h' the row
+  // kernels also write (as a layer's output row); zeros for a missing b_hh (GRU).
+  Tensor scratch = at::empty({2 * B * GH + B * H + (gru && !bias ? GH : 0)}, options);
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fusedrnn::cell_forward", [&] {
     scalar_t* xg = scratch.data_ptr<scalar_t>();
     scalar_t* hg = xg + B * GH;
-    scalar_t* gru_out = hg + B * GH;
+    scalar_t* out_rows = hg + B * GH;
     const scalar_t* bi = bias ? b_ih.data_ptr<scalar_t>() : nullptr;
     const scalar_t* bh = bias ? b_hh.data_ptr<scalar_t>() : nullptr;
     if (bias) {  // RNN and LSTM add both biases to the pre-activation; the GRU's b_hn sits in r*(.)
@@ -82,7 +94,7 @@ std::tuple<Tensor, Tensor, Tensor> cell_forward(
     }
     const scalar_t* gru_b_hh = bh;
     if (gru && !bias) {
-      scalar_t* zeros = gru_out + B * H;
+      scalar_t* zeros = out_rows + B * H;
       std::fill(zeros, zeros + GH, scalar_t(0));
       gru_b_hh = zeros;
     }
@@ -95,20 +107,24 @@ std::tuple<Tensor, Tensor, Tensor> cell_forward(
     scalar_t* h_next = h_new.data_ptr<scalar_t>();
     scalar_t* c_next = lstm ? c_new.data_ptr<scalar_t>() : nullptr;
     scalar_t* ws_data = ws.data_ptr<scalar_t>();
-    const bool relu = cell == Cell::RnnRelu;
-    for_each_row(B, GH, [&](int64_t b) {
-      const scalar_t* xr = xg + b * GH;
-      const scalar_t* hr = hg + b * GH;
-      scalar_t* wr = ws_data + b * W;
-      if (lstm) {
-        lstm_forward_row(xr, hr, c_cur + b * H, c_next + b * H, h_next + b * H, wr, H, H, H);
-        if (H > 0) std::memcpy(wr + 4 * H, c_next + b * H, sizeof(scalar_t) * H);
-      } else if (gru) {
-        gru_forward_row(xr, hr, gru_b_hh, h_cur + b * H, h_next + b * H, gru_out + b * H, wr, H,
-                        H, H);
-      } else {  // the workspace is h' itself
-        rnn_forward_row(xr, hr, h_next + b * H, wr, H, relu);
-      }
+    visit_cell(cell, [&](auto c_) {
+      constexpr Cell C = decltype(c_)::value;
+      for_each_row(B, GH, [&](int64_t b) {
+        ForwardRow<scalar_t> r{};
+        r.x = xg + b * GH;
+        r.gh = hg + b * GH;
+        r.gh_stride = H;
+        r.b_hh = gru ? gru_b_hh : nullptr;
+        r.h_cur = h_cur + b * H;
+        r.h_new = h_next + b * H;
+        r.out = out_rows + b * H;
+        r.c_cur = lstm ? c_cur + b * H : nullptr;
+        r.c_new = lstm ? c_next + b * H : nullptr;
+        step_workspace_rows(cs, ws_data + b * W, H, r.ws);
+        r.save = true;  // (a scratch when not saved: all of it is written either way)
+        r.n = r.H = H;
+        CpuCell<C>::forward(r);
+      });
     });
   });
   return {h_new, c_new, save_workspace ? ws : at::empty({0}, options)};
@@ -120,11 +136,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cell_backward
     const std::optional<Tensor>& c_in, const Tensor& w_ih_in, const Tensor& w_hh_in,
     const Tensor& ws_in, bool bias, bool need_grad_x, bool need_grad_h) {
   const Cell cell = parse_cell(cell_name);
-  const bool lstm = cell == Cell::Lstm, gru = cell == Cell::Gru;
-  const int64_t G = spec(cell).gates;
+  const CellSpec& cs = spec(cell);
+  const bool lstm = cs.has_cell_state(), gru = cs.own_recurrent_grad();
+  const int64_t G = cs.gates;
   const CellSizes sz = check_cell_inputs(G, lstm, x_in, h_in, c_in, w_ih_in, w_hh_in,
                                          std::nullopt, std::nullopt);
-  const int64_t B = sz.B, I = sz.I, H = sz.H, GH = G * H, W = spec(cell).step_workspace * H;
+  const int64_t B = sz.B, I = sz.I, H = sz.H, GH = G * H, W = cs.step_workspace_units() * H;
   check_tensor(grad_h_new_in, x_in, "grad_h_new", {B, H});
   TORCH_CHECK(grad_c_new_in.has_value() == lstm, "fusedrnn: grad_c_new is ",
               lstm ? "needed" : "only for lstm");
@@ -146,35 +163,39 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cell_backward
   Tensor grad_h = at::empty({B, H}, options);  // the GRU row kernel writes its direct part
   // d c' in, d c out (the row kernel updates it in place).
   Tensor grad_c = lstm ? grad_c_new_in->contiguous().clone() : at::empty({0}, options);
-  Tensor no_carry = at::zeros({lstm ? 0 : H}, options);  // d h from later steps: none
+  Tensor no_carry = at::zeros({H}, options);  // d h from later steps: none
   Tensor grad_w_ih = at::empty({GH, I}, options), grad_w_hh = at::empty({GH, H}, options);
   Tensor grad_b_ih = at::empty({bias ? GH : 0}, options);
   Tensor grad_b_hh = at::empty({bias ? GH : 0}, options);
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fusedrnn::cell_backward", [&] {
-    const scalar_t* wsd = ws.data_ptr<scalar_t>();
+    scalar_t* wsd = ws.data_ptr<scalar_t>();
     const scalar_t* dh_out = grad_h_new.data_ptr<scalar_t>();
     const scalar_t* h_prev = h.data_ptr<scalar_t>();
-    const scalar_t* c_prev = lstm ? c.data_ptr<scalar_t>() : nullptr;
     const scalar_t* zeros = no_carry.data_ptr<scalar_t>();
     scalar_t* gp = grad_pre.data_ptr<scalar_t>();
     scalar_t* gr = grad_rec.data_ptr<scalar_t>();
     scalar_t* dh = grad_h.data_ptr<scalar_t>();
     scalar_t* dc = lstm ? grad_c.data_ptr<scalar_t>() : nullptr;
-    const bool relu = cell == Cell::RnnRelu;
-    // Row pass. d h starts as its direct part (GRU: d h' * z; RNN: zero); for the LSTM the GEMM
-    // below writes all of it.
-    for_each_row(B, GH, [&](int64_t b) {
-      const scalar_t* wr = wsd + b * W;
-      if (lstm) {
-        lstm_backward_row<scalar_t>(wr, wr + 4 * H, c_prev + b * H, dh_out + b * H, nullptr,
-                                    dc + b * H, gp + b * GH, nullptr, H, H);
-      } else if (gru) {
-        gru_backward_row(wr, h_prev + b * H, dh_out + b * H, zeros, gp + b * GH, gr + b * GH,
-                         dh + b * H, H, H);
-      } else {
-        rnn_backward_row(wr, dh_out + b * H, zeros, gp + b * GH, dh + b * H, H, relu);
-      }
+    // Row pass. d h starts as its direct part (GRU: d h' * z; RNN and LSTM: zero, where the
+    // GEMM below writes all of it).
+    visit_cell(cell, [&](auto c_) {
+      constexpr Cell C = decltype(c_)::value;
+      for_each_row(B, GH, [&](int64_t b) {
+        BackwardRow<scalar_t> r{};
+        scalar_t* parts[kMaxWorkspaceParts] = {};
+        step_workspace_rows(cs, wsd + b * W, H, parts);
+        for (int i = 0; i < kMaxWorkspaceParts; ++i) r.ws[i] = parts[i];
+        r.ws[cs.workspace_parts - 1] = h_prev + b * H;  // hprev: the op's own input h
+        r.grad_out = dh_out + b * H;
+        r.dh = zeros;
+        r.dc = lstm ? dc + b * H : nullptr;
+        r.grad_step = gr + b * GH;
+        r.grad_x = gru ? gp + b * GH : nullptr;
+        r.dh_prev = dh + b * H;
+        r.n = r.H = H;
+        CpuCell<C>::backward(r);
+      });
     });
     // d h (+)= grad_rec · W_hh;  d x = grad_pre · W_ih;  d W_ih = grad_preᵀ · x;
     // d W_hh = grad_recᵀ · h;  d b = the column sums. Straight to BLAS and plain loops: through

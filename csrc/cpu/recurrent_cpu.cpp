@@ -152,23 +152,19 @@ struct WorkspaceOut {
 // Where h is projected, a second phase: h_t = W_hr (the rows' unprojected h) over the worker's
 // share of the P outputs, and a second barrier.
 template <Cell C>
-TimeLoopForwardResult forward(const LayerSizes& sz, const Tensor& xproj_in, const Tensor& h0,
-                              const std::optional<Tensor>& c0, const Tensor& w_hh_in,
-                              const std::optional<Tensor>& b_hh_in,
-                              const std::optional<Tensor>& w_hr_in,
-                              const std::optional<Tensor>& lengths, bool reverse,
-                              bool save_workspace) {
+TimeLoopForwardResult forward(const ForwardArgs& a) {
   constexpr CellSpec cell = spec(C);
   constexpr int64_t G = cell.gates;
+  const LayerSizes& sz = a.sz;
   const int64_t T = sz.T, B = sz.B, H = sz.H, P = sz.P;
-  const bool proj = w_hr_in.has_value();
-  const Schedule sched = make_schedule(T, reverse, lengths, xproj_in);
-  const Tensor xproj = xproj_in.contiguous(), w_hh = w_hh_in.contiguous();
-  const Tensor w_hr = proj ? w_hr_in->contiguous() : Tensor();
+  const bool proj = a.w_hr.has_value(), save_workspace = a.save_workspace;
+  const Schedule sched = make_schedule(T, a.reverse, a.lengths, a.xproj);
+  const Tensor xproj = a.xproj.contiguous(), w_hh = a.w_hh.contiguous();
+  const Tensor w_hr = proj ? a.w_hr->contiguous() : Tensor();
   const at::TensorOptions options = xproj.options();
   Tensor b_hh;  // where it enters the step; zeros when absent
   if (cell.b_hh_in_step) {
-    b_hh = b_hh_in.has_value() ? b_hh_in->contiguous() : at::zeros({G * H}, options);
+    b_hh = a.b_hh.has_value() ? a.b_hh->contiguous() : at::zeros({G * H}, options);
   }
 
   Tensor output = at::empty({T, B, P}, options);
@@ -176,8 +172,8 @@ TimeLoopForwardResult forward(const LayerSizes& sz, const Tensor& xproj_in, cons
   for (int i = 0; i < cell.workspace_parts; ++i) {
     saved.push_back(workspace(save_workspace, xproj, T, B, workspace_width(cell.workspace[i], sz)));
   }
-  const PingPong h_state = ping_pong(h0, T);
-  const PingPong c_state = ping_pong(cell.has_cell_state() ? *c0 : at::empty({0}, options), T);
+  const PingPong h_state = ping_pong(a.h0, T);
+  const PingPong c_state = ping_pong(cell.has_cell_state() ? *a.c0 : at::empty({0}, options), T);
   // The first part of a step's workspace when nothing is saved (its row kernels write it).
   const int64_t first_width = workspace_width(cell.workspace[0], sz);
   Tensor scratch = at::empty({save_workspace ? 0 : B, first_width}, options);
@@ -243,7 +239,8 @@ TimeLoopForwardResult forward(const LayerSizes& sz, const Tensor& xproj_in, cons
             for (int i = 0; i < ws.cell_parts; ++i) {
               r.ws[i] = ws.parts[i] ? ws.parts[i] + row * ws.widths[i] + j0 : nullptr;
             }
-            if (!ws.parts[0]) r.ws[0] = scratch_data + b * first_width + j0;
+            r.save = ws.parts[0] != nullptr;
+            if (!r.save) r.ws[0] = scratch_data + b * first_width + j0;
             r.n = n;
             r.H = H;
             CpuCell<C>::forward(r);
@@ -291,32 +288,27 @@ TimeLoopForwardResult forward(const LayerSizes& sz, const Tensor& xproj_in, cons
 // worker's units of d h_{t-1} += d(W_hh h_{t-1}) · W_hh (double-buffered, so one barrier a step
 // suffices). The weight gradients are one GEMM over all steps after the loop.
 template <Cell C>
-TimeLoopBackwardResult backward(const LayerSizes& sz, const Tensor& grad_output_in,
-                                const Tensor& grad_h_n, const std::optional<Tensor>& grad_c_n,
-                                const Tensor& w_hh_in, const std::optional<Tensor>& w_hr_in,
-                                at::TensorList ws_in, const std::optional<Tensor>& lengths,
-                                bool reverse) {
+TimeLoopBackwardResult backward(const BackwardArgs& a) {
   constexpr CellSpec cell = spec(C);
   constexpr int64_t G = cell.gates;
-  // GRU: b_hh enters the step behind the reset gate, so d(W_hh h + b_hh) is not d xproj; it is
-  // kept for every step (the W_hh gradient and the b_hh sum).
-  constexpr bool own_recurrent_grad = cell.b_hh_in_step;
+  constexpr bool own_recurrent_grad = cell.own_recurrent_grad();
+  const LayerSizes& sz = a.sz;
   const int64_t T = sz.T, B = sz.B, H = sz.H, P = sz.P;
-  const bool proj = w_hr_in.has_value();
-  const Schedule sched = make_schedule(T, reverse, lengths, w_hh_in);
-  const Tensor grad_output = grad_output_in.contiguous(), w_hh = w_hh_in.contiguous();
-  const Tensor w_hr = proj ? w_hr_in->contiguous() : Tensor();
+  const bool proj = a.w_hr.has_value();
+  const Schedule sched = make_schedule(T, a.reverse, a.lengths, a.w_hh);
+  const Tensor grad_output = a.grad_output.contiguous(), w_hh = a.w_hh.contiguous();
+  const Tensor w_hr = proj ? a.w_hr->contiguous() : Tensor();
   std::vector<Tensor> saved;
-  for (const Tensor& t : ws_in) saved.push_back(t.contiguous());
+  for (const Tensor& t : a.workspace) saved.push_back(t.contiguous());
   const Tensor& hprev = saved.back();
   const at::TensorOptions options = hprev.options();
 
   // Every row is written (zero where inactive), so no zero fill first.
   Tensor grad_xproj = at::empty({T, B, G * H}, options);
   Tensor grad_hproj = at::empty({own_recurrent_grad ? T : 0, B, G * H}, options);
-  const PingPong carry = ping_pong(grad_h_n, T);  // d h_t / d h_{t-1}
-  // d c, updated in place row by row
-  Tensor grad_c = cell.has_cell_state() ? grad_c_n->contiguous().clone() : at::empty({0}, options);
+  const PingPong carry = ping_pong(a.grad_h_n, T);  // d h_t / d h_{t-1}
+  Tensor grad_c =  // d c, updated in place row by row
+      cell.has_cell_state() ? a.grad_c_n->contiguous().clone() : at::empty({0}, options);
   // This step's d(W_hh h_{t-1}) as a (B, G*H) matrix for the GEMM, double-buffered.
   Tensor grad_step = at::empty({2, B, G * H}, options);
   // Where h is projected: d h_t and the unprojected h for every slot (zero where inactive), for
@@ -434,12 +426,12 @@ TimeLoopBackwardResult backward(const LayerSizes& sz, const Tensor& grad_output_
 
 struct CpuLoops {
   template <Cell C>
-  static TimeLoopForwardResult forward(auto&&... args) {
-    return cpu::forward<C>(args...);
+  static TimeLoopForwardResult forward(const ForwardArgs& a) {
+    return cpu::forward<C>(a);
   }
   template <Cell C>
-  static TimeLoopBackwardResult backward(auto&&... args) {
-    return cpu::backward<C>(args...);
+  static TimeLoopBackwardResult backward(const BackwardArgs& a) {
+    return cpu::backward<C>(a);
   }
 };
 

@@ -169,9 +169,11 @@ struct ForwardRow {
   T* out;             // the output row (h_new again where h is projected: the loop writes it)
   const T* c_cur;     // c_{t-1}, cells with a cell state
   T* c_new;           // c_t
-  // The cell's workspace parts but hprev (csrc/cell.h), this row: nullptr when not saved, but
-  // part 0 is then a scratch row (the row kernels write it unconditionally to vectorize).
+  // The cell's workspace parts but hprev (csrc/cell_table.h), this row: nullptr when not
+  // saved, but part 0 is then a scratch row (the row kernels write it unconditionally to
+  // vectorize).
   T* ws[kMaxWorkspaceParts];
+  bool save;  // whether the workspace is saved (else part 0 need not be written)
   int64_t n, H;
 };
 
@@ -201,7 +203,7 @@ struct CpuRnn {
   template <typename T>
   static void forward(const ForwardRow<T>& r) {
     rnn_forward_row(r.x, r.gh, r.h_new, r.out, r.n, Relu);
-    copy_units(r.ws[0], r.out, r.n);  // the activations: backward's derivative reads them
+    if (r.save) copy_units(r.ws[0], r.out, r.n);  // the activations: backward's derivative
   }
   template <typename T>
   static void backward(const BackwardRow<T>& r) {

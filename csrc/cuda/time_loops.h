@@ -115,26 +115,22 @@ inline StepWorkspace step_workspace(const CellSpec& cell, const std::vector<Tens
 // One layer and direction of cell C: per step the W_hh GEMM, the cell's step kernel, and where
 // h is projected the W_hr GEMM and the projection kernel.
 template <typename Device, Cell C>
-TimeLoopForwardResult forward(const LayerSizes& sz, const Tensor& xproj_in, const Tensor& h0_in,
-                              const std::optional<Tensor>& c0_in, const Tensor& w_hh_in,
-                              const std::optional<Tensor>& b_hh_in,
-                              const std::optional<Tensor>& w_hr_in,
-                              const std::optional<Tensor>& lengths, bool reverse,
-                              bool save_workspace) {
+TimeLoopForwardResult forward(const ForwardArgs& a) {
   constexpr CellSpec cell = spec(C);
   constexpr int64_t G = cell.gates;
+  const LayerSizes& sz = a.sz;
   const int64_t T = sz.T, B = sz.B, H = sz.H, P = sz.P;
-  const bool proj = w_hr_in.has_value();
-  const Device device(xproj_in);
-  const Schedule sched = make_schedule(T, reverse, lengths, xproj_in);
-  const Tensor xproj = xproj_in.contiguous();
+  const bool proj = a.w_hr.has_value(), save_workspace = a.save_workspace;
+  const Device device(a.xproj);
+  const Schedule sched = make_schedule(T, a.reverse, a.lengths, a.xproj);
+  const Tensor xproj = a.xproj.contiguous();
   const Dtype dtype = dtype_of(xproj);
   const at::TensorOptions state = state_options(xproj);
-  const Tensor w_hh = state_weight(w_hh_in, state);
-  const Tensor w_hr = proj ? state_weight(*w_hr_in, state) : Tensor();
+  const Tensor w_hh = state_weight(a.w_hh, state);
+  const Tensor w_hr = proj ? state_weight(*a.w_hr, state) : Tensor();
   Tensor b_hh;  // where it enters the step; zeros when absent
   if (cell.b_hh_in_step) {
-    b_hh = b_hh_in.has_value() ? b_hh_in->contiguous() : at::zeros({G * H}, xproj.options());
+    b_hh = a.b_hh.has_value() ? a.b_hh->contiguous() : at::zeros({G * H}, xproj.options());
   }
 
   Tensor output = at::empty({T, B, P}, xproj.options());
@@ -143,9 +139,9 @@ TimeLoopForwardResult forward(const LayerSizes& sz, const Tensor& xproj_in, cons
     saved.push_back(
         state_workspace(save_workspace, state, T, B, workspace_width(cell.workspace[i], sz)));
   }
-  const PingPong h(h0_in, state);  // h_{t-1} / h_t
+  const PingPong h(a.h0, state);  // h_{t-1} / h_t
   const std::optional<PingPong> c =
-      cell.has_cell_state() ? std::optional<PingPong>(std::in_place, *c0_in, state)
+      cell.has_cell_state() ? std::optional<PingPong>(std::in_place, *a.c0, state)
                             : std::nullopt;
   Tensor pre_h = at::empty({B, G * H}, state);  // W_hh h_{t-1}
   // h before W_hr; zeros, as the kernel writes active rows only and the GEMM reads all.
@@ -186,35 +182,30 @@ TimeLoopForwardResult forward(const LayerSizes& sz, const Tensor& xproj_in, cons
 // and the W_hr GEMM; the cell's step kernel; d h_{t-1} += d(W_hh h_{t-1}) · W_hh. The weight
 // gradients are one GEMM over all steps at the end.
 template <typename Device, Cell C>
-TimeLoopBackwardResult backward(const LayerSizes& sz, const Tensor& grad_output_in,
-                                const Tensor& grad_h_n, const std::optional<Tensor>& grad_c_n,
-                                const Tensor& w_hh_in, const std::optional<Tensor>& w_hr_in,
-                                at::TensorList ws_in, const std::optional<Tensor>& lengths,
-                                bool reverse) {
+TimeLoopBackwardResult backward(const BackwardArgs& a) {
   constexpr CellSpec cell = spec(C);
   constexpr int64_t G = cell.gates;
-  // GRU: b_hh enters the step behind the reset gate, so d(W_hh h + b_hh) is not d xproj; it is
-  // kept for every step (the W_hh gradient and the b_hh sum).
-  constexpr bool own_recurrent_grad = cell.b_hh_in_step;
+  constexpr bool own_recurrent_grad = cell.own_recurrent_grad();
+  const LayerSizes& sz = a.sz;
   const int64_t T = sz.T, B = sz.B, H = sz.H, P = sz.P;
-  const bool proj = w_hr_in.has_value();
-  const Device device(grad_output_in);
-  const Schedule sched = make_schedule(T, reverse, lengths, grad_output_in);
-  const Tensor grad_output = grad_output_in.contiguous();
+  const bool proj = a.w_hr.has_value();
+  const Device device(a.grad_output);
+  const Schedule sched = make_schedule(T, a.reverse, a.lengths, a.grad_output);
+  const Tensor grad_output = a.grad_output.contiguous();
   std::vector<Tensor> saved;
-  for (const Tensor& t : ws_in) saved.push_back(t.contiguous());
+  for (const Tensor& t : a.workspace) saved.push_back(t.contiguous());
   const Tensor& hprev = saved.back();
   const Dtype dtype = dtype_of(grad_output);
   const at::TensorOptions state = state_options(grad_output);
   const at::TensorOptions storage = grad_output.options();
-  const Tensor w_hh = state_weight(w_hh_in, state);
-  const Tensor w_hr = proj ? state_weight(*w_hr_in, state) : Tensor();
+  const Tensor w_hh = state_weight(a.w_hh, state);
+  const Tensor w_hr = proj ? state_weight(*a.w_hr, state) : Tensor();
 
   Tensor grad_xproj = at::empty({T, B, G * H}, storage);  // every row written
   Tensor grad_hproj = at::empty({own_recurrent_grad ? T : 0, B, G * H}, storage);
-  const PingPong carry(grad_h_n, state);  // d h_t / d h_{t-1}
+  const PingPong carry(a.grad_h_n, state);  // d h_t / d h_{t-1}
   Tensor grad_c = cell.has_cell_state()  // d c, updated in place
-                      ? grad_c_n->to(state.dtype(), /*non_blocking=*/false, /*copy=*/true)
+                      ? a.grad_c_n->to(state.dtype(), /*non_blocking=*/false, /*copy=*/true)
                             .contiguous()
                       : at::empty({0}, state);
   Tensor grad_step = at::empty({B, G * H}, state);
@@ -267,12 +258,12 @@ TimeLoopBackwardResult backward(const LayerSizes& sz, const Tensor& grad_output_
 template <typename Device>
 struct DeviceLoops {
   template <Cell C>
-  static TimeLoopForwardResult forward(auto&&... args) {
-    return loops::forward<Device, C>(args...);
+  static TimeLoopForwardResult forward(const ForwardArgs& a) {
+    return loops::forward<Device, C>(a);
   }
   template <Cell C>
-  static TimeLoopBackwardResult backward(auto&&... args) {
-    return loops::backward<Device, C>(args...);
+  static TimeLoopBackwardResult backward(const BackwardArgs& a) {
+    return loops::backward<Device, C>(a);
   }
 };
 
