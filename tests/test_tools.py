@@ -197,3 +197,36 @@ def test_busy_machine_bench_pairs_repetitions(tmp_path):
     for r in results:
         median, low, high = r["paired"]
         assert low <= median <= high and r["fused_default_over_one_thread"] == median
+
+
+def test_ab_builds_compares_paired_speedups(tmp_path):
+    """bench/ab_builds.py: per configuration, B's speedup over A's in each paired repetition;
+    "slower" needs the median and the best repetition under 1 - tolerance. Then one tiny
+    configuration run end to end, this checkout against itself."""
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    try:
+        import ab_builds
+    finally:
+        sys.path.pop(0)
+
+    def report(speedups):
+        config = {"cell": "gru", "T": 5, "B": 2, "I": 3, "H": 4, "layers": 1,
+                  "bidirectional": False, "dtype": "float32"}
+        return {"results": [{"config": config, "timings": {
+            "fwd": {"speedup": speedups[0]}, "fwd+bwd": {"speedup": speedups[1]}}}]}
+    a = [report((2.0, 4.0))] * 3
+    b = [report((1.8, 4.0)), report((1.7, 4.4)), report((1.96, 3.8))]
+    fwd, both = ab_builds.compare(a, b, tolerance=0.05)
+    assert fwd["ratios"] == pytest.approx([0.9, 0.85, 0.98]) and fwd["median"] == pytest.approx(0.9)
+    assert not fwd["slower"]  # the best repetition (0.98) is within 5%
+    assert both["median"] == pytest.approx(1.0) and not both["slower"]
+    b[2] = report((1.8, 3.8))
+    assert ab_builds.compare(a, b, tolerance=0.05)[0]["slower"]
+    out = tmp_path / "ab.json"
+    subprocess.run([sys.executable, os.path.join(ROOT, "bench", "ab_builds.py"), "--a", ROOT,
+                    "--b", ROOT, "--reps", "1", "--budget", "0.02", "--cells", "rnn_tanh",
+                    "--T", "4", "--B", "2", "--I", "3", "--H", "8", "--json", str(out)],
+                   check=True, cwd=ROOT, capture_output=True, text=True)
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["pass"] for r in rows] == ["fwd", "fwd+bwd"]
+    assert all(len(r["ratios"]) == 1 and r["ratios"][0] > 0 for r in rows)

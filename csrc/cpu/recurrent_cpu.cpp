@@ -131,16 +131,14 @@ template <typename T>
 struct WorkspaceOut {
   T* parts[kMaxWorkspaceParts] = {};
   int64_t widths[kMaxWorkspaceParts] = {};
-  int cell_parts = 0;  // the parts before hprev: the cell's own
   T* hprev = nullptr;  // (T, B, P)
 
   WorkspaceOut(const CellSpec& cell, const std::vector<Tensor>& saved, const LayerSizes& sz) {
-    cell_parts = cell.workspace_parts - 1;
     for (int i = 0; i < cell.workspace_parts; ++i) {
       widths[i] = workspace_width(cell.workspace[i], sz);
       if (saved[i].numel() > 0) parts[i] = saved[i].data_ptr<T>();
     }
-    hprev = parts[cell_parts];
+    hprev = parts[cell.workspace_parts - 1];
   }
 };
 
@@ -173,7 +171,8 @@ TimeLoopForwardResult forward(const ForwardArgs& a) {
     saved.push_back(workspace(save_workspace, xproj, T, B, workspace_width(cell.workspace[i], sz)));
   }
   const PingPong h_state = ping_pong(a.h0, T);
-  const PingPong c_state = ping_pong(cell.has_cell_state() ? *a.c0 : at::empty({0}, options), T);
+  std::optional<PingPong> c_state;
+  if constexpr (cell.has_cell_state()) c_state = ping_pong(*a.c0, T);
   // The first part of a step's workspace when nothing is saved (its row kernels write it).
   const int64_t first_width = workspace_width(cell.workspace[0], sz);
   Tensor scratch = at::empty({save_workspace ? 0 : B, first_width}, options);
@@ -198,17 +197,24 @@ TimeLoopForwardResult forward(const ForwardArgs& a) {
     S* scratch_data = scratch.data_ptr<S>();
     S* full_data = full.data_ptr<S>();
     S* tiles_data = tiles.data_ptr<S>();
+    constexpr int kCellParts = cell.workspace_parts - 1;  // the parts before hprev
     run_team(team, w.num_blocks(), [&](Worker& me) {
       S* tile = tiles_data + me.id * tiles.stride(0);
       for (int64_t s = 0; s < T; ++s) {
         const S* h_cur = h_state.slot<S>(s);
         S* h_next = h_state.slot<S>(s + 1);
-        const S* c_cur = cell.has_cell_state() ? c_state.slot<S>(s) : nullptr;
-        S* c_next = cell.has_cell_state() ? c_state.slot<S>(s + 1) : nullptr;
+        const S* c_cur = c_state ? c_state->slot<S>(s) : nullptr;
+        S* c_next = c_state ? c_state->slot<S>(s + 1) : nullptr;
         if (!packed) w.multiply(B, h_cur, P, 0, full_data, G * H);
         {  // the worker's units
           const auto [j0, n] = unit_range(me.block_begin, me.block_end, H);
           const auto gh = worker_product(w, me, B, h_cur, P, G, H, full_data, tile);
+          ForwardRow<S> r{};  // what every row of this step shares; the loop sets the rest
+          r.gh_stride = gh.gate_stride;
+          r.b_hh = bias ? bias + j0 : nullptr;
+          r.save = save_workspace;
+          r.n = n;
+          r.H = H;
           for (int64_t b = 0; b < B; ++b) {
             const int64_t row = sched.slot(s, b) * B + b;
             if (!sched.active(s, b)) {
@@ -218,31 +224,28 @@ TimeLoopForwardResult forward(const ForwardArgs& a) {
                 zero_row(out + row * H + j0, n);
                 if (ws.hprev) zero_row(ws.hprev + row * H + j0, n);
               }
-              for (int i = 0; i < ws.cell_parts; ++i) {
-                if (ws.parts[i]) {
+              if (save_workspace) {
+                for (int i = 0; i < kCellParts; ++i) {
                   zero_gate_units(ws.parts[i] + row * ws.widths[i], cell.workspace[i].units, H,
                                   j0, n);
                 }
               }
               continue;
             }
-            ForwardRow<S> r{};
             r.x = x + row * G * H + j0;
             r.gh = gh.data + b * gh.ld;
-            r.gh_stride = gh.gate_stride;
-            r.b_hh = bias ? bias + j0 : nullptr;
             r.h_cur = h_cur + b * P + j0;
             r.h_new = proj ? unproj + b * H + j0 : h_next + b * H + j0;
             r.out = proj ? r.h_new : out + row * H + j0;
-            r.c_cur = c_cur ? c_cur + b * H + j0 : nullptr;
-            r.c_new = c_next ? c_next + b * H + j0 : nullptr;
-            for (int i = 0; i < ws.cell_parts; ++i) {
-              r.ws[i] = ws.parts[i] ? ws.parts[i] + row * ws.widths[i] + j0 : nullptr;
+            if constexpr (cell.has_cell_state()) {
+              r.c_cur = c_cur + b * H + j0;
+              r.c_new = c_next + b * H + j0;
             }
-            r.save = ws.parts[0] != nullptr;
-            if (!r.save) r.ws[0] = scratch_data + b * first_width + j0;
-            r.n = n;
-            r.H = H;
+            if (save_workspace) {
+              for (int i = 0; i < kCellParts; ++i) r.ws[i] = ws.parts[i] + row * ws.widths[i] + j0;
+            } else {
+              r.ws[0] = scratch_data + b * first_width + j0;
+            }
             CpuCell<C>::forward(r);
             if (!proj && ws.hprev) copy_units(ws.hprev + row * H + j0, h_cur + b * H + j0, n);
           }
@@ -276,7 +279,7 @@ TimeLoopForwardResult forward(const ForwardArgs& a) {
       }
     });
   });
-  Tensor c_n = cell.has_cell_state() ? c_state.result : at::empty({0}, options);
+  Tensor c_n = c_state ? c_state->result : at::empty({0}, options);
   return {output, h_state.result, c_n, save_workspace ? saved : std::vector<Tensor>{}};
 }
 
@@ -380,6 +383,9 @@ TimeLoopBackwardResult backward(const BackwardArgs& a) {
         }
         {  // the worker's hidden units
           const auto [j0, n] = unit_range(u0, u1, H);
+          BackwardRow<S> r{};  // what every row of this step shares; the loop sets the rest
+          r.n = n;
+          r.H = H;
           for (int64_t b = 0; b < B; ++b) {
             const int64_t row = sched.slot(s, b) * B + b;
             if (!sched.active(s, b)) {  // d gates 0: d h passes through the GEMM unchanged
@@ -389,19 +395,16 @@ TimeLoopBackwardResult backward(const BackwardArgs& a) {
               if (!proj) copy_units(dh_prev + b * P + j0, dh + b * P + j0, n);
               continue;
             }
-            BackwardRow<S> r{};
             for (int i = 0; i < cell.workspace_parts; ++i) {
               r.ws[i] = ws[i] + row * widths[i] + j0;
             }
             r.grad_out = proj ? dr + b * H + j0 : gout + row * P + j0;
             r.dh = proj ? nullptr : dh + b * P + j0;
-            r.dc = dc ? dc + b * H + j0 : nullptr;
+            if constexpr (cell.has_cell_state()) r.dc = dc + b * H + j0;
             r.grad_step = gs + b * G * H + j0;
-            r.grad_x = own_recurrent_grad ? gx + row * G * H + j0 : nullptr;
+            if constexpr (own_recurrent_grad) r.grad_x = gx + row * G * H + j0;
             r.dh_prev = proj ? nullptr : dh_prev + b * P + j0;
             r.unprojected = proj ? r_all + row * H + j0 : nullptr;
-            r.n = n;
-            r.H = H;
             CpuCell<C>::backward(r);
             S* keep = own_recurrent_grad ? gh : gx;  // d xproj, or GRU's d(W_hh h + b_hh)
             copy_gate_units(keep + row * G * H, gs + b * G * H, G, H, j0, n);
