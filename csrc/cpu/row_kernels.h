@@ -90,8 +90,8 @@ FUSEDRNN_CPU_CLONES void gru_forward_row(const T* __restrict x, const T* __restr
   });
 }
 
-// Writes d(input projection) grad_x (3H), d(W_hh h + b_hh) grad_h (3H, `stride` apart) and the
-// direct part of dh_prev (the GEMM adds W_hh^T grad_h).
+// Writes d(input projection) grad_x (3H), d(W_hh h + b_hh) grad_h (3H) and the direct part of
+// dh_prev (the GEMM adds W_hh^T grad_h).
 template <typename T>
 FUSEDRNN_CPU_CLONES void gru_backward_row(const T* __restrict ws, const T* __restrict h_prev,
                                           const T* __restrict grad_out, const T* __restrict dh,
@@ -234,7 +234,7 @@ struct CpuCell<Cell::Lstm> {
   static void forward(const ForwardRow<T>& r) {
     lstm_forward_row(r.x, r.gh, r.c_cur, r.c_new, r.h_new, r.ws[0], r.n, r.H, r.gh_stride);
     if (r.out != r.h_new) copy_units(r.out, r.h_new, r.n);
-    if (r.ws[1] != nullptr) {  // saved: c_t and c_{t-1}
+    if (r.save) {  // c_t and c_{t-1}
       copy_units(r.ws[1], r.c_new, r.n);
       copy_units(r.ws[2], r.c_cur, r.n);
     }
