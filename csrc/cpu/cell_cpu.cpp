@@ -36,8 +36,8 @@ constexpr int64_t kMinUnitsPerTask = 16384;
 
 // The rows of the cell's workspace parts before hprev (csrc/cell_table.h) inside one row of
 // the one-step op's workspace, where they lie side by side (step_workspace_units() * H).
-template <typename T>
-void step_workspace_rows(const CellSpec& cell, T* row, int64_t H, T** parts) {
+template <typename Ptr>
+void step_workspace_rows(const CellSpec& cell, Ptr row, int64_t H, Ptr* parts) {
   int64_t offset = 0;
   for (int i = 0; i < cell.workspace_parts - 1; ++i) {
     parts[i] = row + offset;
@@ -169,7 +169,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cell_backward
   Tensor grad_b_hh = at::empty({bias ? GH : 0}, options);
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fusedrnn::cell_backward", [&] {
-    scalar_t* wsd = ws.data_ptr<scalar_t>();
+    const scalar_t* wsd = ws.data_ptr<scalar_t>();
     const scalar_t* dh_out = grad_h_new.data_ptr<scalar_t>();
     const scalar_t* h_prev = h.data_ptr<scalar_t>();
     const scalar_t* zeros = no_carry.data_ptr<scalar_t>();
@@ -183,9 +183,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cell_backward
       constexpr Cell C = decltype(c_)::value;
       for_each_row(B, GH, [&](int64_t b) {
         BackwardRow<scalar_t> r{};
-        scalar_t* parts[kMaxWorkspaceParts] = {};
-        step_workspace_rows(cs, wsd + b * W, H, parts);
-        for (int i = 0; i < kMaxWorkspaceParts; ++i) r.ws[i] = parts[i];
+        step_workspace_rows(cs, wsd + b * W, H, r.ws);
         r.ws[cs.workspace_parts - 1] = h_prev + b * H;  // hprev: the op's own input h
         r.grad_out = dh_out + b * H;
         r.dh = zeros;

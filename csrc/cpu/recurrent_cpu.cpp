@@ -125,15 +125,16 @@ void accumulate_grad_h(const PackedWeight<T>& w, const Worker& me, int64_t B, co
   }
 }
 
-// The cell's workspace (csrc/cell.h) as the forward writes it: each part's (T, B, width) buffer
-// or nullptr when not saved; hprev, always the last part, apart.
+// The cell's workspace (csrc/cell_table.h) as the loops see it: each part's (T, B, width) buffer,
+// or nullptr when not saved; hprev, always the last part, also by name.
 template <typename T>
-struct WorkspaceOut {
+struct WorkspaceBuffers {
   T* parts[kMaxWorkspaceParts] = {};
   int64_t widths[kMaxWorkspaceParts] = {};
   T* hprev = nullptr;  // (T, B, P)
 
-  WorkspaceOut(const CellSpec& cell, const std::vector<Tensor>& saved, const LayerSizes& sz) {
+  WorkspaceBuffers(const CellSpec& cell, const std::vector<Tensor>& saved,
+                   const LayerSizes& sz) {
     for (int i = 0; i < cell.workspace_parts; ++i) {
       widths[i] = workspace_width(cell.workspace[i], sz);
       if (saved[i].numel() > 0) parts[i] = saved[i].data_ptr<T>();
@@ -189,7 +190,7 @@ TimeLoopForwardResult forward(const ForwardArgs& a) {
     Tensor full = at::empty({packed ? 0 : B, G * H}, options);  // W_hh h (BLAS path)
     Tensor tiles =
         at::empty({packed ? team.workers : 0, B, G * tile_units(w.num_blocks())}, options);
-    const WorkspaceOut<S> ws(cell, saved, sz);
+    const WorkspaceBuffers<S> ws(cell, saved, sz);
     const S* x = xproj.data_ptr<S>();
     const S* bias = cell.b_hh_in_step ? b_hh.data_ptr<S>() : nullptr;
     S* out = output.data_ptr<S>();
@@ -330,12 +331,7 @@ TimeLoopBackwardResult backward(const BackwardArgs& a) {
     const TeamPlan team =
         plan_team(packed, w.num_blocks(), B * G * H * P + (proj ? B * P * H : 0), T, true, G);
     const int64_t hidden_blocks = (H + kBlockUnits - 1) / kBlockUnits;
-    const S* ws[kMaxWorkspaceParts] = {};
-    int64_t widths[kMaxWorkspaceParts] = {};
-    for (int i = 0; i < cell.workspace_parts; ++i) {
-      ws[i] = saved[i].data_ptr<S>();
-      widths[i] = workspace_width(cell.workspace[i], sz);
-    }
+    const WorkspaceBuffers<S> ws(cell, saved, sz);
     const S* gout = grad_output.data_ptr<S>();
     S* gx = grad_xproj.data_ptr<S>();
     S* gh = own_recurrent_grad ? grad_hproj.data_ptr<S>() : nullptr;
@@ -396,7 +392,7 @@ TimeLoopBackwardResult backward(const BackwardArgs& a) {
               continue;
             }
             for (int i = 0; i < cell.workspace_parts; ++i) {
-              r.ws[i] = ws[i] + row * widths[i] + j0;
+              r.ws[i] = ws.parts[i] + row * ws.widths[i] + j0;
             }
             r.grad_out = proj ? dr + b * H + j0 : gout + row * P + j0;
             r.dh = proj ? nullptr : dh + b * P + j0;

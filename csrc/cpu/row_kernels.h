@@ -11,7 +11,7 @@
 #include <cstdint>
 #include <cstring>
 
-#include "../cell.h"
+#include "../cell_table.h"
 #include "../gate_math.h"
 #include "blocking.h"
 
