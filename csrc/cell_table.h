@@ -10,6 +10,10 @@ namespace fusedrnn {
 
 enum class Cell { RnnTanh, RnnRelu, Gru, Lstm };
 
+// How h_{t-1} enters a step: Dense, the product W_hh h with w_hh (G*H, P); Diagonal, u ⊙ h for
+// each gate block with w_hh = u (G*H) (IndRNN: every unit sees only its own past), no GEMM.
+enum class Recurrence { Dense, Diagonal };
+
 // One workspace tensor the layer op (time_loop_forward) saves for its backward: (T, B, width),
 // width `units` times H, or P (the size of h) for `of_h`.
 struct WorkspacePart {
@@ -38,8 +42,10 @@ struct CellSpec {
   // each step started from.
   WorkspacePart workspace[kMaxWorkspaceParts];
   int workspace_parts;
+  Recurrence recurrence = Recurrence::Dense;
 
   constexpr bool has_cell_state() const { return states == 2; }
+  constexpr bool diagonal() const { return recurrence == Recurrence::Diagonal; }
   // Whether d(W_hh h (+ b_hh)) differs from d xproj, so backward keeps it for every step (the
   // W_hh gradient and the b_hh sum): where b_hh enters the step (GRU: behind the reset gate).
   constexpr bool own_recurrent_grad() const { return b_hh_in_step; }

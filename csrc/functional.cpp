@@ -55,9 +55,9 @@ std::tuple<Tensor, Tensor, Tensor> layer(Cell cell, const Tensor& x, const Tenso
   constexpr bool kSaveWorkspace = false;
   // One CPU step without lengths or projection is a cell step (a decoder calling the layer once
   // per token): the one-step op does it in one call, without packing W_hh for a single use.
-  // (The cell op takes both biases or neither, and c only for the LSTM.)
+  // (The cell op takes both biases or neither, c only for the LSTM, and a dense W_hh.)
   if (x.is_cpu() && x.sym_size(0) == 1 && !lengths.has_value() && !w_hr.has_value() &&
-      b_ih.has_value() == b_hh.has_value()) {
+      b_ih.has_value() == b_hh.has_value() && !spec(cell).diagonal()) {
     const bool has_c = spec(cell).has_cell_state();
     auto [h_n, c_n, workspace] =
         ops::cell_forward().call(spec(cell).name, x[0], h0, has_c ? c0 : std::nullopt, w_ih, w_hh,
@@ -156,15 +156,15 @@ std::tuple<Tensor, Tensor, Tensor> recurrent_stack(
   TORCH_CHECK(x.dim() == 3, "fusedrnn: x must be (T, B, I), got ", x.sizes());
   // No state given: zeros, as torch.nn starts from; h (L*D, B, P), c (L*D, B, H) for LSTM.
   // Made here rather than by the caller: one op fewer per module call.
-  const Tensor& w_hh0 = flat_weights[1];  // (G*H, P)
+  const Tensor& w_hh0 = flat_weights[1];  // (G*H, P), or (G*H) for a diagonal recurrence
   const int64_t groups = num_layers * num_directions;
   // Symbolic sizes, so torch.compile keeps the batch size dynamic.
-  const Tensor h0 = h0_in.has_value()
-                        ? *h0_in
-                        : at::zeros_symint({groups, x.sym_size(1), w_hh0.sym_size(1)}, x.options());
+  const c10::SymInt H = w_hh0.sym_size(0) / spec(cell).gates;
+  const c10::SymInt P = spec(cell).diagonal() ? H : w_hh0.sym_size(1);
+  const Tensor h0 =
+      h0_in.has_value() ? *h0_in : at::zeros_symint({groups, x.sym_size(1), P}, x.options());
   OptTensor c0 = c0_in;
   if (spec(cell).has_cell_state() && !c0.has_value()) {
-    const c10::SymInt H = w_hh0.sym_size(0) / spec(cell).gates;
     c0 = at::zeros_symint({groups, x.sym_size(1), H}, x.options());
   }
   const bool concurrent =

@@ -54,16 +54,31 @@ inline void check_workspace(const at::Tensor& t, const at::Tensor& storage, cons
   check_shape(t, name, std::move(shape));
 }
 
-// Checks w_hh (G*H, P) and w_hr (P, H), when the cell may project h, against H and `storage`'s
-// dtype and device; returns P.
+// w_hh's rank for the cell's recurrence: (G*H, P) dense, (G*H) diagonal.
+inline void check_w_hh_rank(const CellSpec& cell, const at::Tensor& w_hh) {
+  if (cell.diagonal()) {
+    TORCH_CHECK(w_hh.dim() == 1, "fusedrnn: ", cell.name, " has a diagonal recurrence: w_hh must ",
+                "be (", cell.gates, "*H), got ", w_hh.sizes());
+  } else {
+    TORCH_CHECK(w_hh.dim() == 2 && w_hh.size(0) % cell.gates == 0, "fusedrnn: w_hh must be (",
+                cell.gates, "*H, P), got ", w_hh.sizes());
+  }
+}
+
+// Checks w_hh ((G*H, P), or (G*H) for a diagonal recurrence) and w_hr (P, H), when the cell may
+// project h, against H and `storage`'s dtype and device; returns P.
 inline int64_t check_recurrent_weights(const CellSpec& cell, int64_t H, const at::Tensor& storage,
                                        const at::Tensor& w_hh,
                                        const std::optional<at::Tensor>& w_hr) {
-  TORCH_CHECK(w_hh.dim() == 2, "fusedrnn: w_hh must be 2-D, got ", w_hh.sizes());
-  const int64_t P = w_hh.size(1);
-  check_tensor(w_hh, storage, "w_hh", {cell.gates * H, P});
   TORCH_CHECK(!w_hr.has_value() || cell.projectable, "fusedrnn: ", cell.name,
               " does not project h (w_hr is only for lstm)");
+  check_w_hh_rank(cell, w_hh);
+  if (cell.diagonal()) {
+    check_tensor(w_hh, storage, "w_hh", {cell.gates * H});
+    return H;
+  }
+  const int64_t P = w_hh.size(1);
+  check_tensor(w_hh, storage, "w_hh", {cell.gates * H, P});
   if (w_hr.has_value()) {
     check_tensor(*w_hr, storage, "w_hr", {P, H});
     // As torch.nn requires (proj_size < hidden_size); the kernels write h rows within H lanes.
@@ -109,8 +124,7 @@ inline int64_t workspace_width(const WorkspacePart& part, const LayerSizes& s) {
   return part.of_h ? s.P : part.units * s.H;
 }
 
-// The layer op's backward arguments for `cell`: sizes from grad_output (T, B, P) and w_hh
-// (G*H, P), storage dtype grad_output's; the workspace as the forward saved it, in the state
+// The layer op's backward arguments for `cell`: sizes from grad_output (T, B, P) and w_hh, storage dtype grad_output's; the workspace as the forward saved it, in the state
 // dtype of the storage dtype.
 inline LayerSizes check_time_loop_backward(const CellSpec& cell, const at::Tensor& grad_output,
                                            const at::Tensor& grad_h_n,
@@ -127,8 +141,7 @@ inline LayerSizes check_time_loop_backward(const CellSpec& cell, const at::Tenso
               "fusedrnn: grad_output must be floating point");
   TORCH_CHECK(grad_output.dim() == 3, "fusedrnn: grad_output must be (T, B, P), got ",
               grad_output.sizes());
-  TORCH_CHECK(w_hh.dim() == 2 && w_hh.size(0) % cell.gates == 0, "fusedrnn: w_hh must be (",
-              cell.gates, "*H, P), got ", w_hh.sizes());
+  check_w_hh_rank(cell, w_hh);
   LayerSizes s{grad_output.size(0), grad_output.size(1), w_hh.size(0) / cell.gates, 0};
   s.P = check_recurrent_weights(cell, s.H, grad_output, w_hh, w_hr);
   check_shape(grad_output, "grad_output", {s.T, s.B, s.P});
@@ -150,13 +163,16 @@ struct CellSizes {
   int64_t B, I, H;
 };
 
-// Checks a cell step's inputs against x (B, I) and w_hh (G*H, H); c only for LSTM (needs_c);
-// biases both or neither.
-inline CellSizes check_cell_inputs(int64_t num_gates, bool needs_c, const at::Tensor& x,
-                                   const at::Tensor& h, const std::optional<at::Tensor>& c,
-                                   const at::Tensor& w_ih, const at::Tensor& w_hh,
-                                   const std::optional<at::Tensor>& b_ih,
+// Checks a cell step's inputs against x (B, I) and w_hh (G*H, H); c only for cells with a cell
+// state; biases both or neither. The one-step op runs cells with a dense W_hh only.
+inline CellSizes check_cell_inputs(const CellSpec& cell, const at::Tensor& x, const at::Tensor& h,
+                                   const std::optional<at::Tensor>& c, const at::Tensor& w_ih,
+                                   const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
                                    const std::optional<at::Tensor>& b_hh) {
+  const int64_t num_gates = cell.gates;
+  const bool needs_c = cell.has_cell_state();
+  TORCH_CHECK_NOT_IMPLEMENTED(!cell.diagonal(), "fusedrnn: the one-step op runs cells with a ",
+                              "dense W_hh; ", cell.name, " runs through time_loop_forward");
   TORCH_CHECK(x.dim() == 2, "fusedrnn: x must be (B, I), got ", x.sizes());
   TORCH_CHECK(at::isFloatingType(x.scalar_type()), "fusedrnn: x must be floating point");
   TORCH_CHECK(w_hh.dim() == 2 && w_hh.size(0) == num_gates * w_hh.size(1),

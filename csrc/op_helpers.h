@@ -6,6 +6,7 @@
 
 #include <optional>
 
+#include "cell_table.h"
 #include "schedule.h"
 
 namespace fusedrnn {
@@ -37,6 +38,18 @@ inline at::Tensor workspace(bool save, const at::Tensor& like, int64_t T, int64_
 inline at::Tensor weight_grad(const at::Tensor& grad_rows, const at::Tensor& inputs) {
   // flatten, not reshape(-1, n): that is ambiguous when n is 0 (input_size 0).
   return at::mm(grad_rows.flatten(0, -2).t(), inputs.flatten(0, -2));
+}
+
+// The gradient of w_hh from every step's d(recurrent product) grad_rows (T, B, G*H) and the
+// states it multiplied, hprev (T, B, P): the GEMM above for a dense W_hh; for a diagonal one
+// (w_hh = u (G*H), P = H) the sum over steps and rows of grad_rows * hprev, gate by gate.
+inline at::Tensor recurrent_weight_grad(const CellSpec& cell, const at::Tensor& grad_rows,
+                                        const at::Tensor& hprev) {
+  if (!cell.diagonal()) return weight_grad(grad_rows, hprev);
+  const int64_t T = grad_rows.size(0), B = grad_rows.size(1), H = hprev.size(2);
+  return (grad_rows.view({T, B, cell.gates, H}) * hprev.unsqueeze(2))
+      .sum(at::IntArrayRef{0, 1})
+      .flatten();
 }
 
 }  // namespace fusedrnn

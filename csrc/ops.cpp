@@ -10,7 +10,8 @@
 //                         the step (every cell but GRU)
 //   h0 / h_n (B, P)       c0 / c_n (B, H) for cells with a cell state (LSTM); else c0 is None
 //                         and c_n (0)
-//   w_hh     (G*H, P)     w_hr (P, H) where h may be projected (LSTM)
+//   w_hh     (G*H, P)     w_hr (P, H) where h may be projected (LSTM); (G*H) for a cell with a
+//                         diagonal recurrence (IndRNN: u ⊙ h_{t-1} per gate block, P = H)
 //   b_hh     (G*H)        only where it enters the step (GRU: n = tanh(x_n + r * (W_hn h + b_hn)))
 //   lengths  (B) int64    optional; row b runs lengths[b] steps, then its state is frozen and its
 //                         outputs are zero (torch.nn's PackedSequence semantics)
@@ -39,7 +40,8 @@
 //
 // One step of a cell (RNNCell/GRUCell/LSTMCell), CPU only: input projection, recurrent product
 // and gate math in one op, since at T = 1 every extra op call costs more than the arithmetic:
-//   cell_forward      x (B, I), h (B, H), c (B, H) for LSTM, w_ih (G*H, I), w_hh (G*H, H),
+//   cell_forward      cells with a dense W_hh: x (B, I), h (B, H), c (B, H) for LSTM,
+//                     w_ih (G*H, I), w_hh (G*H, H),
 //                     b_ih/b_hh (G*H); returns h' (B, H), c' (B, H) (LSTM; else (0)) and the
 //                     workspace (B, W) when saved, else (0): the layer workspace's parts but
 //                     hprev, side by side: RNN W = H: h';  GRU W = 4H: r, z, n, hn;

@@ -2,7 +2,7 @@
 // create_graph=True differentiates (csrc/autograd.cpp). Slow (a few ops a step) and used only
 // there. Semantics as the fused ops (csrc/ops.cpp): lengths freeze a row's state and zero its
 // outputs past its length, reverse runs time backwards, GRU's b_hh sits inside r * (...), LSTM's
-// w_hr projects h.
+// w_hr projects h, a diagonal recurrence multiplies h by u elementwise.
 #include <ATen/ATen.h>
 
 #include <vector>
@@ -23,7 +23,9 @@ std::vector<Tensor> reference_time_loop(Cell cell, const Tensor& xproj, const Te
     const int64_t t = reverse ? T - 1 - step : step;
     const Tensor x_t = xproj[t];  // (B, G*H)
     Tensor h_new, c_new;
-    Tensor recurrent = at::matmul(h, w_hh.t());  // (B, G*H)
+    // (B, G*H): W_hh h, or u ⊙ h for every gate block (a diagonal recurrence)
+    Tensor recurrent = spec(cell).diagonal() ? h.repeat({1, spec(cell).gates}) * w_hh
+                                             : at::matmul(h, w_hh.t());
     switch (cell) {
       case Cell::RnnTanh: h_new = at::tanh(x_t + recurrent); break;
       case Cell::RnnRelu: h_new = at::relu(x_t + recurrent); break;

@@ -27,7 +27,8 @@ def _time_loop_forward_fake(cell, xproj, h0, c0, w_hh, b_hh, w_hr, lengths, reve
                             save_workspace):
     spec = CELLS[cell]
     T, B, _ = xproj.shape
-    H, P = w_hh.shape[0] // spec.gates, w_hh.shape[1]
+    H = w_hh.shape[0] // spec.gates
+    P = H if spec.diagonal else w_hh.shape[1]
     c_n = c0.new_empty((B, H)) if spec.has_cell_state else xproj.new_empty((0,))
     workspace = [_workspace(xproj, T, B, units * (P if of == "P" else H))
                  for _, units, of in spec.workspace] if save_workspace else []

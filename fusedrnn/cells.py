@@ -21,10 +21,20 @@ class CellSpec:
     workspace: tuple[tuple[str, int, str], ...]
     b_hh_in_step: bool = False  # b_hh enters the step (GRU) instead of the input projection
     projectable: bool = False   # h may be projected to proj_size features (w_hr)
+    # How h_{t-1} enters a step: "dense", W_hh h with w_hh (G*H, P); "diagonal", u * h per gate
+    # block with w_hh = u (G*H,) (IndRNN).
+    recurrence: str = "dense"
+    # Whether torch.nn has the cell (its `module`); if not, the module's pure-PyTorch reference
+    # (fusedrnn.reference) stands in for torch.nn in tests, verify and bench.
+    in_torch_nn: bool = True
 
     @property
     def has_cell_state(self) -> bool:
         return self.states == 2
+
+    @property
+    def diagonal(self) -> bool:
+        return self.recurrence == "diagonal"
 
     @property
     def step_workspace(self) -> int:

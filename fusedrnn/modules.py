@@ -8,6 +8,7 @@ refuses any module that is an instance of those three.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import operator
 import sys
@@ -19,6 +20,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from .cells import CELL_OF_MODE
 from .functional import recurrent_stack
+from .reference import reference_stack
 
 __all__ = ["RNN", "GRU", "LSTM", "RNNCell", "GRUCell", "LSTMCell"]
 
@@ -102,7 +104,7 @@ def _export_forward(module: nn.RNNBase, input, hx):
     exporter's graph fails in onnxruntime): that one as plain ops."""
     if module.mode == "LSTM" and module.proj_size > 0 and not isinstance(input, PackedSequence):
         return _lstm_with_projection_as_plain_ops(module, input, hx)
-    return _TORCH_FORWARD[module.mode](module, input, hx)
+    return module._torch_forward(input, hx)
 
 
 def _lstm_with_projection_as_plain_ops(module: nn.RNNBase, input: Tensor, hx):
@@ -168,7 +170,24 @@ def _prepare_scriptable(module: nn.Module) -> nn.Module:
 
 
 class _FusedRNNBase(nn.RNNBase):
-    """Shared forward of RNN/GRU/LSTM: input forms and checks as torch.nn, then the fused stack."""
+    """Shared forward of the layer modules: input forms and checks as torch.nn, then the fused
+    stack. A cell torch.nn lacks (IndRNN) gives its step in plain PyTorch, _reference_step: its
+    reference (fusedrnn.reference), which also runs where the others fall back to torch.nn."""
+
+    _display_name = "RNN"  # the module's name in torch.nn's input-dimension message
+    # (x_t (B, I), states (each (B, H)), one layer-direction's weights) -> new states; None for
+    # the cells torch.nn has.
+    _reference_step = None
+
+    def _cell_name(self) -> str:
+        return CELL_OF_MODE[self.mode]
+
+    def _torch_forward(self, input, hx):
+        """torch.nn's forward on this module, or the pure-PyTorch reference's for a cell torch.nn
+        lacks: for the inputs and transforms fusedrnn does not fuse."""
+        if self._reference_step is None:
+            return _TORCH_FORWARD[self.mode](self, input, hx)
+        return self._forward(input, hx, reference=True)
 
     def _check_hx_dims(self, hx, expected: int) -> None:
         """torch.nn's check that hx is 3-D for batched and 2-D for unbatched input."""
@@ -199,9 +218,14 @@ class _FusedRNNBase(nn.RNNBase):
 
     def forward(self, input, hx=None):
         if _under_torch_func():
-            return _TORCH_FORWARD[self.mode](self, input, hx)
+            return self._torch_forward(input, hx)
         if _exporting_to_onnx():
             return _export_forward(self, input, hx)
+        return self._forward(input, hx)
+
+    def _forward(self, input, hx, reference: bool = False):
+        """forward on the fused stack, or with reference=True on the cell's pure-PyTorch
+        reference (fusedrnn.reference; cells torch.nn lacks)."""
         weights = self._current_weights()
         is_lstm = self.mode == "LSTM"
         orig_input = input
@@ -210,11 +234,14 @@ class _FusedRNNBase(nn.RNNBase):
         if isinstance(orig_input, PackedSequence):
             input, batch_sizes, sorted_indices, unsorted_indices = orig_input
             if not _well_formed_batch_sizes(input, batch_sizes):
+                if self._reference_step is not None:  # no torch.nn forward to compute them
+                    raise ValueError(f"{self._display_name}: PackedSequence batch_sizes must be "
+                                     f"positive and non-increasing, got {batch_sizes.tolist()}")
                 return _TORCH_FORWARD[self.mode](self, orig_input, hx)
         else:
             batch_sizes = sorted_indices = unsorted_indices = None
             if input.dim() not in (2, 3):
-                name = "RNN" if self.mode.startswith("RNN") else self.mode
+                name = self._display_name
                 tensor_word = " tensor" if name == "RNN" else ""
                 raise ValueError(
                     f"{name}: Expected input to be 2D or 3D, got {input.dim()}D{tensor_word} instead")
@@ -249,8 +276,10 @@ class _FusedRNNBase(nn.RNNBase):
             if input.size(0 if not self.batch_first else 1) == 0:
                 raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
             x = input.transpose(0, 1) if self.batch_first else input
-        output, h_n, c_n = recurrent_stack(
-            CELL_OF_MODE[self.mode], x, h0, c0, weights,
+        stack = recurrent_stack if not reference else \
+            functools.partial(reference_stack, self._reference_step)
+        output, h_n, c_n = stack(
+            self._cell_name(), x, h0, c0, weights,
             num_layers=self.num_layers, bidirectional=self.bidirectional, bias=self.bias,
             proj_size=self.proj_size, dropout=self.dropout, training=self.training,
             lengths=lengths)
@@ -300,6 +329,8 @@ class RNN(_FusedRNNBase):
 class GRU(_FusedRNNBase):
     """Drop-in for torch.nn.GRU."""
 
+    _display_name = "GRU"
+
     def __init__(self, *args, **kwargs):
         if "proj_size" in kwargs:
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
@@ -308,6 +339,8 @@ class GRU(_FusedRNNBase):
 
 class LSTM(_FusedRNNBase):
     """Drop-in for torch.nn.LSTM (with proj_size)."""
+
+    _display_name = "LSTM"
 
     def __init__(self, *args, **kwargs):
         super().__init__("LSTM", *args, **kwargs)

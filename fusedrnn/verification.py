@@ -8,7 +8,9 @@ h0/c0, each parameter) is compared with the reference; a tensor passes when
     |fused - ref| <= 2 * |torch.nn - ref| + atol[dtype] * max(1, max|ref|)     (max over elements)
 
 The atol scales with the reference's magnitude because weight gradients summed over many steps are
-large and their summation-order noise grows with them, for torch.nn and fusedrnn alike.
+large and their summation-order noise grows with them, for torch.nn and fusedrnn alike. For a cell
+torch.nn lacks (IndRNN), its pure-PyTorch reference (fusedrnn.reference) takes torch.nn's place in
+all three runs.
 `python -m fusedrnn verify` and the tests both use this module.
 """
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
-from . import cells, modules
+from . import cells, reference
 
 # What verify and bench run: every cell, and LSTM with proj_size ->
 # (module class name, constructor kwargs).
@@ -104,11 +106,24 @@ class CellLoop(nn.Module):
         return torch.stack(outputs), state.unsqueeze(0)
 
 
+def module_classes(case: Case) -> tuple[type, type]:
+    """(the baseline's class, fusedrnn's class) for a case: the baseline is torch.nn's module,
+    or for a cell torch.nn lacks its pure-PyTorch reference (fusedrnn.reference)."""
+    import fusedrnn  # the package's modules (this module is imported while it loads)
+    name, _ = case.kwargs()
+    fused_cls = getattr(fusedrnn, name)
+    if spec_of(case.cell).in_torch_nn:
+        return getattr(nn, name), fused_cls
+    return reference.reference_module(fused_cls), fused_cls
+
+
 def make_pair(case: Case, dtype=torch.float64, device="cpu"):
-    """torch.nn module and fusedrnn module with identical weights."""
-    name, kw = case.kwargs()
-    ref = getattr(nn, name)(**kw).to(device=device, dtype=dtype)
-    fused = getattr(modules, name)(**kw).to(device=device, dtype=dtype)
+    """The baseline module (torch.nn's, or the reference) and fusedrnn's, with identical
+    weights."""
+    ref_cls, fused_cls = module_classes(case)
+    _, kw = case.kwargs()
+    ref = ref_cls(**kw).to(device=device, dtype=dtype)
+    fused = fused_cls(**kw).to(device=device, dtype=dtype)
     if case.cell_loop:
         ref, fused = CellLoop(ref), CellLoop(fused)
     fused.load_state_dict(ref.state_dict())

@@ -65,7 +65,7 @@ std::tuple<Tensor, Tensor, Tensor> cell_forward(
   const bool lstm = cs.has_cell_state(), gru = cs.b_hh_in_step, bias = b_ih_in.has_value();
   const int64_t G = cs.gates;
   const CellSizes sz =
-      check_cell_inputs(G, lstm, x_in, h_in, c_in, w_ih_in, w_hh_in, b_ih_in, b_hh_in);
+      check_cell_inputs(cs, x_in, h_in, c_in, w_ih_in, w_hh_in, b_ih_in, b_hh_in);
   const int64_t B = sz.B, I = sz.I, H = sz.H, GH = G * H, W = cs.step_workspace_units() * H;
   const Tensor x = x_in.contiguous(), h = h_in.contiguous(), w_ih = w_ih_in.contiguous(),
                w_hh = w_hh_in.contiguous();
@@ -139,8 +139,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cell_backward
   const CellSpec& cs = spec(cell);
   const bool lstm = cs.has_cell_state(), gru = cs.own_recurrent_grad();
   const int64_t G = cs.gates;
-  const CellSizes sz = check_cell_inputs(G, lstm, x_in, h_in, c_in, w_ih_in, w_hh_in,
-                                         std::nullopt, std::nullopt);
+  const CellSizes sz = check_cell_inputs(cs, x_in, h_in, c_in, w_ih_in, w_hh_in, std::nullopt,
+                                         std::nullopt);
   const int64_t B = sz.B, I = sz.I, H = sz.H, GH = G * H, W = cs.step_workspace_units() * H;
   check_tensor(grad_h_new_in, x_in, "grad_h_new", {B, H});
   TORCH_CHECK(grad_c_new_in.has_value() == lstm, "fusedrnn: grad_c_new is ",

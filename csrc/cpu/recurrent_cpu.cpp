@@ -2,7 +2,8 @@
 // every cell: what differs between cells is their row of a step (CpuCell<C>, row_kernels.h) and
 // what the cell table (csrc/cell_table.h) says (gates, states, workspace, b_hh in the step).
 //
-// W_hh is packed once per call (packed_gemm.h) and the time loop runs on a team of threads that
+// W_hh is packed once per call (packed_gemm.h; a diagonal recurrence's u is used as it is,
+// diagonal_weight.h) and the time loop runs on a team of threads that
 // stays together for the whole sequence (team.h). Each worker owns blocks of 16 hidden units:
 // per step and block it computes W_hh h for those units of every gate into a small tile and
 // does their gate math (gate_math.h, row_kernels.h) while the tile is in L1; one barrier per
@@ -20,10 +21,12 @@
 #include <cstring>
 #include <optional>
 #include <tuple>
+#include <type_traits>
 
 #include "../gate_math.h"
 #include "../op_helpers.h"
 #include "../time_loop_op.h"
+#include "diagonal_weight.h"
 #include "packed_gemm.h"
 #include "row_kernels.h"
 #include "team.h"
@@ -84,6 +87,12 @@ inline std::pair<int64_t, int64_t> unit_range(int64_t u0, int64_t u1, int64_t un
   return {first, std::min(u1 * kBlockUnits, units) - first};
 }
 
+// W_hh as the loops multiply by it: packed (packed_gemm.h), or the diagonal u of a diagonal
+// recurrence (diagonal_weight.h, the same interface).
+template <typename S, Recurrence R>
+using RecurrentWeight =
+    std::conditional_t<R == Recurrence::Dense, PackedWeight<S>, DiagonalWeight<S>>;
+
 // Per-worker tile width per gate: every block, as the team granted may be smaller than asked
 // (nested parallelism), leaving one worker with all of them.
 inline int64_t tile_units(int64_t num_blocks) { return num_blocks * kBlockUnits; }
@@ -99,8 +108,8 @@ struct WorkerProduct {
 // Packed path: computed now, block by block, into the worker's tile (B, G, its units), so the
 // gate pass after it reads each gate of a row as one contiguous run. BLAS path (team of one):
 // read from `full` (B, G*H), the whole product the caller computed for this step.
-template <typename T>
-WorkerProduct<T> worker_product(const PackedWeight<T>& w, const Worker& me, int64_t B,
+template <typename T, typename Weight>
+WorkerProduct<T> worker_product(const Weight& w, const Worker& me, int64_t B,
                                 const T* h, int64_t ldh, int64_t G, int64_t H, const T* full,
                                 T* tile) {
   if (!w.packed()) return {full + me.block_begin * kBlockUnits, G * H, H};
@@ -113,8 +122,8 @@ WorkerProduct<T> worker_product(const PackedWeight<T>& w, const Worker& me, int6
 }
 
 // d h_{t-1}[:, the worker's units] += grad_gates (B, K) · W_hh (K, P).
-template <typename T>
-void accumulate_grad_h(const PackedWeight<T>& w, const Worker& me, int64_t B, const T* grad_gates,
+template <typename T, typename Weight>
+void accumulate_grad_h(const Weight& w, const Worker& me, int64_t B, const T* grad_gates,
                        int64_t ld, T* dh_prev, int64_t P) {
   if (!w.packed()) {  // a team of one: the whole product at once
     w.multiply(B, grad_gates, ld, T(1), dh_prev, P);
@@ -156,6 +165,7 @@ TimeLoopForwardResult forward(const ForwardArgs& a) {
   constexpr int64_t G = cell.gates;
   const LayerSizes& sz = a.sz;
   const int64_t T = sz.T, B = sz.B, H = sz.H, P = sz.P;
+  const int64_t recurrent_macs = B * G * H * (cell.diagonal() ? 1 : P);  // per step
   const bool proj = a.w_hr.has_value(), save_workspace = a.save_workspace;
   const Schedule sched = make_schedule(T, a.reverse, a.lengths, a.xproj);
   const Tensor xproj = a.xproj.contiguous(), w_hh = a.w_hh.contiguous();
@@ -181,12 +191,13 @@ TimeLoopForwardResult forward(const ForwardArgs& a) {
 
   AT_DISPATCH_FLOATING_TYPES(xproj.scalar_type(), "fusedrnn::time_loop_forward", [&] {
     using S = scalar_t;
-    const PackedWeight<S> w(w_hh.data_ptr<S>(), G * H, P, /*transposed=*/true, /*groups=*/G);
+    const RecurrentWeight<S, cell.recurrence> w(w_hh.data_ptr<S>(), G * H, P,
+                                                /*transposed=*/true, /*groups=*/G);
     const PackedWeight<S> w_r(proj ? w_hr.data_ptr<S>() : nullptr, proj ? P : 0, H,
                               /*transposed=*/true);
     const bool packed = w.packed() && (!proj || w_r.packed());
     const TeamPlan team =
-        plan_team(packed, w.num_blocks(), B * G * H * P + (proj ? B * P * H : 0), T, false, G);
+        plan_team(packed, w.num_blocks(), recurrent_macs + (proj ? B * P * H : 0), T, false, G);
     Tensor full = at::empty({packed ? 0 : B, G * H}, options);  // W_hh h (BLAS path)
     Tensor tiles =
         at::empty({packed ? team.workers : 0, B, G * tile_units(w.num_blocks())}, options);
@@ -298,6 +309,7 @@ TimeLoopBackwardResult backward(const BackwardArgs& a) {
   constexpr bool own_recurrent_grad = cell.own_recurrent_grad();
   const LayerSizes& sz = a.sz;
   const int64_t T = sz.T, B = sz.B, H = sz.H, P = sz.P;
+  const int64_t recurrent_macs = B * G * H * (cell.diagonal() ? 1 : P);  // per step
   const bool proj = a.w_hr.has_value();
   const Schedule sched = make_schedule(T, a.reverse, a.lengths, a.w_hh);
   const Tensor grad_output = a.grad_output.contiguous(), w_hh = a.w_hh.contiguous();
@@ -324,12 +336,13 @@ TimeLoopBackwardResult backward(const BackwardArgs& a) {
 
   AT_DISPATCH_FLOATING_TYPES(hprev.scalar_type(), "fusedrnn::time_loop_backward", [&] {
     using S = scalar_t;
-    const PackedWeight<S> w(w_hh.data_ptr<S>(), P, G * H, /*transposed=*/false);
+    const RecurrentWeight<S, cell.recurrence> w(w_hh.data_ptr<S>(), P, G * H,
+                                                /*transposed=*/false);
     const PackedWeight<S> w_r(proj ? w_hr.data_ptr<S>() : nullptr, proj ? H : 0, P,
                               /*transposed=*/false);
     const bool packed = w.packed() && (!proj || w_r.packed());
     const TeamPlan team =
-        plan_team(packed, w.num_blocks(), B * G * H * P + (proj ? B * P * H : 0), T, true, G);
+        plan_team(packed, w.num_blocks(), recurrent_macs + (proj ? B * P * H : 0), T, true, G);
     const int64_t hidden_blocks = (H + kBlockUnits - 1) / kBlockUnits;
     const WorkspaceBuffers<S> ws(cell, saved, sz);
     const S* gout = grad_output.data_ptr<S>();
@@ -418,7 +431,7 @@ TimeLoopBackwardResult backward(const BackwardArgs& a) {
   return {grad_xproj,
           carry.result,
           cell.has_cell_state() ? grad_c : none(),
-          weight_grad(recurrent_grad, hprev),
+          recurrent_weight_grad(cell, recurrent_grad, hprev),
           own_recurrent_grad ? recurrent_grad.sum(at::IntArrayRef{0, 1}) : none(),
           proj ? weight_grad(grad_h_all, unprojected_all) : none()};
 }

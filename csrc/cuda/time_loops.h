@@ -1,10 +1,11 @@
 // CUDA time loops of one layer and one direction, forward and backward, one of each for every
 // cell (the cell's step kernels and the cell table, csrc/cell_table.h, make the difference):
 // the per-step design. Per step: one GEMM through at::mm_out / addmm_ (on a GPU: torch's current
-// cuBLAS handle and stream and its TF32 settings), then ONE fused pointwise kernel
-// (step_kernels.cu). Backward likewise, with the weight gradients as one GEMM at the end. No
-// host synchronisation, no private stream or handle. The loops mirror csrc/cpu/recurrent_cpu.cpp
-// step for step; shapes and workspaces are documented with the schemas in csrc/ops.cpp.
+// cuBLAS handle and stream and its TF32 settings; for a diagonal recurrence one elementwise
+// product instead), then ONE fused pointwise kernel (step_kernels.cu). Backward likewise, with
+// the weight gradients as one GEMM at the end. No host synchronisation, no private stream or
+// handle. The loops mirror csrc/cpu/recurrent_cpu.cpp step for step; shapes and workspaces are
+// documented with the schemas in csrc/ops.cpp.
 //
 // Written once for two drivers, the `Device` template argument:
 //   CudaDevice (recurrent_cuda.cpp): CUDA tensors, real launches on the current stream;
@@ -81,6 +82,33 @@ inline void step_gemm(Tensor C, const Tensor& A, const Tensor& W, bool transpose
   }
 }
 
+// gh (B, G*H) = the recurrent product of h (B, P) for the cell's recurrence: W_hh h (a GEMM),
+// or u ⊙ h for each gate block (w_hh = u (G*H); P = H).
+template <Recurrence R>
+void recurrent_product(Tensor gh, const Tensor& h, const Tensor& w_hh) {
+  if constexpr (R == Recurrence::Dense) {
+    step_gemm(gh, h, w_hh, /*transposed=*/true, /*accumulate=*/false);
+  } else {
+    const int64_t B = h.size(0), H = h.size(1);
+    Tensor gates = gh.view({B, -1, H});
+    at::mul_out(gates, h.unsqueeze(1), w_hh.view({-1, H}));
+  }
+}
+
+// dh (B, P) += grad_gh (B, G*H) back through that product: grad_gh · W_hh, or the sum over gate
+// blocks of grad_gh ⊙ u.
+template <Recurrence R>
+void accumulate_recurrent_grad(Tensor dh, const Tensor& grad_gh, const Tensor& w_hh) {
+  if constexpr (R == Recurrence::Dense) {
+    step_gemm(dh, grad_gh, w_hh, /*transposed=*/false, /*accumulate=*/true);
+  } else if (grad_gh.size(1) == dh.size(1)) {  // one gate block
+    dh.addcmul_(grad_gh, w_hh);
+  } else {
+    const int64_t B = dh.size(0), H = dh.size(1);
+    dh.add_((grad_gh.view({B, -1, H}) * w_hh.view({-1, H})).sum(1));
+  }
+}
+
 // A ping-pong pair (2, rows, width) of state buffers, slot 0 holding `initial`: step s reads
 // slot s & 1 and writes (s + 1) & 1, so slot T & 1 holds the result.
 struct PingPong {
@@ -143,7 +171,7 @@ TimeLoopForwardResult forward(const ForwardArgs& a) {
   const std::optional<PingPong> c =
       cell.has_cell_state() ? std::optional<PingPong>(std::in_place, *a.c0, state)
                             : std::nullopt;
-  Tensor pre_h = at::empty({B, G * H}, state);  // W_hh h_{t-1}
+  Tensor pre_h = at::empty({B, G * H}, state);  // W_hh h_{t-1} (u ⊙ h_{t-1}: diagonal)
   // h before W_hr; zeros, as the kernel writes active rows only and the GEMM reads all.
   Tensor unprojected = at::zeros({proj ? B : 0, H}, state);
 
@@ -157,7 +185,7 @@ TimeLoopForwardResult forward(const ForwardArgs& a) {
   p.unprojected = data_or_null(unprojected);
   p.ws = step_workspace(cell, saved);
   for (int64_t s = 0; s < T; ++s) {
-    step_gemm(pre_h, h.slot(s), w_hh, /*transposed=*/true, /*accumulate=*/false);
+    recurrent_product<cell.recurrence>(pre_h, h.slot(s), w_hh);
     p.at.s = s;
     p.h_cur = h.data(s);
     p.h_next = h.data(s + 1);
@@ -242,14 +270,14 @@ TimeLoopBackwardResult backward(const BackwardArgs& a) {
     p.dh_prev = carry.data(step + 1);
     device.check(backward_step<C>(p, dtype, device.stream()));
     // d h_{t-1} += d gates · W_hh   (inactive rows have zero gate grads and pass d h through)
-    step_gemm(carry.slot(step + 1), grad_step, w_hh, /*transposed=*/false, /*accumulate=*/true);
+    accumulate_recurrent_grad<cell.recurrence>(carry.slot(step + 1), grad_step, w_hh);
   }
   const Tensor& recurrent_grad = own_recurrent_grad ? grad_hproj : grad_xproj;
   const auto none = [&] { return at::empty({0}, storage); };  // one per output: no aliases
   return {grad_xproj,
           returned(carry.slot(T), grad_output),
           cell.has_cell_state() ? returned(grad_c, grad_output) : none(),
-          weight_grad(recurrent_grad, as_storage(hprev, grad_output)),
+          recurrent_weight_grad(cell, recurrent_grad, as_storage(hprev, grad_output)),
           own_recurrent_grad ? recurrent_grad.sum(at::IntArrayRef{0, 1}) : none(),
           proj ? as_storage(weight_grad(grad_h_all, unprojected_all), grad_output) : none()};
 }
