@@ -18,7 +18,8 @@ import time
 import torch
 
 from . import floors, report
-from .verification import CELLS, Case, available_dtypes, compare, make_pair, worst
+from .verification import (
+    CELL_LOOP_CELLS, CELLS, Case, available_dtypes, compare, make_pair, worst)
 
 # (T, B, I, H)
 SEED_SIZE = (300, 1, 1, 32)          # the seeds' programs
@@ -238,10 +239,11 @@ def build_configs(args) -> list[BenchConfig]:
     if args.bidirectional:
         directions = [True]
     if args.cell_loop:
-        if args.bidirectional or (args.layers and args.layers != [1]) or "lstm_proj" in cells:
-            raise SystemExit("--cell-loop times one unidirectional layer of rnn_tanh, rnn_relu, "
-                             "gru or lstm")
-        cells = [c for c in cells if c != "lstm_proj"]
+        if args.bidirectional or (args.layers and args.layers != [1]) or (
+                args.cells and set(cells) - set(CELL_LOOP_CELLS)):
+            raise SystemExit("--cell-loop times one unidirectional layer of "
+                             + ", ".join(CELL_LOOP_CELLS))
+        cells = [c for c in cells if c in CELL_LOOP_CELLS]
         layer_counts, directions = [1], [False]
     dtypes = report.parse_choices(args.dtype, available_dtypes(args.device), f"dtype on {args.device}")
     return [BenchConfig(cell, *size, layers=L, bidirectional=bi, dtype=dtype, device=args.device,

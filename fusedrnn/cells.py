@@ -27,6 +27,8 @@ class CellSpec:
     # Whether torch.nn has the cell (its `module`); if not, the module's pure-PyTorch reference
     # (fusedrnn.reference) stands in for torch.nn in tests, verify and bench.
     in_torch_nn: bool = True
+    # Whether fusedrnn has a one-step module for it (module + "Cell": RNNCell, GRUCell, LSTMCell).
+    cell_module: bool = True
 
     @property
     def has_cell_state(self) -> bool:

@@ -45,16 +45,20 @@ def sgemm_rate(m: int, k: int, n: int, dtype: str = "float32", min_time_s: float
 
 
 def layer_gemms(T: int, B: int, I: int, H: int, gates: int, P: int, proj: bool,
-                backward: bool) -> list[tuple[int, int, int, int]]:
-    """(m, k, n, count) of every matrix product of one layer and direction."""
-    gemms = [(T * B, I, gates * H, 1), (B, P, gates * H, T)]
+                backward: bool, dense: bool = True) -> list[tuple[int, int, int, int]]:
+    """(m, k, n, count) of every matrix product of one layer and direction (`dense`: W_hh is a
+    matrix; a diagonal recurrence has no recurrent product)."""
+    gemms = [(T * B, I, gates * H, 1)]
+    if dense:
+        gemms.append((B, P, gates * H, T))
     if proj:
         gemms.append((B, H, P, T))
     if backward:
         gemms += [(T * B, gates * H, I, 1),      # d x
-                  (gates * H, T * B, I, 1),      # d W_ih
-                  (B, gates * H, P, T),          # d h_{t-1} every step
-                  (gates * H, T * B, P, 1)]      # d W_hh
+                  (gates * H, T * B, I, 1)]      # d W_ih
+        if dense:
+            gemms += [(B, gates * H, P, T),      # d h_{t-1} every step
+                      (gates * H, T * B, P, 1)]  # d W_hh
         if proj:
             gemms += [(B, P, H, T), (P, T * B, H, 1)]  # d(o*tanh c) every step, d W_hr
     return gemms
@@ -62,13 +66,14 @@ def layer_gemms(T: int, B: int, I: int, H: int, gates: int, P: int, proj: bool,
 
 def config_gemms(cell: str, T: int, B: int, I: int, H: int, layers: int, bidirectional: bool,
                  backward: bool, proj_size: int = 0) -> list[tuple[int, int, int, int]]:
-    gates = spec_of(cell).gates
+    spec = spec_of(cell)
     P = proj_size or H
     directions = 2 if bidirectional else 1
     gemms = []
     for layer in range(layers):
         layer_input = I if layer == 0 else directions * P
-        gemms += layer_gemms(T, B, layer_input, H, gates, P, proj_size > 0, backward) * directions
+        gemms += layer_gemms(T, B, layer_input, H, spec.gates, P, proj_size > 0, backward,
+                             not spec.diagonal) * directions
     return gemms
 
 

@@ -35,6 +35,10 @@ def spec_of(config: str) -> cells.CellSpec:
     return cells.CELLS["lstm" if config == "lstm_proj" else config]
 
 
+# The configurations whose cell has a one-step module (RNNCell, ...): what a cell loop can run.
+CELL_LOOP_CELLS = [c for c in CELLS if c != "lstm_proj" and spec_of(c).cell_module]
+
+
 INPUT_KINDS = ("batched", "unbatched", "packed_sorted", "packed_unsorted")
 
 # The rule's atol per dtype under test (see the module docstring).
@@ -62,9 +66,10 @@ class Case:
 
     def __post_init__(self):
         if self.cell_loop and (self.num_layers != 1 or self.bidirectional or self.batch_first
-                               or self.input_kind != "batched" or self.cell == "lstm_proj"):
+                               or self.input_kind != "batched"
+                               or self.cell not in CELL_LOOP_CELLS):
             raise ValueError(f"a cell loop runs one unidirectional layer on batched time-major "
-                             f"input of rnn_tanh, rnn_relu, gru or lstm, not {self}")
+                             f"input of {', '.join(CELL_LOOP_CELLS)}, not {self}")
 
     def kwargs(self):
         name, extra = CELLS[self.cell]

@@ -10,7 +10,8 @@ import sys
 import torch
 
 from . import report
-from .verification import CELLS, Case, TensorCheck, available_dtypes, compare, worst
+from .verification import (
+    CELL_LOOP_CELLS, CELLS, Case, TensorCheck, available_dtypes, compare, worst)
 
 # (num_layers, bidirectional, batch_first, input_kind, with_h0) of the --quick matrix, per cell
 QUICK_LAYOUTS = [
@@ -36,7 +37,7 @@ def build_matrix(cells: list[str], quick: bool, T: int, B: int, I: int, H: int) 
              for cell in cells for (L, bi, bf, kind, h0) in layouts]
     if not quick:  # the cell modules, once per step over the sequence
         cases += [Case(cell, with_h0=h0, cell_loop=True, **size)
-                  for cell in cells if cell != "lstm_proj" for h0 in (True, False)]
+                  for cell in cells if cell in CELL_LOOP_CELLS for h0 in (True, False)]
     return cases
 
 

@@ -60,8 +60,9 @@ def op_samples(lengths, reverse, requires_grad=True, device="cpu", dtype=torch.f
             c0 = r(B, H) if spec.has_cell_state else None
             b_hh = r(G * H) if optional and spec.b_hh_in_step else None
             w_hr = r(Ph, H) if optional and spec.projectable else None
-            samples.append((op, (name, r(T, B, G * H), r(B, Ph), c0, r(G * H, Ph), b_hh, w_hr,
-                                 lens, reverse, True)))
+            w_hh = r(G * H) if spec.diagonal else r(G * H, Ph)
+            samples.append((op, (name, r(T, B, G * H), r(B, Ph), c0, w_hh, b_hh, w_hr, lens,
+                                 reverse, True)))
     return samples
 
 

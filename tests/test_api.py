@@ -169,8 +169,12 @@ def test_opcheck_forward_ops(lengths, reverse, device):
         torch.library.opcheck(op, args)
 
 
+# The cells the one-step ops run: those with a dense W_hh.
+DENSE_CELLS = [name for name, spec in cells.CELLS.items() if not spec.diagonal]
+
+
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("cell", list(cells.CELLS))
+@pytest.mark.parametrize("cell", DENSE_CELLS)
 def test_opcheck_cell_ops(cell, bias):
     """The CPU one-step ops (cells), forward and backward. Also the check that the Python cell
     table (fusedrnn/cells.py: gates, states, workspace width, which the fake kernels read) agrees
@@ -199,6 +203,16 @@ def test_opcheck_cell_ops(cell, bias):
         assert torch.equal(a, b)
     with pytest.raises(RuntimeError, match="needs the forward's workspace"):
         ops.cell_backward(*bargs[:8], workspace.new_empty(0), bias)
+
+
+@pytest.mark.parametrize("cell", sorted(set(cells.CELLS) - set(DENSE_CELLS)))
+def test_one_step_op_refuses_a_diagonal_recurrence(cell):
+    """cell_forward multiplies by a dense W_hh (G*H, H); a cell with a diagonal one (IndRNN)
+    runs through the layer ops (its modules never call the one-step op)."""
+    B, I, H = 2, 3, 4
+    with pytest.raises(NotImplementedError, match="dense W_hh"):
+        torch.ops.fusedrnn.cell_forward(cell, torch.randn(B, I), torch.randn(B, H), None,
+                                        torch.randn(H, I), torch.randn(H), None, None, False)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -66,7 +66,7 @@ def _ops_forward_backward(cell, reverse):
     ops = torch.ops.fusedrnn
     spec = spec_of(cell)
     G, P = spec.gates, TEAM_P if cell == "lstm_proj" else H
-    w_hh = randn(G * H, P) * 0.1
+    w_hh = randn(G * H) if spec.diagonal else randn(G * H, P) * 0.1
     w_hr = randn(P, H) * 0.1 if cell == "lstm_proj" else None
     b_hh = randn(G * H) if spec.b_hh_in_step else None
     c0 = randn(B, H) if spec.has_cell_state else None
@@ -115,7 +115,9 @@ def test_team_dissolving_mid_loop_does_not_change_results(dissolve_at, tmp_path)
     )
     _python_in_fresh_process(code, FUSEDRNN_TEAM_DISSOLVE_AT=str(dissolve_at))
     dissolved, (loops, dissolutions, contended) = torch.load(out)
-    assert loops >= 2 * 2 * len(CELLS) and dissolutions == loops and contended == 0
+    # (A diagonal recurrence's step, B * H multiply-adds, is too small here for a team.)
+    team_cells = [c for c in CELLS if not spec_of(c).diagonal]
+    assert loops >= 2 * 2 * len(team_cells) and dissolutions == loops and contended == 0
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)

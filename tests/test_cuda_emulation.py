@@ -72,11 +72,14 @@ def make_inputs(case: OpCase, seed: int, gate_offsets=None, scale=1.0):
     if gate_offsets is not None:
         xproj = xproj + torch.tensor(gate_offsets, dtype=torch.float64).repeat_interleave(H)
     k = H ** -0.5
+    # A diagonal recurrence's u as IndRNN initialises it: uniform(-1, 1).
+    diagonal = spec_of(case.cell).diagonal
+    w_hh_shape, w_hh_scale = ((G * H,), 1.0) if diagonal else ((G * H, P), k)
     t = {
         "xproj": xproj,
         "h0": rand(B, P) * 0.5,
         "c0": rand(B, H) * 0.5,
-        "w_hh": (torch.rand(G * H, P, generator=g, dtype=torch.float64) * 2 - 1) * k,
+        "w_hh": (torch.rand(*w_hh_shape, generator=g, dtype=torch.float64) * 2 - 1) * w_hh_scale,
         "b_hh": rand(3 * H) * 0.1,
         "w_hr": (torch.rand(P, H, generator=g, dtype=torch.float64) * 2 - 1) * k,
         "grad_output": rand(T, B, P),

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from helpers import CELLS, Case, check_case
-from fusedrnn.verification import INPUT_KINDS
+from fusedrnn.verification import CELL_LOOP_CELLS, INPUT_KINDS
 
 CASES = int(os.environ.get("FUSEDRNN_FUZZ_CASES", "300"))
 SEED = int(os.environ.get("FUSEDRNN_FUZZ_SEED", "0"))
@@ -23,7 +23,7 @@ def draw(index: int):
     sizes = dict(T=rng.choice([1, 1, 2, 3, 5, 8, 13]), B=rng.randint(1, 5), I=rng.randint(1, 8),
                  H=rng.randint(4 if cell == "lstm_proj" else 1, 12), bias=rng.random() < 0.8)
     dtype = rng.choice([torch.float32, torch.float64])
-    if cell != "lstm_proj" and rng.random() < 0.1:
+    if cell in CELL_LOOP_CELLS and rng.random() < 0.1:
         return Case(cell, cell_loop=True, **sizes), dtype
     return Case(cell, num_layers=rng.randint(1, 3), bidirectional=rng.random() < 0.5,
                 batch_first=rng.random() < 0.5, input_kind=rng.choice(INPUT_KINDS),
