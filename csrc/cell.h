@@ -24,6 +24,8 @@ decltype(auto) visit_cell(Cell cell, F&& f) {
     case Cell::RnnRelu: return f(CellConstant<Cell::RnnRelu>{});
     case Cell::Gru: return f(CellConstant<Cell::Gru>{});
     case Cell::Lstm: return f(CellConstant<Cell::Lstm>{});
+    case Cell::IndrnnTanh: return f(CellConstant<Cell::IndrnnTanh>{});
+    case Cell::IndrnnRelu: return f(CellConstant<Cell::IndrnnRelu>{});
   }
   TORCH_CHECK(false, "fusedrnn: unknown cell ", static_cast<int>(cell));
 }

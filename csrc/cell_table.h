@@ -8,7 +8,7 @@
 
 namespace fusedrnn {
 
-enum class Cell { RnnTanh, RnnRelu, Gru, Lstm };
+enum class Cell { RnnTanh, RnnRelu, Gru, Lstm, IndrnnTanh, IndrnnRelu };
 
 // How h_{t-1} enters a step: Dense, the product W_hh h with w_hh (G*H, P); Diagonal, u ⊙ h for
 // each gate block with w_hh = u (G*H) (IndRNN: every unit sees only its own past), no GEMM.
@@ -59,7 +59,7 @@ struct CellSpec {
 };
 
 // In the order of enum Cell.
-// Workspace parts: RNN h_t (activated; its derivative needs it); GRU r, z, n and
+// Workspace parts: RNN and IndRNN h_t (activated; its derivative needs it); GRU r, z, n and
 // hn = W_hn h + b_hn; LSTM i, f, g, o activated, c_t, c_{t-1}.
 inline constexpr WorkspacePart kHprev{"hprev", 1, true};
 inline constexpr CellSpec kCells[] = {
@@ -71,6 +71,10 @@ inline constexpr CellSpec kCells[] = {
      {{"gates", 4, false}, kHprev}, 2},
     {Cell::Lstm, "lstm", /*gates=*/4, /*states=*/2, /*b_hh_in_step=*/false, /*projectable=*/true,
      {{"gates", 4, false}, {"cells", 1, false}, {"prev_cells", 1, false}, kHprev}, 4},
+    {Cell::IndrnnTanh, "indrnn_tanh", /*gates=*/1, /*states=*/1, /*b_hh_in_step=*/false,
+     /*projectable=*/false, {{"activations", 1, false}, kHprev}, 2, Recurrence::Diagonal},
+    {Cell::IndrnnRelu, "indrnn_relu", /*gates=*/1, /*states=*/1, /*b_hh_in_step=*/false,
+     /*projectable=*/false, {{"activations", 1, false}, kHprev}, 2, Recurrence::Diagonal},
 };
 
 constexpr const CellSpec& spec(Cell cell) { return kCells[static_cast<int>(cell)]; }

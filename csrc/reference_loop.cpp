@@ -27,8 +27,10 @@ std::vector<Tensor> reference_time_loop(Cell cell, const Tensor& xproj, const Te
     Tensor recurrent = spec(cell).diagonal() ? h.repeat({1, spec(cell).gates}) * w_hh
                                              : at::matmul(h, w_hh.t());
     switch (cell) {
-      case Cell::RnnTanh: h_new = at::tanh(x_t + recurrent); break;
-      case Cell::RnnRelu: h_new = at::relu(x_t + recurrent); break;
+      case Cell::RnnTanh:
+      case Cell::IndrnnTanh: h_new = at::tanh(x_t + recurrent); break;
+      case Cell::RnnRelu:
+      case Cell::IndrnnRelu: h_new = at::relu(x_t + recurrent); break;
       case Cell::Gru: {
         if (b_hh.defined()) recurrent = recurrent + b_hh;
         const auto xs = x_t.chunk(3, 1), hs = recurrent.chunk(3, 1);

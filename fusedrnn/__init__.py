@@ -10,7 +10,8 @@ from . import _ops  # noqa: F401  (fake kernels and autograd for those ops)
 from .convert import convert, to_torch
 from .functional import recurrent_layer, recurrent_stack
 from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
+from .indrnn import IndRNN
 
-__all__ = ["RNN", "GRU", "LSTM", "RNNCell", "GRUCell", "LSTMCell", "convert", "to_torch",
+__all__ = ["RNN", "GRU", "LSTM", "RNNCell", "GRUCell", "LSTMCell", "IndRNN", "convert", "to_torch",
            "recurrent_layer", "recurrent_stack"]
 __version__ = "0.1.0"

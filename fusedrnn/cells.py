@@ -56,6 +56,12 @@ CELLS: dict[str, CellSpec] = {spec.name: spec for spec in (
     CellSpec("lstm", "LSTM", "LSTM", {}, gates=4, states=2,
              workspace=(("gates", 4, "H"), ("cells", 1, "H"), ("prev_cells", 1, "H"), _HPREV),
              projectable=True),
+    CellSpec("indrnn_tanh", "INDRNN_TANH", "IndRNN", {"nonlinearity": "tanh"}, gates=1,
+             states=1, workspace=(("activations", 1, "H"), _HPREV), recurrence="diagonal",
+             in_torch_nn=False, cell_module=False),
+    CellSpec("indrnn_relu", "INDRNN_RELU", "IndRNN", {"nonlinearity": "relu"}, gates=1,
+             states=1, workspace=(("activations", 1, "H"), _HPREV), recurrence="diagonal",
+             in_torch_nn=False, cell_module=False),
 )}
 
 CELL_OF_MODE: dict[str, str] = {spec.mode: spec.name for spec in CELLS.values()}

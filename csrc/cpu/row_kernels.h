@@ -214,6 +214,11 @@ template <>
 struct CpuCell<Cell::RnnTanh> : CpuRnn<false> {};
 template <>
 struct CpuCell<Cell::RnnRelu> : CpuRnn<true> {};
+// IndRNN: the RNN step; the loop's recurrent product is u ⊙ h_{t-1} (a diagonal recurrence).
+template <>
+struct CpuCell<Cell::IndrnnTanh> : CpuRnn<false> {};
+template <>
+struct CpuCell<Cell::IndrnnRelu> : CpuRnn<true> {};
 
 template <>
 struct CpuCell<Cell::Gru> {

@@ -113,6 +113,11 @@ template <>
 struct DeviceCell<Cell::RnnTanh> : DeviceRnn<false> {};
 template <>
 struct DeviceCell<Cell::RnnRelu> : DeviceRnn<true> {};
+// IndRNN: the RNN step; the loop's recurrent product is u ⊙ h_{t-1} (a diagonal recurrence).
+template <>
+struct DeviceCell<Cell::IndrnnTanh> : DeviceRnn<false> {};
+template <>
+struct DeviceCell<Cell::IndrnnRelu> : DeviceRnn<true> {};
 
 template <>
 struct DeviceCell<Cell::Gru> {
@@ -374,6 +379,8 @@ FUSEDRNN_CELL_STEPS(Cell::RnnTanh);
 FUSEDRNN_CELL_STEPS(Cell::RnnRelu);
 FUSEDRNN_CELL_STEPS(Cell::Gru);
 FUSEDRNN_CELL_STEPS(Cell::Lstm);
+FUSEDRNN_CELL_STEPS(Cell::IndrnnTanh);
+FUSEDRNN_CELL_STEPS(Cell::IndrnnRelu);
 #undef FUSEDRNN_CELL_STEPS
 
 }  // namespace cuda
