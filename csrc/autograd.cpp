@@ -13,13 +13,14 @@
 #include <torch/csrc/autograd/engine.h>
 #include <torch/library.h>
 
+#include <functional>
 #include <optional>
 #include <string>
 #include <tuple>
 #include <vector>
 
 #include "autograd.h"
-#include "cpu/team.h"
+#include "host_threads.h"
 #include "op_handle.h"
 #include "time_loop_op.h"
 
@@ -55,15 +56,14 @@ Tensor or_zeros(const Tensor& grad, const Tensor& shape_like, const Tensor& stor
 Tensor or_zeros(const Tensor& grad, const Tensor& like) { return or_zeros(grad, like, like); }
 
 // On a busy machine, torch's own backward nodes around the fused ones run on one thread too,
-// until the backward pass ends (csrc/cpu/team.h, HeldThreadLimit).
+// until the backward pass ends (host_threads::limit_until_called).
 void limit_threads_until_backward_ends() {
-  const cpu::HeldThreadLimit::EndFlag ended = cpu::HeldThreadLimit::hold();
-  if (!ended) return;
+  std::function<void()> end = host_threads::limit_until_called();
+  if (!end) return;
   try {
-    torch::autograd::Engine::get_default_engine().queue_callback(
-        [ended] { cpu::HeldThreadLimit::end(ended); });
+    torch::autograd::Engine::get_default_engine().queue_callback(end);
   } catch (const c10::Error&) {  // not run by the engine (no pass to outlast): lift it now
-    cpu::HeldThreadLimit::end(ended);
+    end();
   }
 }
 
@@ -291,7 +291,7 @@ struct OneThreadLinear : torch::autograd::Function<OneThreadLinear> {
   static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& w,
                         const OptTensor& bias) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    const cpu::OneThreadScope one_thread(true);
+    const host_threads::OneThread one_thread(true);
     ctx->save_for_backward({x, w});
     ctx->saved_data["bias"] = bias.has_value();  // without it the node has two inputs
     return at::linear(x, w, bias);
@@ -300,7 +300,7 @@ struct OneThreadLinear : torch::autograd::Function<OneThreadLinear> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const variable_list saved = ctx->get_saved_variables();
     const Tensor &x = saved[0], &w = saved[1], &grad = grads[0];
-    const cpu::OneThreadScope one_thread(true);
+    const host_threads::OneThread one_thread(true);
     const Tensor grad_rows = grad.flatten(0, -2);  // (T*B, G*H)
     Tensor grad_x, grad_w, grad_bias;
     if (ctx->needs_input_grad(0)) grad_x = at::matmul(grad, w);
@@ -330,7 +330,7 @@ void remember_projection(const Tensor& output, const Tensor& x, const Tensor& w_
 Tensor one_thread_linear(const Tensor& x, const Tensor& w, const OptTensor& bias) {
   if (!at::GradMode::is_enabled() ||
       !any_requires_grad({&x, &w, &or_undefined(bias)})) {
-    const cpu::OneThreadScope one_thread(true);
+    const host_threads::OneThread one_thread(true);
     return at::linear(x, w, bias);
   }
   return OneThreadLinear::apply(x, w, bias);

@@ -17,7 +17,7 @@
 
 #include "autograd.h"
 #include "cell.h"
-#include "cpu/team.h"
+#include "host_threads.h"
 #include "op_handle.h"
 
 namespace fusedrnn {
@@ -38,11 +38,17 @@ bool plain_cpu(const Tensor& t) {
 }
 
 // x (T, B, I) @ w_ih (G*H, I)^T + bias: forward and backward on one thread when small
-// (cpu::kMinParallelGemmMacs).
+// (host_threads::gemm_too_small_to_split).
 Tensor input_projection(const Tensor& x, const Tensor& w_ih, const OptTensor& bias) {
   const bool small = plain_cpu(x) && plain_cpu(w_ih) && plain_cpu(bias.value_or(Tensor())) &&
-                     x.numel() * w_ih.size(0) < cpu::kMinParallelGemmMacs;
+                     host_threads::gemm_too_small_to_split(x.numel() * w_ih.size(0));
   return small ? one_thread_linear(x, w_ih, bias) : at::linear(x, w_ih, bias);
+}
+
+// Whether x's backend implements the one-step op (cell_forward).
+bool has_one_step_op(const Tensor& x) {
+  return ops::cell_forward().hasKernelForDispatchKey(
+      c10::computeDispatchKey(std::nullopt, x.layout(), x.device()));
 }
 
 // One layer, one direction. x (T, B, I); h0 (B, P); c0 (B, H) for LSTM.
@@ -53,11 +59,12 @@ std::tuple<Tensor, Tensor, Tensor> layer(Cell cell, const Tensor& x, const Tenso
                                          const OptTensor& lengths, bool reverse) {
   // The fused ops' Autograd kernels (csrc/autograd.cpp) decide whether to save workspaces.
   constexpr bool kSaveWorkspace = false;
-  // One CPU step without lengths or projection is a cell step (a decoder calling the layer once
-  // per token): the one-step op does it in one call, without packing W_hh for a single use.
-  // (The cell op takes both biases or neither, c only for the LSTM, and a dense W_hh.)
-  if (x.is_cpu() && x.sym_size(0) == 1 && !lengths.has_value() && !w_hr.has_value() &&
-      b_ih.has_value() == b_hh.has_value() && !spec(cell).diagonal()) {
+  // One step without lengths or projection is a cell step (a decoder calling the layer once per
+  // token): where x's backend has the one-step op, it does it in one call, without packing
+  // W_hh for a single use. (The cell op takes both biases or neither, c only for the LSTM, and
+  // a dense W_hh.)
+  if (x.sym_size(0) == 1 && !lengths.has_value() && !w_hr.has_value() &&
+      b_ih.has_value() == b_hh.has_value() && !spec(cell).diagonal() && has_one_step_op(x)) {
     const bool has_c = spec(cell).has_cell_state();
     auto [h_n, c_n, workspace] =
         ops::cell_forward().call(spec(cell).name, x[0], h0, has_c ? c0 : std::nullopt, w_ih, w_hh,
@@ -83,13 +90,13 @@ std::tuple<Tensor, Tensor, Tensor> recurrent_layer(
     c10::string_view cell, const Tensor& x, const Tensor& h0, const OptTensor& c0,
     const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
     const OptTensor& w_hr, const OptTensor& lengths, bool reverse) {
-  const cpu::ThreadLimitWhileContended limit;  // the projection's GEMM among others
+  const host_threads::LimitWhileContended limit;  // the projection's GEMM among others
   return layer(parse_cell(cell), x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse);
 }
 
 // Whether the two directions of a layer may run on two threads at once: real CPU tensors only
 // (a tracer or a Python dispatch mode must see one thread) and a step small enough that each
-// direction does no better with a team of its own (csrc/cpu/team.h).
+// direction does no better with a team of its own (host_threads::run_directions_concurrently).
 bool directions_concurrently(const Tensor& x, const OptTensor& h0, const OptTensor& c0,
                              at::TensorList weights, const OptTensor& lengths, int64_t per_group) {
   if (c10::impl::TorchDispatchModeTLS::stack_len() > 0) return false;
@@ -102,7 +109,7 @@ bool directions_concurrently(const Tensor& x, const OptTensor& h0, const OptTens
   }
   // weights[1] is w_hh (G*H, P); with proj_size the last of a group is w_hr (P, H).
   const int64_t recurrent_weights = weights[1].numel() + (per_group == 5 ? weights[4].numel() : 0);
-  return cpu::run_directions_concurrently(x.size(0), x.size(1) * recurrent_weights);
+  return host_threads::run_directions_concurrently(x.size(0), x.size(1) * recurrent_weights);
 }
 
 // Dropout between layers on a padded (T, B, F) layer output. With lengths on the CPU, drawn as
@@ -142,7 +149,7 @@ std::tuple<Tensor, Tensor, Tensor> recurrent_stack(
     c10::string_view cell_name, const Tensor& x, const OptTensor& h0_in, const OptTensor& c0_in,
     at::TensorList flat_weights, int64_t num_layers, bool bidirectional, bool bias,
     int64_t proj_size, double dropout, bool train, const OptTensor& lengths) {
-  const cpu::ThreadLimitWhileContended limit;  // the projections' GEMMs among others
+  const host_threads::LimitWhileContended limit;  // the projections' GEMMs among others
   const Cell cell = parse_cell(cell_name);
   const int64_t num_directions = bidirectional ? 2 : 1;
   const bool has_proj = proj_size > 0;

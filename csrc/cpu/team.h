@@ -24,6 +24,7 @@
 
 #include <ATen/Parallel.h>
 
+#include "../host_threads.h"
 #include "machine_load.h"
 
 #include <algorithm>
@@ -195,28 +196,11 @@ class HeldThreadLimit {
   }
 };
 
-// For the lifetime of the scope, torch's intra-op threads on this thread are limited to
-// `threads` (nothing changes when that is 0 or no fewer than it has).
-class ThreadLimitScope {
- public:
-  explicit ThreadLimitScope(int64_t threads) {
-    if (threads > 0 && threads < at::get_num_threads() && !at::in_parallel_region()) {
-      saved_ = limit_threads(threads);
-    }
-  }
-  ~ThreadLimitScope() { restore_thread_counts(saved_); }
-  ThreadLimitScope(const ThreadLimitScope&) = delete;
-  ThreadLimitScope& operator=(const ThreadLimitScope&) = delete;
-
- private:
-  SavedThreadCounts saved_;
-};
-
-// One thread for the scope when enabled.
-class OneThreadScope : public ThreadLimitScope {
- public:
-  explicit OneThreadScope(bool enable) : ThreadLimitScope(enable ? 1 : 0) {}
-};
+// The thread-limit scopes of csrc/host_threads.h (implemented in host_threads.cpp over the
+// functions above), by the names the CPU kernels use.
+using ThreadLimitScope = host_threads::Limit;
+using OneThreadScope = host_threads::OneThread;
+using ThreadLimitWhileContended = host_threads::LimitWhileContended;
 
 // The threads usable now (lifting a backward pass's limit that has ended first).
 inline int64_t usable_threads_now() {
@@ -224,12 +208,6 @@ inline int64_t usable_threads_now() {
   return usable_threads();
 }
 
-// usable_threads() for the scope: on a busy machine a torch op's parallel region waits for a
-// descheduled pool thread just as a team barrier does. Nothing changes on an idle machine.
-class ThreadLimitWhileContended : public ThreadLimitScope {
- public:
-  ThreadLimitWhileContended() : ThreadLimitScope(usable_threads_now()) {}
-};
 
 // Multiply-adds below which a torch GEMM inside our ops runs on one thread whatever the machine:
 // MKL threads even a 300x96x1 product (MKL_VERBOSE: NThr 2), whose parallel region costs more
