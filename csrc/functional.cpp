@@ -18,6 +18,7 @@
 #include "autograd.h"
 #include "cell.h"
 #include "host_threads.h"
+#include "op_checks.h"
 #include "op_handle.h"
 
 namespace fusedrnn {
@@ -45,7 +46,8 @@ Tensor input_projection(const Tensor& x, const Tensor& w_ih, const OptTensor& bi
   return small ? one_thread_linear(x, w_ih, bias) : at::linear(x, w_ih, bias);
 }
 
-// Whether x's backend implements the one-step op (cell_forward).
+// Whether x's backend implements the one-step op (cell_forward): the CPU; also the Meta key
+// (its fake kernel), where both paths give the same shapes.
 bool has_one_step_op(const Tensor& x) {
   return ops::cell_forward().hasKernelForDispatchKey(
       c10::computeDispatchKey(std::nullopt, x.layout(), x.device()));
@@ -164,6 +166,7 @@ std::tuple<Tensor, Tensor, Tensor> recurrent_stack(
   // No state given: zeros, as torch.nn starts from; h (L*D, B, P), c (L*D, B, H) for LSTM.
   // Made here rather than by the caller: one op fewer per module call.
   const Tensor& w_hh0 = flat_weights[1];  // (G*H, P), or (G*H) for a diagonal recurrence
+  check_w_hh_rank(spec(cell), w_hh0);  // before its sizes are read
   const int64_t groups = num_layers * num_directions;
   // Symbolic sizes, so torch.compile keeps the batch size dynamic.
   const c10::SymInt H = w_hh0.sym_size(0) / spec(cell).gates;

@@ -49,8 +49,8 @@ bool gemm_too_small_to_split(int64_t macs);
 bool run_directions_concurrently(int64_t steps, int64_t macs_per_step);
 
 // While the machine is busy, limits this thread's threads until the returned function is called
-// (the end of an autograd backward pass, from any thread); an empty function when nothing was
-// limited.
+// (the end of an autograd backward pass, from any thread) or its last copy is destroyed; an
+// empty function when nothing was limited.
 std::function<void()> limit_until_called();
 
 }  // namespace host_threads

@@ -124,8 +124,9 @@ inline int64_t workspace_width(const WorkspacePart& part, const LayerSizes& s) {
   return part.of_h ? s.P : part.units * s.H;
 }
 
-// The layer op's backward arguments for `cell`: sizes from grad_output (T, B, P) and w_hh, storage dtype grad_output's; the workspace as the forward saved it, in the state
-// dtype of the storage dtype.
+// The layer op's backward arguments for `cell`: sizes from grad_output (T, B, P) and w_hh,
+// storage dtype grad_output's; the workspace as the forward saved it, in the state dtype of the
+// storage dtype.
 inline LayerSizes check_time_loop_backward(const CellSpec& cell, const at::Tensor& grad_output,
                                            const at::Tensor& grad_h_n,
                                            const std::optional<at::Tensor>& grad_c_n,

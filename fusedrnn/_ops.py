@@ -53,8 +53,11 @@ def _time_loop_backward_fake(cell, grad_output, grad_h_n, grad_c_n, w_hh, w_hr, 
 
 @torch.library.register_fake("fusedrnn::cell_forward")
 def _cell_forward_fake(cell, x, h, c, w_ih, w_hh, b_ih, b_hh, save_workspace):
-    B, H = x.shape[0], w_hh.shape[1]
     spec = CELLS[cell]
+    if spec.diagonal:  # as the kernel (csrc/op_checks.h: check_cell_inputs)
+        raise NotImplementedError(f"fusedrnn: the one-step op runs cells with a dense W_hh; "
+                                  f"{cell} runs through time_loop_forward")
+    B, H = x.shape[0], w_hh.shape[1]
     c_new = x.new_empty((B, H) if spec.has_cell_state else (0, H))
     workspace = x.new_empty((B, spec.step_workspace * H) if save_workspace else (0,))
     return x.new_empty((B, H)), c_new, workspace

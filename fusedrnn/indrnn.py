@@ -8,8 +8,9 @@ time loops multiply elementwise instead of running a GEMM per step (the cell tab
 recurrence, csrc/cell_table.h); the step itself is the RNN's.
 
 Parameters are named and shaped as torch.nn.RNN's but for weight_hh_l{k}[_reverse], which is
-(hidden_size,). Initialised as haste's: weight_ih Xavier-uniform, weight_hh uniform(-1, 1),
-biases zero. haste has one bias; the two here (torch.nn's layout) add up to it: a haste
+(hidden_size,). Initialised as haste's: weight_ih Xavier-uniform, weight_hh uniform(-0.5, 0.5)
+(haste's current choice; its first release, like the paper's code, drew from (-1, 1)), biases
+zero. haste has one bias; the two here (torch.nn's layout) add up to it: a haste
 checkpoint loads as weight_ih = kernel.T, weight_hh = recurrent_scale, bias_ih = bias,
 bias_hh = 0.
 """
@@ -55,7 +56,7 @@ class IndRNN(_FusedRNNBase):
             if name.startswith("weight_ih"):
                 nn.init.xavier_uniform_(weight)
             elif name.startswith("weight_hh"):
-                nn.init.uniform_(weight, -1.0, 1.0)
+                nn.init.uniform_(weight, -0.5, 0.5)
             else:
                 nn.init.zeros_(weight)
 

@@ -30,6 +30,8 @@ def reference_stack(step: Step, cell: str, x: Tensor, h0: Tensor | None, c0: Ten
     direction runs from each row's last step, dropout between layers draws as torch.nn does
     (over the packed rows where lengths are given on the CPU)."""
     del bias, proj_size  # the weights list says both
+    # h0 None: zeros of H (a diagonal w_hh (H) of one gate, else (G*H, H)); cells with a cell
+    # state are given c0.
     T, B = x.shape[0], x.shape[1]
     directions = 2 if bidirectional else 1
     groups = num_layers * directions

@@ -72,7 +72,7 @@ def make_inputs(case: OpCase, seed: int, gate_offsets=None, scale=1.0):
     if gate_offsets is not None:
         xproj = xproj + torch.tensor(gate_offsets, dtype=torch.float64).repeat_interleave(H)
     k = H ** -0.5
-    # A diagonal recurrence's u as IndRNN initialises it: uniform(-1, 1).
+    # A diagonal recurrence's u: uniform(-1, 1), the range of a stable IndRNN.
     diagonal = spec_of(case.cell).diagonal
     w_hh_shape, w_hh_scale = ((G * H,), 1.0) if diagonal else ((G * H, P), k)
     t = {

@@ -2,6 +2,8 @@
 // contention seen by the thread teams, the machine's load, the one-thread rule for small GEMMs).
 #include "../host_threads.h"
 
+#include <memory>
+
 #include "team.h"
 
 namespace fusedrnn {
@@ -28,7 +30,11 @@ bool run_directions_concurrently(int64_t steps, int64_t macs_per_step) {
 std::function<void()> limit_until_called() {
   const cpu::HeldThreadLimit::EndFlag ended = cpu::HeldThreadLimit::hold();
   if (!ended) return {};
-  return [ended] { cpu::HeldThreadLimit::end(ended); };
+  // Ended when called, and at the latest when the last copy of the function is destroyed (a
+  // backward pass that throws never runs its final callbacks, but drops them).
+  const std::shared_ptr<void> end_when_dropped(
+      nullptr, [ended](void*) { cpu::HeldThreadLimit::end(ended); });
+  return [ended, end_when_dropped] { cpu::HeldThreadLimit::end(ended); };
 }
 
 }  // namespace host_threads

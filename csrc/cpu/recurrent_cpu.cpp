@@ -9,7 +9,8 @@
 // does their gate math (gate_math.h, row_kernels.h) while the tile is in L1; one barrier per
 // step. Backward: each worker does the gate derivatives of its units, a barrier, then its units
 // of d h_{t-1} = d gates · W_hh (double-buffered d gates, so one barrier a step suffices).
-// Weight gradients are one GEMM over all steps at the end. Where h is projected (LSTM with
+// Weight gradients are one GEMM over all steps at the end (a sum of products for a diagonal
+// recurrence). Where h is projected (LSTM with
 // proj_size) a step has a second phase, as the W_hr product needs every unit in between.
 // Shapes and workspaces are documented with the schemas in csrc/ops.cpp.
 #include <ATen/ATen.h>
@@ -166,6 +167,7 @@ TimeLoopForwardResult forward(const ForwardArgs& a) {
   const LayerSizes& sz = a.sz;
   const int64_t T = sz.T, B = sz.B, H = sz.H, P = sz.P;
   const int64_t recurrent_macs = B * G * H * (cell.diagonal() ? 1 : P);  // per step
+  constexpr int64_t team_kind = cell.diagonal() ? 0 : G;  // what TeamChoice learns apart
   const bool proj = a.w_hr.has_value(), save_workspace = a.save_workspace;
   const Schedule sched = make_schedule(T, a.reverse, a.lengths, a.xproj);
   const Tensor xproj = a.xproj.contiguous(), w_hh = a.w_hh.contiguous();
@@ -197,7 +199,8 @@ TimeLoopForwardResult forward(const ForwardArgs& a) {
                               /*transposed=*/true);
     const bool packed = w.packed() && (!proj || w_r.packed());
     const TeamPlan team =
-        plan_team(packed, w.num_blocks(), recurrent_macs + (proj ? B * P * H : 0), T, false, G);
+        plan_team(packed, w.num_blocks(), recurrent_macs + (proj ? B * P * H : 0), T, false,
+                  team_kind);
     Tensor full = at::empty({packed ? 0 : B, G * H}, options);  // W_hh h (BLAS path)
     Tensor tiles =
         at::empty({packed ? team.workers : 0, B, G * tile_units(w.num_blocks())}, options);
@@ -301,7 +304,8 @@ TimeLoopForwardResult forward(const ForwardArgs& a) {
 // d h_t = d output_t + carried d h over the worker's P units, a barrier, and d(h before W_hr);
 // then the cell's row (CpuCell<C>::backward) over the worker's hidden units, a barrier, and the
 // worker's units of d h_{t-1} += d(W_hh h_{t-1}) · W_hh (double-buffered, so one barrier a step
-// suffices). The weight gradients are one GEMM over all steps after the loop.
+// suffices; for a diagonal recurrence its units of d gates ⊙ u). The weight gradients are one
+// GEMM over all steps after the loop (a sum of products for a diagonal recurrence).
 template <Cell C>
 TimeLoopBackwardResult backward(const BackwardArgs& a) {
   constexpr CellSpec cell = spec(C);
@@ -310,6 +314,7 @@ TimeLoopBackwardResult backward(const BackwardArgs& a) {
   const LayerSizes& sz = a.sz;
   const int64_t T = sz.T, B = sz.B, H = sz.H, P = sz.P;
   const int64_t recurrent_macs = B * G * H * (cell.diagonal() ? 1 : P);  // per step
+  constexpr int64_t team_kind = cell.diagonal() ? 0 : G;  // what TeamChoice learns apart
   const bool proj = a.w_hr.has_value();
   const Schedule sched = make_schedule(T, a.reverse, a.lengths, a.w_hh);
   const Tensor grad_output = a.grad_output.contiguous(), w_hh = a.w_hh.contiguous();
@@ -342,7 +347,8 @@ TimeLoopBackwardResult backward(const BackwardArgs& a) {
                               /*transposed=*/false);
     const bool packed = w.packed() && (!proj || w_r.packed());
     const TeamPlan team =
-        plan_team(packed, w.num_blocks(), recurrent_macs + (proj ? B * P * H : 0), T, true, G);
+        plan_team(packed, w.num_blocks(), recurrent_macs + (proj ? B * P * H : 0), T, true,
+                  team_kind);
     const int64_t hidden_blocks = (H + kBlockUnits - 1) / kBlockUnits;
     const WorkspaceBuffers<S> ws(cell, saved, sz);
     const S* gout = grad_output.data_ptr<S>();

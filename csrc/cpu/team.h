@@ -254,6 +254,7 @@ class TeamChoice {
 
   // The record for a loop: forward and backward loops, and cells of different gate counts, cost
   // differently per multiply-add (a fwd+bwd pass alternates them), so each kind learns apart.
+  // gates 0: a diagonal recurrence (IndRNN), whose multiply-adds each carry an activation.
   static int class_of(bool backward, int64_t gates, int64_t macs_per_step) {
     int size = 0;
     while (size + 1 < kSizes && (int64_t{2} << size) <= macs_per_step) ++size;
@@ -306,7 +307,7 @@ struct TeamPlan {
 };
 
 // The plan for a loop of `steps` steps over num_blocks unit blocks (a forward or backward loop of
-// a cell with `gates` gates): torch.get_num_threads() workers at most, one when the per-step
+// a cell with `gates` gates, 0 for a diagonal recurrence; see TeamChoice::class_of): torch.get_num_threads() workers at most, one when the per-step
 // product is a BLAS call (can_split false: BLAS threads itself and must not run inside our
 // region), when already inside a parallel region, when a step is too small to split, while the
 // machine is busy (usable_threads()), or where one worker has proved cheaper (TeamChoice).

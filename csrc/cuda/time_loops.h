@@ -3,9 +3,9 @@
 // the per-step design. Per step: one GEMM through at::mm_out / addmm_ (on a GPU: torch's current
 // cuBLAS handle and stream and its TF32 settings; for a diagonal recurrence one elementwise
 // product instead), then ONE fused pointwise kernel (step_kernels.cu). Backward likewise, with
-// the weight gradients as one GEMM at the end. No host synchronisation, no private stream or
-// handle. The loops mirror csrc/cpu/recurrent_cpu.cpp step for step; shapes and workspaces are
-// documented with the schemas in csrc/ops.cpp.
+// the weight gradients as one GEMM at the end (a sum of products for a diagonal recurrence). No
+// host synchronisation, no private stream or handle. The loops mirror csrc/cpu/recurrent_cpu.cpp
+// step for step; shapes and workspaces are documented with the schemas in csrc/ops.cpp.
 //
 // Written once for two drivers, the `Device` template argument:
 //   CudaDevice (recurrent_cuda.cpp): CUDA tensors, real launches on the current stream;
@@ -140,8 +140,8 @@ inline StepWorkspace step_workspace(const CellSpec& cell, const std::vector<Tens
 
 // ============================================================================ forward
 
-// One layer and direction of cell C: per step the W_hh GEMM, the cell's step kernel, and where
-// h is projected the W_hr GEMM and the projection kernel.
+// One layer and direction of cell C: per step the recurrent product (recurrent_product), the
+// cell's step kernel, and where h is projected the W_hr GEMM and the projection kernel.
 template <typename Device, Cell C>
 TimeLoopForwardResult forward(const ForwardArgs& a) {
   constexpr CellSpec cell = spec(C);
@@ -207,8 +207,9 @@ TimeLoopForwardResult forward(const ForwardArgs& a) {
 // ============================================================================ backward
 
 // One layer and direction of cell C, backward: per step, where h is projected, the d h_t kernel
-// and the W_hr GEMM; the cell's step kernel; d h_{t-1} += d(W_hh h_{t-1}) · W_hh. The weight
-// gradients are one GEMM over all steps at the end.
+// and the W_hr GEMM; the cell's step kernel; d h_{t-1} += d(W_hh h_{t-1}) · W_hh
+// (accumulate_recurrent_grad). The weight gradients are one GEMM over all steps at the end
+// (recurrent_weight_grad).
 template <typename Device, Cell C>
 TimeLoopBackwardResult backward(const BackwardArgs& a) {
   constexpr CellSpec cell = spec(C);
