@@ -3,6 +3,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
 
 #include <optional>
 
@@ -42,14 +43,19 @@ inline at::Tensor weight_grad(const at::Tensor& grad_rows, const at::Tensor& inp
 
 // The gradient of w_hh from every step's d(recurrent product) grad_rows (T, B, G*H) and the
 // states it multiplied, hprev (T, B, P): the GEMM above for a dense W_hh; for a diagonal one
-// (w_hh = u (G*H), P = H) the sum over steps and rows of grad_rows * hprev, gate by gate.
+// (w_hh = u (G*H), P = H) the sum over steps and rows of grad_rows * hprev, gate by gate, in
+// float for half types. (A product then a sum: torch.einsum's batched-GEMM form of the same
+// contraction measured 20x slower on the CPU, T=100 B=32 H=256.)
 inline at::Tensor recurrent_weight_grad(const CellSpec& cell, const at::Tensor& grad_rows,
                                         const at::Tensor& hprev) {
   if (!cell.diagonal()) return weight_grad(grad_rows, hprev);
   const int64_t T = grad_rows.size(0), B = grad_rows.size(1), H = hprev.size(2);
-  return (grad_rows.view({T, B, cell.gates, H}) * hprev.unsqueeze(2))
+  const at::ScalarType acc = at::toOpMathType(grad_rows.scalar_type());
+  const at::Tensor grad = grad_rows.view({T, B, cell.gates, H}).to(acc);
+  return (grad * hprev.to(acc).unsqueeze(2))
       .sum(at::IntArrayRef{0, 1})
-      .flatten();
+      .flatten()
+      .to(grad_rows.scalar_type());
 }
 
 }  // namespace fusedrnn
