@@ -3,15 +3,15 @@
 // what the cell table (csrc/cell_table.h) says (gates, states, workspace, b_hh in the step).
 //
 // W_hh is packed once per call (packed_gemm.h; a diagonal recurrence's u is used as it is,
-// diagonal_weight.h) and the time loop runs on a team of threads that
-// stays together for the whole sequence (team.h). Each worker owns blocks of 16 hidden units:
+// diagonal_weight.h) and the time loop runs on a team of threads that stays together for the
+// whole sequence (team.h). Each worker owns blocks of 16 hidden units:
 // per step and block it computes W_hh h for those units of every gate into a small tile and
 // does their gate math (gate_math.h, row_kernels.h) while the tile is in L1; one barrier per
 // step. Backward: each worker does the gate derivatives of its units, a barrier, then its units
 // of d h_{t-1} = d gates · W_hh (double-buffered d gates, so one barrier a step suffices).
 // Weight gradients are one GEMM over all steps at the end (a sum of products for a diagonal
-// recurrence). Where h is projected (LSTM with
-// proj_size) a step has a second phase, as the W_hr product needs every unit in between.
+// recurrence). Where h is projected (LSTM with proj_size) a step has a second phase, as the W_hr
+// product needs every unit in between.
 // Shapes and workspaces are documented with the schemas in csrc/ops.cpp.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -94,6 +94,19 @@ template <typename S, Recurrence R>
 using RecurrentWeight =
     std::conditional_t<R == Recurrence::Dense, PackedWeight<S>, DiagonalWeight<S>>;
 
+// The team for a loop of cell C (team.h, plan_team): per step the recurrent product's
+// multiply-adds (B*G*H*P, or B*G*H for a diagonal recurrence) and W_hr's where h is projected;
+// a diagonal recurrence learns its team choice apart (kind 0), its multiply-adds each carrying
+// an activation.
+template <Cell C>
+TeamPlan plan_loop_team(bool can_split, int64_t num_blocks, const LayerSizes& sz, bool proj,
+                        bool backward) {
+  constexpr CellSpec cell = spec(C);
+  const int64_t recurrent_macs = sz.B * cell.gates * sz.H * (cell.diagonal() ? 1 : sz.P);
+  return plan_team(can_split, num_blocks, recurrent_macs + (proj ? sz.B * sz.P * sz.H : 0), sz.T,
+                   backward, cell.diagonal() ? 0 : cell.gates);
+}
+
 // Per-worker tile width per gate: every block, as the team granted may be smaller than asked
 // (nested parallelism), leaving one worker with all of them.
 inline int64_t tile_units(int64_t num_blocks) { return num_blocks * kBlockUnits; }
@@ -166,8 +179,6 @@ TimeLoopForwardResult forward(const ForwardArgs& a) {
   constexpr int64_t G = cell.gates;
   const LayerSizes& sz = a.sz;
   const int64_t T = sz.T, B = sz.B, H = sz.H, P = sz.P;
-  const int64_t recurrent_macs = B * G * H * (cell.diagonal() ? 1 : P);  // per step
-  constexpr int64_t team_kind = cell.diagonal() ? 0 : G;  // what TeamChoice learns apart
   const bool proj = a.w_hr.has_value(), save_workspace = a.save_workspace;
   const Schedule sched = make_schedule(T, a.reverse, a.lengths, a.xproj);
   const Tensor xproj = a.xproj.contiguous(), w_hh = a.w_hh.contiguous();
@@ -198,9 +209,7 @@ TimeLoopForwardResult forward(const ForwardArgs& a) {
     const PackedWeight<S> w_r(proj ? w_hr.data_ptr<S>() : nullptr, proj ? P : 0, H,
                               /*transposed=*/true);
     const bool packed = w.packed() && (!proj || w_r.packed());
-    const TeamPlan team =
-        plan_team(packed, w.num_blocks(), recurrent_macs + (proj ? B * P * H : 0), T, false,
-                  team_kind);
+    const TeamPlan team = plan_loop_team<C>(packed, w.num_blocks(), sz, proj, /*backward=*/false);
     Tensor full = at::empty({packed ? 0 : B, G * H}, options);  // W_hh h (BLAS path)
     Tensor tiles =
         at::empty({packed ? team.workers : 0, B, G * tile_units(w.num_blocks())}, options);
@@ -313,8 +322,6 @@ TimeLoopBackwardResult backward(const BackwardArgs& a) {
   constexpr bool own_recurrent_grad = cell.own_recurrent_grad();
   const LayerSizes& sz = a.sz;
   const int64_t T = sz.T, B = sz.B, H = sz.H, P = sz.P;
-  const int64_t recurrent_macs = B * G * H * (cell.diagonal() ? 1 : P);  // per step
-  constexpr int64_t team_kind = cell.diagonal() ? 0 : G;  // what TeamChoice learns apart
   const bool proj = a.w_hr.has_value();
   const Schedule sched = make_schedule(T, a.reverse, a.lengths, a.w_hh);
   const Tensor grad_output = a.grad_output.contiguous(), w_hh = a.w_hh.contiguous();
@@ -346,9 +353,7 @@ TimeLoopBackwardResult backward(const BackwardArgs& a) {
     const PackedWeight<S> w_r(proj ? w_hr.data_ptr<S>() : nullptr, proj ? H : 0, P,
                               /*transposed=*/false);
     const bool packed = w.packed() && (!proj || w_r.packed());
-    const TeamPlan team =
-        plan_team(packed, w.num_blocks(), recurrent_macs + (proj ? B * P * H : 0), T, true,
-                  team_kind);
+    const TeamPlan team = plan_loop_team<C>(packed, w.num_blocks(), sz, proj, /*backward=*/true);
     const int64_t hidden_blocks = (H + kBlockUnits - 1) / kBlockUnits;
     const WorkspaceBuffers<S> ws(cell, saved, sz);
     const S* gout = grad_output.data_ptr<S>();

@@ -307,10 +307,11 @@ struct TeamPlan {
 };
 
 // The plan for a loop of `steps` steps over num_blocks unit blocks (a forward or backward loop of
-// a cell with `gates` gates, 0 for a diagonal recurrence; see TeamChoice::class_of): torch.get_num_threads() workers at most, one when the per-step
-// product is a BLAS call (can_split false: BLAS threads itself and must not run inside our
-// region), when already inside a parallel region, when a step is too small to split, while the
-// machine is busy (usable_threads()), or where one worker has proved cheaper (TeamChoice).
+// a cell with `gates` gates, 0 for a diagonal recurrence; see TeamChoice::class_of):
+// torch.get_num_threads() workers at most, one when the per-step product is a BLAS call
+// (can_split false: BLAS threads itself and must not run inside our region), when already inside
+// a parallel region, when a step is too small to split, while the machine is busy
+// (usable_threads()), or where one worker has proved cheaper (TeamChoice).
 inline TeamPlan plan_team(bool can_split, int64_t num_blocks, int64_t macs_per_step,
                           int64_t steps, bool backward, int64_t gates) {
   if (!can_split || at::in_parallel_region()) return {};
