@@ -207,7 +207,10 @@ def test_team_of_workers_gives_one_workers_results():
                                        lengths, reverse)
         return [out, h_n, *ws, grads[0], grads[1]]
 
-    threads = torch.get_num_threads()
+    def busy_readings() -> int:  # loops that found the machine busy + busy load readings
+        return fusedrnn.probes.team_counts()[2] + fusedrnn.probes.machine_load()[3]
+
+    threads, teams_formed = torch.get_num_threads(), True
     try:
         for reverse in (False, True):
             torch.set_num_threads(1)
@@ -215,8 +218,13 @@ def test_team_of_workers_gives_one_workers_results():
             torch.set_num_threads(2)
             team_loops = fusedrnn.probes.team_counts()[0]
             multi = run(reverse)
-            assert fusedrnn.probes.team_counts()[0] >= team_loops + 2  # forward and backward
+            # forward and backward on a team, unless the machine was found busy (then no team is
+            # allowed: csrc/cpu/team.h)
+            teams_formed &= fusedrnn.probes.team_counts()[0] >= team_loops + 2
             for a, b in zip(single, multi, strict=True):
                 assert torch.equal(a, b)
     finally:
         torch.set_num_threads(threads)
+    if not teams_formed:
+        assert busy_readings() > 0, "no team formed on an idle machine"
+        pytest.skip("the machine is busy: results checked, but no team formed")
