@@ -196,9 +196,10 @@ def main() -> int:
         [f"{r.paired[0]:.2f} ({r.paired[1]:.2f}-{r.paired[2]:.2f})",
          f"{r.torch_vs_one_thread:.2f}", f"{r.speedup:.2f}x",
          " / ".join(f"{r.spread[v]:.0%}" for v in VARIANTS)] for r in rows]))
-    loops, dissolved, contended = probes.team_counts()
-    print(f"fused thread teams: {loops} time loops ran on a team, {dissolved} dissolved mid-loop, "
-          f"{contended} marked the machine busy (csrc/cpu/team.h)")
+    loops, dissolved, contended, split_rows = probes.team_counts()
+    print(f"fused thread teams: {loops} time loops ran on a team ({split_rows} split by batch "
+          f"rows), {dissolved} dissolved mid-loop, {contended} marked the machine busy "
+          f"(csrc/cpu/team.h)")
     _, _, readings, busy_readings = probes.machine_load()
     print(f"machine load: {int(busy_readings)} of {int(readings)} readings found other processes "
           f"using cores, so fused ops ran on fewer threads (csrc/cpu/machine_load.h)")
@@ -216,7 +217,8 @@ def main() -> int:
     if args.json:
         report.write_json(args.json, {
             "environment": report.environment("cpu"), "load": load,
-            "team_counts": {"team_loops": loops, "dissolved": dissolved, "contended": contended},
+            "team_counts": {"team_loops": loops, "split_by_rows": split_rows,
+                            "dissolved": dissolved, "contended": contended},
             "machine_load_readings": {"readings": int(readings), "busy": int(busy_readings)},
             "default_threads": default_threads,
             "method": f"interleaved (random order each repetition), warm-up 2, median over >= 7 repetitions "

@@ -18,11 +18,12 @@ def fma_peak_gflops(seconds: float = 0.2) -> float:
     return _probes.fma_peak_gflops(seconds)
 
 
-def team_counts() -> tuple[int, int, int]:
+def team_counts() -> tuple[int, int, int, int]:
     """Since the process started: time loops run on a thread team, teams dissolved mid-loop,
-    loops that marked the machine busy (csrc/cpu/team.h)."""
-    loops, dissolved, contended = _probes.team_counts()
-    return loops, dissolved, contended
+    loops that marked the machine busy, team loops whose workers split the batch rows instead of
+    the hidden units (csrc/cpu/team.h)."""
+    loops, dissolved, contended, split_rows = _probes.team_counts()
+    return loops, dissolved, contended, split_rows
 
 
 def machine_load() -> tuple[float, int, int, int]:

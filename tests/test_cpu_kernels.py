@@ -50,17 +50,20 @@ def _python_in_fresh_process(code: str, **env: str | None) -> list[str]:
 
 
 # Big enough that the time loops split each step over 2 workers (csrc/cpu/team.h: at least 2
-# unit blocks of 16 and 2 * kMinStepMacsPerWorker = 65536 multiply-adds per step: B * G*H * P (+ B * P * H with W_hr)).
+# unit blocks of 16 and 2 * kMinStepMacsPerWorker = 65536 multiply-adds per step: B * G*H * P
+# (+ B * P * H with W_hr)). TEAM_B rows are too few to split (kMinRowsPerWorker = 8 each): the
+# workers split the unit blocks; ROWS_TEAM_B rows are split 9 / 10.
 TEAM_T, TEAM_B, TEAM_H, TEAM_P = 5, 13, 104, 40
+ROWS_TEAM_B = 19
 
 
-def _ops_forward_backward(cell, reverse):
+def _ops_forward_backward(cell, reverse, B=TEAM_B):
     """Every output of the layer op pair for the cell (verification's names: lstm_proj is LSTM
     with W_hr) on fixed random data, with unequal lengths (one row empty, one full) so blocks
     see active and inactive rows."""
     g = torch.Generator().manual_seed(0)
     randn = lambda *shape: torch.randn(*shape, generator=g)  # noqa: E731
-    T, B, H = TEAM_T, TEAM_B, TEAM_H
+    T, H = TEAM_T, TEAM_H
     lengths = torch.randint(0, T + 1, (B,), generator=g)
     lengths[0], lengths[1] = 0, T
     ops = torch.ops.fusedrnn
@@ -81,20 +84,36 @@ def _ops_forward_backward(cell, reverse):
 
 @pytest.mark.parametrize("cell", list(CELLS))
 @pytest.mark.parametrize("reverse", [False, True])
-def test_thread_count_does_not_change_results(cell, reverse):
-    """Each unit block of a step is computed by one worker in a fixed order, so everything the
-    time loops compute is bitwise equal on 1 thread and on 2 workers. (Not the weight gradients:
-    those are one BLAS GEMM after the loop, whose reduction split BLAS picks per thread count.)"""
+@pytest.mark.parametrize("split", ["units", "rows"])
+def test_thread_count_does_not_change_results(cell, reverse, split):
+    """Each unit block of each row of a step is computed by one worker in a fixed order (the
+    packed kernel's row arithmetic does not depend on which rows share a call), so everything
+    the time loops compute is bitwise equal on 1 thread and on 2 workers, whether they split the
+    unit blocks or the batch rows. (Not the weight gradients: those are one BLAS GEMM after the
+    loop, whose reduction split BLAS picks per thread count.)"""
+    if torch.get_num_threads() < 2:
+        pytest.skip("needs 2 intra-op threads")
+    import fusedrnn.probes
+    B = ROWS_TEAM_B if split == "rows" else TEAM_B
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        single = _ops_forward_backward(cell, reverse)
+        single = _ops_forward_backward(cell, reverse, B)
         torch.set_num_threads(2)
-        multi = _ops_forward_backward(cell, reverse)
+        loops, _, _, by_rows = fusedrnn.probes.team_counts()
+        multi = _ops_forward_backward(cell, reverse, B)
+        loops_now, _, contended, by_rows_now = fusedrnn.probes.team_counts()
     finally:
         torch.set_num_threads(threads)
     for a, b in zip(single, multi, strict=True):
         assert torch.equal(a, b)
+    if cell.startswith("indrnn"):  # B * H multiply-adds a step: too few for a team here
+        return
+    if loops_now - loops < 2:
+        # No team: allowed only on a machine found busy (csrc/cpu/team.h, machine_load.h).
+        assert contended + fusedrnn.probes.machine_load()[3] > 0, "no team on an idle machine"
+        pytest.skip("the machine is busy: results checked, but no team formed")
+    assert by_rows_now - by_rows == (loops_now - loops if split == "rows" else 0)
 
 
 @pytest.mark.parametrize("dissolve_at", [1, 2, 3, 5])
@@ -114,7 +133,7 @@ def test_team_dissolving_mid_loop_does_not_change_results(dissolve_at, tmp_path)
         "torch.save((results, fusedrnn.probes.team_counts()), %r)" % (list(CELLS), str(out))
     )
     _python_in_fresh_process(code, FUSEDRNN_TEAM_DISSOLVE_AT=str(dissolve_at))
-    dissolved, (loops, dissolutions, contended) = torch.load(out)
+    dissolved, (loops, dissolutions, contended, _) = torch.load(out)
     # (A diagonal recurrence's step, B * H multiply-adds, is too small here for a team.)
     team_cells = [c for c in CELLS if not spec_of(c).diagonal]
     assert loops >= 2 * 2 * len(team_cells) and dissolutions == loops and contended == 0
@@ -187,7 +206,7 @@ def test_team_on_one_cpu_dissolves_and_backs_off(tmp_path):
         "print(*first, *fusedrnn.probes.team_counts(), *seen, after);"
         "check_case(Case('lstm', T=40, B=8, I=16, H=64), torch.float32)"
     )
-    loops, dissolved, contended, loops_after, _, _, in_backward, after_backward = map(
+    loops, dissolved, contended, _, loops_after, _, _, _, in_backward, after_backward = map(
         int, _python_in_fresh_process(code, FUSEDRNN_TEAM_DISSOLVE_AT=None))
     assert loops == 1 and dissolved == 1 and contended == 1
     assert loops_after - loops <= 1
@@ -228,7 +247,7 @@ def test_busy_core_limits_threads_without_a_team(tmp_path):
         "print(free, int(readings), int(busy), *seen, after, *fusedrnn.probes.team_counts(),"
         "     max(shared_free))"
     )
-    free, readings, busy, in_backward, after_backward, team_loops, _, _, shared_free = map(
+    free, readings, busy, in_backward, after_backward, team_loops, _, _, _, shared_free = map(
         float, _python_in_fresh_process(code))
     assert free == 1 and readings >= 1 and busy >= 1
     assert shared_free == 1

@@ -184,8 +184,8 @@ def test_torch_jit_script_explains_itself():
 
 
 def test_team_of_workers_gives_one_workers_results():
-    """At B * H = 66560 multiply-adds a step the diagonal loops split the units over a team of
-    two (csrc/cpu/team.h). Each unit depends on its own past only, so every result but the
+    """At B * H = 66560 multiply-adds a step the diagonal loops split the batch rows over a team
+    of two (csrc/cpu/team.h). Each unit depends on its own past only, so every result but the
     weight gradient (an ATen sum after the loop, whose order depends on the thread count) is
     bitwise that of one worker, with lengths (a row empty, a row full) and both directions."""
     if torch.get_num_threads() < 2:

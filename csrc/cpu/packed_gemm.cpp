@@ -255,83 +255,80 @@ FUSEDRNN_AVX512 void kernel_gates_avx512(int64_t kc, const float* A, int64_t lda
   }
 }
 
-// Every row of A against the G gate panels of one block, in kernel calls of at most MR rows
-// spread evenly (M = 32 with MR = 6: 6,6,5,5,5,5, not 6x5 and a latency-bound 2).
+// Runs call(m, rows) over rows [0, M) in calls of at most MR rows spread evenly (M = 32 with
+// MR = 6: 6,6,5,5,5,5, not 6x5 and a latency-bound 2). From M >= 3 on every call has 3 rows or
+// more, so no row is left to a latency-bound one- or two-row kernel.
+template <int MR, typename Call>
+inline void for_row_calls(int64_t M, const Call& call) {
+  const int64_t calls = (M + MR - 1) / MR;
+  for (int64_t i = 0; i < calls; ++i) {
+    const int64_t m = M * i / calls;
+    call(m, M * (i + 1) / calls - m);
+  }
+}
+
+// fn(std::integral_constant<int, rows>{}) for a run-time rows in 1..MR: the kernels take their
+// row count as a template argument, so their accumulators are named registers.
+template <int MR, typename Fn>
+inline void with_rows(int64_t rows, const Fn& fn) {
+  if constexpr (MR >= 1) {
+    if (rows == MR) return fn(std::integral_constant<int, MR>{});
+    with_rows<MR - 1>(rows, fn);
+  }
+}
+
+// Every row of A against the G gate panels of one block, in kernel calls of at most MR rows.
 template <int G, int MR>
 FUSEDRNN_AVX512 void multiply_gates_avx512(int64_t M, int64_t kc, const float* A, int64_t lda,
                                            const float* panel0, int64_t panel_stride, float* C,
                                            int64_t ldc, int64_t group_stride, int64_t ncols,
                                            bool accumulate) {
-  const int64_t calls = (M + MR - 1) / MR;
-  for (int64_t i = 0; i < calls; ++i) {
-    const int64_t m = M * i / calls, rows = M * (i + 1) / calls - m;
-    const float* a = A + m * lda;
-    float* c = C + m * ldc;
-    const auto call = [&](auto r) {
-      kernel_gates_avx512<G, decltype(r)::value>(kc, a, lda, panel0, panel_stride, c, ldc,
-                                                 group_stride, ncols, accumulate);
-    };
-    switch (rows) {
-      case 8: if constexpr (MR >= 8) call(std::integral_constant<int, 8>{}); break;
-      case 7: if constexpr (MR >= 7) call(std::integral_constant<int, 7>{}); break;
-      case 6: if constexpr (MR >= 6) call(std::integral_constant<int, 6>{}); break;
-      case 5: call(std::integral_constant<int, 5>{}); break;
-      case 4: call(std::integral_constant<int, 4>{}); break;
-      case 3: call(std::integral_constant<int, 3>{}); break;
-      case 2: call(std::integral_constant<int, 2>{}); break;
-      case 1: call(std::integral_constant<int, 1>{}); break;
-      default: break;
-    }
-  }
+  for_row_calls<MR>(M, [&](int64_t m, int64_t rows) {
+    with_rows<MR>(rows, [&](auto r) {
+      kernel_gates_avx512<G, decltype(r)::value>(kc, A + m * lda, lda, panel0, panel_stride,
+                                                 C + m * ldc, ldc, group_stride, ncols,
+                                                 accumulate);
+    });
+  });
 }
 
-// All rows of A against one panel slice with AVX-512, in blocks of 8 rows; one or two rows
-// left take the AVX2 split-k kernel (few rows are latency-bound either way).
+// All rows of A against one panel slice. One or two rows in all take the split-k kernel (few
+// rows are latency-bound either way); more go in calls of 3 rows or more (for_row_calls), so a
+// row's arithmetic (a plain k sum) is the same whichever rows share its call: a time loop may
+// split a step's rows among workers (team.h) and still give one worker's result.
 FUSEDRNN_AVX512 void multiply_panel_avx512(int64_t M, int64_t kc, const float* A, int64_t lda,
                                            const float* panel, float* C, int64_t ldc,
                                            int64_t ncols, bool accumulate) {
-  int64_t m = 0;
-  for (; m + kRowBlock512 <= M; m += kRowBlock512) {
-    kernel_8x16_avx512<kRowBlock512>(kc, A + m * lda, lda, panel, C + m * ldc, ldc, ncols,
-                                     accumulate);
-  }
-  const float* a = A + m * lda;
-  float* c = C + m * ldc;
-  switch (M - m) {
-    case 7: kernel_8x16_avx512<7>(kc, a, lda, panel, c, ldc, ncols, accumulate); break;
-    case 6: kernel_8x16_avx512<6>(kc, a, lda, panel, c, ldc, ncols, accumulate); break;
-    case 5: kernel_8x16_avx512<5>(kc, a, lda, panel, c, ldc, ncols, accumulate); break;
-    case 4: kernel_8x16_avx512<4>(kc, a, lda, panel, c, ldc, ncols, accumulate); break;
-    case 3: kernel_8x16_avx512<3>(kc, a, lda, panel, c, ldc, ncols, accumulate); break;
-    default:
-      for (; m < M; ++m) {
-        kernel_1x16_split_k(kc, A + m * lda, panel, C + m * ldc, ncols, accumulate);
-      }
-  }
-}
-
-// All rows of A against one panel slice, in blocks of kRowBlock rows.
-FUSEDRNN_AVX2 void multiply_panel_avx2(int64_t M, int64_t kc, const float* A, int64_t lda,
-                                  const float* panel, float* C, int64_t ldc, int64_t ncols,
-                                  bool accumulate) {
-  int64_t m = 0;
-  for (; m + kRowBlock <= M; m += kRowBlock) {
-    kernel_6x16<kRowBlock>(kc, A + m * lda, lda, panel, C + m * ldc, ldc, ncols, accumulate);
-  }
-  const float* a = A + m * lda;
-  float* c = C + m * ldc;
-  if (M - m <= 2) {  // latency-bound with so few rows: split the k sum instead
-    for (; m < M; ++m) {
+  if (M <= 2) {
+    for (int64_t m = 0; m < M; ++m) {
       kernel_1x16_split_k(kc, A + m * lda, panel, C + m * ldc, ncols, accumulate);
     }
     return;
   }
-  switch (M - m) {
-    case 5: kernel_6x16<5>(kc, a, lda, panel, c, ldc, ncols, accumulate); break;
-    case 4: kernel_6x16<4>(kc, a, lda, panel, c, ldc, ncols, accumulate); break;
-    case 3: kernel_6x16<3>(kc, a, lda, panel, c, ldc, ncols, accumulate); break;
-    default: break;
+  for_row_calls<kRowBlock512>(M, [&](int64_t m, int64_t rows) {
+    with_rows<kRowBlock512>(rows, [&](auto r) {
+      kernel_8x16_avx512<decltype(r)::value>(kc, A + m * lda, lda, panel, C + m * ldc, ldc,
+                                             ncols, accumulate);
+    });
+  });
+}
+
+// The same with AVX2, in calls of at most kRowBlock rows.
+FUSEDRNN_AVX2 void multiply_panel_avx2(int64_t M, int64_t kc, const float* A, int64_t lda,
+                                       const float* panel, float* C, int64_t ldc, int64_t ncols,
+                                       bool accumulate) {
+  if (M <= 2) {
+    for (int64_t m = 0; m < M; ++m) {
+      kernel_1x16_split_k(kc, A + m * lda, panel, C + m * ldc, ncols, accumulate);
+    }
+    return;
   }
+  for_row_calls<kRowBlock>(M, [&](int64_t m, int64_t rows) {
+    with_rows<kRowBlock>(rows, [&](auto r) {
+      kernel_6x16<decltype(r)::value>(kc, A + m * lda, lda, panel, C + m * ldc, ldc, ncols,
+                                      accumulate);
+    });
+  });
 }
 
 }  // namespace

@@ -58,7 +58,8 @@ class PackedWeight {
 
   // Block u only, on the calling thread: for every group g and unit c < block_units(u),
   // C[m, g*group_stride + c] (+)= (A[M, K] · op(W))[m, g*U + 16u + c]. The result does not depend
-  // on which thread runs which block (the block's arithmetic is fixed).
+  // on which thread runs which block (the block's arithmetic is fixed), nor, from M = 3 rows on,
+  // on which other rows of A share the call (a loop may split the rows among workers).
   void multiply_block(int64_t u, int64_t M, const T* A, int64_t lda, T beta, T* C, int64_t ldc,
                       int64_t group_stride) const;
 

@@ -98,53 +98,56 @@ using RecurrentWeight =
 // multiply-adds (B*G*H*P, or B*G*H for a diagonal recurrence) and W_hr's where h is projected;
 // a diagonal recurrence learns its team choice apart (kind 0), its multiply-adds each carrying
 // an activation.
-template <Cell C>
+template <Cell C, typename S>
 TeamPlan plan_loop_team(bool can_split, int64_t num_blocks, const LayerSizes& sz, bool proj,
                         bool backward) {
   constexpr CellSpec cell = spec(C);
   const int64_t recurrent_macs = sz.B * cell.gates * sz.H * (cell.diagonal() ? 1 : sz.P);
-  return plan_team(can_split, num_blocks, recurrent_macs + (proj ? sz.B * sz.P * sz.H : 0), sz.T,
-                   backward, cell.diagonal() ? 0 : cell.gates);
+  return plan_team(can_split, num_blocks, sz.B, recurrent_macs + (proj ? sz.B * sz.P * sz.H : 0),
+                   sz.T, backward, cell.diagonal() ? 0 : cell.gates, sizeof(S));
 }
 
 // Per-worker tile width per gate: every block, as the team granted may be smaller than asked
 // (nested parallelism), leaving one worker with all of them.
 inline int64_t tile_units(int64_t num_blocks) { return num_blocks * kBlockUnits; }
 
-// W_hh h_{t-1} for the worker's units of every gate: rows `ld` apart, gates `gate_stride` apart,
-// unit 0 = the worker's first unit.
+// W_hh h_{t-1} for the worker's units of every gate: rows `ld` apart (row 0 = the worker's first
+// row), gates `gate_stride` apart, unit 0 = the worker's first unit.
 template <typename T>
 struct WorkerProduct {
   const T* data;
   int64_t ld, gate_stride;
 };
 
-// Packed path: computed now, block by block, into the worker's tile (B, G, its units), so the
-// gate pass after it reads each gate of a row as one contiguous run. BLAS path (team of one):
+// Packed path: computed now, block by block, into the worker's tile (its rows, G, its units), so
+// the gate pass after it reads each gate of a row as one contiguous run. BLAS path (team of one):
 // read from `full` (B, G*H), the whole product the caller computed for this step.
+// h is (B, ldh) with every row of the step.
 template <typename T, typename Weight>
-WorkerProduct<T> worker_product(const Weight& w, const Worker& me, int64_t B,
-                                const T* h, int64_t ldh, int64_t G, int64_t H, const T* full,
-                                T* tile) {
-  if (!w.packed()) return {full + me.block_begin * kBlockUnits, G * H, H};
+WorkerProduct<T> worker_product(const Weight& w, const Worker& me, const T* h, int64_t ldh,
+                                int64_t G, int64_t H, const T* full, T* tile) {
+  if (!w.packed()) return {full + me.row_begin * G * H + me.block_begin * kBlockUnits, G * H, H};
   const int64_t width = (me.block_end - me.block_begin) * kBlockUnits;
   for (int64_t u = me.block_begin; u < me.block_end; ++u) {
-    w.multiply_block(u, B, h, ldh, T(0), tile + (u - me.block_begin) * kBlockUnits, G * width,
-                     width);
+    w.multiply_block(u, me.rows(), h + me.row_begin * ldh, ldh, T(0),
+                     tile + (u - me.block_begin) * kBlockUnits, G * width, width);
   }
   return {tile, G * width, width};
 }
 
-// d h_{t-1}[:, the worker's units] += grad_gates (B, K) · W_hh (K, P).
+// d h_{t-1}[the worker's rows, its units] += grad_gates (B, K) · W_hh (K, P), both with every
+// row of the step (grad_gates `ld` apart, dh_prev P apart).
 template <typename T, typename Weight>
-void accumulate_grad_h(const Weight& w, const Worker& me, int64_t B, const T* grad_gates,
-                       int64_t ld, T* dh_prev, int64_t P) {
+void accumulate_grad_h(const Weight& w, const Worker& me, const T* grad_gates, int64_t ld,
+                       T* dh_prev, int64_t P) {
+  const T* rows_gates = grad_gates + me.row_begin * ld;
+  T* rows_dh = dh_prev + me.row_begin * P;
   if (!w.packed()) {  // a team of one: the whole product at once
-    w.multiply(B, grad_gates, ld, T(1), dh_prev, P);
+    w.multiply(me.rows(), rows_gates, ld, T(1), rows_dh, P);
     return;
   }
   for (int64_t u = me.block_begin; u < me.block_end; ++u) {
-    w.multiply_block(u, B, grad_gates, ld, T(1), dh_prev + u * kBlockUnits, P, 0);
+    w.multiply_block(u, me.rows(), rows_gates, ld, T(1), rows_dh + u * kBlockUnits, P, 0);
   }
 }
 
@@ -209,7 +212,8 @@ TimeLoopForwardResult forward(const ForwardArgs& a) {
     const PackedWeight<S> w_r(proj ? w_hr.data_ptr<S>() : nullptr, proj ? P : 0, H,
                               /*transposed=*/true);
     const bool packed = w.packed() && (!proj || w_r.packed());
-    const TeamPlan team = plan_loop_team<C>(packed, w.num_blocks(), sz, proj, /*backward=*/false);
+    const TeamPlan team =
+        plan_loop_team<C, S>(packed, w.num_blocks(), sz, proj, /*backward=*/false);
     Tensor full = at::empty({packed ? 0 : B, G * H}, options);  // W_hh h (BLAS path)
     Tensor tiles =
         at::empty({packed ? team.workers : 0, B, G * tile_units(w.num_blocks())}, options);
@@ -222,7 +226,7 @@ TimeLoopForwardResult forward(const ForwardArgs& a) {
     S* full_data = full.data_ptr<S>();
     S* tiles_data = tiles.data_ptr<S>();
     constexpr int kCellParts = cell.workspace_parts - 1;  // the parts before hprev
-    run_team(team, w.num_blocks(), [&](Worker& me) {
+    run_team(team, w.num_blocks(), B, [&](Worker& me) {
       S* tile = tiles_data + me.id * tiles.stride(0);
       for (int64_t s = 0; s < T; ++s) {
         const S* h_cur = h_state.slot<S>(s);
@@ -232,14 +236,14 @@ TimeLoopForwardResult forward(const ForwardArgs& a) {
         if (!packed) w.multiply(B, h_cur, P, 0, full_data, G * H);
         {  // the worker's units
           const auto [j0, n] = unit_range(me.block_begin, me.block_end, H);
-          const auto gh = worker_product(w, me, B, h_cur, P, G, H, full_data, tile);
+          const auto gh = worker_product(w, me, h_cur, P, G, H, full_data, tile);
           ForwardRow<S> r{};  // what every row of this step shares; the loop sets the rest
           r.gh_stride = gh.gate_stride;
           r.b_hh = bias ? bias + j0 : nullptr;
           r.save = save_workspace;
           r.n = n;
           r.H = H;
-          for (int64_t b = 0; b < B; ++b) {
+          for (int64_t b = me.row_begin; b < me.row_end; ++b) {
             const int64_t row = sched.slot(s, b) * B + b;
             if (!sched.active(s, b)) {
               if (c_next) copy_units(c_next + b * H + j0, c_cur + b * H + j0, n);
@@ -257,7 +261,7 @@ TimeLoopForwardResult forward(const ForwardArgs& a) {
               continue;
             }
             r.x = x + row * G * H + j0;
-            r.gh = gh.data + b * gh.ld;
+            r.gh = gh.data + (b - me.row_begin) * gh.ld;
             r.h_cur = h_cur + b * P + j0;
             r.h_new = proj ? unproj + b * H + j0 : h_next + b * H + j0;
             r.out = proj ? r.h_new : out + row * H + j0;
@@ -282,12 +286,13 @@ TimeLoopForwardResult forward(const ForwardArgs& a) {
         const auto [v0, v1] = me.share(w_r.num_blocks());
         if (packed) {
           for (int64_t v = v0; v < v1; ++v) {
-            w_r.multiply_block(v, B, unproj, H, 0, h_next + v * kBlockUnits, P, 0);
+            w_r.multiply_block(v, me.rows(), unproj + me.row_begin * H, H, 0,
+                               h_next + me.row_begin * P + v * kBlockUnits, P, 0);
           }
         }
         {  // the worker's P units
           const auto [p0, m] = unit_range(v0, v1, P);
-          for (int64_t b = 0; b < B; ++b) {
+          for (int64_t b = me.row_begin; b < me.row_end; ++b) {
             const int64_t row = sched.slot(s, b) * B + b;
             if (sched.active(s, b)) {
               copy_units(out + row * P + p0, h_next + b * P + p0, m);
@@ -353,7 +358,8 @@ TimeLoopBackwardResult backward(const BackwardArgs& a) {
     const PackedWeight<S> w_r(proj ? w_hr.data_ptr<S>() : nullptr, proj ? H : 0, P,
                               /*transposed=*/false);
     const bool packed = w.packed() && (!proj || w_r.packed());
-    const TeamPlan team = plan_loop_team<C>(packed, w.num_blocks(), sz, proj, /*backward=*/true);
+    const TeamPlan team =
+        plan_loop_team<C, S>(packed, w.num_blocks(), sz, proj, /*backward=*/true);
     const int64_t hidden_blocks = (H + kBlockUnits - 1) / kBlockUnits;
     const WorkspaceBuffers<S> ws(cell, saved, sz);
     const S* gout = grad_output.data_ptr<S>();
@@ -366,7 +372,7 @@ TimeLoopBackwardResult backward(const BackwardArgs& a) {
     S* dh_step = proj ? grad_h_step.data_ptr<S>() : nullptr;
     S* dr = proj ? grad_unproj.data_ptr<S>() : nullptr;
     // The worker's blocks: block_begin/end cover P (d h_{t-1}), `share` covers H (gates).
-    run_team(team, w.num_blocks(), [&](Worker& me) {
+    run_team(team, w.num_blocks(), B, [&](Worker& me) {
       for (int64_t step = 0; step < T; ++step) {
         const int64_t s = T - 1 - step;
         const S* dh = carry.slot<S>(step);
@@ -377,7 +383,7 @@ TimeLoopBackwardResult backward(const BackwardArgs& a) {
           // they also start d h_{t-1}: zero, or d h passed through for inactive rows.
           {  // the worker's P units
             const auto [p0, m] = unit_range(me.block_begin, me.block_end, P);
-            for (int64_t b = 0; b < B; ++b) {
+            for (int64_t b = me.row_begin; b < me.row_end; ++b) {
               if (!sched.active(s, b)) {
                 zero_row(dh_step + b * P + p0, m);
                 copy_units(dh_prev + b * P + p0, dh + b * P + p0, m);
@@ -398,7 +404,8 @@ TimeLoopBackwardResult backward(const BackwardArgs& a) {
         const auto [u0, u1] = me.share(hidden_blocks);
         if (proj && packed) {
           for (int64_t u = u0; u < u1; ++u) {
-            w_r.multiply_block(u, B, dh_step, P, 0, dr + u * kBlockUnits, H, 0);
+            w_r.multiply_block(u, me.rows(), dh_step + me.row_begin * P, P, 0,
+                               dr + me.row_begin * H + u * kBlockUnits, H, 0);
           }
         }
         {  // the worker's hidden units
@@ -406,7 +413,7 @@ TimeLoopBackwardResult backward(const BackwardArgs& a) {
           BackwardRow<S> r{};  // what every row of this step shares; the loop sets the rest
           r.n = n;
           r.H = H;
-          for (int64_t b = 0; b < B; ++b) {
+          for (int64_t b = me.row_begin; b < me.row_end; ++b) {
             const int64_t row = sched.slot(s, b) * B + b;
             if (!sched.active(s, b)) {  // d gates 0: d h passes through the GEMM unchanged
               zero_gate_units(gs + b * G * H, G, H, j0, n);
@@ -432,7 +439,7 @@ TimeLoopBackwardResult backward(const BackwardArgs& a) {
         }
         if (!me.barrier()) return;  // every d gate is written before the GEMM reads them all
         // d h_{t-1} += d gates · W_hh  (inactive rows have zero gate grads and pass d h through)
-        accumulate_grad_h(w, me, B, gs, G * H, dh_prev, P);
+        accumulate_grad_h(w, me, gs, G * H, dh_prev, P);
       }
     });
   });

@@ -4,7 +4,10 @@
 // at small sizes that costs more than the step's arithmetic. Instead the loops open ONE parallel
 // region per op call; each worker owns a fixed range of hidden-unit blocks for the whole sequence
 // (its slice of every gate, so the gate math needs no other thread's data) and the workers meet
-// at one barrier per step, where the next step needs every unit of the state.
+// at one barrier per step, where the next step needs every unit of the state. Where the batch is
+// large enough and W_hh small enough to be read whole by every worker, each worker owns batch
+// rows instead (every unit of them): rows never read each other's state, so the workers run
+// their whole loops without a barrier (see plan_team).
 //
 // On a busy machine (a data loader or another process on the other cores) a worker is
 // descheduled for a scheduler time slice (milliseconds) at a time, and every barrier then waits
@@ -65,9 +68,11 @@ class TeamContention {
 
   // The outcome of one team loop: whether it dissolved mid-loop (marks contention at once),
   // whether the team made it slower than one worker (marks contention the second time in a row:
-  // a lone slow loop on an idle machine is a hiccup), whether contention is recorded at all.
-  static void record_loop(bool dissolved, bool slower, bool record = true) {
+  // a lone slow loop on an idle machine is a hiccup), whether contention is recorded at all;
+  // whether the team split the batch rows (counted only).
+  static void record_loop(bool dissolved, bool slower, bool record, bool split_rows) {
     counts()[0].fetch_add(1, std::memory_order_relaxed);
+    if (split_rows) counts()[3].fetch_add(1, std::memory_order_relaxed);
     if (dissolved) counts()[1].fetch_add(1, std::memory_order_relaxed);
     if (!record) return;
     if (!dissolved && !slower) {
@@ -89,9 +94,10 @@ class TeamContention {
   }
 
   // Since the process started: team loops run, teams dissolved mid-loop, loops that marked
-  // contention (the probe fusedrnn_probes::team_counts, for tests and benchmarks).
+  // contention, team loops split by batch rows (the probe fusedrnn_probes::team_counts, for
+  // tests and benchmarks).
   static std::vector<int64_t> totals() {
-    return {counts()[0].load(), counts()[1].load(), counts()[2].load()};
+    return {counts()[0].load(), counts()[1].load(), counts()[2].load(), counts()[3].load()};
   }
 
  private:
@@ -108,7 +114,7 @@ class TeamContention {
     return until;
   }
   static std::atomic<int64_t>* counts() {
-    static std::atomic<int64_t> values[3] = {0, 0, 0};
+    static std::atomic<int64_t> values[4] = {0, 0, 0, 0};
     return values;
   }
   static std::atomic<int>& probes() {  // contended loops in a row
@@ -255,10 +261,12 @@ class TeamChoice {
   // The record for a loop: forward and backward loops, and cells of different gate counts, cost
   // differently per multiply-add (a fwd+bwd pass alternates them), so each kind learns apart.
   // gates 0: a diagonal recurrence (IndRNN), whose multiply-adds each carry an activation.
-  static int class_of(bool backward, int64_t gates, int64_t macs_per_step) {
+  // A team split by batch rows (no barriers) learns apart from one split by units.
+  static int class_of(bool backward, int64_t gates, int64_t macs_per_step, bool split_rows) {
     int size = 0;
     while (size + 1 < kSizes && (int64_t{2} << size) <= macs_per_step) ++size;
-    const int64_t kind = (backward ? kMaxGates + 1 : 0) + std::min<int64_t>(gates, kMaxGates);
+    const int64_t kind = (split_rows ? 2 * (kMaxGates + 1) : 0) +
+                         (backward ? kMaxGates + 1 : 0) + std::min<int64_t>(gates, kMaxGates);
     return static_cast<int>(kind) * kSizes + size;
   }
   static bool learning() {
@@ -293,36 +301,60 @@ class TeamChoice {
     std::atomic<double> team_cost{0.0}, alone_cost{0.0};
   };
   static Class* classes() {
-    static Class values[2 * (kMaxGates + 1) * kSizes];
+    static Class values[4 * (kMaxGates + 1) * kSizes];
     return values;
   }
 };
 
-// How a time loop runs: `workers` threads, and the TeamChoice record its time goes to (-1: none,
-// where no team was possible).
+// How a time loop runs: `workers` threads, splitting the unit blocks or the batch rows among
+// them, and the TeamChoice record its time goes to (-1: none, where no team was possible).
 struct TeamPlan {
   int64_t workers = 1;
+  bool split_rows = false;
   int choice_class = -1;
   double loop_macs = 0;  // multiply-adds of the whole loop
 };
 
-// The plan for a loop of `steps` steps over num_blocks unit blocks (a forward or backward loop of
-// a cell with `gates` gates, 0 for a diagonal recurrence; see TeamChoice::class_of):
-// torch.get_num_threads() workers at most, one when the per-step product is a BLAS call
-// (can_split false: BLAS threads itself and must not run inside our region), when already inside
-// a parallel region, when a step is too small to split, while the machine is busy
-// (usable_threads()), or where one worker has proved cheaper (TeamChoice).
-inline TeamPlan plan_team(bool can_split, int64_t num_blocks, int64_t macs_per_step,
-                          int64_t steps, bool backward, int64_t gates) {
+// Batch rows a worker needs for a team split by rows: the packed kernels' register blocks hold 6
+// (LSTM) to 8 rows, and fewer leave FMA chains idle.
+constexpr int64_t kMinRowsPerWorker = 8;
+// The largest W_hh (with W_hr) every worker of a team split by rows reads whole each step: each
+// streams all of it instead of its share, which pays while it stays in a core's L2 cache.
+constexpr int64_t kMaxRowSplitWeightBytes = int64_t{2} << 20;
+
+// FUSEDRNN_TEAM_SPLIT=units (tests, before/after timings) keeps every team on unit blocks.
+inline bool rows_split_allowed() {
+  static const bool allowed = [] {
+    const char* value = std::getenv("FUSEDRNN_TEAM_SPLIT");
+    return !(value && std::string_view(value) == "units");
+  }();
+  return allowed;
+}
+
+// The plan for a loop of `steps` steps over num_blocks unit blocks and `rows` batch rows (a
+// forward or backward loop of a cell with `gates` gates, 0 for a diagonal recurrence; see
+// TeamChoice::class_of): torch.get_num_threads() workers at most, one when the per-step product
+// is a BLAS call (can_split false: BLAS threads itself and must not run inside our region), when
+// already inside a parallel region, when a step is too small to split, while the machine is busy
+// (usable_threads()), or where one worker has proved cheaper (TeamChoice). The workers split the
+// rows where each gets kMinRowsPerWorker and the weights are small enough; else the unit blocks.
+inline TeamPlan plan_team(bool can_split, int64_t num_blocks, int64_t rows, int64_t macs_per_step,
+                          int64_t steps, bool backward, int64_t gates, int64_t element_bytes) {
   if (!can_split || at::in_parallel_region()) return {};
   const int64_t by_work = std::max<int64_t>(1, macs_per_step / kMinStepMacsPerWorker);
-  const int64_t allowed = std::min<int64_t>({usable_threads(), num_blocks, by_work});
+  const int64_t threads = std::min<int64_t>(usable_threads(), by_work);
+  const int64_t weight_bytes = rows > 0 ? macs_per_step / rows * element_bytes : 0;
+  const bool split_rows = rows_split_allowed() && weight_bytes <= kMaxRowSplitWeightBytes &&
+                          std::min(threads, rows / kMinRowsPerWorker) >= 2;
+  const int64_t allowed =
+      std::min(threads, split_rows ? rows / kMinRowsPerWorker : num_blocks);
   if (allowed < 2 || !TeamChoice::learning() ||
       macs_per_step >= TeamChoice::kMaxLearnedStepMacs) {
-    return {allowed};
+    return {allowed, split_rows && allowed >= 2};
   }
-  const int c = TeamChoice::class_of(backward, gates, macs_per_step);
-  return {TeamChoice::use_team(c) ? allowed : 1, c,
+  const int c = TeamChoice::class_of(backward, gates, macs_per_step, split_rows);
+  const bool team = TeamChoice::use_team(c);
+  return {team ? allowed : 1, team && split_rows, c,
           static_cast<double>(macs_per_step) * static_cast<double>(steps)};
 }
 
@@ -371,7 +403,9 @@ struct TeamClock {
   static constexpr int64_t kMinBarriers = 8, kMinDissolveNs = 1'000'000,
                            kMinLongDissolveNs = 10'000'000;
 
-  int64_t own_blocks = 0, num_blocks = 0;
+  int64_t num_blocks = 0;  // the loop's unit blocks (a dissolved team's first worker takes all)
+  // The first worker's share of the loop's work: own of total unit blocks, or batch rows.
+  int64_t own_work = 0, total_work = 0;
   int64_t region_start = 0, loop_start = 0;  // the region's (before waking workers), the loop's
   std::chrono::steady_clock::time_point loop_start_time;
   int64_t waking = 0, waited = 0;            // waiting before the loop, and at its barriers
@@ -404,19 +438,25 @@ struct TeamClock {
 
  private:
   double ratio(int64_t elapsed, int64_t waiting) const {
-    const double alone = static_cast<double>(elapsed - waiting) * num_blocks / own_blocks;
+    const double alone = static_cast<double>(elapsed - waiting) * total_work / own_work;
     return alone > 0 ? static_cast<double>(elapsed) / alone : kDissolveRatio;
   }
 };
 
-// The unit blocks [block_begin, block_end) a worker owns; id is 0..workers-1.
+// What a worker owns: unit blocks [block_begin, block_end) of batch rows [row_begin, row_end);
+// id is 0..workers-1. A team splits either the blocks (every worker has every row) or the rows
+// (every worker has every block, and needs no other's results: no barriers).
 struct Worker {
-  int64_t block_begin, block_end, id, workers;
+  int64_t block_begin, block_end, row_begin, row_end, id, workers;
+  bool split_rows = false;
   TeamClock* clock = nullptr;  // shared by the team; null for a team of one
   int64_t barriers_passed = 0;
 
+  int64_t rows() const { return row_end - row_begin; }
+
   // This worker's share [first, second) of another range of n blocks (same rule as its own).
   std::pair<int64_t, int64_t> share(int64_t n) const {
+    if (split_rows) return {0, n};
     return {n * id / workers, n * (id + 1) / workers};
   }
 
@@ -425,7 +465,7 @@ struct Worker {
   // with every block (its range and share() cover them all).
   [[nodiscard]] bool barrier() {
 #ifdef _OPENMP
-    if (workers < 2) return true;
+    if (workers < 2 || split_rows) return true;
     const bool first = id == 0;
     const int64_t arrived = first ? ticks() : 0;
 #pragma omp barrier
@@ -453,10 +493,10 @@ struct Worker {
 
 // Runs fn(worker) on plan.workers threads at once (the time loop inside fn calls
 // worker.barrier() and returns when it says so), then reports the loop to TeamContention and its
-// time to TeamChoice. The blocks are split by the team actually granted, which may be smaller
-// than asked (nested regions); with one thread fn runs inline.
+// time to TeamChoice. The blocks (or rows) are split by the team actually granted, which may be
+// smaller than asked (nested regions); with one thread fn runs inline.
 template <typename Fn>
-void run_team(const TeamPlan& plan, int64_t num_blocks, const Fn& fn) {
+void run_team(const TeamPlan& plan, int64_t num_blocks, int64_t rows, const Fn& fn) {
   const int64_t team = plan.workers;
 #ifdef _OPENMP
   if (team > 1) {
@@ -465,14 +505,20 @@ void run_team(const TeamPlan& plan, int64_t num_blocks, const Fn& fn) {
     clock.region_start = ticks();
     if (TeamClock::forced_dissolve_at() > 0) clock.dissolve_at = TeamClock::forced_dissolve_at();
     int64_t first_done = 0;
-    bool granted_team = false, first_dissolved = false;
+    bool granted_team = false, first_dissolved = false, split_rows = false;
 #pragma omp parallel num_threads(static_cast<int>(team))
     {
       const int64_t workers = omp_get_num_threads(), id = omp_get_thread_num();
-      Worker me{num_blocks * id / workers, num_blocks * (id + 1) / workers, id, workers, &clock};
+      const bool by_rows = plan.split_rows && workers > 1;
+      Worker me = by_rows ? Worker{0, num_blocks, rows * id / workers, rows * (id + 1) / workers,
+                                   id, workers, true, &clock}
+                          : Worker{num_blocks * id / workers, num_blocks * (id + 1) / workers, 0,
+                                   rows, id, workers, false, &clock};
       if (id == 0) {
-        clock.own_blocks = me.block_end - me.block_begin;
+        clock.own_work = by_rows ? me.rows() : me.block_end - me.block_begin;
+        clock.total_work = by_rows ? rows : num_blocks;
         granted_team = workers > 1;
+        split_rows = by_rows;
       }
       const int64_t arrived = ticks();
 #pragma omp barrier
@@ -493,7 +539,7 @@ void run_team(const TeamPlan& plan, int64_t num_blocks, const Fn& fn) {
       clock.waited += finish - first_done;
       TeamContention::record_loop(first_dissolved,
                                   clock.slowdown_in_region(finish) > TeamClock::kSlowerRatio,
-                                  /*record=*/TeamClock::forced_dissolve_at() == 0);
+                                  /*record=*/TeamClock::forced_dissolve_at() == 0, split_rows);
       // A dissolved loop says the machine is busy, not what a team costs on it.
       if (plan.choice_class >= 0 && !first_dissolved) {
         TeamChoice::record(plan.choice_class, true,
@@ -503,7 +549,7 @@ void run_team(const TeamPlan& plan, int64_t num_blocks, const Fn& fn) {
     return;
   }
 #endif
-  Worker me{0, num_blocks, 0, 1};
+  Worker me{0, num_blocks, 0, rows, 0, 1};
   const int64_t start = plan.choice_class >= 0 ? ticks() : 0;
   fn(me);
   if (plan.choice_class >= 0) {
