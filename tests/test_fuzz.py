@@ -1,7 +1,9 @@
 """Seeded fuzz against torch.nn: random configurations (every cell, 1-3 layers, uni/bidirectional,
 batch_first, bias, batched / unbatched / packed sorted / packed unsorted, with or without h0,
 T = 1 included, cell modules looped over T) in fp32 and fp64; outputs, states and every gradient
-by the fp64 rule (fusedrnn.verification). FUSEDRNN_FUZZ_CASES sets how many (default 300),
+by the fp64 rule (fusedrnn.verification). One case in eight is big enough for the CPU loops to
+run on a thread team (B 9-40, H 40-80: csrc/cpu/team.h; from B = 16 on its workers split the
+batch rows, below it the hidden units). FUSEDRNN_FUZZ_CASES sets how many (default 300),
 FUSEDRNN_FUZZ_SEED which ones (default 0): each case is reproducible from its index alone."""
 import os
 import random
@@ -20,8 +22,12 @@ def draw(index: int):
     """The index-th random configuration and dtype."""
     rng = random.Random(SEED * 1_000_003 + index)
     cell = rng.choice(list(CELLS))
-    sizes = dict(T=rng.choice([1, 1, 2, 3, 5, 8, 13]), B=rng.randint(1, 5), I=rng.randint(1, 8),
-                 H=rng.randint(4 if cell == "lstm_proj" else 1, 12), bias=rng.random() < 0.8)
+    team_sized = rng.random() < 0.125
+    sizes = dict(T=rng.choice([1, 1, 2, 3, 5, 8, 13]),
+                 B=rng.randint(9, 40) if team_sized else rng.randint(1, 5), I=rng.randint(1, 8),
+                 H=rng.randint(40, 80) if team_sized else
+                 rng.randint(4 if cell == "lstm_proj" else 1, 12),
+                 bias=rng.random() < 0.8)
     dtype = rng.choice([torch.float32, torch.float64])
     if cell in CELL_LOOP_CELLS and rng.random() < 0.1:
         return Case(cell, cell_loop=True, **sizes), dtype
