@@ -4,11 +4,12 @@
 //
 // W_hh is packed once per call (packed_gemm.h; a diagonal recurrence's u is used as it is,
 // diagonal_weight.h) and the time loop runs on a team of threads that stays together for the
-// whole sequence (team.h). Each worker owns blocks of 16 hidden units:
-// per step and block it computes W_hh h for those units of every gate into a small tile and
-// does their gate math (gate_math.h, row_kernels.h) while the tile is in L1; one barrier per
-// step. Backward: each worker does the gate derivatives of its units, a barrier, then its units
-// of d h_{t-1} = d gates · W_hh (double-buffered d gates, so one barrier a step suffices).
+// whole sequence (team.h). Each worker owns blocks of 16 hidden units (or, where the team splits
+// the batch, every block of its rows, and the barriers are no-ops): per step and block it
+// computes W_hh h for those units of every gate into a small tile and does their gate math
+// (gate_math.h, row_kernels.h) while the tile is in L1; one barrier per step. Backward: each
+// worker does the gate derivatives of its units, a barrier, then its units of
+// d h_{t-1} = d gates · W_hh (double-buffered d gates, so one barrier a step suffices).
 // Weight gradients are one GEMM over all steps at the end (a sum of products for a diagonal
 // recurrence). Where h is projected (LSTM with proj_size) a step has a second phase, as the W_hr
 // product needs every unit in between.
