@@ -12,9 +12,10 @@ import torch
 from fusedrnn.verification import spec_of
 from helpers import CELLS, Case, check_case
 
-# (B, H): one row / 1 panel; 7 rows (AVX2 6 + 1) / 33 cols (2 panels + 1); 13 rows (8 + 5) /
-# K=4H=280 (2 slices); two rows (GRU/LSTM: every gate in one pass) with a partial panel, and with
-# depth past one slice; 4 rows; 10 rows (8 + 2 single rows); 11 rows (8 + 3)
+# (B, H): one row (the split-k kernel) / 1 panel; 7 rows (one call; AVX2 3 + 4) / 33 cols (2
+# panels + 1); 13 rows (6 + 7; AVX2 4 + 4 + 5) / K=4H=280 (2 slices); two rows (split-k; GRU/LSTM:
+# every gate in one pass) with a partial panel, and with depth past one slice; 4 rows; 10 rows
+# (5 + 5); 11 rows (5 + 6). Rows are spread evenly over kernel calls of at most 8 (AVX2: 6).
 EDGE_SHAPES = [(1, 16), (7, 33), (13, 70), (6, 260), (2, 33), (2, 260), (4, 20), (10, 33),
                (11, 16)]
 
@@ -28,14 +29,16 @@ def test_gemm_block_edges(cell, B, H, dtype):
 
 @pytest.mark.parametrize("disable", ["FUSEDRNN_DISABLE_AVX512", "FUSEDRNN_DISABLE_GATE_KERNEL"])
 def test_gemm_block_edges_other_kernels(disable):
-    """The edge shapes again with another form of the packed GEMM forced: its AVX2 form (the GEMM
-    CPUs without AVX-512 run; the gate row kernels keep their own load-time clone), or on
-    AVX-512 the gate-by-gate 8x16 kernel in place of the all-gates one for GRU/LSTM steps. The
-    choice is made once per process, so in a fresh one."""
+    """The edge shapes, and the teams' bitwise equality with one worker (both splits), again with
+    another form of the packed GEMM forced: its AVX2 form (the GEMM CPUs without AVX-512 run;
+    the gate row kernels keep their own load-time clone), or on AVX-512 the gate-by-gate 8x16
+    kernel in place of the all-gates one for GRU/LSTM steps. The choice is made once per
+    process, so in a fresh one."""
     here = os.path.dirname(os.path.abspath(__file__))
     env = dict(os.environ, **{disable: "1"})
     subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-                    f"{here}/test_cpu_kernels.py::test_gemm_block_edges"],
+                    f"{here}/test_cpu_kernels.py::test_gemm_block_edges",
+                    f"{here}/test_cpu_kernels.py::test_thread_count_does_not_change_results"],
                    check=True, env=env, cwd=os.path.dirname(here))
 
 

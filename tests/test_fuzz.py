@@ -1,10 +1,12 @@
 """Seeded fuzz against torch.nn: random configurations (every cell, 1-3 layers, uni/bidirectional,
 batch_first, bias, batched / unbatched / packed sorted / packed unsorted, with or without h0,
 T = 1 included, cell modules looped over T) in fp32 and fp64; outputs, states and every gradient
-by the fp64 rule (fusedrnn.verification). One case in eight is big enough for the CPU loops to
-run on a thread team (B 9-40, H 40-80: csrc/cpu/team.h; from B = 16 on its workers split the
-batch rows, below it the hidden units). FUSEDRNN_FUZZ_CASES sets how many (default 300),
-FUSEDRNN_FUZZ_SEED which ones (default 0): each case is reproducible from its index alone."""
+by the fp64 rule (fusedrnn.verification). One case in eight has B 9-40 and H 40-80, where the
+float32 CPU loops of GRU and LSTM (RNN where B H^2 reaches 65536) run on a thread team on an
+idle machine (csrc/cpu/team.h; from B = 16 on its workers split the batch rows, below it the
+hidden units); their bitwise equality with one worker is tests/test_cpu_kernels.py's.
+FUSEDRNN_FUZZ_CASES sets how many (default 300), FUSEDRNN_FUZZ_SEED which ones (default 0):
+each case is reproducible from its index alone."""
 import os
 import random
 

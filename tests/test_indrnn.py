@@ -183,16 +183,18 @@ def test_torch_jit_script_explains_itself():
         torch.jit.script(fusedrnn.IndRNN(3, 4))
 
 
-def test_team_of_workers_gives_one_workers_results():
-    """At B * H = 66560 multiply-adds a step the diagonal loops split the batch rows over a team
-    of two (csrc/cpu/team.h). Each unit depends on its own past only, so every result but the
-    weight gradient (an ATen sum after the loop, whose order depends on the thread count) is
-    bitwise that of one worker, with lengths (a row empty, a row full) and both directions."""
+@pytest.mark.parametrize("B,H,split", [(64, 1040, "rows"), (13, 5200, "units")])
+def test_team_of_workers_gives_one_workers_results(B, H, split):
+    """At B * H >= 65536 multiply-adds a step the diagonal loops run on a team of two
+    (csrc/cpu/team.h): split by batch rows at 64 rows, by unit blocks at 13 (too few rows to
+    split). Each unit depends on its own past only, so every result but the weight gradient (an
+    ATen sum after the loop, whose order depends on the thread count) is bitwise that of one
+    worker, with lengths (a row empty, a row full) and both directions."""
     if torch.get_num_threads() < 2:
         pytest.skip("needs 2 intra-op threads")
     import fusedrnn.probes
     g = torch.Generator().manual_seed(0)
-    T, B, H = 4, 64, 1040
+    T = 4
     lengths = torch.randint(0, T + 1, (B,), generator=g)
     lengths[0], lengths[1] = 0, T
     xproj, h0 = torch.randn(T, B, H, generator=g), torch.randn(B, H, generator=g)
@@ -216,11 +218,13 @@ def test_team_of_workers_gives_one_workers_results():
             torch.set_num_threads(1)
             single = run(reverse)
             torch.set_num_threads(2)
-            team_loops = fusedrnn.probes.team_counts()[0]
+            team_loops, _, _, by_rows = fusedrnn.probes.team_counts()
             multi = run(reverse)
             # forward and backward on a team, unless the machine was found busy (then no team is
-            # allowed: csrc/cpu/team.h)
-            teams_formed &= fusedrnn.probes.team_counts()[0] >= team_loops + 2
+            # allowed: csrc/cpu/team.h); split as the sizes say
+            loops_now, _, _, by_rows_now = fusedrnn.probes.team_counts()
+            teams_formed &= loops_now >= team_loops + 2
+            assert by_rows_now - by_rows == (loops_now - team_loops if split == "rows" else 0)
             for a, b in zip(single, multi, strict=True):
                 assert torch.equal(a, b)
     finally:

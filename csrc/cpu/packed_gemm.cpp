@@ -46,9 +46,10 @@ bool packed_gemm_available() {
 }
 
 // The 16-column panel fits one zmm register: with AVX-512 each row of A needs one accumulator,
-// so 8-row blocks run at the FMA rate (remainders of 3-7 rows have fewer independent chains; 1-2
-// rows take the AVX2 split-k kernel) where AVX2 runs 6 and then splits the k sum of the last rows. Measured on the project's 2-vCPU Zen 4 (one thread, GFLOP/s, AVX2
-// 6x16 vs AVX-512 8x16): M=8 K=64 N=64 85 vs 114; M=32 K=256 N=1024 111 vs 117.
+// so calls of 8 rows run at the FMA rate where AVX2 holds 6 (calls of fewer rows have fewer
+// independent chains; a product of 1-2 rows in all takes the split-k kernel). Measured on the
+// project's 2-vCPU Zen 4 (one thread, GFLOP/s, AVX2 6x16 vs AVX-512 8x16): M=8 K=64 N=64 85 vs
+// 114; M=32 K=256 N=1024 111 vs 117.
 bool packed_gemm_avx512() {
 #if FUSEDRNN_HAVE_PACKED_KERNEL
   static const bool available = packed_gemm_available() && __builtin_cpu_supports("avx512f") &&

@@ -216,8 +216,10 @@ TimeLoopForwardResult forward(const ForwardArgs& a) {
     const TeamPlan team =
         plan_loop_team<C, S>(packed, w.num_blocks(), sz, proj, /*backward=*/false);
     Tensor full = at::empty({packed ? 0 : B, G * H}, options);  // W_hh h (BLAS path)
-    Tensor tiles =
-        at::empty({packed ? team.workers : 0, B, G * tile_units(w.num_blocks())}, options);
+    // A tile (B, G * units) per worker; one shared by a team split by rows, each worker using
+    // its own rows of it.
+    const int64_t tile_count = !packed ? 0 : team.split_rows ? 1 : team.workers;
+    Tensor tiles = at::empty({tile_count, B, G * tile_units(w.num_blocks())}, options);
     const WorkspaceBuffers<S> ws(cell, saved, sz);
     const S* x = xproj.data_ptr<S>();
     const S* bias = cell.b_hh_in_step ? b_hh.data_ptr<S>() : nullptr;
@@ -228,7 +230,8 @@ TimeLoopForwardResult forward(const ForwardArgs& a) {
     S* tiles_data = tiles.data_ptr<S>();
     constexpr int kCellParts = cell.workspace_parts - 1;  // the parts before hprev
     run_team(team, w.num_blocks(), B, [&](Worker& me) {
-      S* tile = tiles_data + me.id * tiles.stride(0);
+      S* tile = me.split_rows ? tiles_data + me.row_begin * tiles.stride(1)
+                              : tiles_data + me.id * tiles.stride(0);
       for (int64_t s = 0; s < T; ++s) {
         const S* h_cur = h_state.slot<S>(s);
         S* h_next = h_state.slot<S>(s + 1);
