@@ -1,5 +1,6 @@
 """Before/after speed of two builds of fusedrnn on one machine: the same bench grid run in
-alternating processes (A, B, A, B, ...), compared per configuration.
+alternating processes (A, B, B, A, A, B, ...: each build first in every other repetition, so a
+steady drift of the machine does not favour one), compared per configuration.
 
 Two builds cannot share a process (both register torch.ops.fusedrnn), so each repetition runs
 `python -m fusedrnn bench` once per build, back to back, and the comparison is of each build's
@@ -75,7 +76,7 @@ def main() -> None:
     runs = {"a": [], "b": []}
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(args.reps):
-            for side in ("a", "b"):
+            for side in ("a", "b") if rep % 2 == 0 else ("b", "a"):
                 path = os.path.join(tmp, f"{side}{rep}.json")
                 runs[side].append(run_bench(getattr(args, side), bench_args, path))
                 print(f"repetition {rep + 1}/{args.reps}: build {side.upper()} done", flush=True)
