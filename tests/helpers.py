@@ -80,3 +80,17 @@ def op_backward_samples(lengths, device="cpu", dtype=torch.float64):
         samples.append((op, (cell, grad(out), grad(h_n), grad_c_n, w_hh, w_hr, workspace, lens,
                              reverse)))
     return samples
+
+
+def check_teams_ran(before: tuple, expected_loops: int, split: str) -> None:
+    """After time loops that the size rule gives a thread team of two (csrc/cpu/team.h): that
+    `expected_loops` team loops ran since the team_counts() reading `before`, all split as
+    `split` says ("rows" or "units"). Where fewer ran the machine must have been read busy
+    (no team is then allowed): the test skips, its results already checked."""
+    import fusedrnn.probes
+    loops, _, contended, by_rows = fusedrnn.probes.team_counts()
+    ran = loops - before[0]
+    if ran < expected_loops:
+        assert contended + fusedrnn.probes.machine_load()[3] > 0, "no team on an idle machine"
+        pytest.skip("the machine is busy: results checked, but no team formed")
+    assert by_rows - before[3] == (ran if split == "rows" else 0)
