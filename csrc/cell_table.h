@@ -33,8 +33,8 @@ struct CellSpec {
   // LSTM 4 (i, f, g, o).
   int64_t gates;
   int64_t states;  // 1: h; 2: h and the cell state c
-  // b_hh enters the step itself (GRU: n = tanh(x_n + r * (W_hn h + b_hn))) instead of adding to
-  // the input projection.
+  // b_hh enters the step at a place of its own (GRU: n = tanh(x_n + r * (W_hn h + b_hn))) instead
+  // of adding to the pre-activation with b_ih (autograd.h: split_biases).
   bool b_hh_in_step;
   // Whether h may be projected to proj_size features (w_hr; torch.nn: LSTM only).
   bool projectable;

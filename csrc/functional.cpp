@@ -74,17 +74,13 @@ std::tuple<Tensor, Tensor, Tensor> layer(Cell cell, const Tensor& x, const Tenso
     // The output is a copy: as with torch.nn, an in-place op on it must leave h_n alone.
     return {h_n.unsqueeze(0).clone(), h_n, has_c ? c_n : no_cell_state(h_n)};
   }
-  // b_hh adds to the pre-activation (fold it into the projection) unless it enters the step
-  // (GRU: b_hn sits inside r * (W_hn h + b_hn)), where the time-loop op takes it.
-  const bool b_hh_in_step = spec(cell).b_hh_in_step;
-  OptTensor bias = b_ih.has_value() ? b_ih : b_hh_in_step ? std::nullopt : b_hh;
-  if (!b_hh_in_step && b_ih.has_value() && b_hh.has_value()) bias = *b_ih + *b_hh;
-  const Tensor xproj = input_projection(x, w_ih, bias);
+  const auto [projection_bias, step_bias] = split_biases(cell, b_ih, b_hh);
+  const Tensor xproj = input_projection(x, w_ih, projection_bias);
   // (c0 of a cell without a cell state is ignored, as the one-step path above does.)
   auto [out, h_n, c_n, workspace] = ops::time_loop_forward().call(
       spec(cell).name, xproj, h0, spec(cell).has_cell_state() ? c0 : std::nullopt, w_hh,
-      b_hh_in_step ? b_hh : std::nullopt, w_hr, lengths, reverse, kSaveWorkspace);
-  remember_projection(out, x, w_ih, bias);
+      step_bias, w_hr, lengths, reverse, kSaveWorkspace);
+  remember_projection(out, x, w_ih, projection_bias);
   return {out, h_n, c_n};
 }
 

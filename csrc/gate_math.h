@@ -6,7 +6,7 @@
 //   RNN : h' = act(x_t + W_hh h)                         act = tanh | relu
 //   GRU : gates r,z,n;  n = tanh(x_n + r * (W_hn h + b_hn)),  h' = (1-z)*n + z*h
 //   LSTM: gates i,f,g,o; c' = f*c + i*g,  h' = o*tanh(c')   (then h' = W_hr h' with proj_size)
-// "x_*" is the input projection (W_ih x + b_ih, plus b_hh for RNN/LSTM), "h_*" the recurrent
+// "x_*" is the input side (W_ih x + b_ih, plus b_hh for RNN/LSTM), "h_*" the recurrent
 // product (W_hh h, plus b_hh for GRU).
 #pragma once
 

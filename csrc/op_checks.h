@@ -91,13 +91,12 @@ inline int64_t check_recurrent_weights(const CellSpec& cell, int64_t H, const at
 }
 
 // The layer op's forward arguments (csrc/op_schemas.h) for `cell`: sizes from xproj (T, B, G*H),
-// whose dtype is the storage dtype; c0 exactly for cells with a cell state, b_hh only for cells
-// where it enters the step (the others take it in xproj).
+// whose dtype is the storage dtype; c0 exactly for cells with a cell state.
 inline LayerSizes check_time_loop_forward(const CellSpec& cell, const at::Tensor& xproj,
                                           const at::Tensor& h0,
                                           const std::optional<at::Tensor>& c0,
                                           const at::Tensor& w_hh,
-                                          const std::optional<at::Tensor>& b_hh,
+                                          const std::optional<at::Tensor>& bias,
                                           const std::optional<at::Tensor>& w_hr,
                                           const std::optional<at::Tensor>& lengths) {
   const int64_t G = cell.gates;
@@ -112,9 +111,7 @@ inline LayerSizes check_time_loop_forward(const CellSpec& cell, const at::Tensor
   TORCH_CHECK(c0.has_value() == cell.has_cell_state(), "fusedrnn: c0 is ",
               cell.has_cell_state() ? "needed by " : "not taken by ", cell.name);
   if (c0.has_value()) check_tensor(*c0, xproj, "c0", {s.B, s.H});
-  TORCH_CHECK(!b_hh.has_value() || cell.b_hh_in_step, "fusedrnn: ", cell.name,
-              " takes b_hh inside xproj (W_ih x + b_ih + b_hh), not as an argument");
-  if (b_hh.has_value()) check_tensor(*b_hh, xproj, "b_hh", {G * s.H});
+  if (bias.has_value()) check_tensor(*bias, xproj, "bias", {G * s.H});
   check_lengths(lengths, s.B);
   return s;
 }

@@ -6,13 +6,15 @@
 // The layer op pair (schemas in csrc/op_schemas.h), one layer and one direction of any cell
 // (`cell`: a name of csrc/cell.h's table). Shapes (T steps, B batch, H hidden, P = proj_size or
 // H, G = the cell's gates: RNN 1, GRU 3, LSTM 4):
-//   xproj    (T, B, G*H)  input projection W_ih x_t + b_ih, plus b_hh where it does not enter
-//                         the step (every cell but GRU)
+//   xproj    (T, B, G*H)  input projection W_ih x_t (plus b_ih where b_hh enters the step: GRU)
 //   h0 / h_n (B, P)       c0 / c_n (B, H) for cells with a cell state (LSTM); else c0 is None
 //                         and c_n (0)
 //   w_hh     (G*H, P)     w_hr (P, H) where h may be projected (LSTM); (G*H) for a cell with a
 //                         diagonal recurrence (IndRNN: u ⊙ h_{t-1} per gate block, P = H)
-//   b_hh     (G*H)        only where it enters the step (GRU: n = tanh(x_n + r * (W_hn h + b_hn)))
+//   bias     (G*H)        the bias the step adds: b_hh where it enters the step (GRU:
+//                         n = tanh(x_n + r * (W_hn h + b_hn))); for every other cell the whole
+//                         bias b_ih + b_hh, added to xproj (in the step, where the values are in
+//                         cache: a bias in the projection is one more pass over (T, B, G*H))
 //   lengths  (B) int64    optional; row b runs lengths[b] steps, then its state is frozen and its
 //                         outputs are zero (torch.nn's PackedSequence semantics)
 //   reverse               run time backwards (from lengths[b]-1 down to 0 for row b)
@@ -28,8 +30,9 @@
 // csrc/cuda/step_kernels.h), else the input's dtype.
 //   time_loop_backward   d output (T, B, P), d h_n (B, P), d c_n (B, H) (cells with a cell state),
 //                        w_hh, w_hr, the forward's workspace; returns d xproj (T, B, G*H), d h0,
-//                        d c0 ((0) without a cell state), d w_hh, d b_hh ((G*H) where b_hh enters
-//                        the step, else (0)), d w_hr ((0) without w_hr)
+//                        d c0 ((0) without a cell state), d w_hh, d bias ((G*H) where b_hh enters
+//                        the step, else (0): there d bias is d xproj summed over steps and
+//                        rows), d w_hr ((0) without w_hr)
 //
 // Functional ops (torch.nn's computation):
 //   recurrent_layer   one layer, one direction: x (T, B, I), w_ih (G*H, I), b_ih/b_hh (G*H)

@@ -1,8 +1,9 @@
 // The time-loop ops' computation in differentiable ATen ops, step by step: what a backward with
 // create_graph=True differentiates (csrc/autograd.cpp). Slow (a few ops a step) and used only
 // there. Semantics as the fused ops (csrc/ops.cpp): lengths freeze a row's state and zero its
-// outputs past its length, reverse runs time backwards, GRU's b_hh sits inside r * (...), LSTM's
-// w_hr projects h, a diagonal recurrence multiplies h by u elementwise.
+// outputs past its length, reverse runs time backwards, the step's bias adds to W_hh h (GRU's
+// b_hh so sits inside r * (...)), LSTM's w_hr projects h, a diagonal recurrence multiplies h by
+// u elementwise.
 #include <ATen/ATen.h>
 
 #include <vector>
@@ -14,7 +15,7 @@ namespace fusedrnn {
 using at::Tensor;
 
 std::vector<Tensor> reference_time_loop(Cell cell, const Tensor& xproj, const Tensor& h0,
-                                        const Tensor& c0, const Tensor& w_hh, const Tensor& b_hh,
+                                        const Tensor& c0, const Tensor& w_hh, const Tensor& bias,
                                         const Tensor& w_hr, const Tensor& lengths, bool reverse) {
   const int64_t T = xproj.size(0);
   Tensor h = h0, c = c0;
@@ -26,13 +27,13 @@ std::vector<Tensor> reference_time_loop(Cell cell, const Tensor& xproj, const Te
     // (B, G*H): W_hh h, or u ⊙ h for every gate block (a diagonal recurrence)
     Tensor recurrent = spec(cell).diagonal() ? h.repeat({1, spec(cell).gates}) * w_hh
                                              : at::matmul(h, w_hh.t());
+    if (bias.defined()) recurrent = recurrent + bias;  // the step's bias (csrc/ops.cpp)
     switch (cell) {
       case Cell::RnnTanh:
       case Cell::IndrnnTanh: h_new = at::tanh(x_t + recurrent); break;
       case Cell::RnnRelu:
       case Cell::IndrnnRelu: h_new = at::relu(x_t + recurrent); break;
       case Cell::Gru: {
-        if (b_hh.defined()) recurrent = recurrent + b_hh;
         const auto xs = x_t.chunk(3, 1), hs = recurrent.chunk(3, 1);
         const Tensor r = at::sigmoid(xs[0] + hs[0]), z = at::sigmoid(xs[1] + hs[1]);
         const Tensor n = at::tanh(xs[2] + r * hs[2]);

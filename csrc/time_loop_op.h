@@ -20,7 +20,7 @@ namespace fusedrnn {
 // output (T, B, P), h_n (B, P), c_n (B, H) or (0), workspace (the cell's parts, or none).
 using TimeLoopForwardResult =
     std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>>;
-// grad_xproj, grad_h0, grad_c0 ((0) without a cell state), grad_w_hh, grad_b_hh ((0) unless
+// grad_xproj, grad_h0, grad_c0 ((0) without a cell state), grad_w_hh, grad_bias ((0) unless
 // b_hh enters the step), grad_w_hr ((0) without w_hr).
 using TimeLoopBackwardResult =
     std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
@@ -32,7 +32,7 @@ struct ForwardArgs {
   const at::Tensor& h0;
   const std::optional<at::Tensor>& c0;
   const at::Tensor& w_hh;
-  const std::optional<at::Tensor>& b_hh;
+  const std::optional<at::Tensor>& bias;  // the step's bias (csrc/ops.cpp)
   const std::optional<at::Tensor>& w_hr;
   const std::optional<at::Tensor>& lengths;
   bool reverse, save_workspace;
@@ -58,12 +58,12 @@ struct TimeLoopOps {
 
   static TimeLoopForwardResult forward(c10::string_view cell_name, const Tensor& xproj,
                                        const Tensor& h0, const OptTensor& c0, const Tensor& w_hh,
-                                       const OptTensor& b_hh, const OptTensor& w_hr,
+                                       const OptTensor& bias, const OptTensor& w_hr,
                                        const OptTensor& lengths, bool reverse,
                                        bool save_workspace) {
     const CellSpec& cell = spec(parse_cell(cell_name));
-    const ForwardArgs args{xproj, h0, c0, w_hh, b_hh, w_hr, lengths, reverse, save_workspace,
-                           check_time_loop_forward(cell, xproj, h0, c0, w_hh, b_hh, w_hr, lengths)};
+    const ForwardArgs args{xproj, h0, c0, w_hh, bias, w_hr, lengths, reverse, save_workspace,
+                           check_time_loop_forward(cell, xproj, h0, c0, w_hh, bias, w_hr, lengths)};
     return visit_cell(cell.cell,
                       [&](auto c) { return Loops::template forward<decltype(c)::value>(args); });
   }

@@ -23,7 +23,7 @@ def _workspace(like: torch.Tensor, T: int, B: int, width: int) -> torch.Tensor:
 
 
 @torch.library.register_fake("fusedrnn::time_loop_forward")
-def _time_loop_forward_fake(cell, xproj, h0, c0, w_hh, b_hh, w_hr, lengths, reverse,
+def _time_loop_forward_fake(cell, xproj, h0, c0, w_hh, bias, w_hr, lengths, reverse,
                             save_workspace):
     spec = CELLS[cell]
     T, B, _ = xproj.shape

@@ -19,7 +19,9 @@ class CellSpec:
     # The layer op's (time_loop_forward) saved workspace, in order: (name, width in units of H,
     # or of P for "P": the size of h); the last part is hprev (T, B, P).
     workspace: tuple[tuple[str, int, str], ...]
-    b_hh_in_step: bool = False  # b_hh enters the step (GRU) instead of the input projection
+    # b_hh enters the step at a place of its own (GRU: inside r * (W_hn h + b_hn)) instead of
+    # adding to the pre-activation with b_ih.
+    b_hh_in_step: bool = False
     projectable: bool = False   # h may be projected to proj_size features (w_hr)
     # How h_{t-1} enters a step: "dense", W_hh h with w_hh (G*H, P); "diagonal", u * h per gate
     # block with w_hh = u (G*H,) (IndRNN).

@@ -41,7 +41,7 @@ def check_case(case: Case, dtype, device="cpu", seed=0):
 
 def op_samples(lengths, reverse, requires_grad=True, device="cpu", dtype=torch.float64):
     """(op, args) of the layer op (torch.ops.fusedrnn.time_loop_forward) for every cell, with
-    and without the optional b_hh / w_hr where the cell takes them; small, fp64 by default."""
+    and without the optional bias and w_hr (where the cell takes it); small, fp64 by default."""
     g = torch.Generator().manual_seed(0)
     T, B, H, P = 5, 3, 4, 2
 
@@ -54,14 +54,12 @@ def op_samples(lengths, reverse, requires_grad=True, device="cpu", dtype=torch.f
     for name, spec in cells.CELLS.items():
         G = spec.gates
         for optional in (False, True):
-            if optional and not (spec.b_hh_in_step or spec.projectable):
-                continue
             Ph = P if optional and spec.projectable else H  # the size of h
             c0 = r(B, H) if spec.has_cell_state else None
-            b_hh = r(G * H) if optional and spec.b_hh_in_step else None
+            bias = r(G * H) if optional else None  # the step's (csrc/ops.cpp)
             w_hr = r(Ph, H) if optional and spec.projectable else None
             w_hh = r(G * H) if spec.diagonal else r(G * H, Ph)
-            samples.append((op, (name, r(T, B, G * H), r(B, Ph), c0, w_hh, b_hh, w_hr, lens,
+            samples.append((op, (name, r(T, B, G * H), r(B, Ph), c0, w_hh, bias, w_hr, lens,
                                  reverse, True)))
     return samples
 

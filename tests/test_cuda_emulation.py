@@ -80,7 +80,7 @@ def make_inputs(case: OpCase, seed: int, gate_offsets=None, scale=1.0):
         "h0": rand(B, P) * 0.5,
         "c0": rand(B, H) * 0.5,
         "w_hh": (torch.rand(*w_hh_shape, generator=g, dtype=torch.float64) * 2 - 1) * w_hh_scale,
-        "b_hh": rand(3 * H) * 0.1,
+        "bias": rand(G * H) * 0.1,  # the step's (csrc/ops.cpp)
         "w_hr": (torch.rand(P, H, generator=g, dtype=torch.float64) * 2 - 1) * k,
         "grad_output": rand(T, B, P),
         "grad_h_n": rand(B, P),
@@ -93,7 +93,7 @@ def make_inputs(case: OpCase, seed: int, gate_offsets=None, scale=1.0):
 def _forward_args(case: OpCase, t: dict, lengths, save_workspace):
     spec = spec_of(case.cell)
     return (spec.name, t["xproj"], t["h0"], t["c0"] if spec.has_cell_state else None, t["w_hh"],
-            t["b_hh"] if spec.b_hh_in_step else None,
+            t["bias"],
             t["w_hr"] if case.cell == "lstm_proj" else None, lengths, case.reverse, save_workspace)
 
 
@@ -113,8 +113,8 @@ def run(ops, case: OpCase, t: dict, lengths):
                                                               strict=True)})
     if spec.has_cell_state:
         results.update(c_n=c_n, grad_c0=gc0)
-    if spec.b_hh_in_step:
-        results["grad_b_hh"] = gb
+    if spec.b_hh_in_step:  # (elsewhere d bias is d xproj's sum, taken by autograd)
+        results["grad_bias"] = gb
     if w_hr is not None:
         results["grad_w_hr"] = gwr
     return results

@@ -78,8 +78,9 @@ std::tuple<Tensor, Tensor, Tensor> cell_forward(
   Tensor c_new = at::empty({lstm ? B : 0, H}, options);
   Tensor ws = at::empty({B, W}, options);  // a scratch when not saved: the row kernels write it
   // x·W_ihᵀ + biases (GRU: b_ih only) and h·W_hhᵀ, each (B, G*H); the copy of h' the row
-  // kernels also write (as a layer's output row); zeros for a missing b_hh (GRU).
-  Tensor scratch = at::empty({2 * B * GH + B * H + (gru && !bias ? GH : 0)}, options);
+  // kernels also write (as a layer's output row); the row kernels' step bias where it is zero
+  // (every cell's biases but GRU's b_hh are in x·W_ihᵀ + biases).
+  Tensor scratch = at::empty({2 * B * GH + B * H + GH}, options);
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fusedrnn::cell_forward", [&] {
     scalar_t* xg = scratch.data_ptr<scalar_t>();
@@ -92,12 +93,9 @@ std::tuple<Tensor, Tensor, Tensor> cell_forward(
         for (int64_t j = 0; j < GH; ++j) xg[b * GH + j] = gru ? bi[j] : bi[j] + bh[j];
       }
     }
-    const scalar_t* gru_b_hh = bh;
-    if (gru && !bias) {
-      scalar_t* zeros = out_rows + B * H;
-      std::fill(zeros, zeros + GH, scalar_t(0));
-      gru_b_hh = zeros;
-    }
+    scalar_t* zeros = out_rows + B * H;
+    std::fill(zeros, zeros + GH, scalar_t(0));
+    const scalar_t* step_bias = gru && bias ? bh : zeros;
     gemm_rowmajor<scalar_t>(B, GH, I, x.data_ptr<scalar_t>(), I, false, w_ih.data_ptr<scalar_t>(),
                             I, /*b_is_nk=*/true, bias ? 1 : 0, xg, GH);
     gemm_rowmajor<scalar_t>(B, GH, H, h.data_ptr<scalar_t>(), H, false, w_hh.data_ptr<scalar_t>(),
@@ -114,7 +112,7 @@ std::tuple<Tensor, Tensor, Tensor> cell_forward(
         r.x = xg + b * GH;
         r.gh = hg + b * GH;
         r.gh_stride = H;
-        r.b_hh = gru ? gru_b_hh : nullptr;
+        r.bias = step_bias;
         r.h_cur = h_cur + b * H;
         r.h_new = h_next + b * H;
         r.out = out_rows + b * H;

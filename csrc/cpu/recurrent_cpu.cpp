@@ -188,10 +188,8 @@ TimeLoopForwardResult forward(const ForwardArgs& a) {
   const Tensor xproj = a.xproj.contiguous(), w_hh = a.w_hh.contiguous();
   const Tensor w_hr = proj ? a.w_hr->contiguous() : Tensor();
   const at::TensorOptions options = xproj.options();
-  Tensor b_hh;  // where it enters the step; zeros when absent
-  if (cell.b_hh_in_step) {
-    b_hh = a.b_hh.has_value() ? a.b_hh->contiguous() : at::zeros({G * H}, options);
-  }
+  // The step's bias (G*H); zeros when absent, so the row kernels add it without a branch.
+  const Tensor bias = a.bias.has_value() ? a.bias->contiguous() : at::zeros({G * H}, options);
 
   Tensor output = at::empty({T, B, P}, options);
   std::vector<Tensor> saved;
@@ -222,7 +220,7 @@ TimeLoopForwardResult forward(const ForwardArgs& a) {
     Tensor tiles = at::empty({tile_count, B, G * tile_units(w.num_blocks())}, options);
     const WorkspaceBuffers<S> ws(cell, saved, sz);
     const S* x = xproj.data_ptr<S>();
-    const S* bias = cell.b_hh_in_step ? b_hh.data_ptr<S>() : nullptr;
+    const S* bias_data = bias.data_ptr<S>();
     S* out = output.data_ptr<S>();
     S* unproj = proj ? unprojected.data_ptr<S>() : nullptr;
     S* scratch_data = scratch.data_ptr<S>();
@@ -243,7 +241,7 @@ TimeLoopForwardResult forward(const ForwardArgs& a) {
           const auto gh = worker_product(w, me, h_cur, P, G, H, full_data, tile);
           ForwardRow<S> r{};  // what every row of this step shares; the loop sets the rest
           r.gh_stride = gh.gate_stride;
-          r.b_hh = bias ? bias + j0 : nullptr;
+          r.bias = bias_data + j0;
           r.save = save_workspace;
           r.n = n;
           r.H = H;

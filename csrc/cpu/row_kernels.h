@@ -43,13 +43,13 @@ inline void copy_units(T* dst, const T* src, int64_t n) {
   if (n > 0) std::memcpy(dst, src, sizeof(T) * n);
 }
 
-// h' = act(x + W_hh h); writes h' to the state and the output.
+// h' = act(x + bias + W_hh h); writes h' to the state and the output.
 template <typename T>
-FUSEDRNN_CPU_CLONES void rnn_forward_row(const T* __restrict x, const T* __restrict gh,
-                                         T* __restrict h_next, T* __restrict out, int64_t n,
-                                         bool relu) {
+FUSEDRNN_CPU_CLONES void rnn_forward_row(const T* __restrict x, const T* __restrict bias,
+                                         const T* __restrict gh, T* __restrict h_next,
+                                         T* __restrict out, int64_t n, bool relu) {
   for_units(n, [&](int64_t j) __attribute__((always_inline)) {
-    const T h = gates::rnn_activation(x[j] + gh[j], relu);
+    const T h = gates::rnn_activation(x[j] + bias[j] + gh[j], relu);
     h_next[j] = h;
     out[j] = h;
   });
@@ -110,19 +110,21 @@ FUSEDRNN_CPU_CLONES void gru_backward_row(const T* __restrict ws, const T* __res
   });
 }
 
-// gh: W_hh h (4 gates); writes c', the unprojected hidden o*tanh(c') and ws (i, f, g, o; always
-// written, as for the GRU).
+// gh: W_hh h (4 gates), added to x + bias; writes c', the unprojected hidden o*tanh(c') and ws
+// (i, f, g, o; always written, as for the GRU).
 template <typename T>
-FUSEDRNN_CPU_CLONES void lstm_forward_row(const T* __restrict x, const T* __restrict gh,
-                                          const T* __restrict c_cur, T* __restrict c_next,
-                                          T* __restrict h_out, T* __restrict ws, int64_t n,
-                                          int64_t H, int64_t gh_stride) {
+FUSEDRNN_CPU_CLONES void lstm_forward_row(const T* __restrict x, const T* __restrict bias,
+                                          const T* __restrict gh, const T* __restrict c_cur,
+                                          T* __restrict c_next, T* __restrict h_out,
+                                          T* __restrict ws, int64_t n, int64_t H,
+                                          int64_t gh_stride) {
   const int64_t S = gh_stride;
+  auto pre = [&](int64_t k, int64_t j) __attribute__((always_inline)) {
+    return x[k * H + j] + bias[k * H + j] + gh[k * S + j];
+  };
   for_units(n, [&](int64_t j) __attribute__((always_inline)) {
-    const auto a = gates::lstm_forward<T>(x[j] + gh[j], x[H + j] + gh[S + j],
-                                          x[2 * H + j] + gh[2 * S + j],
-                                          x[3 * H + j] + gh[3 * S + j], c_cur[j], &c_next[j],
-                                          &h_out[j]);
+    const auto a = gates::lstm_forward<T>(pre(0, j), pre(1, j), pre(2, j), pre(3, j), c_cur[j],
+                                          &c_next[j], &h_out[j]);
     ws[j] = a.i;
     ws[H + j] = a.f;
     ws[2 * H + j] = a.g;
@@ -163,7 +165,7 @@ struct ForwardRow {
   const T* x;         // xproj (G blocks)
   const T* gh;        // W_hh h_{t-1} (G blocks)
   int64_t gh_stride;
-  const T* b_hh;      // (G blocks) where b_hh enters the step, else nullptr
+  const T* bias;      // the step's bias (G blocks; csrc/ops.cpp), zeros where absent
   const T* h_cur;     // h_{t-1}
   T* h_new;           // h_t (before W_hr where h is projected)
   T* out;             // the output row (h_new again where h is projected: the loop writes it)
@@ -202,7 +204,7 @@ template <bool Relu>
 struct CpuRnn {
   template <typename T>
   static void forward(const ForwardRow<T>& r) {
-    rnn_forward_row(r.x, r.gh, r.h_new, r.out, r.n, Relu);
+    rnn_forward_row(r.x, r.bias, r.gh, r.h_new, r.out, r.n, Relu);
     if (r.save) copy_units(r.ws[0], r.out, r.n);  // the activations: backward's derivative
   }
   template <typename T>
@@ -224,7 +226,7 @@ template <>
 struct CpuCell<Cell::Gru> {
   template <typename T>
   static void forward(const ForwardRow<T>& r) {
-    gru_forward_row(r.x, r.gh, r.b_hh, r.h_cur, r.h_new, r.out, r.ws[0], r.n, r.H, r.gh_stride);
+    gru_forward_row(r.x, r.gh, r.bias, r.h_cur, r.h_new, r.out, r.ws[0], r.n, r.H, r.gh_stride);
   }
   template <typename T>
   static void backward(const BackwardRow<T>& r) {
@@ -237,7 +239,8 @@ template <>
 struct CpuCell<Cell::Lstm> {
   template <typename T>
   static void forward(const ForwardRow<T>& r) {
-    lstm_forward_row(r.x, r.gh, r.c_cur, r.c_new, r.h_new, r.ws[0], r.n, r.H, r.gh_stride);
+    lstm_forward_row(r.x, r.bias, r.gh, r.c_cur, r.c_new, r.h_new, r.ws[0], r.n, r.H,
+                     r.gh_stride);
     if (r.out != r.h_new) copy_units(r.out, r.h_new, r.n);
     if (r.save) {  // c_t and c_{t-1}
       copy_units(r.ws[1], r.c_new, r.n);

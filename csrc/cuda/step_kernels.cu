@@ -61,7 +61,7 @@ template <typename T, typename S>
 struct ForwardElement {
   const T* x;     // the row's xproj (G blocks, H apart)
   const S* gh;    // the row's W_hh h_{t-1} (G blocks)
-  const T* b_hh;  // (G*H) where b_hh enters the step, else nullptr
+  const T* bias;  // (G*H) the step's bias (csrc/ops.cpp)
   S h_cur;        // h_{t-1}[j] (0 for j >= P)
   S c_cur;        // c_{t-1}[j], cells with a cell state
   S* const* ws;   // the row of each workspace part before hprev; nullptr when not saved
@@ -98,7 +98,8 @@ template <bool Relu>
 struct DeviceRnn {
   template <typename T, typename S>
   __device__ static ForwardResult<S> forward(const ForwardElement<T, S>& e) {
-    const S h = gates::rnn_activation<S>(to_state(e.x[e.j]) + e.gh[e.j], Relu);
+    const S h =
+        gates::rnn_activation<S>(to_state(e.x[e.j]) + to_state(e.bias[e.j]) + e.gh[e.j], Relu);
     if (e.ws[0]) e.ws[0][e.j] = h;  // the activations: backward's derivative reads them
     return {h, S(0)};
   }
@@ -124,7 +125,7 @@ struct DeviceCell<Cell::Gru> {
   template <typename T, typename S>
   __device__ static ForwardResult<S> forward(const ForwardElement<T, S>& e) {
     const int64_t j = e.j, H = e.H;
-    auto hpart = [&](int k) { return e.gh[k * H + j] + to_state(e.b_hh[k * H + j]); };
+    auto hpart = [&](int k) { return e.gh[k * H + j] + to_state(e.bias[k * H + j]); };
     S h;
     const auto g = gates::gru_forward<S>(to_state(e.x[j]), to_state(e.x[H + j]),
                                          to_state(e.x[2 * H + j]), hpart(0), hpart(1), hpart(2),
@@ -158,7 +159,9 @@ struct DeviceCell<Cell::Lstm> {
   template <typename T, typename S>
   __device__ static ForwardResult<S> forward(const ForwardElement<T, S>& e) {
     const int64_t j = e.j, H = e.H;
-    auto pre = [&](int k) { return to_state(e.x[k * H + j]) + e.gh[k * H + j]; };
+    auto pre = [&](int k) {
+      return to_state(e.x[k * H + j]) + to_state(e.bias[k * H + j]) + e.gh[k * H + j];
+    };
     S c_new, h_new;
     const auto a = gates::lstm_forward<S>(pre(0), pre(1), pre(2), pre(3), e.c_cur, &c_new, &h_new);
     if (S* ws = e.ws[0]) {  // saved: the gates, c_t and c_{t-1}
@@ -227,7 +230,7 @@ __global__ void forward_kernel(ForwardStep p) {
     }
     const S h_cur = h_lane ? in<S>(p.h_cur)[b * P + j] : S(0);
     const ForwardElement<T, S> e{in<T>(p.x) + row * G * H, in<S>(p.gh) + b * G * H,
-                                 in<T>(p.b_hh), h_cur,
+                                 in<T>(p.bias), h_cur,
                                  p.c_cur ? in<S>(p.c_cur)[b * H + j] : S(0), ws.parts, j, H};
     const ForwardResult<S> r = DeviceCell<C>::forward(e);
     if (p.c_next) out<S>(p.c_next)[b * H + j] = r.c;

@@ -48,7 +48,7 @@ struct ForwardStep {
   bool proj;
   const void* x;            // (T, B, G*H)  xproj
   const void* gh;           // [state] (B, G*H)  W_hh h_{t-1}
-  const void* b_hh;         // (G*H) where b_hh enters the step, else nullptr
+  const void* bias;         // (G*H)  the step's bias (csrc/ops.cpp), zeros where absent
   const void* h_cur;        // [state] (B, P)
   void* h_next;             // [state] (B, P)  written here unless proj (then by the projection)
   const void* c_cur;        // [state] (B, H)  cells with a cell state, else nullptr

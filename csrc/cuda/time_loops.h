@@ -156,10 +156,9 @@ TimeLoopForwardResult forward(const ForwardArgs& a) {
   const at::TensorOptions state = state_options(xproj);
   const Tensor w_hh = state_weight(a.w_hh, state);
   const Tensor w_hr = proj ? state_weight(*a.w_hr, state) : Tensor();
-  Tensor b_hh;  // where it enters the step; zeros when absent
-  if (cell.b_hh_in_step) {
-    b_hh = a.b_hh.has_value() ? a.b_hh->contiguous() : at::zeros({G * H}, xproj.options());
-  }
+  // The step's bias (G*H); zeros when absent, so the kernels add it without a branch.
+  const Tensor bias =
+      a.bias.has_value() ? a.bias->contiguous() : at::zeros({G * H}, xproj.options());
 
   Tensor output = at::empty({T, B, P}, xproj.options());
   std::vector<Tensor> saved;
@@ -180,7 +179,7 @@ TimeLoopForwardResult forward(const ForwardArgs& a) {
   p.proj = proj;
   p.x = xproj.data_ptr();
   p.gh = pre_h.data_ptr();
-  p.b_hh = cell.b_hh_in_step ? b_hh.data_ptr() : nullptr;
+  p.bias = bias.data_ptr();
   p.out = output.data_ptr();
   p.unprojected = data_or_null(unprojected);
   p.ws = step_workspace(cell, saved);
