@@ -119,7 +119,8 @@ def test_team_dissolving_mid_loop_does_not_change_results(dissolve_at, tmp_path)
     alone (csrc/cpu/team.h). FUSEDRNN_TEAM_DISSOLVE_AT forces that after the given barrier (of
     TEAM_T = 5 a loop; LSTM with W_hr has two a step, so there also between its two phases), in a
     fresh process: every op's results stay bitwise equal to the 2-worker run, and every team loop
-    there did dissolve."""
+    there did dissolve. (Where the machine was read busy, fewer loops formed a team: those that
+    did are still checked.)"""
     if torch.get_num_threads() < 2:
         pytest.skip("needs 2 intra-op threads")
     out = tmp_path / "dissolved.pt"
@@ -127,13 +128,18 @@ def test_team_dissolving_mid_loop_does_not_change_results(dissolve_at, tmp_path)
         "import sys, torch, fusedrnn.probes; sys.path.insert(0, 'tests'); torch.set_num_threads(2);"
         "from test_cpu_kernels import _ops_forward_backward as run;"
         "results = {(c, r): run(c, r) for c in %r for r in (False, True)};"
-        "torch.save((results, fusedrnn.probes.team_counts()), %r)" % (list(CELLS), str(out))
+        "torch.save((results, fusedrnn.probes.team_counts(), fusedrnn.probes.machine_load()),"
+        " %r)" % (list(CELLS), str(out))
     )
     _python_in_fresh_process(code, FUSEDRNN_TEAM_DISSOLVE_AT=str(dissolve_at))
-    dissolved, (loops, dissolutions, contended, _) = torch.load(out)
+    dissolved, (loops, dissolutions, contended, _), load = torch.load(out)
     # (A diagonal recurrence's step, B * H multiply-adds, is too small here for a team.)
     team_cells = [c for c in CELLS if not spec_of(c).diagonal]
-    assert loops >= 2 * 2 * len(team_cells) and dissolutions == loops and contended == 0
+    assert loops > 0 and dissolutions == loops
+    if loops < 2 * 2 * len(team_cells):  # no team while the machine was read busy
+        assert load[3] + contended > 0, "fewer team loops on an idle machine"
+    else:
+        assert contended == 0
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
