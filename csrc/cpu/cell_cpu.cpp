@@ -77,9 +77,9 @@ std::tuple<Tensor, Tensor, Tensor> cell_forward(
   Tensor h_new = at::empty({B, H}, options);
   Tensor c_new = at::empty({lstm ? B : 0, H}, options);
   Tensor ws = at::empty({B, W}, options);  // a scratch when not saved: the row kernels write it
-  // x·W_ihᵀ + biases (GRU: b_ih only) and h·W_hhᵀ, each (B, G*H); the copy of h' the row
-  // kernels also write (as a layer's output row); the row kernels' step bias where it is zero
-  // (every cell's biases but GRU's b_hh are in x·W_ihᵀ + biases).
+  // x·W_ihᵀ (GRU: + b_ih) and h·W_hhᵀ, each (B, G*H); the copy of h' the row kernels also
+  // write (as a layer's output row); the row kernels' step bias (G*H) where it is not GRU's b_hh:
+  // b_ih + b_hh, or zeros without bias (as the layer loops add it: csrc/autograd.h split_biases).
   Tensor scratch = at::empty({2 * B * GH + B * H + GH}, options);
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fusedrnn::cell_forward", [&] {
@@ -88,16 +88,15 @@ std::tuple<Tensor, Tensor, Tensor> cell_forward(
     scalar_t* out_rows = hg + B * GH;
     const scalar_t* bi = bias ? b_ih.data_ptr<scalar_t>() : nullptr;
     const scalar_t* bh = bias ? b_hh.data_ptr<scalar_t>() : nullptr;
-    if (bias) {  // RNN and LSTM add both biases to the pre-activation; the GRU's b_hn sits in r*(.)
-      for (int64_t b = 0; b < B; ++b) {
-        for (int64_t j = 0; j < GH; ++j) xg[b * GH + j] = gru ? bi[j] : bi[j] + bh[j];
-      }
+    const bool b_ih_in_x = gru && bias;  // the GRU's b_hn sits in r * (.): b_ih goes with x
+    if (b_ih_in_x) {
+      for (int64_t b = 0; b < B; ++b) std::copy(bi, bi + GH, xg + b * GH);
     }
-    scalar_t* zeros = out_rows + B * H;
-    std::fill(zeros, zeros + GH, scalar_t(0));
-    const scalar_t* step_bias = gru && bias ? bh : zeros;
+    scalar_t* combined = out_rows + B * H;
+    for (int64_t j = 0; j < GH; ++j) combined[j] = bias ? bi[j] + bh[j] : scalar_t(0);
+    const scalar_t* step_bias = b_ih_in_x ? bh : combined;
     gemm_rowmajor<scalar_t>(B, GH, I, x.data_ptr<scalar_t>(), I, false, w_ih.data_ptr<scalar_t>(),
-                            I, /*b_is_nk=*/true, bias ? 1 : 0, xg, GH);
+                            I, /*b_is_nk=*/true, b_ih_in_x ? 1 : 0, xg, GH);
     gemm_rowmajor<scalar_t>(B, GH, H, h.data_ptr<scalar_t>(), H, false, w_hh.data_ptr<scalar_t>(),
                             H, /*b_is_nk=*/true, 0, hg, GH);
     const scalar_t* h_cur = h.data_ptr<scalar_t>();
