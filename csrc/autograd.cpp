@@ -69,7 +69,7 @@ void limit_threads_until_backward_ends() {
 
 // The tensors a node's computation depends on, by role; undefined where absent or not needed.
 struct Differentiable {
-  Tensor xproj, h0, c0, w_hh, bias, w_hr;  // bias: the step's (csrc/ops.cpp)
+  Tensor xproj, h0, c0, w_hh, step_params, w_hr;
 };
 
 // d(outs . grads) / d(inputs) with create_graph=True, aligned with inputs: undefined where an
@@ -104,9 +104,9 @@ variable_list differentiate(const std::vector<Tensor>& outs, const variable_list
 Differentiable differentiate_reference(Cell cell, const Differentiable& in, const Tensor& lengths,
                                        bool reverse, const variable_list& grads) {
   const std::vector<Tensor> outs = reference_time_loop(cell, in.xproj, in.h0, in.c0, in.w_hh,
-                                                       in.bias, in.w_hr, lengths, reverse);
+                                                       in.step_params, in.w_hr, lengths, reverse);
   const variable_list g =
-      differentiate(outs, grads, {in.xproj, in.h0, in.c0, in.w_hh, in.bias, in.w_hr});
+      differentiate(outs, grads, {in.xproj, in.h0, in.c0, in.w_hh, in.step_params, in.w_hr});
   return {g[0], g[1], g[2], g[3], g[4], g[5]};
 }
 
@@ -127,22 +127,22 @@ Tensor recomputed_projection(AutogradContext* ctx) {
 
 struct TimeLoopFunction : torch::autograd::Function<TimeLoopFunction> {
   // Positions in the saved variables; the workspace follows them.
-  enum Saved { kWhh, kWhr, kBias, kLengths, kH0, kC0, kWorkspace };
+  enum Saved { kWhh, kWhr, kStepParams, kLengths, kH0, kC0, kWorkspace };
 
   static variable_list forward(AutogradContext* ctx, c10::string_view cell, const Tensor& xproj,
                                const Tensor& h0, const OptTensor& c0, const Tensor& w_hh,
-                               const OptTensor& bias, const OptTensor& w_hr,
+                               const OptTensor& step_params, const OptTensor& w_hr,
                                const OptTensor& lengths, bool reverse) {
     ctx->set_materialize_grads(false);  // unused outputs' grads stay undefined: see or_zeros
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [out, h_n, c_n, workspace] =
-        ops::time_loop_forward().call(cell, xproj, h0, c0, w_hh, bias, w_hr, lengths, reverse,
+        ops::time_loop_forward().call(cell, xproj, h0, c0, w_hh, step_params, w_hr, lengths, reverse,
                                       /*save_workspace=*/true);
     // The workspace is the op's own (never an output), so an in-place op on a returned tensor
     // (nn.ReLU(inplace=True) after the layer) leaves the backward intact. h0 and c0 only for
     // autograd's version check (and double backward): modified in place before backward, they
     // raise as with torch.nn, which needs their values, instead of going unnoticed.
-    variable_list saved = {w_hh, or_undefined(w_hr), or_undefined(bias), or_undefined(lengths),
+    variable_list saved = {w_hh, or_undefined(w_hr), or_undefined(step_params), or_undefined(lengths),
                            h0, or_undefined(c0)};
     saved.insert(saved.end(), workspace.begin(), workspace.end());
     ctx->save_for_backward(saved);
@@ -155,53 +155,57 @@ struct TimeLoopFunction : torch::autograd::Function<TimeLoopFunction> {
     return outputs;
   }
 
-  // Gradients of (cell, xproj, h0, c0, w_hh, bias, w_hr, lengths, reverse).
+  // Gradients of (cell, xproj, h0, c0, w_hh, step_params, w_hr, lengths, reverse).
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const variable_list saved = ctx->get_saved_variables();
-    const Tensor &w_hh = saved[kWhh], &w_hr = saved[kWhr], &bias = saved[kBias];
+    const Tensor &w_hh = saved[kWhh], &w_hr = saved[kWhr], &step_params = saved[kStepParams];
     const Tensor &h0 = saved[kH0], &c0 = saved[kC0];
     const std::string& cell = ctx->saved_data["cell"].toStringRef();
     const bool reverse = ctx->saved_data["reverse"].toBool();
     if (at::GradMode::is_enabled()) {  // create_graph=True
+      TORCH_CHECK(!spec(parse_cell(cell)).normalized(), "fusedrnn: double backward "
+                  "(create_graph=True) through ", cell, " is not supported yet");
       const Differentiable g = differentiate_reference(
-          parse_cell(cell), {recomputed_projection(ctx), h0, c0, w_hh, bias, w_hr},
+          parse_cell(cell), {recomputed_projection(ctx), h0, c0, w_hh, step_params, w_hr},
           saved[kLengths], reverse, grads);
-      return {Tensor(), g.xproj, g.h0, g.c0, g.w_hh, g.bias, g.w_hr, Tensor(), Tensor()};
+      return {Tensor(), g.xproj, g.h0, g.c0, g.w_hh, g.step_params, g.w_hr, Tensor(), Tensor()};
     }
     limit_threads_until_backward_ends();
     const std::vector<Tensor> workspace(saved.begin() + kWorkspace, saved.end());
     const Tensor& hprev = workspace.back();  // (T, B, P): the shape of the output
     const OptTensor grad_c_n = c0.defined() ? OptTensor(or_zeros(grads[2], c0)) : std::nullopt;
-    auto [grad_xproj, grad_h0, grad_c0, grad_w_hh, grad_bias, grad_w_hr] =
+    auto [grad_xproj, grad_h0, grad_c0, grad_w_hh, grad_step_params, grad_w_hr] =
         ops::time_loop_backward().call(cell, or_zeros(grads[0], hprev, w_hh),
                                        or_zeros(grads[1], h0), grad_c_n, w_hh, as_optional(w_hr),
-                                       workspace, as_optional(saved[kLengths]), reverse);
-    // Where the bias adds to xproj (all but b_hh in the step), its gradient is d xproj's sum.
-    if (bias.defined() && bias.requires_grad() && !spec(parse_cell(cell)).b_hh_in_step) {
-      grad_bias = grad_xproj.sum(at::IntArrayRef{0, 1});
+                                       as_optional(step_params), workspace,
+                                       as_optional(saved[kLengths]), reverse);
+    // Where the step parameters are a bias on xproj, their gradient is d xproj's sum.
+    if (step_params.defined() && step_params.requires_grad() &&
+        !spec(parse_cell(cell)).own_step_param_grad()) {
+      grad_step_params = grad_xproj.sum(at::IntArrayRef{0, 1});
     }
     const auto if_input = [](const Tensor& input, const Tensor& grad) {
       return input.defined() ? grad : Tensor();
     };
     return {Tensor(), grad_xproj, grad_h0, if_input(c0, grad_c0), grad_w_hh,
-            if_input(bias, grad_bias), if_input(w_hr, grad_w_hr), Tensor(), Tensor()};
+            if_input(step_params, grad_step_params), if_input(w_hr, grad_w_hr), Tensor(), Tensor()};
   }
 };
 
 TimeLoopForwardResult time_loop_forward_autograd(c10::string_view cell, const Tensor& xproj,
                                                  const Tensor& h0, const OptTensor& c0,
-                                                 const Tensor& w_hh, const OptTensor& bias,
+                                                 const Tensor& w_hh, const OptTensor& step_params,
                                                  const OptTensor& w_hr, const OptTensor& lengths,
                                                  bool reverse, bool save_workspace) {
   if (!at::GradMode::is_enabled() ||
-      !any_requires_grad({&xproj, &h0, &or_undefined(c0), &w_hh, &or_undefined(bias),
+      !any_requires_grad({&xproj, &h0, &or_undefined(c0), &w_hh, &or_undefined(step_params),
                           &or_undefined(w_hr)})) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return ops::time_loop_forward().call(cell, xproj, h0, c0, w_hh, bias, w_hr, lengths, reverse,
+    return ops::time_loop_forward().call(cell, xproj, h0, c0, w_hh, step_params, w_hr, lengths, reverse,
                                          save_workspace);
   }
   const variable_list r =
-      TimeLoopFunction::apply(cell, xproj, h0, c0, w_hh, bias, w_hr, lengths, reverse);
+      TimeLoopFunction::apply(cell, xproj, h0, c0, w_hh, step_params, w_hr, lengths, reverse);
   return {r[0], r[1], r[2], std::vector<Tensor>(r.begin() + 3, r.end())};
 }
 

@@ -26,6 +26,7 @@ decltype(auto) visit_cell(Cell cell, F&& f) {
     case Cell::Lstm: return f(CellConstant<Cell::Lstm>{});
     case Cell::IndrnnTanh: return f(CellConstant<Cell::IndrnnTanh>{});
     case Cell::IndrnnRelu: return f(CellConstant<Cell::IndrnnRelu>{});
+    case Cell::LayerNormLstm: return f(CellConstant<Cell::LayerNormLstm>{});
   }
   TORCH_CHECK(false, "fusedrnn: unknown cell ", static_cast<int>(cell));
 }

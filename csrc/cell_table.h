@@ -8,11 +8,19 @@
 
 namespace fusedrnn {
 
-enum class Cell { RnnTanh, RnnRelu, Gru, Lstm, IndrnnTanh, IndrnnRelu };
+enum class Cell { RnnTanh, RnnRelu, Gru, Lstm, IndrnnTanh, IndrnnRelu, LayerNormLstm };
 
 // How h_{t-1} enters a step: Dense, the product W_hh h with w_hh (G*H, P); Diagonal, u ⊙ h for
 // each gate block with w_hh = u (G*H) (IndRNN: every unit sees only its own past), no GEMM.
 enum class Recurrence { Dense, Diagonal };
+
+// What a step normalises: nothing; or, LayerNorm (haste's LayerNormLSTM), the recurrent product
+// W_hh h over the row's G*H values and the cell state c over its H before its tanh, each with a
+// gain (and c with a bias) from the step parameters. (The input side, LN(W_ih x), is the
+// composition's: xproj arrives normalised.) A normalised step needs whole rows: the CPU loop
+// never splits its units among workers.
+enum class Normalization { None, LayerNorm };
+inline constexpr double kLayerNormEps = 1e-5;  // haste's
 
 // One workspace tensor the layer op (time_loop_forward) saves for its backward: (T, B, width),
 // width `units` times H, or P (the size of h) for `of_h`.
@@ -22,8 +30,8 @@ struct WorkspacePart {
   bool of_h;
 };
 
-// Parts per cell at most (LSTM: gates, cells, prev_cells, hprev), and gates.
-inline constexpr int kMaxWorkspaceParts = 4;
+// Parts per cell at most (LayerNormLSTM: gates, recurrent, cells, prev_cells, hprev), and gates.
+inline constexpr int kMaxWorkspaceParts = 5;
 inline constexpr int kMaxGates = 4;
 
 struct CellSpec {
@@ -43,12 +51,25 @@ struct CellSpec {
   WorkspacePart workspace[kMaxWorkspaceParts];
   int workspace_parts;
   Recurrence recurrence = Recurrence::Dense;
+  Normalization normalization = Normalization::None;
+  // Weights per layer and direction beyond torch.nn's (w_ih, w_hh, b_ih, b_hh, w_hr), after
+  // them in the flat order: LayerNormLSTM's gains γ_ih (G*H, of LN(W_ih x)), γ_hh (G*H, of
+  // LN(W_hh h)), γ_c and β_c (H, of LN(c)).
+  int extra_weights = 0;
 
   constexpr bool has_cell_state() const { return states == 2; }
   constexpr bool diagonal() const { return recurrence == Recurrence::Diagonal; }
+  constexpr bool normalized() const { return normalization != Normalization::None; }
+  // The time-loop op's step parameters (csrc/ops.cpp), in units of H: the bias the step adds
+  // (G blocks), then for a layer-norm step γ_hh (G) and γ_c, β_c (1 each).
+  constexpr int64_t step_param_units() const { return normalized() ? 2 * gates + 2 : gates; }
   // Whether d(W_hh h (+ b_hh)) differs from d xproj, so backward keeps it for every step (the
-  // W_hh gradient and the b_hh sum): where b_hh enters the step (GRU: behind the reset gate).
-  constexpr bool own_recurrent_grad() const { return b_hh_in_step; }
+  // W_hh gradient and the b_hh sum): where b_hh enters the step (GRU: behind the reset gate) or
+  // the product is normalised.
+  constexpr bool own_recurrent_grad() const { return b_hh_in_step || normalized(); }
+  // Whether the op's backward returns the step parameters' gradient itself (elsewhere they are
+  // a bias on xproj, whose gradient is d xproj's sum).
+  constexpr bool own_step_param_grad() const { return b_hh_in_step || normalized(); }
   // The one-step op's (cell_forward) saved workspace per batch row, in units of H: the layer
   // workspace's parts but hprev, side by side (the op's input h is its hprev).
   constexpr int64_t step_workspace_units() const {
@@ -60,7 +81,8 @@ struct CellSpec {
 
 // In the order of enum Cell.
 // Workspace parts: RNN and IndRNN h_t (activated; its derivative needs it); GRU r, z, n and
-// hn = W_hn h + b_hn; LSTM i, f, g, o activated, c_t, c_{t-1}.
+// hn = W_hn h + b_hn; LSTM i, f, g, o activated, c_t, c_{t-1}; LayerNormLSTM the same with the
+// recurrent product W_hh h before its normalisation.
 inline constexpr WorkspacePart kHprev{"hprev", 1, true};
 inline constexpr CellSpec kCells[] = {
     {Cell::RnnTanh, "rnn_tanh", /*gates=*/1, /*states=*/1, /*b_hh_in_step=*/false,
@@ -75,6 +97,11 @@ inline constexpr CellSpec kCells[] = {
      /*projectable=*/false, {{"activations", 1, false}, kHprev}, 2, Recurrence::Diagonal},
     {Cell::IndrnnRelu, "indrnn_relu", /*gates=*/1, /*states=*/1, /*b_hh_in_step=*/false,
      /*projectable=*/false, {{"activations", 1, false}, kHprev}, 2, Recurrence::Diagonal},
+    {Cell::LayerNormLstm, "layer_norm_lstm", /*gates=*/4, /*states=*/2, /*b_hh_in_step=*/false,
+     /*projectable=*/false,
+     {{"gates", 4, false}, {"recurrent", 4, false}, {"cells", 1, false}, {"prev_cells", 1, false},
+      kHprev},
+     5, Recurrence::Dense, Normalization::LayerNorm, /*extra_weights=*/4},
 };
 
 constexpr const CellSpec& spec(Cell cell) { return kCells[static_cast<int>(cell)]; }

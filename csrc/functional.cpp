@@ -13,6 +13,7 @@
 #include <optional>
 #include <string_view>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "autograd.h"
@@ -53,12 +54,27 @@ bool has_one_step_op(const Tensor& x) {
       c10::computeDispatchKey(std::nullopt, x.layout(), x.device()));
 }
 
-// One layer, one direction. x (T, B, I); h0 (B, P); c0 (B, H) for LSTM.
+// A layer-norm step's input side and step parameters (csrc/ops.cpp): xproj = LN(x W_ih^T; γ_ih)
+// (no β, as haste's), and [b_ih + b_hh (zeros without bias), γ_hh, γ_c, β_c]. extra: the cell's
+// extra weights (γ_ih, γ_hh, γ_c, β_c).
+std::pair<Tensor, Tensor> layer_norm_step_inputs(const Tensor& x, const Tensor& w_ih,
+                                                 const OptTensor& bias, at::TensorList extra) {
+  const Tensor& gamma_ih = extra[0];
+  const Tensor xproj = at::layer_norm_symint(input_projection(x, w_ih, std::nullopt),
+                                             {gamma_ih.sym_size(0)}, gamma_ih, std::nullopt,
+                                             kLayerNormEps);
+  const Tensor b = bias.has_value() ? *bias : at::zeros_like(gamma_ih);
+  return {xproj, at::cat({b, extra[1], extra[2], extra[3]})};
+}
+
+// One layer, one direction. x (T, B, I); h0 (B, P); c0 (B, H) for LSTM; extra: the cell's extra
+// weights (csrc/cell_table.h).
 std::tuple<Tensor, Tensor, Tensor> layer(Cell cell, const Tensor& x, const Tensor& h0,
                                          const OptTensor& c0, const Tensor& w_ih,
                                          const Tensor& w_hh, const OptTensor& b_ih,
                                          const OptTensor& b_hh, const OptTensor& w_hr,
-                                         const OptTensor& lengths, bool reverse) {
+                                         const OptTensor& lengths, bool reverse,
+                                         at::TensorList extra = {}) {
   // The fused ops' Autograd kernels (csrc/autograd.cpp) decide whether to save workspaces.
   constexpr bool kSaveWorkspace = false;
   // One step without lengths or projection is a cell step (a decoder calling the layer once per
@@ -66,7 +82,8 @@ std::tuple<Tensor, Tensor, Tensor> layer(Cell cell, const Tensor& x, const Tenso
   // W_hh for a single use. (The cell op takes both biases or neither, c only for the LSTM, and
   // a dense W_hh.)
   if (x.sym_size(0) == 1 && !lengths.has_value() && !w_hr.has_value() &&
-      b_ih.has_value() == b_hh.has_value() && !spec(cell).diagonal() && has_one_step_op(x)) {
+      b_ih.has_value() == b_hh.has_value() && !spec(cell).diagonal() &&
+      !spec(cell).normalized() && has_one_step_op(x)) {
     const bool has_c = spec(cell).has_cell_state();
     auto [h_n, c_n, workspace] =
         ops::cell_forward().call(spec(cell).name, x[0], h0, has_c ? c0 : std::nullopt, w_ih, w_hh,
@@ -74,13 +91,19 @@ std::tuple<Tensor, Tensor, Tensor> layer(Cell cell, const Tensor& x, const Tenso
     // The output is a copy: as with torch.nn, an in-place op on it must leave h_n alone.
     return {h_n.unsqueeze(0).clone(), h_n, has_c ? c_n : no_cell_state(h_n)};
   }
-  const auto [projection_bias, step_bias] = split_biases(cell, b_ih, b_hh);
-  const Tensor xproj = input_projection(x, w_ih, projection_bias);
+  auto [projection_bias, step_params] = split_biases(cell, b_ih, b_hh);
+  Tensor xproj;
+  if (spec(cell).normalized()) {
+    std::tie(xproj, step_params) = layer_norm_step_inputs(x, w_ih, step_params, extra);
+  } else {
+    xproj = input_projection(x, w_ih, projection_bias);
+  }
   // (c0 of a cell without a cell state is ignored, as the one-step path above does.)
   auto [out, h_n, c_n, workspace] = ops::time_loop_forward().call(
       spec(cell).name, xproj, h0, spec(cell).has_cell_state() ? c0 : std::nullopt, w_hh,
-      step_bias, w_hr, lengths, reverse, kSaveWorkspace);
-  remember_projection(out, x, w_ih, projection_bias);
+      step_params, w_hr, lengths, reverse, kSaveWorkspace);
+  // (A normalised input side is not recomputed: no double backward through it yet.)
+  if (!spec(cell).normalized()) remember_projection(out, x, w_ih, projection_bias);
   return {out, h_n, c_n};
 }
 
@@ -89,14 +112,18 @@ std::tuple<Tensor, Tensor, Tensor> recurrent_layer(
     const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
     const OptTensor& w_hr, const OptTensor& lengths, bool reverse) {
   const host_threads::LimitWhileContended limit;  // the projection's GEMM among others
-  return layer(parse_cell(cell), x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse);
+  const Cell c = parse_cell(cell);
+  TORCH_CHECK(spec(c).extra_weights == 0, "fusedrnn: recurrent_layer takes torch.nn's weights "
+              "only; ", cell, " has more: call recurrent_stack");
+  return layer(c, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse);
 }
 
 // Whether the two directions of a layer may run on two threads at once: real CPU tensors only
 // (a tracer or a Python dispatch mode must see one thread) and a step small enough that each
 // direction does no better with a team of its own (host_threads::run_directions_concurrently).
 bool directions_concurrently(const Tensor& x, const OptTensor& h0, const OptTensor& c0,
-                             at::TensorList weights, const OptTensor& lengths, int64_t per_group) {
+                             at::TensorList weights, const OptTensor& lengths,
+                             const OptTensor& w_hr) {
   if (c10::impl::TorchDispatchModeTLS::stack_len() > 0) return false;
   if (!plain_cpu(x) || !plain_cpu(h0.value_or(Tensor())) || !plain_cpu(c0.value_or(Tensor())) ||
       !plain_cpu(lengths.value_or(Tensor()))) {
@@ -105,8 +132,8 @@ bool directions_concurrently(const Tensor& x, const OptTensor& h0, const OptTens
   for (const Tensor& w : weights) {
     if (!plain_cpu(w)) return false;
   }
-  // weights[1] is w_hh (G*H, P); with proj_size the last of a group is w_hr (P, H).
-  const int64_t recurrent_weights = weights[1].numel() + (per_group == 5 ? weights[4].numel() : 0);
+  // weights[1] is w_hh (G*H, P); w_hr (P, H) the first group's with proj_size.
+  const int64_t recurrent_weights = weights[1].numel() + (w_hr.has_value() ? w_hr->numel() : 0);
   return host_threads::run_directions_concurrently(x.size(0), x.size(1) * recurrent_weights);
 }
 
@@ -151,9 +178,11 @@ std::tuple<Tensor, Tensor, Tensor> recurrent_stack(
   const Cell cell = parse_cell(cell_name);
   const int64_t num_directions = bidirectional ? 2 : 1;
   const bool has_proj = proj_size > 0;
-  // torch.nn's flat order per (layer, direction): w_ih, w_hh, [b_ih, b_hh], [w_hr].
+  // torch.nn's flat order per (layer, direction): w_ih, w_hh, [b_ih, b_hh], [w_hr], then the
+  // cell's extra weights (csrc/cell_table.h).
   TORCH_CHECK(num_layers >= 1, "fusedrnn: num_layers must be at least 1, got ", num_layers);
-  const int64_t per_group = 2 + 2 * bias + has_proj;
+  const int64_t torch_per_group = 2 + 2 * bias + has_proj;
+  const int64_t per_group = torch_per_group + spec(cell).extra_weights;
   TORCH_CHECK(static_cast<int64_t>(flat_weights.size()) == num_layers * num_directions * per_group,
               "fusedrnn: expected ", num_layers * num_directions * per_group,
               " weights for this stack, got ", flat_weights.size());
@@ -174,7 +203,9 @@ std::tuple<Tensor, Tensor, Tensor> recurrent_stack(
     c0 = at::zeros_symint({groups, x.sym_size(1), H}, x.options());
   }
   const bool concurrent =
-      bidirectional && directions_concurrently(x, h0_in, c0_in, flat_weights, lengths, per_group);
+      bidirectional &&
+      directions_concurrently(x, h0_in, c0_in, flat_weights, lengths,
+                              has_proj ? OptTensor(flat_weights[torch_per_group - 1]) : std::nullopt);
   std::vector<Tensor> h_n, c_n;
   Tensor layer_input = x;
   for (int64_t l = 0; l < num_layers; ++l) {
@@ -184,10 +215,11 @@ std::tuple<Tensor, Tensor, Tensor> recurrent_stack(
       const Tensor* w = flat_weights.data() + g * per_group;
       const OptTensor b_ih = bias ? OptTensor(w[2]) : std::nullopt;
       const OptTensor b_hh = bias ? OptTensor(w[3]) : std::nullopt;
-      const OptTensor w_hr = has_proj ? OptTensor(w[per_group - 1]) : std::nullopt;
+      const OptTensor w_hr = has_proj ? OptTensor(w[torch_per_group - 1]) : std::nullopt;
       const OptTensor c0_g = c0.has_value() ? OptTensor((*c0)[g]) : std::nullopt;
-      results[d] =
-          layer(cell, layer_input, h0[g], c0_g, w[0], w[1], b_ih, b_hh, w_hr, lengths, d == 1);
+      const at::TensorList extra(w + torch_per_group, spec(cell).extra_weights);
+      results[d] = layer(cell, layer_input, h0[g], c0_g, w[0], w[1], b_ih, b_hh, w_hr, lengths,
+                         d == 1, extra);
     };
     if (concurrent) {
       // The caller's grad mode, dispatch exclusions etc. must hold in the pool thread too.

@@ -149,15 +149,16 @@ struct LstmGates {
   T i, f, g, o;  // activated gates
 };
 
+template <typename T>
+FUSEDRNN_HOST_DEVICE LstmGates<T> lstm_gates(T pre_i, T pre_f, T pre_g, T pre_o) {
+  return {sigmoid(pre_i), sigmoid(pre_f), tanh_(pre_g), sigmoid(pre_o)};
+}
+
 // Returns the gates; writes the new cell c' and the (pre-projection) hidden o*tanh(c').
 template <typename T>
 FUSEDRNN_HOST_DEVICE LstmGates<T> lstm_forward(
     T pre_i, T pre_f, T pre_g, T pre_o, T c_prev, T* c_new, T* h_new) {
-  LstmGates<T> a;
-  a.i = sigmoid(pre_i);
-  a.f = sigmoid(pre_f);
-  a.g = tanh_(pre_g);
-  a.o = sigmoid(pre_o);
+  const LstmGates<T> a = lstm_gates(pre_i, pre_f, pre_g, pre_o);
   const T c = a.f * c_prev + a.i * a.g;
   *c_new = c;
   *h_new = a.o * tanh_(c);
@@ -171,24 +172,40 @@ struct LstmGrads {
   T h_unprojected;  // o*tanh(c'): recomputed here, needed for d W_hr
 };
 
+// The pre-activation grads and d c_{t-1} from d c' (every path into it) and d o (the activated
+// output gate's).
+template <typename T>
+FUSEDRNN_HOST_DEVICE LstmGrads<T> lstm_gate_grads(const LstmGates<T>& a, T c_prev, T dc, T d_o) {
+  LstmGrads<T> d;
+  d.i = dc * a.g * a.i * (T(1) - a.i);
+  d.f = dc * c_prev * a.f * (T(1) - a.f);
+  d.g = dc * a.i * (T(1) - a.g * a.g);
+  d.o = d_o * a.o * (T(1) - a.o);
+  d.c_prev = dc * a.f;
+  return d;
+}
+
 // grad_h: d of the unprojected hidden o*tanh(c'); grad_c: d c' arriving from step t+1.
 template <typename T>
 FUSEDRNN_HOST_DEVICE LstmGrads<T> lstm_backward(
     const LstmGates<T>& a, T c_new, T c_prev, T grad_h, T grad_c) {
-  LstmGrads<T> d;
   const T tc = tanh_(c_new);
+  LstmGrads<T> d =
+      lstm_gate_grads(a, c_prev, grad_c + grad_h * a.o * (T(1) - tc * tc), grad_h * tc);
   d.h_unprojected = a.o * tc;
-  const T dc = grad_c + grad_h * a.o * (T(1) - tc * tc);
-  const T di = dc * a.g;
-  const T df = dc * c_prev;
-  const T dg = dc * a.i;
-  const T dout = grad_h * tc;
-  d.i = di * a.i * (T(1) - a.i);
-  d.f = df * a.f * (T(1) - a.f);
-  d.g = dg * (T(1) - a.g * a.g);
-  d.o = dout * a.o * (T(1) - a.o);
-  d.c_prev = dc * a.f;
   return d;
+}
+
+// ---------------------------------------------------------------- layer norm (LayerNormLSTM)
+// haste's LayerNormLSTM (csrc/cell_table.h): v = xproj + b + γ_hh ⊙ LN(W_hh h), the LSTM gates
+// of v, c' = f c + i g, h' = o tanh(γ_c ⊙ LN(c') + β_c); LN(z) = (z - mean) / sqrt(var + eps)
+// over the row. Row statistics are the loops' (they need the whole row); these are the
+// per-unit parts.
+
+// d z from d ẑ for ẑ = (z - mean) · rstd, given the row's means of d ẑ and of d ẑ ⊙ ẑ.
+template <typename T>
+FUSEDRNN_HOST_DEVICE T layer_norm_grad(T d_zhat, T zhat, T mean_d, T mean_d_zhat, T rstd) {
+  return rstd * (d_zhat - mean_d - zhat * mean_d_zhat);
 }
 
 }  // namespace gates

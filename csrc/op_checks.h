@@ -90,13 +90,24 @@ inline int64_t check_recurrent_weights(const CellSpec& cell, int64_t H, const at
   return P;
 }
 
+// The time-loop ops' step parameters (csrc/ops.cpp): (U*H), U the cell's step_param_units;
+// optional but for a normalised step, which scales by some of them.
+inline void check_step_params(const CellSpec& cell, const std::optional<at::Tensor>& step_params,
+                              const at::Tensor& storage, int64_t H) {
+  TORCH_CHECK(step_params.has_value() || !cell.normalized(), "fusedrnn: step_params are needed by ",
+              cell.name);
+  if (step_params.has_value()) {
+    check_tensor(*step_params, storage, "step_params", {cell.step_param_units() * H});
+  }
+}
+
 // The layer op's forward arguments (csrc/op_schemas.h) for `cell`: sizes from xproj (T, B, G*H),
 // whose dtype is the storage dtype; c0 exactly for cells with a cell state.
 inline LayerSizes check_time_loop_forward(const CellSpec& cell, const at::Tensor& xproj,
                                           const at::Tensor& h0,
                                           const std::optional<at::Tensor>& c0,
                                           const at::Tensor& w_hh,
-                                          const std::optional<at::Tensor>& bias,
+                                          const std::optional<at::Tensor>& step_params,
                                           const std::optional<at::Tensor>& w_hr,
                                           const std::optional<at::Tensor>& lengths) {
   const int64_t G = cell.gates;
@@ -111,7 +122,7 @@ inline LayerSizes check_time_loop_forward(const CellSpec& cell, const at::Tensor
   TORCH_CHECK(c0.has_value() == cell.has_cell_state(), "fusedrnn: c0 is ",
               cell.has_cell_state() ? "needed by " : "not taken by ", cell.name);
   if (c0.has_value()) check_tensor(*c0, xproj, "c0", {s.B, s.H});
-  if (bias.has_value()) check_tensor(*bias, xproj, "bias", {G * s.H});
+  check_step_params(cell, step_params, xproj, s.H);
   check_lengths(lengths, s.B);
   return s;
 }
@@ -129,6 +140,7 @@ inline LayerSizes check_time_loop_backward(const CellSpec& cell, const at::Tenso
                                            const std::optional<at::Tensor>& grad_c_n,
                                            const at::Tensor& w_hh,
                                            const std::optional<at::Tensor>& w_hr,
+                                           const std::optional<at::Tensor>& step_params,
                                            at::TensorList workspace,
                                            const std::optional<at::Tensor>& lengths) {
   TORCH_CHECK(static_cast<int>(workspace.size()) == cell.workspace_parts,
@@ -147,6 +159,7 @@ inline LayerSizes check_time_loop_backward(const CellSpec& cell, const at::Tenso
   TORCH_CHECK(grad_c_n.has_value() == cell.has_cell_state(), "fusedrnn: grad_c_n is ",
               cell.has_cell_state() ? "needed by " : "not taken by ", cell.name);
   if (grad_c_n.has_value()) check_tensor(*grad_c_n, grad_output, "grad_c_n", {s.B, s.H});
+  check_step_params(cell, step_params, grad_output, s.H);
   for (int i = 0; i < cell.workspace_parts; ++i) {
     const WorkspacePart& part = cell.workspace[i];
     check_workspace(workspace[i], grad_output, part.name,
@@ -169,8 +182,9 @@ inline CellSizes check_cell_inputs(const CellSpec& cell, const at::Tensor& x, co
                                    const std::optional<at::Tensor>& b_hh) {
   const int64_t num_gates = cell.gates;
   const bool needs_c = cell.has_cell_state();
-  TORCH_CHECK_NOT_IMPLEMENTED(!cell.diagonal(), "fusedrnn: the one-step op runs cells with a ",
-                              "dense W_hh; ", cell.name, " runs through time_loop_forward");
+  TORCH_CHECK_NOT_IMPLEMENTED(!cell.diagonal() && !cell.normalized(),
+                              "fusedrnn: the one-step op runs cells with a dense W_hh and no "
+                              "normalisation; ", cell.name, " runs through time_loop_forward");
   TORCH_CHECK(x.dim() == 2, "fusedrnn: x must be (B, I), got ", x.sizes());
   TORCH_CHECK(at::isFloatingType(x.scalar_type()), "fusedrnn: x must be floating point");
   TORCH_CHECK(w_hh.dim() == 2 && w_hh.size(0) == num_gates * w_hh.size(1),

@@ -21,7 +21,7 @@ using TimeLoopForward = std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>>(
     const OptTensor&, const OptTensor&, const OptTensor&, bool, bool);
 using TimeLoopBackward = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
     c10::string_view, const Tensor&, const Tensor&, const OptTensor&, const Tensor&,
-    const OptTensor&, at::TensorList, const OptTensor&, bool);
+    const OptTensor&, const OptTensor&, at::TensorList, const OptTensor&, bool);
 
 using CellForward = std::tuple<Tensor, Tensor, Tensor>(
     c10::string_view, const Tensor&, const Tensor&, const OptTensor&, const Tensor&, const Tensor&,

@@ -11,10 +11,13 @@
 //                         and c_n (0)
 //   w_hh     (G*H, P)     w_hr (P, H) where h may be projected (LSTM); (G*H) for a cell with a
 //                         diagonal recurrence (IndRNN: u ⊙ h_{t-1} per gate block, P = H)
-//   bias     (G*H)        the bias the step adds: b_hh where it enters the step (GRU:
-//                         n = tanh(x_n + r * (W_hn h + b_hn))); for every other cell the whole
+//   step_params (U*H)     what the step adds or scales with (U: the cell table's
+//                         step_param_units): the bias, G*H: b_hh where it enters the step (GRU:
+//                         n = tanh(x_n + r * (W_hn h + b_hn))), for every other cell the whole
 //                         bias b_ih + b_hh, added to xproj (in the step, where the values are in
-//                         cache: a bias in the projection is one more pass over (T, B, G*H))
+//                         cache: a bias in the projection is one more pass over (T, B, G*H));
+//                         for a layer-norm step (LayerNormLSTM) then γ_hh (G*H), γ_c and β_c (H
+//                         each). Optional but for a layer-norm step (zeros: no bias)
 //   lengths  (B) int64    optional; row b runs lengths[b] steps, then its state is frozen and its
 //                         outputs are zero (torch.nn's PackedSequence semantics)
 //   reverse               run time backwards (from lengths[b]-1 down to 0 for row b)
@@ -26,13 +29,16 @@
 //     RNN  activations (T, B, H) h_t;  hprev
 //     GRU  gates (T, B, 4H) activated r, z, n and hn = W_hn h + b_hn;  hprev
 //     LSTM gates (T, B, 4H) activated i, f, g, o;  cells (T, B, H) c_t;  prev_cells c_{t-1};  hprev
+//     LayerNormLSTM  gates;  recurrent (T, B, 4H) W_hh h_{t-1} before its layer norm;  cells;
+//                    prev_cells;  hprev
 // Workspaces are float for fp16/bf16 inputs (CUDA; the recurrence is carried in float too, see
 // csrc/cuda/step_kernels.h), else the input's dtype.
 //   time_loop_backward   d output (T, B, P), d h_n (B, P), d c_n (B, H) (cells with a cell state),
-//                        w_hh, w_hr, the forward's workspace; returns d xproj (T, B, G*H), d h0,
-//                        d c0 ((0) without a cell state), d w_hh, d bias ((G*H) where b_hh enters
-//                        the step, else (0): there d bias is d xproj summed over steps and
-//                        rows), d w_hr ((0) without w_hr)
+//                        w_hh, w_hr, step_params (as the forward's), the forward's workspace;
+//                        returns d xproj (T, B, G*H), d h0, d c0 ((0) without a cell state),
+//                        d w_hh, d step_params ((U*H) where b_hh enters the step or the step
+//                        normalises, else (0): there they are a bias on xproj, whose gradient is
+//                        d xproj summed over steps and rows), d w_hr ((0) without w_hr)
 //
 // Functional ops (torch.nn's computation):
 //   recurrent_layer   one layer, one direction: x (T, B, I), w_ih (G*H, I), b_ih/b_hh (G*H)

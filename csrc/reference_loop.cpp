@@ -47,6 +47,8 @@ std::vector<Tensor> reference_time_loop(Cell cell, const Tensor& xproj, const Te
         if (w_hr.defined()) h_new = at::matmul(h_new, w_hr.t());
         break;
       }
+      case Cell::LayerNormLstm:  // refused before (autograd.cpp: no double backward through it)
+        TORCH_CHECK(false, "fusedrnn: no step-by-step form of ", spec(cell).name, " yet");
     }
     if (lengths.defined()) {  // rows past their length keep their state and output zeros
       const Tensor active = (lengths.to(h.device()) > t).unsqueeze(1);  // (B, 1)

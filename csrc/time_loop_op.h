@@ -20,8 +20,8 @@ namespace fusedrnn {
 // output (T, B, P), h_n (B, P), c_n (B, H) or (0), workspace (the cell's parts, or none).
 using TimeLoopForwardResult =
     std::tuple<at::Tensor, at::Tensor, at::Tensor, std::vector<at::Tensor>>;
-// grad_xproj, grad_h0, grad_c0 ((0) without a cell state), grad_w_hh, grad_bias ((0) unless
-// b_hh enters the step), grad_w_hr ((0) without w_hr).
+// grad_xproj, grad_h0, grad_c0 ((0) without a cell state), grad_w_hh, grad_step_params ((0)
+// unless the cell's own_step_param_grad), grad_w_hr ((0) without w_hr).
 using TimeLoopBackwardResult =
     std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
@@ -32,7 +32,7 @@ struct ForwardArgs {
   const at::Tensor& h0;
   const std::optional<at::Tensor>& c0;
   const at::Tensor& w_hh;
-  const std::optional<at::Tensor>& bias;  // the step's bias (csrc/ops.cpp)
+  const std::optional<at::Tensor>& step_params;  // csrc/ops.cpp
   const std::optional<at::Tensor>& w_hr;
   const std::optional<at::Tensor>& lengths;
   bool reverse, save_workspace;
@@ -45,6 +45,7 @@ struct BackwardArgs {
   const std::optional<at::Tensor>& grad_c_n;
   const at::Tensor& w_hh;
   const std::optional<at::Tensor>& w_hr;
+  const std::optional<at::Tensor>& step_params;
   at::TensorList workspace;
   const std::optional<at::Tensor>& lengths;
   bool reverse;
@@ -58,12 +59,13 @@ struct TimeLoopOps {
 
   static TimeLoopForwardResult forward(c10::string_view cell_name, const Tensor& xproj,
                                        const Tensor& h0, const OptTensor& c0, const Tensor& w_hh,
-                                       const OptTensor& bias, const OptTensor& w_hr,
+                                       const OptTensor& step_params, const OptTensor& w_hr,
                                        const OptTensor& lengths, bool reverse,
                                        bool save_workspace) {
     const CellSpec& cell = spec(parse_cell(cell_name));
-    const ForwardArgs args{xproj, h0, c0, w_hh, bias, w_hr, lengths, reverse, save_workspace,
-                           check_time_loop_forward(cell, xproj, h0, c0, w_hh, bias, w_hr, lengths)};
+    const ForwardArgs args{
+        xproj, h0, c0, w_hh, step_params, w_hr, lengths, reverse, save_workspace,
+        check_time_loop_forward(cell, xproj, h0, c0, w_hh, step_params, w_hr, lengths)};
     return visit_cell(cell.cell,
                       [&](auto c) { return Loops::template forward<decltype(c)::value>(args); });
   }
@@ -71,12 +73,13 @@ struct TimeLoopOps {
   static TimeLoopBackwardResult backward(c10::string_view cell_name, const Tensor& grad_output,
                                          const Tensor& grad_h_n, const OptTensor& grad_c_n,
                                          const Tensor& w_hh, const OptTensor& w_hr,
-                                         at::TensorList ws, const OptTensor& lengths,
-                                         bool reverse) {
+                                         const OptTensor& step_params, at::TensorList ws,
+                                         const OptTensor& lengths, bool reverse) {
     const CellSpec& cell = spec(parse_cell(cell_name));
-    const BackwardArgs args{
-        grad_output, grad_h_n, grad_c_n, w_hh, w_hr, ws, lengths, reverse,
-        check_time_loop_backward(cell, grad_output, grad_h_n, grad_c_n, w_hh, w_hr, ws, lengths)};
+    const BackwardArgs args{grad_output, grad_h_n, grad_c_n, w_hh, w_hr, step_params, ws,
+                            lengths, reverse,
+                            check_time_loop_backward(cell, grad_output, grad_h_n, grad_c_n, w_hh,
+                                                     w_hr, step_params, ws, lengths)};
     return visit_cell(cell.cell,
                       [&](auto c) { return Loops::template backward<decltype(c)::value>(args); });
   }

@@ -23,7 +23,7 @@ def _workspace(like: torch.Tensor, T: int, B: int, width: int) -> torch.Tensor:
 
 
 @torch.library.register_fake("fusedrnn::time_loop_forward")
-def _time_loop_forward_fake(cell, xproj, h0, c0, w_hh, bias, w_hr, lengths, reverse,
+def _time_loop_forward_fake(cell, xproj, h0, c0, w_hh, step_params, w_hr, lengths, reverse,
                             save_workspace):
     spec = CELLS[cell]
     T, B, _ = xproj.shape
@@ -36,8 +36,8 @@ def _time_loop_forward_fake(cell, xproj, h0, c0, w_hh, bias, w_hr, lengths, reve
 
 
 @torch.library.register_fake("fusedrnn::time_loop_backward")
-def _time_loop_backward_fake(cell, grad_output, grad_h_n, grad_c_n, w_hh, w_hr, workspace,
-                             lengths, reverse):
+def _time_loop_backward_fake(cell, grad_output, grad_h_n, grad_c_n, w_hh, w_hr, step_params,
+                             workspace, lengths, reverse):
     spec = CELLS[cell]
     T, B, _ = grad_output.shape
     none = lambda: grad_output.new_empty((0,))  # noqa: E731  (one per output: no aliases)
@@ -46,7 +46,8 @@ def _time_loop_backward_fake(cell, grad_output, grad_h_n, grad_c_n, w_hh, w_hr, 
         torch.empty_like(grad_h_n),
         torch.empty_like(grad_c_n) if spec.has_cell_state else none(),
         torch.empty_like(w_hh),
-        w_hh.new_empty((w_hh.shape[0],)) if spec.b_hh_in_step else none(),
+        grad_output.new_empty((spec.step_param_units * (w_hh.shape[0] // spec.gates),))
+        if spec.own_step_param_grad else none(),
         torch.empty_like(w_hr) if w_hr is not None else none(),
     )
 
@@ -54,9 +55,9 @@ def _time_loop_backward_fake(cell, grad_output, grad_h_n, grad_c_n, w_hh, w_hr, 
 @torch.library.register_fake("fusedrnn::cell_forward")
 def _cell_forward_fake(cell, x, h, c, w_ih, w_hh, b_ih, b_hh, save_workspace):
     spec = CELLS[cell]
-    if spec.diagonal:  # as the kernel (csrc/op_checks.h: check_cell_inputs)
-        raise NotImplementedError(f"fusedrnn: the one-step op runs cells with a dense W_hh; "
-                                  f"{cell} runs through time_loop_forward")
+    if spec.diagonal or spec.normalized:  # as the kernel (csrc/op_checks.h: check_cell_inputs)
+        raise NotImplementedError(f"fusedrnn: the one-step op runs cells with a dense W_hh and "
+                                  f"no normalisation; {cell} runs through time_loop_forward")
     B, H = x.shape[0], w_hh.shape[1]
     c_new = x.new_empty((B, H) if spec.has_cell_state else (0, H))
     workspace = x.new_empty((B, spec.step_workspace * H) if save_workspace else (0,))

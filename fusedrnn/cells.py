@@ -26,6 +26,11 @@ class CellSpec:
     # How h_{t-1} enters a step: "dense", W_hh h with w_hh (G*H, P); "diagonal", u * h per gate
     # block with w_hh = u (G*H,) (IndRNN).
     recurrence: str = "dense"
+    # What the step normalises: "none", or "layer_norm" (LayerNormLSTM: W_hh h over the row's
+    # G*H values and c over its H), with the step parameters' gains (csrc/cell_table.h).
+    normalization: str = "none"
+    # Weights per layer and direction after torch.nn's (LayerNormLSTM: γ_ih, γ_hh, γ_c, β_c).
+    extra_weights: int = 0
     # Whether torch.nn has the cell (its `module`); if not, the module's pure-PyTorch reference
     # (fusedrnn.reference) stands in for torch.nn in tests, verify and bench.
     in_torch_nn: bool = True
@@ -39,6 +44,22 @@ class CellSpec:
     @property
     def diagonal(self) -> bool:
         return self.recurrence == "diagonal"
+
+    @property
+    def normalized(self) -> bool:
+        return self.normalization != "none"
+
+    @property
+    def step_param_units(self) -> int:
+        """The time-loop op's step_params, in units of H (csrc/ops.cpp): the bias (G), then for
+        a layer-norm step γ_hh (G), γ_c and β_c (1 each)."""
+        return 2 * self.gates + 2 if self.normalized else self.gates
+
+    @property
+    def own_step_param_grad(self) -> bool:
+        """Whether the op's backward returns the step parameters' gradient (elsewhere they are a
+        bias on xproj)."""
+        return self.b_hh_in_step or self.normalized
 
     @property
     def step_workspace(self) -> int:
@@ -64,6 +85,10 @@ CELLS: dict[str, CellSpec] = {spec.name: spec for spec in (
     CellSpec("indrnn_relu", "INDRNN_RELU", "IndRNN", {"nonlinearity": "relu"}, gates=1,
              states=1, workspace=(("activations", 1, "H"), _HPREV), recurrence="diagonal",
              in_torch_nn=False, cell_module=False),
+    CellSpec("layer_norm_lstm", "LAYER_NORM_LSTM", "LayerNormLSTM", {}, gates=4, states=2,
+             workspace=(("gates", 4, "H"), ("recurrent", 4, "H"), ("cells", 1, "H"),
+                        ("prev_cells", 1, "H"), _HPREV),
+             normalization="layer_norm", extra_weights=4, in_torch_nn=False, cell_module=False),
 )}
 
 CELL_OF_MODE: dict[str, str] = {spec.mode: spec.name for spec in CELLS.values()}

@@ -16,6 +16,8 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from .cells import CELLS
+
 # (x_t (B, I), states (h (B, H) [, c (B, H)]), one layer-direction's weights in torch.nn's flat
 # order) -> the new states; the output at t is the new h.
 Step = Callable[[Tensor, tuple, Sequence[Tensor]], tuple]
@@ -25,13 +27,12 @@ def reference_stack(step: Step, cell: str, x: Tensor, h0: Tensor | None, c0: Ten
                     flat_weights: Sequence[Tensor], *, num_layers: int, bidirectional: bool,
                     bias: bool, proj_size: int = 0, dropout: float = 0.0, training: bool = False,
                     lengths: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
-    """fusedrnn.functional.recurrent_stack's contract (shapes there; `cell` only names it),
+    """fusedrnn.functional.recurrent_stack's contract (shapes there; `cell` names its table row),
     computed by `step`: rows past their length keep their state and output zeros, the reverse
     direction runs from each row's last step, dropout between layers draws as torch.nn does
     (over the packed rows where lengths are given on the CPU)."""
     del bias, proj_size  # the weights list says both
-    # h0 None: zeros of H (a diagonal w_hh (H) of one gate, else (G*H, H)); cells with a cell
-    # state are given c0.
+    # h0 / c0 None: zeros of H (a diagonal w_hh (H) of one gate, else (G*H, H)).
     T, B = x.shape[0], x.shape[1]
     directions = 2 if bidirectional else 1
     groups = num_layers * directions
@@ -39,6 +40,8 @@ def reference_stack(step: Step, cell: str, x: Tensor, h0: Tensor | None, c0: Ten
     H = flat_weights[1].shape[0] if flat_weights[1].dim() == 1 else flat_weights[1].shape[1]
     if h0 is None:
         h0 = x.new_zeros(groups, B, H)
+    if c0 is None and CELLS[cell].has_cell_state:
+        c0 = x.new_zeros(groups, B, H)
     # (T, B): whether row b runs step t
     active = None if lengths is None else (
         torch.arange(T, device=x.device).unsqueeze(1) < lengths.to(x.device).unsqueeze(0))

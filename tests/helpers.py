@@ -41,7 +41,8 @@ def check_case(case: Case, dtype, device="cpu", seed=0):
 
 def op_samples(lengths, reverse, requires_grad=True, device="cpu", dtype=torch.float64):
     """(op, args) of the layer op (torch.ops.fusedrnn.time_loop_forward) for every cell, with
-    and without the optional bias and w_hr (where the cell takes it); small, fp64 by default."""
+    and without the optional step_params and w_hr (where the cell takes it); small, fp64 by
+    default."""
     g = torch.Generator().manual_seed(0)
     T, B, H, P = 5, 3, 4, 2
 
@@ -56,10 +57,11 @@ def op_samples(lengths, reverse, requires_grad=True, device="cpu", dtype=torch.f
         for optional in (False, True):
             Ph = P if optional and spec.projectable else H  # the size of h
             c0 = r(B, H) if spec.has_cell_state else None
-            bias = r(G * H) if optional else None  # the step's (csrc/ops.cpp)
+            # (csrc/ops.cpp; needed by a normalised step)
+            step_params = r(spec.step_param_units * H) if optional or spec.normalized else None
             w_hr = r(Ph, H) if optional and spec.projectable else None
             w_hh = r(G * H) if spec.diagonal else r(G * H, Ph)
-            samples.append((op, (name, r(T, B, G * H), r(B, Ph), c0, w_hh, bias, w_hr, lens,
+            samples.append((op, (name, r(T, B, G * H), r(B, Ph), c0, w_hh, step_params, w_hr, lens,
                                  reverse, True)))
     return samples
 
@@ -71,12 +73,12 @@ def op_backward_samples(lengths, device="cpu", dtype=torch.float64):
     samples = []
     for _, args in op_samples(lengths, reverse=True, requires_grad=False, device=device,
                               dtype=dtype):
-        cell, _, _, c0, w_hh, _, w_hr, lens, reverse, _ = args
+        cell, _, _, c0, w_hh, step_params, w_hr, lens, reverse, _ = args
         out, h_n, c_n, workspace = torch.ops.fusedrnn.time_loop_forward(*args)
         grad = torch.randn_like
         grad_c_n = grad(c_n) if c0 is not None else None
-        samples.append((op, (cell, grad(out), grad(h_n), grad_c_n, w_hh, w_hr, workspace, lens,
-                             reverse)))
+        samples.append((op, (cell, grad(out), grad(h_n), grad_c_n, w_hh, w_hr, step_params,
+                             workspace, lens, reverse)))
     return samples
 
 

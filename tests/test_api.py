@@ -343,10 +343,10 @@ def test_op_rejects_bad_shapes_and_lengths():
     with pytest.raises(RuntimeError, match="c0 is needed by lstm"):
         rnn(cell="lstm", x=torch.randn(5, 2, 16), w=torch.randn(16, 4))
     with pytest.raises(RuntimeError, match="needs the forward's workspace"):
-        ops.time_loop_backward("gru", torch.randn(5, 2, 4), h, None, torch.randn(12, 4), None,
+        ops.time_loop_backward("gru", torch.randn(5, 2, 4), h, None, torch.randn(12, 4), None, None,
                                [], None, False)
     with pytest.raises(RuntimeError, match="gates has shape"):
-        ops.time_loop_backward("gru", torch.randn(5, 2, 4), h, None, torch.randn(12, 4), None,
+        ops.time_loop_backward("gru", torch.randn(5, 2, 4), h, None, torch.randn(12, 4), None, None,
                                [torch.randn(5, 2, 12), torch.randn(5, 2, 4)], None, False)
 
 

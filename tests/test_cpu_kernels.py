@@ -74,13 +74,14 @@ def _ops_forward_backward(cell, reverse, B=TEAM_B):
     G, P = spec.gates, TEAM_P if cell == "lstm_proj" else H
     w_hh = randn(G * H) if spec.diagonal else randn(G * H, P) * 0.1
     w_hr = randn(P, H) * 0.1 if cell == "lstm_proj" else None
-    bias = randn(G * H)  # the step's (csrc/ops.cpp)
+    step_params = randn(spec.step_param_units * H)  # csrc/ops.cpp
     c0 = randn(B, H) if spec.has_cell_state else None
     out, h_n, c_n, workspace = ops.time_loop_forward(spec.name, randn(T, B, G * H), randn(B, P),
-                                                     c0, w_hh, bias, w_hr, lengths, reverse, True)
+                                                     c0, w_hh, step_params, w_hr, lengths,
+                                                     reverse, True)
     grad_c_n = randn(B, H) if spec.has_cell_state else None
     bwd = ops.time_loop_backward(spec.name, randn(T, B, P), randn(B, P), grad_c_n, w_hh, w_hr,
-                                 workspace, lengths, reverse)
+                                 step_params, workspace, lengths, reverse)
     # Not grad_w_hh / grad_w_hr: see below.
     return [out, h_n, c_n, *workspace, bwd[0], bwd[1], bwd[2], bwd[4]]
 

@@ -106,8 +106,8 @@ def run(ops, case: OpCase, t: dict, lengths):
     grad_c_n = t["grad_c_n"] if spec.has_cell_state else None
     w_hr = args[6]
     gx, gh0, gc0, gw, gb, gwr = ops.time_loop_backward(
-        spec.name, t["grad_output"], t["grad_h_n"], grad_c_n, t["w_hh"], w_hr, workspace, lengths,
-        case.reverse)
+        spec.name, t["grad_output"], t["grad_h_n"], grad_c_n, t["w_hh"], w_hr, t["bias"], workspace,
+        lengths, case.reverse)
     results = {"output": out, "h_n": h_n, "grad_xproj": gx, "grad_h0": gh0, "grad_w_hh": gw}
     results.update({name: part for (name, _, _), part in zip(spec.workspace, workspace,
                                                               strict=True)})

@@ -206,7 +206,7 @@ def test_team_of_workers_gives_one_workers_results(B, H, split):
     def run(reverse):
         out, h_n, _, ws = ops.time_loop_forward("indrnn_tanh", xproj, h0, None, u, None, None,
                                                 lengths, reverse, True)
-        grads = ops.time_loop_backward("indrnn_tanh", grad_out, grad_h, None, u, None, ws,
+        grads = ops.time_loop_backward("indrnn_tanh", grad_out, grad_h, None, u, None, None, ws,
                                        lengths, reverse)
         return [out, h_n, *ws, grads[0], grads[1]]
 

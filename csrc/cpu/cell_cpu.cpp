@@ -111,7 +111,7 @@ std::tuple<Tensor, Tensor, Tensor> cell_forward(
         r.x = xg + b * GH;
         r.gh = hg + b * GH;
         r.gh_stride = H;
-        r.bias = step_bias;
+        r.params = step_bias;
         r.h_cur = h_cur + b * H;
         r.h_new = h_next + b * H;
         r.out = out_rows + b * H;

@@ -104,8 +104,12 @@ TeamPlan plan_loop_team(bool can_split, int64_t num_blocks, const LayerSizes& sz
                         bool backward) {
   constexpr CellSpec cell = spec(C);
   const int64_t recurrent_macs = sz.B * cell.gates * sz.H * (cell.diagonal() ? 1 : sz.P);
-  return plan_team(can_split, num_blocks, sz.B, recurrent_macs + (proj ? sz.B * sz.P * sz.H : 0),
-                   sz.T, backward, cell.diagonal() ? 0 : cell.gates, sizeof(S));
+  const TeamPlan plan =
+      plan_team(can_split, num_blocks, sz.B, recurrent_macs + (proj ? sz.B * sz.P * sz.H : 0),
+                sz.T, backward, cell.diagonal() ? 0 : cell.gates, sizeof(S));
+  // A normalised step needs a row's every unit on one worker: no team split by unit blocks.
+  if (cell.normalized() && !plan.split_rows) return {};
+  return plan;
 }
 
 // Per-worker tile width per gate: every block, as the team granted may be smaller than asked
@@ -188,8 +192,10 @@ TimeLoopForwardResult forward(const ForwardArgs& a) {
   const Tensor xproj = a.xproj.contiguous(), w_hh = a.w_hh.contiguous();
   const Tensor w_hr = proj ? a.w_hr->contiguous() : Tensor();
   const at::TensorOptions options = xproj.options();
-  // The step's bias (G*H); zeros when absent, so the row kernels add it without a branch.
-  const Tensor bias = a.bias.has_value() ? a.bias->contiguous() : at::zeros({G * H}, options);
+  // Zeros when absent (no bias), so the row kernels add it without a branch.
+  const Tensor step_params = a.step_params.has_value()
+                                 ? a.step_params->contiguous()
+                                 : at::zeros({cell.step_param_units() * H}, options);
 
   Tensor output = at::empty({T, B, P}, options);
   std::vector<Tensor> saved;
@@ -220,7 +226,7 @@ TimeLoopForwardResult forward(const ForwardArgs& a) {
     Tensor tiles = at::empty({tile_count, B, G * tile_units(w.num_blocks())}, options);
     const WorkspaceBuffers<S> ws(cell, saved, sz);
     const S* x = xproj.data_ptr<S>();
-    const S* bias_data = bias.data_ptr<S>();
+    const S* params = step_params.data_ptr<S>();
     S* out = output.data_ptr<S>();
     S* unproj = proj ? unprojected.data_ptr<S>() : nullptr;
     S* scratch_data = scratch.data_ptr<S>();
@@ -241,7 +247,7 @@ TimeLoopForwardResult forward(const ForwardArgs& a) {
           const auto gh = worker_product(w, me, h_cur, P, G, H, full_data, tile);
           ForwardRow<S> r{};  // what every row of this step shares; the loop sets the rest
           r.gh_stride = gh.gate_stride;
-          r.bias = bias_data + j0;
+          r.params = params + j0;
           r.save = save_workspace;
           r.n = n;
           r.H = H;
@@ -316,6 +322,20 @@ TimeLoopForwardResult forward(const ForwardArgs& a) {
 
 // ============================================================================ backward
 
+// A layer-norm step's parameter grads (bias, γ_hh, γ_c, β_c; csrc/ops.cpp) from d xproj (= d v,
+// (T, B, 4H)), d(γ_c ⊙ LN(c) + β_c) (T, B, H) and the forward's workspace (LayerNormLSTM's:
+// gates, recurrent, cells, prev_cells, hprev), summed over steps and rows. The normalised values
+// are recomputed from the saved ones (rows past their length are zero, and so are their grads).
+Tensor layer_norm_step_param_grads(const Tensor& grad_v, const Tensor& grad_c_norm,
+                                   const std::vector<Tensor>& workspace) {
+  const Tensor &recurrent = workspace[1], &cells = workspace[2];
+  const std::vector<int64_t> steps_and_rows{0, 1};
+  const Tensor r_hat = at::layer_norm(recurrent, {recurrent.size(2)}, {}, {}, kLayerNormEps);
+  const Tensor c_hat = at::layer_norm(cells, {cells.size(2)}, {}, {}, kLayerNormEps);
+  return at::cat({grad_v.sum(steps_and_rows), (grad_v * r_hat).sum(steps_and_rows),
+                  (grad_c_norm * c_hat).sum(steps_and_rows), grad_c_norm.sum(steps_and_rows)});
+}
+
 // One layer and direction of cell C, backward (BPTT). Per step: where h is projected, first
 // d h_t = d output_t + carried d h over the worker's P units, a barrier, and d(h before W_hr);
 // then the cell's row (CpuCell<C>::backward) over the worker's hidden units, a barrier, and the
@@ -338,8 +358,13 @@ TimeLoopBackwardResult backward(const BackwardArgs& a) {
   const Tensor& hprev = saved.back();
   const at::TensorOptions options = hprev.options();
 
+  const Tensor step_params = a.step_params.has_value()
+                                 ? a.step_params->contiguous()
+                                 : at::zeros({cell.step_param_units() * H}, options);
   // Every row is written (zero where inactive), so no zero fill first.
   Tensor grad_xproj = at::empty({T, B, G * H}, options);
+  // A layer-norm step's d(γ_c ⊙ LN(c_t) + β_c) (zero where inactive), for the γ_c, β_c grads.
+  Tensor grad_c_norm = at::zeros({cell.normalized() ? T : 0, B, H}, options);
   Tensor grad_hproj = at::empty({own_recurrent_grad ? T : 0, B, G * H}, options);
   const PingPong carry = ping_pong(a.grad_h_n, T);  // d h_t / d h_{t-1}
   Tensor grad_c =  // d c, updated in place row by row
@@ -367,6 +392,8 @@ TimeLoopBackwardResult backward(const BackwardArgs& a) {
     const S* gout = grad_output.data_ptr<S>();
     S* gx = grad_xproj.data_ptr<S>();
     S* gh = own_recurrent_grad ? grad_hproj.data_ptr<S>() : nullptr;
+    const S* params = step_params.data_ptr<S>();
+    S* gcn = cell.normalized() ? grad_c_norm.data_ptr<S>() : nullptr;
     S* dc = cell.has_cell_state() ? grad_c.data_ptr<S>() : nullptr;
     S* grad_step_data = grad_step.data_ptr<S>();
     S* dh_all = proj ? grad_h_all.data_ptr<S>() : nullptr;
@@ -413,6 +440,7 @@ TimeLoopBackwardResult backward(const BackwardArgs& a) {
         {  // the worker's hidden units
           const auto [j0, n] = unit_range(u0, u1, H);
           BackwardRow<S> r{};  // what every row of this step shares; the loop sets the rest
+          r.params = params + j0;
           r.n = n;
           r.H = H;
           for (int64_t b = me.row_begin; b < me.row_end; ++b) {
@@ -434,6 +462,7 @@ TimeLoopBackwardResult backward(const BackwardArgs& a) {
             if constexpr (own_recurrent_grad) r.grad_x = gx + row * G * H + j0;
             r.dh_prev = proj ? nullptr : dh_prev + b * P + j0;
             r.unprojected = proj ? r_all + row * H + j0 : nullptr;
+            r.grad_c_norm = gcn ? gcn + row * H + j0 : nullptr;
             CpuCell<C>::backward(r);
             S* keep = own_recurrent_grad ? gh : gx;  // d xproj, or GRU's d(W_hh h + b_hh)
             copy_gate_units(keep + row * G * H, gs + b * G * H, G, H, j0, n);
@@ -448,11 +477,17 @@ TimeLoopBackwardResult backward(const BackwardArgs& a) {
   const Tensor& recurrent_grad = own_recurrent_grad ? grad_hproj : grad_xproj;
   const OneThreadScope one_thread(small_weight_grad(recurrent_grad, hprev));
   const auto none = [&] { return at::empty({0}, options); };  // one per output: no aliases
+  Tensor grad_step_params = none();
+  if constexpr (cell.normalized()) {
+    grad_step_params = layer_norm_step_param_grads(grad_xproj, grad_c_norm, saved);
+  } else if constexpr (cell.own_step_param_grad()) {
+    grad_step_params = recurrent_grad.sum(at::IntArrayRef{0, 1});  // GRU's b_hh
+  }
   return {grad_xproj,
           carry.result,
           cell.has_cell_state() ? grad_c : none(),
           recurrent_weight_grad(cell, recurrent_grad, hprev),
-          own_recurrent_grad ? recurrent_grad.sum(at::IntArrayRef{0, 1}) : none(),
+          grad_step_params,
           proj ? weight_grad(grad_h_all, unprojected_all) : none()};
 }
 

@@ -156,9 +156,10 @@ TimeLoopForwardResult forward(const ForwardArgs& a) {
   const at::TensorOptions state = state_options(xproj);
   const Tensor w_hh = state_weight(a.w_hh, state);
   const Tensor w_hr = proj ? state_weight(*a.w_hr, state) : Tensor();
-  // The step's bias (G*H); zeros when absent, so the kernels add it without a branch.
-  const Tensor bias =
-      a.bias.has_value() ? a.bias->contiguous() : at::zeros({G * H}, xproj.options());
+  // The step's bias (the step parameters' first G*H); zeros when absent, so the kernels add it
+  // without a branch.
+  const Tensor bias = a.step_params.has_value() ? a.step_params->contiguous()
+                                                : at::zeros({G * H}, xproj.options());
 
   Tensor output = at::empty({T, B, P}, xproj.options());
   std::vector<Tensor> saved;
@@ -282,16 +283,31 @@ TimeLoopBackwardResult backward(const BackwardArgs& a) {
           proj ? as_storage(weight_grad(grad_h_all, unprojected_all), grad_output) : none()};
 }
 
-// The loops above as TimeLoopOps (csrc/time_loop_op.h) calls them.
+// The loops above as TimeLoopOps (csrc/time_loop_op.h) calls them. A normalised step (a row
+// reduction per step) has no device loop yet.
 template <typename Device>
 struct DeviceLoops {
   template <Cell C>
   static TimeLoopForwardResult forward(const ForwardArgs& a) {
-    return loops::forward<Device, C>(a);
+    if constexpr (spec(C).normalized()) {
+      return not_implemented<TimeLoopForwardResult>(spec(C));
+    } else {
+      return loops::forward<Device, C>(a);
+    }
   }
   template <Cell C>
   static TimeLoopBackwardResult backward(const BackwardArgs& a) {
-    return loops::backward<Device, C>(a);
+    if constexpr (spec(C).normalized()) {
+      return not_implemented<TimeLoopBackwardResult>(spec(C));
+    } else {
+      return loops::backward<Device, C>(a);
+    }
+  }
+
+ private:
+  template <typename Result>
+  static Result not_implemented(const CellSpec& cell) {
+    TORCH_CHECK_NOT_IMPLEMENTED(false, "fusedrnn: ", cell.name, " runs on the CPU only so far");
   }
 };
 
