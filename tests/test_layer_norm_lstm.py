@@ -67,3 +67,87 @@ def test_parameters_and_haste_init():
 def test_proj_size_refused():
     with pytest.raises(ValueError, match="proj_size"):
         LayerNormLSTM(4, 8, proj_size=2)
+
+
+def _pair(**kwargs):
+    """The fused module and its pure-PyTorch reference with the same (perturbed, so that no
+    gain is 1 and no bias 0) fp64 weights."""
+    torch.manual_seed(0)
+    reference = reference_module(LayerNormLSTM)(3, 5, dtype=torch.float64, **kwargs)
+    with torch.no_grad():
+        for p in reference.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    fused = LayerNormLSTM(3, 5, dtype=torch.float64, **kwargs)
+    fused.load_state_dict(reference.state_dict())
+    return fused, reference
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"num_layers": 2, "bidirectional": True},
+                                    {"bias": False, "batch_first": True}])
+def test_fused_matches_the_reference_with_every_gradient(kwargs):
+    """Outputs, h_n, c_n and the gradient of every parameter (the layer-norm gains and c's
+    bias included) and of x, h0, c0: the fused CPU loops against the step-by-step reference,
+    fp64, with unequal lengths (packed, unsorted)."""
+    fused, reference = _pair(**kwargs)
+    g = torch.Generator().manual_seed(1)
+    B, T = 4, 6
+    D = 2 if kwargs.get("bidirectional") else 1
+    L = kwargs.get("num_layers", 1)
+    x = torch.randn(B, T, 3, generator=g, dtype=torch.float64)
+    if not kwargs.get("batch_first"):
+        x = x.transpose(0, 1).contiguous()
+    h0 = torch.randn(L * D, B, 5, generator=g, dtype=torch.float64)
+    c0 = torch.randn(L * D, B, 5, generator=g, dtype=torch.float64)
+    lengths = torch.tensor([6, 2, 5, 1])
+    results = []
+    for m in (fused, reference):
+        leaves = [t.clone().requires_grad_() for t in (x, h0, c0)]
+        packed = torch.nn.utils.rnn.pack_padded_sequence(
+            leaves[0], lengths, batch_first=bool(kwargs.get("batch_first")), enforce_sorted=False)
+        out, (h_n, c_n) = m(packed, (leaves[1], leaves[2]))
+        loss = out.data.square().sum() + h_n.sin().sum() + c_n.cos().sum()
+        results.append([out.data, h_n, c_n,
+                        *torch.autograd.grad(loss, leaves + list(m.parameters()))])
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-11)
+
+
+def test_gradcheck_fused_module():
+    """fp64 gradcheck through the fused ops, the recurrent weights and the step's gains
+    included."""
+    fused, _ = _pair()
+    x = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
+    names = ["weight_hh_l0", "layer_norm_hh_weight_l0", "layer_norm_c_weight_l0",
+             "layer_norm_c_bias_l0", "bias_hh_l0"]
+
+    def f(x, *params):
+        out, (h_n, c_n) = torch.func.functional_call(fused, dict(zip(names, params)), (x,))
+        return out, c_n
+
+    params = [getattr(fused, n).detach().clone().requires_grad_() for n in names]
+    assert torch.autograd.gradcheck(f, (x, *params))
+
+
+def test_torch_compile_fullgraph_matches_eager():
+    torch.manual_seed(0)
+    m = LayerNormLSTM(3, 8, num_layers=2, bidirectional=True)
+    x = torch.randn(6, 2, 3)
+
+    def loss(module, x):
+        out, (h_n, c_n) = module(x)
+        return out.square().sum() + h_n.sum() + c_n.sum()
+
+    eager = loss(m, x)
+    eager_grads = torch.autograd.grad(eager, list(m.parameters()))
+    got = torch.compile(lambda x: loss(m, x), fullgraph=True)(x)
+    grads = torch.autograd.grad(got, list(m.parameters()))
+    torch.testing.assert_close(got, eager, rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads, eager_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_double_backward_is_refused_with_a_clear_error():
+    fused, _ = _pair()
+    x = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(RuntimeError, match="double backward .* layer_norm_lstm"):
+        torch.autograd.grad(fused(x)[0].sum(), x, create_graph=True)
