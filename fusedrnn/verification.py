@@ -159,7 +159,7 @@ def make_inputs(case: Case, module: nn.Module, dtype, device, generator: torch.G
         batch = () if case.input_kind == "unbatched" else (case.B,)
         h0 = randn(case.num_layers * D, *batch, P).requires_grad_()
         hx = h0
-        if case.cell.startswith("lstm"):
+        if spec_of(case.cell).has_cell_state:
             hx = (h0, randn(case.num_layers * D, *batch, case.H).requires_grad_())
     return x, hx, lengths
 

@@ -169,8 +169,9 @@ def test_opcheck_forward_ops(lengths, reverse, device):
         torch.library.opcheck(op, args)
 
 
-# The cells the one-step ops run: those with a dense W_hh.
-DENSE_CELLS = [name for name, spec in cells.CELLS.items() if not spec.diagonal]
+# The cells the one-step ops run: those with a dense W_hh and no normalisation.
+DENSE_CELLS = [name for name, spec in cells.CELLS.items()
+               if not spec.diagonal and not spec.normalized]
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -207,12 +208,16 @@ def test_opcheck_cell_ops(cell, bias):
 
 @pytest.mark.parametrize("cell", sorted(set(cells.CELLS) - set(DENSE_CELLS)))
 def test_one_step_op_refuses_a_diagonal_recurrence(cell):
-    """cell_forward multiplies by a dense W_hh (G*H, H); a cell with a diagonal one (IndRNN)
-    runs through the layer ops (its modules never call the one-step op)."""
-    B, I, H = 2, 3, 4
+    """cell_forward multiplies by a dense W_hh (G*H, H) and normalises nothing; a cell with a
+    diagonal one (IndRNN) or a normalised step (LayerNormLSTM) runs through the layer ops (its
+    modules never call the one-step op)."""
+    spec = cells.CELLS[cell]
+    B, I, H, G = 2, 3, 4, spec.gates
+    c = torch.randn(B, H) if spec.has_cell_state else None
+    w_hh = torch.randn(G * H) if spec.diagonal else torch.randn(G * H, H)
     with pytest.raises(NotImplementedError, match="dense W_hh"):
-        torch.ops.fusedrnn.cell_forward(cell, torch.randn(B, I), torch.randn(B, H), None,
-                                        torch.randn(H, I), torch.randn(H), None, None, False)
+        torch.ops.fusedrnn.cell_forward(cell, torch.randn(B, I), torch.randn(B, H), c,
+                                        torch.randn(G * H, I), w_hh, None, None, False)
 
 
 @pytest.mark.parametrize("device", DEVICES)
