@@ -326,8 +326,8 @@ def test_op_rejects_bad_shapes_and_lengths():
     ops = torch.ops.fusedrnn
     x, h, w = torch.randn(5, 2, 4), torch.randn(2, 4), torch.randn(4, 4)
 
-    def rnn(x=x, h=h, w=w, lengths=None, c0=None, bias=None, w_hr=None, cell="rnn_tanh"):
-        return ops.time_loop_forward(cell, x, h, c0, w, bias, w_hr, lengths, False, False)
+    def rnn(x=x, h=h, w=w, lengths=None, c0=None, step_params=None, w_hr=None, cell="rnn_tanh"):
+        return ops.time_loop_forward(cell, x, h, c0, w, step_params, w_hr, lengths, False, False)
     with pytest.raises(RuntimeError, match="h0 has shape"):
         rnn(h=torch.randn(3, 4))
     with pytest.raises(RuntimeError, match="lengths"):
@@ -341,8 +341,10 @@ def test_op_rejects_bad_shapes_and_lengths():
         rnn(cell="elman")
     with pytest.raises(RuntimeError, match="c0 is not taken by rnn_tanh"):
         rnn(c0=h)
-    with pytest.raises(RuntimeError, match="bias has shape"):
-        rnn(bias=torch.randn(5))
+    with pytest.raises(RuntimeError, match="step_params has shape"):
+        rnn(step_params=torch.randn(5))
+    with pytest.raises(RuntimeError, match="step_params are needed by layer_norm_lstm"):
+        rnn(cell="layer_norm_lstm", x=torch.randn(5, 2, 16), w=torch.randn(16, 4), c0=h)
     with pytest.raises(RuntimeError, match="rnn_tanh does not project h"):
         rnn(w_hr=torch.randn(4, 4))
     with pytest.raises(RuntimeError, match="c0 is needed by lstm"):

@@ -129,9 +129,11 @@ def test_gradcheck_fused_module():
 
 
 def test_torch_compile_fullgraph_matches_eager():
+    """fp64: in float32 the compiled graph's own layer norm of the input side rounds differently
+    from ATen's, and the recurrent layer norms amplify that to ~1e-4 over six steps."""
     torch.manual_seed(0)
-    m = LayerNormLSTM(3, 8, num_layers=2, bidirectional=True)
-    x = torch.randn(6, 2, 3)
+    m = LayerNormLSTM(3, 8, num_layers=2, bidirectional=True, dtype=torch.float64)
+    x = torch.randn(6, 2, 3, dtype=torch.float64)
 
     def loss(module, x):
         out, (h_n, c_n) = module(x)
@@ -141,9 +143,9 @@ def test_torch_compile_fullgraph_matches_eager():
     eager_grads = torch.autograd.grad(eager, list(m.parameters()))
     got = torch.compile(lambda x: loss(m, x), fullgraph=True)(x)
     grads = torch.autograd.grad(got, list(m.parameters()))
-    torch.testing.assert_close(got, eager, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got, eager, rtol=1e-10, atol=1e-10)
     for a, b in zip(grads, eager_grads):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
 def test_double_backward_is_refused_with_a_clear_error():
