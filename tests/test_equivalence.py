@@ -1,5 +1,6 @@
 """fusedrnn vs torch.nn with shared weights: outputs, h_n/c_n and every gradient."""
 import itertools
+import zlib
 
 import pytest
 import torch
@@ -30,7 +31,8 @@ def test_matches_torch_nn(params, dtype, device):
     cell, layers, bidir, batch_first, bias, kind, with_h0 = params
     case = Case(cell, num_layers=layers, bidirectional=bidir, batch_first=batch_first, bias=bias,
                 input_kind=kind, with_h0=with_h0)
-    check_case(case, dtype, device, seed=hash(_id(params)) % 1000)
+    # crc32, not hash(): str hashes change from process to process, and so would the data
+    check_case(case, dtype, device, seed=zlib.crc32(_id(params).encode()) % 1000)
 
 
 @pytest.mark.parametrize("device", DEVICES)
