@@ -1,11 +1,13 @@
 // Host-side pieces every backend's time loops share: the schedule from the lengths argument,
-// workspace outputs, and the one weight-gradient GEMM of backward.
+// workspace outputs, the one weight-gradient GEMM of backward and a layer-norm step's parameter
+// gradients.
 #pragma once
 
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 
 #include <optional>
+#include <vector>
 
 #include "cell_table.h"
 #include "schedule.h"
@@ -56,6 +58,21 @@ inline at::Tensor recurrent_weight_grad(const CellSpec& cell, const at::Tensor& 
       .sum(at::IntArrayRef{0, 1})
       .flatten()
       .to(grad_rows.scalar_type());
+}
+
+// A layer-norm step's parameter grads (bias, γ_hh, γ_c, β_c; csrc/ops.cpp) from d xproj (= d v,
+// (T, B, 4H)), d(γ_c ⊙ LN(c) + β_c) (T, B, H) and the forward's workspace (LayerNormLSTM's:
+// gates, recurrent, cells, prev_cells, hprev), summed over steps and rows. The normalised values
+// are recomputed from the saved ones (rows past their length are zero, and so are their grads).
+inline at::Tensor layer_norm_step_param_grads(const at::Tensor& grad_v,
+                                              const at::Tensor& grad_c_norm,
+                                              const std::vector<at::Tensor>& workspace) {
+  const at::Tensor &recurrent = workspace[1], &cells = workspace[2];
+  const std::vector<int64_t> steps_and_rows{0, 1};
+  const at::Tensor r_hat = at::layer_norm(recurrent, {recurrent.size(2)}, {}, {}, kLayerNormEps);
+  const at::Tensor c_hat = at::layer_norm(cells, {cells.size(2)}, {}, {}, kLayerNormEps);
+  return at::cat({grad_v.sum(steps_and_rows), (grad_v * r_hat).sum(steps_and_rows),
+                  (grad_c_norm * c_hat).sum(steps_and_rows), grad_c_norm.sum(steps_and_rows)});
 }
 
 }  // namespace fusedrnn

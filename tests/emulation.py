@@ -31,10 +31,12 @@ def load():
         name="fusedrnn_emulation",
         sources=sources,
         extra_include_paths=[os.path.join(ROOT, "csrc")],
-        # A grid cap of 2 blocks for the step kernels: at test sizes their grid-stride loop then
-        # takes more than one turn (csrc/cuda/step_kernels.cu).
+        # A grid cap of 2 blocks for the step kernels and 8 threads for a row kernel's block: at
+        # test sizes their grid-stride loops, over elements, rows and a row's units, then take
+        # more than one turn (csrc/cuda/step_kernels.cu).
         extra_cflags=["-O2", "-std=c++20", "-fvisibility=hidden", "-DFUSEDRNN_SIMT_EMULATION",
-                      "-DFUSEDRNN_STEP_MAX_BLOCKS=2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+                      "-DFUSEDRNN_STEP_MAX_BLOCKS=2", "-DFUSEDRNN_ROW_THREADS=8", "-Wall",
+                      "-Wextra", "-Wno-unused-parameter"],
         build_directory=BUILD_DIR,
         is_python_module=False,
         verbose=os.environ.get("FUSEDRNN_EMULATION_VERBOSE") == "1",

@@ -30,9 +30,8 @@ CPU_OPS = torch.ops.fusedrnn
 HALF_TYPES = (torch.float16, torch.bfloat16)
 DTYPES = {"fp32": torch.float32, "fp64": torch.float64, "fp16": torch.float16,
           "bf16": torch.bfloat16}
-# The verification configurations (cells and LSTM with proj_size) that have a device loop; a
-# normalised step (LayerNormLSTM) has none yet (test_normalised_cells_are_refused).
-DEVICE_CELLS = [name for name in CELLS if not spec_of(name).normalized]
+# The verification configurations: every cell, and LSTM with proj_size.
+DEVICE_CELLS = list(CELLS)
 GATES = {name: spec_of(name).gates for name in DEVICE_CELLS}
 # Workspaces (state dtype) among the outputs: compared against the unrounded float baseline.
 WORKSPACES = {name for spec in map(spec_of, CELLS) for name, _, _ in spec.workspace}
@@ -74,20 +73,25 @@ def make_inputs(case: OpCase, seed: int, gate_offsets=None, scale=1.0):
     if gate_offsets is not None:
         xproj = xproj + torch.tensor(gate_offsets, dtype=torch.float64).repeat_interleave(H)
     k = H ** -0.5
+    spec = spec_of(case.cell)
     # A diagonal recurrence's u: uniform(-1, 1), the range of a stable IndRNN.
-    diagonal = spec_of(case.cell).diagonal
+    diagonal = spec.diagonal
     w_hh_shape, w_hh_scale = ((G * H,), 1.0) if diagonal else ((G * H, P), k)
     t = {
         "xproj": xproj,
         "h0": rand(B, P) * 0.5,
         "c0": rand(B, H) * 0.5,
         "w_hh": (torch.rand(*w_hh_shape, generator=g, dtype=torch.float64) * 2 - 1) * w_hh_scale,
-        "bias": rand(G * H) * 0.1,  # the step's (csrc/ops.cpp)
+        # The step parameters (csrc/ops.cpp): the bias, then a normalized step's gains (near 1)
+        # and β_c.
+        "step_params": rand(spec.step_param_units * H) * 0.1,
         "w_hr": (torch.rand(P, H, generator=g, dtype=torch.float64) * 2 - 1) * k,
         "grad_output": rand(T, B, P),
         "grad_h_n": rand(B, P),
         "grad_c_n": rand(B, H),
     }
+    if spec.normalized:
+        t["step_params"][G * H:(2 * G + 1) * H] += 1.0
     lengths = None if case.lengths is None else torch.tensor(case.lengths, dtype=torch.int64)
     return t, lengths
 
@@ -95,7 +99,7 @@ def make_inputs(case: OpCase, seed: int, gate_offsets=None, scale=1.0):
 def _forward_args(case: OpCase, t: dict, lengths, save_workspace):
     spec = spec_of(case.cell)
     return (spec.name, t["xproj"], t["h0"], t["c0"] if spec.has_cell_state else None, t["w_hh"],
-            t["bias"],
+            t["step_params"],
             t["w_hr"] if case.cell == "lstm_proj" else None, lengths, case.reverse, save_workspace)
 
 
@@ -108,15 +112,15 @@ def run(ops, case: OpCase, t: dict, lengths):
     grad_c_n = t["grad_c_n"] if spec.has_cell_state else None
     w_hr = args[6]
     gx, gh0, gc0, gw, gb, gwr = ops.time_loop_backward(
-        spec.name, t["grad_output"], t["grad_h_n"], grad_c_n, t["w_hh"], w_hr, t["bias"], workspace,
-        lengths, case.reverse)
+        spec.name, t["grad_output"], t["grad_h_n"], grad_c_n, t["w_hh"], w_hr, t["step_params"],
+        workspace, lengths, case.reverse)
     results = {"output": out, "h_n": h_n, "grad_xproj": gx, "grad_h0": gh0, "grad_w_hh": gw}
     results.update({name: part for (name, _, _), part in zip(spec.workspace, workspace,
                                                               strict=True)})
     if spec.has_cell_state:
         results.update(c_n=c_n, grad_c0=gc0)
-    if spec.b_hh_in_step:  # (elsewhere d bias is d xproj's sum, taken by autograd)
-        results["grad_bias"] = gb
+    if spec.own_step_param_grad:  # (elsewhere d bias is d xproj's sum, taken by autograd)
+        results["grad_step_params"] = gb
     if w_hr is not None:
         results["grad_w_hr"] = gwr
     return results
@@ -185,6 +189,8 @@ LONG_MEMORY = {
     ("lstm_proj", "forward"): [1.0, 5.0, 0.5, 0.0],
     ("lstm_proj", "backward"): [0.0, 6.0, 0.0, -2.0],
     ("gru", "forward"): [0.0, 6.0, 0.0],
+    ("layer_norm_lstm", "forward"): [1.0, 5.0, 0.5, 0.0],
+    ("layer_norm_lstm", "backward"): [0.0, 6.0, 0.0, -2.0],
     ("rnn_tanh", "forward"): None,
     ("rnn_relu", "forward"): None,
 }
@@ -283,18 +289,3 @@ def test_opcheck_on_emulated_cuda_ops(cuda_ops_behind_the_modules, lengths, dtyp
             torch.library.opcheck(op, args)
     for op, args in op_backward_samples(lengths, dtype=dtype, cells=DEVICE_CELLS):
         torch.library.opcheck(op, args)
-
-
-def test_normalised_cells_are_refused(emulated):
-    """A normalised step has no device loop yet: the device ops say so (no wrong result)."""
-    for name in CELLS:
-        spec = spec_of(name)
-        if not spec.normalized:
-            continue
-        T, B, H = 3, 2, 4
-        with pytest.raises(NotImplementedError, match="runs on the CPU only"):
-            emulated.time_loop_forward(spec.name, torch.randn(T, B, spec.gates * H),
-                                       torch.randn(B, H), torch.randn(B, H),
-                                       torch.randn(spec.gates * H, H),
-                                       torch.randn(spec.step_param_units * H), None, None, False,
-                                       False)

@@ -322,20 +322,6 @@ TimeLoopForwardResult forward(const ForwardArgs& a) {
 
 // ============================================================================ backward
 
-// A layer-norm step's parameter grads (bias, γ_hh, γ_c, β_c; csrc/ops.cpp) from d xproj (= d v,
-// (T, B, 4H)), d(γ_c ⊙ LN(c) + β_c) (T, B, H) and the forward's workspace (LayerNormLSTM's:
-// gates, recurrent, cells, prev_cells, hprev), summed over steps and rows. The normalised values
-// are recomputed from the saved ones (rows past their length are zero, and so are their grads).
-Tensor layer_norm_step_param_grads(const Tensor& grad_v, const Tensor& grad_c_norm,
-                                   const std::vector<Tensor>& workspace) {
-  const Tensor &recurrent = workspace[1], &cells = workspace[2];
-  const std::vector<int64_t> steps_and_rows{0, 1};
-  const Tensor r_hat = at::layer_norm(recurrent, {recurrent.size(2)}, {}, {}, kLayerNormEps);
-  const Tensor c_hat = at::layer_norm(cells, {cells.size(2)}, {}, {}, kLayerNormEps);
-  return at::cat({grad_v.sum(steps_and_rows), (grad_v * r_hat).sum(steps_and_rows),
-                  (grad_c_norm * c_hat).sum(steps_and_rows), grad_c_norm.sum(steps_and_rows)});
-}
-
 // One layer and direction of cell C, backward (BPTT). Per step: where h is projected, first
 // d h_t = d output_t + carried d h over the worker's P units, a barrier, and d(h before W_hr);
 // then the cell's row (CpuCell<C>::backward) over the worker's hidden units, a barrier, and the

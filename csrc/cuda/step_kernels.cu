@@ -1,8 +1,12 @@
 // Per-step fused pointwise kernels (see step_kernels.h): one forward and one backward kernel for
 // every cell, which hand each element to the cell's DeviceCell<C>. One thread per (batch row,
 // hidden unit), grid-stride; each mirrors the CPU time loops of csrc/cpu/recurrent_cpu.cpp element
-// by element, with the gate equations from gate_math.h. Compiled by nvcc for the GPU, and by the
+// by element, with the gate equations from gate_math.h. A normalized cell needs its row's
+// statistics: its kernels run one block per batch row (grid-stride over rows), and hand the row
+// to DeviceCell<C>::forward_row / backward_row, which mirror the CPU's row kernels. Compiled by nvcc for the GPU, and by the
 // host compiler under the SIMT emulation for the tests (csrc/emulation/).
+#include <algorithm>
+
 #include "../gate_math.h"
 #include "step_kernels.h"
 
@@ -47,6 +51,13 @@ constexpr int kThreads = 256;
 #define FUSEDRNN_STEP_MAX_BLOCKS 8192
 #endif
 constexpr int64_t kMaxBlocks = FUSEDRNN_STEP_MAX_BLOCKS;
+// Threads of a row kernel's block (a power of two, for block_sum). The emulation tests build with
+// fewer, so that a thread takes several units of a row at test sizes.
+#ifndef FUSEDRNN_ROW_THREADS
+#define FUSEDRNN_ROW_THREADS 256
+#endif
+constexpr int kRowThreads = FUSEDRNN_ROW_THREADS;
+static_assert((kRowThreads & (kRowThreads - 1)) == 0, "kRowThreads: a power of two");
 
 // Grid-stride over the n = rows * width elements of a step: fn(b, j).
 #define FUSEDRNN_FOR_EACH_ELEMENT(rows, width, b, j)                                          \
@@ -54,14 +65,68 @@ constexpr int64_t kMaxBlocks = FUSEDRNN_STEP_MAX_BLOCKS;
        idx_ < n_; idx_ += int64_t(gridDim.x) * blockDim.x)                                     \
     if (const int64_t b = idx_ / (width), j = idx_ % (width); true)
 
+// Each unit i < n of a block's row, as its thread's share: every loop over a row strides the same
+// way, so a unit a thread wrote it reads back itself, with no barrier.
+#define FUSEDRNN_FOR_EACH_UNIT(n, i) \
+  for (int64_t i = threadIdx.x; i < (n); i += blockDim.x)
+
+// The sum over the block's threads of each one's v, returned to all (in double, as the CPU's
+// row_moments sums). Every thread of the block must call it.
+__device__ inline double block_sum(double v) {
+  __shared__ double partial[kRowThreads];
+  partial[threadIdx.x] = v;
+  __syncthreads();
+  for (int half = kRowThreads / 2; half > 0; half /= 2) {
+    if (threadIdx.x < half) partial[threadIdx.x] += partial[threadIdx.x + half];
+    __syncthreads();
+  }
+  const double total = partial[0];
+  __syncthreads();  // every thread has read it before partial is written again
+  return total;
+}
+
+template <typename S>
+struct RowMoments {
+  S mean, rstd;  // 1 / sqrt(var + eps), the biased variance as torch's layer_norm
+};
+
+// The moments of a row's n values v (the CPU's row_moments: two passes, summed in double). The
+// barrier first: v may have been written by other threads of the block.
+template <typename S>
+__device__ RowMoments<S> block_row_moments(const S* v, int64_t n) {
+  __syncthreads();
+  double sum = 0;
+  FUSEDRNN_FOR_EACH_UNIT(n, i) sum += v[i];
+  const double mean = block_sum(sum) / n;
+  double squares = 0;
+  FUSEDRNN_FOR_EACH_UNIT(n, i) {
+    const double d = v[i] - mean;
+    squares += d * d;
+  }
+  return {S(mean), S(1.0 / sqrt(block_sum(squares) / n + kLayerNormEps))};
+}
+
 // ------------------------------------------------------------------------------------ cells
+
+// The rows of the workspace parts before hprev for batch row `row` (nullptr when not saved).
+template <typename S>
+struct WorkspaceRows {
+  S* parts[kMaxWorkspaceParts] = {};
+
+  __device__ WorkspaceRows(const StepWorkspace& ws, int64_t row, int64_t H) {
+    for (int i = 0; i < ws.cell_parts; ++i) {
+      if (ws.parts[i]) parts[i] = out<S>(ws.parts[i]) + row * ws.units[i] * H;
+    }
+  }
+};
+
 
 // One element (batch row, unit j) of a step as the kernels below hand it to a cell.
 template <typename T, typename S>
 struct ForwardElement {
   const T* x;     // the row's xproj (G blocks, H apart)
   const S* gh;    // the row's W_hh h_{t-1} (G blocks)
-  const T* bias;  // (G*H) the step's bias (csrc/ops.cpp)
+  const T* bias;  // (G*H) the step's bias (the step parameters' first G*H, csrc/ops.cpp)
   S h_cur;        // h_{t-1}[j] (0 for j >= P)
   S c_cur;        // c_{t-1}[j], cells with a cell state
   S* const* ws;   // the row of each workspace part before hprev; nullptr when not saved
@@ -191,19 +256,155 @@ struct DeviceCell<Cell::Lstm> {
   }
 };
 
-// ------------------------------------------------------------------------------- the kernels
 
-// The rows of the workspace parts before hprev for batch row `row` (nullptr when not saved).
-template <typename S>
-struct WorkspaceRows {
-  S* parts[kMaxWorkspaceParts] = {};
+// LayerNormLSTM (gate_math.h): a row at a time, as the CPU's layer_norm_lstm_forward_row /
+// _backward_row. Its threads share the row's units (FUSEDRNN_FOR_EACH_UNIT); P = H (no W_hr).
+template <>
+struct DeviceCell<Cell::LayerNormLstm> {
+  // The step parameters (ForwardStep::params), in storage type.
+  template <typename T>
+  struct Params {
+    const T *bias, *gamma_r, *gamma_c, *beta_c;
+    __device__ Params(const void* params, int64_t H)
+        : bias(in<T>(params)), gamma_r(bias + 4 * H), gamma_c(bias + 8 * H),
+          beta_c(bias + 9 * H) {}
+  };
 
-  __device__ WorkspaceRows(const StepWorkspace& ws, int64_t row, int64_t H) {
-    for (int i = 0; i < ws.cell_parts; ++i) {
-      if (ws.parts[i]) parts[i] = out<S>(ws.parts[i]) + row * ws.units[i] * H;
+  // Batch row b (slot `row` of the step's outputs), active.
+  template <typename T, typename S>
+  __device__ static void forward_row(const ForwardStep& p, int64_t b, int64_t row,
+                                     const WorkspaceRows<S>& ws) {
+    const int64_t H = p.at.H;
+    const Params<T> w(p.params, H);
+    const T* x = in<T>(p.x) + row * 4 * H;
+    const S* gh = in<S>(p.gh) + b * 4 * H;
+    const S* c_cur = in<S>(p.c_cur) + b * H;
+    S* c_next = out<S>(p.c_next) + b * H;
+    const RowMoments<S> r = block_row_moments(gh, 4 * H);
+    auto pre = [&](int k, int64_t j) {
+      const int64_t i = k * H + j;
+      return to_state(x[i]) + to_state(w.bias[i]) + to_state(w.gamma_r[i]) * ((gh[i] - r.mean) * r.rstd);
+    };
+    FUSEDRNN_FOR_EACH_UNIT(H, j) {
+      const auto a = gates::lstm_gates<S>(pre(0, j), pre(1, j), pre(2, j), pre(3, j));
+      c_next[j] = a.f * c_cur[j] + a.i * a.g;
+      if (S* g = ws.parts[0]) {  // saved: the gates, W_hh h, c_t and c_{t-1}
+        g[j] = a.i;
+        g[H + j] = a.f;
+        g[2 * H + j] = a.g;
+        g[3 * H + j] = a.o;
+        for (int k = 0; k < 4; ++k) ws.parts[1][k * H + j] = gh[k * H + j];
+        ws.parts[2][j] = c_next[j];
+        ws.parts[3][j] = c_cur[j];
+      }
+    }
+    const RowMoments<S> c = block_row_moments<S>(c_next, H);
+    S* hprev = static_cast<S*>(p.ws.hprev);
+    FUSEDRNN_FOR_EACH_UNIT(H, j) {
+      const S o = gates::sigmoid(pre(3, j));  // the output gate, as lstm_gates computed it
+      const S c_norm = to_state(w.gamma_c[j]) * ((c_next[j] - c.mean) * c.rstd) + to_state(w.beta_c[j]);
+      const S h = o * gates::tanh_(c_norm);
+      out<S>(p.h_next)[b * H + j] = h;
+      out<T>(p.out)[row * H + j] = stored<T>(h);
+      if (hprev) hprev[row * H + j] = in<S>(p.h_cur)[b * H + j];
+    }
+  }
+
+  template <typename T, typename S>
+  __device__ static void backward_row(const BackwardStep& p, int64_t b, int64_t row,
+                                      const WorkspaceRows<S>& ws) {
+    const int64_t H = p.at.H;
+    const Params<T> w(p.params, H);
+    const S *gates = ws.parts[0], *recurrent = ws.parts[1], *cells = ws.parts[2],
+            *prev_cells = ws.parts[3];
+    S* dc = out<S>(p.dc) + b * H;
+    S* gs = out<S>(p.grad_step) + b * 4 * H;  // d v first, then d(W_hh h)
+    S* grad_c_norm = out<S>(p.grad_c_norm) + row * H;
+    auto grad_h = [&](int64_t j) {
+      return to_state(in<T>(p.grad_out)[row * H + j]) + in<S>(p.dh)[b * H + j];
+    };
+    // Through h' = o tanh(γ_c ĉ + β_c): d of the norm's output, and the row means its backward
+    // needs.
+    const RowMoments<S> c = block_row_moments(cells, H);
+    auto c_hat = [&](int64_t j) { return (cells[j] - c.mean) * c.rstd; };
+    auto tanh_c_norm = [&](int64_t j) {
+      return gates::tanh_(to_state(w.gamma_c[j]) * c_hat(j) + to_state(w.beta_c[j]));
+    };
+    double sum_d = 0, sum_d_hat = 0;
+    FUSEDRNN_FOR_EACH_UNIT(H, j) {
+      const S t = tanh_c_norm(j);
+      const S d_norm = grad_h(j) * gates[3 * H + j] * (S(1) - t * t);
+      grad_c_norm[j] = d_norm;
+      sum_d += d_norm * to_state(w.gamma_c[j]);
+      sum_d_hat += d_norm * to_state(w.gamma_c[j]) * c_hat(j);
+    }
+    const S mean_d = S(block_sum(sum_d) / H), mean_d_hat = S(block_sum(sum_d_hat) / H);
+    T* gx = out<T>(p.grad_x) + row * 4 * H;
+    FUSEDRNN_FOR_EACH_UNIT(H, j) {
+      const gates::LstmGates<S> a{gates[j], gates[H + j], gates[2 * H + j], gates[3 * H + j]};
+      const S dc_total = dc[j] + gates::layer_norm_grad(grad_c_norm[j] * to_state(w.gamma_c[j]),
+                                                        c_hat(j), mean_d, mean_d_hat, c.rstd);
+      const auto d = gates::lstm_gate_grads<S>(a, prev_cells[j], dc_total, grad_h(j) * tanh_c_norm(j));
+      const S dv[4] = {d.i, d.f, d.g, d.o};
+      for (int k = 0; k < 4; ++k) {
+        gs[k * H + j] = dv[k];
+        gx[k * H + j] = stored<T>(dv[k]);
+      }
+      dc[j] = d.c_prev;
+      out<S>(p.dh_prev)[b * H + j] = S(0);  // h_{t-1} enters through W_hh h only
+    }
+    // Through v's γ_hh ⊙ LN(W_hh h): d v (gs) becomes d(W_hh h) in place.
+    const RowMoments<S> r = block_row_moments(recurrent, 4 * H);
+    auto r_hat = [&](int64_t i) { return (recurrent[i] - r.mean) * r.rstd; };
+    double sum_r = 0, sum_r_hat = 0;
+    FUSEDRNN_FOR_EACH_UNIT(4 * H, i) {
+      const S d_hat = gs[i] * to_state(w.gamma_r[i]);
+      sum_r += d_hat;
+      sum_r_hat += d_hat * r_hat(i);
+    }
+    const S mean_r_d = S(block_sum(sum_r) / (4 * H)), mean_r_d_hat = S(block_sum(sum_r_hat) / (4 * H));
+    T* ghp = out<T>(p.grad_hproj) + row * 4 * H;
+    FUSEDRNN_FOR_EACH_UNIT(4 * H, i) {
+      gs[i] = gates::layer_norm_grad(gs[i] * to_state(w.gamma_r[i]), r_hat(i), mean_r_d,
+                                     mean_r_d_hat, r.rstd);
+      ghp[i] = stored<T>(gs[i]);
     }
   }
 };
+
+// ------------------------------------------------------------------------------- the kernels
+
+// Unit j of batch row b (slot `row`) where the row is past its length, forward: the state is
+// carried over, the output and workspace are zero.
+template <typename T, typename S>
+__device__ void forward_inactive_unit(const ForwardStep& p, int64_t b, int64_t j, int64_t row,
+                                      const WorkspaceRows<S>& ws) {
+  const int64_t H = p.at.H, P = p.at.P;
+  if (p.c_next) out<S>(p.c_next)[b * H + j] = in<S>(p.c_cur)[b * H + j];
+  if (j < P) {
+    if (!p.proj) out<S>(p.h_next)[b * P + j] = in<S>(p.h_cur)[b * P + j];
+    out<T>(p.out)[row * P + j] = zero<T>();
+    if (p.ws.hprev) static_cast<S*>(p.ws.hprev)[row * P + j] = S(0);
+  }
+  for (int i = 0; i < p.ws.cell_parts; ++i) {
+    if (!ws.parts[i]) continue;
+    for (int64_t k = 0; k < p.ws.units[i]; ++k) ws.parts[i][k * H + j] = S(0);
+  }
+}
+
+// Its backward: the gate grads are 0, so d h passes through the GEMM unchanged.
+template <typename T, typename S>
+__device__ void backward_inactive_unit(const BackwardStep& p, int64_t b, int64_t j, int64_t row,
+                                       int64_t G) {
+  const int64_t H = p.at.H, P = p.at.P;
+  for (int64_t k = 0; k < G; ++k) {
+    out<S>(p.grad_step)[b * G * H + k * H + j] = S(0);
+    out<T>(p.grad_x)[row * G * H + k * H + j] = zero<T>();
+    if (p.grad_hproj) out<T>(p.grad_hproj)[row * G * H + k * H + j] = zero<T>();
+  }
+  if (p.proj) out<S>(p.unprojected_all)[row * H + j] = S(0);
+  if (j < P) out<S>(p.dh_prev)[b * P + j] = in<S>(p.dh)[b * P + j];
+}
 
 template <typename T, Cell C>
 __global__ void forward_kernel(ForwardStep p) {
@@ -215,22 +416,13 @@ __global__ void forward_kernel(ForwardStep p) {
     const bool h_lane = j < P;  // h rows are P wide (P <= H): threads j < P handle them
     const WorkspaceRows<S> ws(p.ws, row, H);
     S* hprev = static_cast<S*>(p.ws.hprev);
-    if (!p.at.sched.active(s, b)) {  // state carried over, output and workspace zero
-      if (p.c_next) out<S>(p.c_next)[b * H + j] = in<S>(p.c_cur)[b * H + j];
-      if (h_lane) {
-        if (!p.proj) out<S>(p.h_next)[b * P + j] = in<S>(p.h_cur)[b * P + j];
-        out<T>(p.out)[row * P + j] = zero<T>();
-        if (hprev) hprev[row * P + j] = S(0);
-      }
-      for (int i = 0; i < p.ws.cell_parts; ++i) {
-        if (!ws.parts[i]) continue;
-        for (int64_t k = 0; k < p.ws.units[i]; ++k) ws.parts[i][k * H + j] = S(0);
-      }
+    if (!p.at.sched.active(s, b)) {
+      forward_inactive_unit<T>(p, b, j, row, ws);
       continue;
     }
     const S h_cur = h_lane ? in<S>(p.h_cur)[b * P + j] : S(0);
     const ForwardElement<T, S> e{in<T>(p.x) + row * G * H, in<S>(p.gh) + b * G * H,
-                                 in<T>(p.bias), h_cur,
+                                 in<T>(p.params), h_cur,
                                  p.c_cur ? in<S>(p.c_cur)[b * H + j] : S(0), ws.parts, j, H};
     const ForwardResult<S> r = DeviceCell<C>::forward(e);
     if (p.c_next) out<S>(p.c_next)[b * H + j] = r.c;
@@ -280,19 +472,13 @@ __global__ void backward_kernel(BackwardStep p) {
   FUSEDRNN_FOR_EACH_ELEMENT(B, H, b, j) {
     const bool h_lane = j < P;
     const int64_t row = p.at.sched.slot(s, b) * B + b;
+    if (!p.at.sched.active(s, b)) {
+      backward_inactive_unit<T, S>(p, b, j, row, G);
+      continue;
+    }
     S* gs = out<S>(p.grad_step) + b * G * H;
     T* gx = out<T>(p.grad_x) + row * G * H;
     T* ghp = p.grad_hproj ? out<T>(p.grad_hproj) + row * G * H : nullptr;
-    if (!p.at.sched.active(s, b)) {  // d gates 0: d h passes through the GEMM unchanged
-      for (int64_t k = 0; k < G; ++k) {
-        gs[k * H + j] = S(0);
-        gx[k * H + j] = zero<T>();
-        if (ghp) ghp[k * H + j] = zero<T>();
-      }
-      if (p.proj) out<S>(p.unprojected_all)[row * H + j] = S(0);
-      if (h_lane) out<S>(p.dh_prev)[b * P + j] = in<S>(p.dh)[b * P + j];
-      continue;
-    }
     const WorkspaceRows<S> ws(p.ws, row, H);
     const S grad_h = p.proj ? in<S>(p.grad_unproj)[b * H + j]
                             : to_state(in<T>(p.grad_out)[row * P + j]) + in<S>(p.dh)[b * P + j];
@@ -309,20 +495,57 @@ __global__ void backward_kernel(BackwardStep p) {
   }
 }
 
-// ------------------------------------------------------------------------------- launching
-
-template <typename Params>
-unsigned blocks_for(const Params& p, int64_t width) {
-  const int64_t n = p.at.B * width;
-  const int64_t blocks = (n + kThreads - 1) / kThreads;
-  return static_cast<unsigned>(blocks < 1 ? 1 : blocks > kMaxBlocks ? kMaxBlocks : blocks);
+// A normalized cell's step: one block per batch row, grid-stride over the rows (a row's
+// activity is the whole block's, so its barriers are reached by every thread or none).
+template <typename T, Cell C>
+__global__ void forward_row_kernel(ForwardStep p) {
+  using S = typename State<T>::type;
+  const int64_t B = p.at.B, H = p.at.H, s = p.at.s;
+  for (int64_t b = blockIdx.x; b < B; b += gridDim.x) {
+    const int64_t row = p.at.sched.slot(s, b) * B + b;
+    const WorkspaceRows<S> ws(p.ws, row, H);
+    if (p.at.sched.active(s, b)) {
+      DeviceCell<C>::template forward_row<T>(p, b, row, ws);
+    } else {
+      FUSEDRNN_FOR_EACH_UNIT(H, j) forward_inactive_unit<T>(p, b, j, row, ws);
+    }
+  }
 }
 
-// Launches kernel<T> for the runtime storage dtype over B rows x width elements.
+template <typename T, Cell C>
+__global__ void backward_row_kernel(BackwardStep p) {
+  using S = typename State<T>::type;
+  const int64_t B = p.at.B, H = p.at.H, s = p.at.s;
+  for (int64_t b = blockIdx.x; b < B; b += gridDim.x) {
+    const int64_t row = p.at.sched.slot(s, b) * B + b;
+    if (p.at.sched.active(s, b)) {
+      DeviceCell<C>::template backward_row<T>(p, b, row, WorkspaceRows<S>(p.ws, row, H));
+    } else {
+      FUSEDRNN_FOR_EACH_UNIT(H, j) backward_inactive_unit<T, S>(p, b, j, row, spec(C).gates);
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------- launching
+
+// A launch's shape: one thread per element of B rows x width (`threads` a block), or, for a
+// row kernel, one block of kRowThreads per row; capped at kMaxBlocks (grid-stride beyond).
+struct StepShape {
+  int64_t blocks;
+  int threads;
+};
+inline StepShape element_shape(int64_t B, int64_t width) {
+  return {(B * width + kThreads - 1) / kThreads, kThreads};
+}
+inline StepShape row_shape(int64_t B) { return {B, kRowThreads}; }
+
+// Launches kernel<T> for the runtime storage dtype (nothing for an empty step).
 template <template <typename> class Kernel, typename Params>
-cudaError_t launch_step(const Params& p, int64_t width, Dtype dtype, cudaStream_t stream) {
+cudaError_t launch_step(const Params& p, int64_t width, StepShape shape, Dtype dtype,
+                        cudaStream_t stream) {
   if (p.at.B == 0 || width == 0) return cudaSuccess;
-  const dim3 grid(blocks_for(p, width)), block(kThreads);
+  const dim3 grid(static_cast<unsigned>(std::min(std::max<int64_t>(shape.blocks, 1), kMaxBlocks))),
+      block(shape.threads);
   switch (dtype) {
     case Dtype::Float: return launch(Kernel<float>::fn, grid, block, 0, stream, p);
     case Dtype::Double: return launch(Kernel<double>::fn, grid, block, 0, stream, p);
@@ -332,21 +555,33 @@ cudaError_t launch_step(const Params& p, int64_t width, Dtype dtype, cudaStream_
   return cudaErrorInvalidValue;
 }
 
-// kernel<T> (of a cell) as a class template, so launch_step can take it as an argument.
+// kernel<T> (of a cell) as a class template, so launch_step can take it as an argument: the
+// element kernels, or the row kernels of a normalized cell.
 template <Cell C>
 struct Forward {
   template <typename T>
   struct Kernel {
-    static constexpr auto fn = &forward_kernel<T, C>;
+    static constexpr auto fn = [] {
+      if constexpr (spec(C).normalized()) return &forward_row_kernel<T, C>;
+      else return &forward_kernel<T, C>;
+    }();
   };
 };
 template <Cell C>
 struct Backward {
   template <typename T>
   struct Kernel {
-    static constexpr auto fn = &backward_kernel<T, C>;
+    static constexpr auto fn = [] {
+      if constexpr (spec(C).normalized()) return &backward_row_kernel<T, C>;
+      else return &backward_kernel<T, C>;
+    }();
   };
 };
+
+template <Cell C>
+StepShape cell_step_shape(const StepPosition& at) {
+  return spec(C).normalized() ? row_shape(at.B) : element_shape(at.B, at.H);
+}
 template <typename T>
 struct Projection {
   static constexpr auto fn = &projection_kernel<T>;
@@ -360,18 +595,21 @@ struct BackwardProjection {
 
 template <Cell C>
 cudaError_t forward_step(const ForwardStep& p, Dtype dtype, cudaStream_t stream) {
-  return launch_step<Forward<C>::template Kernel>(p, p.at.H, dtype, stream);
+  return launch_step<Forward<C>::template Kernel>(p, p.at.H, cell_step_shape<C>(p.at), dtype,
+                                                  stream);
 }
 template <Cell C>
 cudaError_t backward_step(const BackwardStep& p, Dtype dtype, cudaStream_t stream) {
-  return launch_step<Backward<C>::template Kernel>(p, p.at.H, dtype, stream);
+  return launch_step<Backward<C>::template Kernel>(p, p.at.H, cell_step_shape<C>(p.at), dtype,
+                                                   stream);
 }
 cudaError_t projection_step(const ProjectionStep& p, Dtype dtype, cudaStream_t stream) {
-  return launch_step<Projection>(p, p.at.P, dtype, stream);
+  return launch_step<Projection>(p, p.at.P, element_shape(p.at.B, p.at.P), dtype, stream);
 }
 cudaError_t backward_projection_step(const BackwardProjectionStep& p, Dtype dtype,
                                      cudaStream_t stream) {
-  return launch_step<BackwardProjection>(p, p.at.P, dtype, stream);
+  return launch_step<BackwardProjection>(p, p.at.P, element_shape(p.at.B, p.at.P), dtype,
+                                         stream);
 }
 
 // The cells' kernels (one line per cell).
@@ -384,6 +622,7 @@ FUSEDRNN_CELL_STEPS(Cell::Gru);
 FUSEDRNN_CELL_STEPS(Cell::Lstm);
 FUSEDRNN_CELL_STEPS(Cell::IndrnnTanh);
 FUSEDRNN_CELL_STEPS(Cell::IndrnnRelu);
+FUSEDRNN_CELL_STEPS(Cell::LayerNormLstm);
 #undef FUSEDRNN_CELL_STEPS
 
 }  // namespace cuda

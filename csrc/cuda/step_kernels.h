@@ -1,6 +1,7 @@
 // The fused pointwise kernel of one time step, forward and backward, for any cell: the CUDA side
 // of the per-step "GEMM + ONE fused pass" design (the time loops and their GEMMs are in
-// time_loops.h). Plain C++: no torch headers, so the .cu that implements this compiles in
+// time_loops.h). A normalized step (LayerNormLSTM) is one block per batch row, whose threads
+// reduce the row's statistics together; every other step one thread per element. Plain C++: no torch headers, so the .cu that implements this compiles in
 // seconds, can be compile-checked with nvcc alone, and runs under the SIMT emulation.
 //
 // Every buffer is contiguous and row-major; shapes are given next to each pointer with the names
@@ -48,7 +49,9 @@ struct ForwardStep {
   bool proj;
   const void* x;            // (T, B, G*H)  xproj
   const void* gh;           // [state] (B, G*H)  W_hh h_{t-1}
-  const void* bias;         // (G*H)  the step's bias (csrc/ops.cpp), zeros where absent
+  // The step parameters (csrc/ops.cpp): the bias (G*H, zeros where absent), then for a
+  // normalized step γ_hh (G*H), γ_c and β_c (H each).
+  const void* params;
   const void* h_cur;        // [state] (B, P)
   void* h_next;             // [state] (B, P)  written here unless proj (then by the projection)
   const void* c_cur;        // [state] (B, H)  cells with a cell state, else nullptr
@@ -80,6 +83,7 @@ struct BackwardStep {
   StepPosition at;
   bool proj;
   StepWorkspace ws;         // the forward's (const here)
+  const void* params;       // the step parameters as in ForwardStep; read by normalized steps
   const void* grad_out;     // (T, B, P)  used unless proj
   const void* dh;           // [state] (B, P)  carried d h_t
   const void* grad_unproj;  // [state] (B, H)  where proj: d h_t · W_hr, d(h before W_hr)
@@ -90,6 +94,8 @@ struct BackwardStep {
                             //   (its own recurrent gradient), else nullptr
   void* unprojected_all;    // [state] (T, B, H)  h before W_hr per step for d W_hr, where proj
   void* dh_prev;            // [state] (B, P)  the direct part (the GEMM adds W_hh^T grad_step)
+  void* grad_c_norm;        // [state] (T, B, H)  normalized steps: d(γ_c ⊙ LN(c_t) + β_c), for
+                            //   the γ_c, β_c gradients (zero rows stay zero); else nullptr
 };
 
 template <Cell C>

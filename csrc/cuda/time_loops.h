@@ -156,10 +156,10 @@ TimeLoopForwardResult forward(const ForwardArgs& a) {
   const at::TensorOptions state = state_options(xproj);
   const Tensor w_hh = state_weight(a.w_hh, state);
   const Tensor w_hr = proj ? state_weight(*a.w_hr, state) : Tensor();
-  // The step's bias (the step parameters' first G*H); zeros when absent, so the kernels add it
-  // without a branch.
-  const Tensor bias = a.step_params.has_value() ? a.step_params->contiguous()
-                                                : at::zeros({G * H}, xproj.options());
+  // The step parameters (the bias first); zeros when absent (never for a normalized cell,
+  // whose gains the checks require), so the kernels add the bias without a branch.
+  const Tensor params = a.step_params.has_value() ? a.step_params->contiguous()
+                                                  : at::zeros({G * H}, xproj.options());
 
   Tensor output = at::empty({T, B, P}, xproj.options());
   std::vector<Tensor> saved;
@@ -180,7 +180,7 @@ TimeLoopForwardResult forward(const ForwardArgs& a) {
   p.proj = proj;
   p.x = xproj.data_ptr();
   p.gh = pre_h.data_ptr();
-  p.bias = bias.data_ptr();
+  p.params = params.data_ptr();
   p.out = output.data_ptr();
   p.unprojected = data_or_null(unprojected);
   p.ws = step_workspace(cell, saved);
@@ -238,6 +238,9 @@ TimeLoopBackwardResult backward(const BackwardArgs& a) {
                             .contiguous()
                       : at::empty({0}, state);
   Tensor grad_step = at::empty({B, G * H}, state);
+  // A normalized step's d(γ_c ⊙ LN(c) + β_c), zero where rows are inactive (csrc/ops.cpp).
+  Tensor grad_c_norm = at::zeros({cell.normalized() ? T : 0, B, H}, state);
+  const Tensor params = a.step_params.has_value() ? a.step_params->contiguous() : Tensor();
   // Where h is projected: d h_t and the h before W_hr for every slot (zero where inactive), for
   // d W_hr; this step's d h_t and d(h before W_hr).
   Tensor grad_h_all = at::empty({proj ? T : 0, B, P}, state);
@@ -249,6 +252,8 @@ TimeLoopBackwardResult backward(const BackwardArgs& a) {
   p.at = {sched, 0, B, H, P};
   p.proj = proj;
   p.ws = step_workspace(cell, saved);
+  p.params = params.defined() ? params.data_ptr() : nullptr;
+  p.grad_c_norm = data_or_null(grad_c_norm);
   p.grad_out = grad_output.data_ptr();
   p.grad_unproj = data_or_null(grad_unproj);
   p.dc = data_or_null(grad_c);
@@ -275,39 +280,32 @@ TimeLoopBackwardResult backward(const BackwardArgs& a) {
   }
   const Tensor& recurrent_grad = own_recurrent_grad ? grad_hproj : grad_xproj;
   const auto none = [&] { return at::empty({0}, storage); };  // one per output: no aliases
+  Tensor grad_step_params = none();
+  if constexpr (cell.normalized()) {  // from the state-dtype workspace, returned in storage's
+    grad_step_params = as_storage(
+        layer_norm_step_param_grads(grad_xproj.to(state.dtype()), grad_c_norm, saved),
+        grad_output);
+  } else if constexpr (cell.own_step_param_grad()) {
+    grad_step_params = recurrent_grad.sum(at::IntArrayRef{0, 1});  // GRU's b_hh
+  }
   return {grad_xproj,
           returned(carry.slot(T), grad_output),
           cell.has_cell_state() ? returned(grad_c, grad_output) : none(),
           recurrent_weight_grad(cell, recurrent_grad, as_storage(hprev, grad_output)),
-          own_recurrent_grad ? recurrent_grad.sum(at::IntArrayRef{0, 1}) : none(),
+          grad_step_params,
           proj ? as_storage(weight_grad(grad_h_all, unprojected_all), grad_output) : none()};
 }
 
-// The loops above as TimeLoopOps (csrc/time_loop_op.h) calls them. A normalised step (a row
-// reduction per step) has no device loop yet.
+// The loops above as TimeLoopOps (csrc/time_loop_op.h) calls them.
 template <typename Device>
 struct DeviceLoops {
   template <Cell C>
   static TimeLoopForwardResult forward(const ForwardArgs& a) {
-    if constexpr (spec(C).normalized()) {
-      return not_implemented<TimeLoopForwardResult>(spec(C));
-    } else {
-      return loops::forward<Device, C>(a);
-    }
+    return loops::forward<Device, C>(a);
   }
   template <Cell C>
   static TimeLoopBackwardResult backward(const BackwardArgs& a) {
-    if constexpr (spec(C).normalized()) {
-      return not_implemented<TimeLoopBackwardResult>(spec(C));
-    } else {
-      return loops::backward<Device, C>(a);
-    }
-  }
-
- private:
-  template <typename Result>
-  static Result not_implemented(const CellSpec& cell) {
-    TORCH_CHECK_NOT_IMPLEMENTED(false, "fusedrnn: ", cell.name, " runs on the CPU only so far");
+    return loops::backward<Device, C>(a);
   }
 };
 
