@@ -118,8 +118,12 @@ Tensor recomputed_projection(AutogradContext* ctx) {
               "directly is not supported; through fusedrnn's modules, recurrent_layer or "
               "recurrent_stack it is");
   const c10::IValue& bias = ctx->saved_data["proj_bias"];
-  return at::linear(ctx->saved_data["proj_x"].toTensor(), ctx->saved_data["proj_w_ih"].toTensor(),
-                    bias.isNone() ? OptTensor() : OptTensor(bias.toTensor()));
+  const c10::IValue& gain = ctx->saved_data["proj_layer_norm_gain"];
+  const Tensor xw =
+      at::linear(ctx->saved_data["proj_x"].toTensor(), ctx->saved_data["proj_w_ih"].toTensor(),
+                 bias.isNone() ? OptTensor() : OptTensor(bias.toTensor()));
+  if (gain.isNone()) return xw;
+  return at::layer_norm(xw, {xw.size(-1)}, gain.toTensor(), {}, kLayerNormEps);
 }
 
 // ============================================================================ layer time loop
@@ -163,8 +167,6 @@ struct TimeLoopFunction : torch::autograd::Function<TimeLoopFunction> {
     const std::string& cell = ctx->saved_data["cell"].toStringRef();
     const bool reverse = ctx->saved_data["reverse"].toBool();
     if (at::GradMode::is_enabled()) {  // create_graph=True
-      TORCH_CHECK(!spec(parse_cell(cell)).normalized(), "fusedrnn: double backward "
-                  "(create_graph=True) through ", cell, " is not supported yet");
       const Differentiable g = differentiate_reference(
           parse_cell(cell), {recomputed_projection(ctx), h0, c0, w_hh, step_params, w_hr},
           saved[kLengths], reverse, grads);
@@ -325,7 +327,7 @@ struct OneThreadLinear : torch::autograd::Function<OneThreadLinear> {
 }  // namespace
 
 void remember_projection(const Tensor& output, const Tensor& x, const Tensor& w_ih,
-                         const OptTensor& bias) {
+                         const OptTensor& bias, const OptTensor& layer_norm_gain) {
   torch::autograd::Node* node = output.grad_fn().get();
   AutogradContext* ctx = nullptr;
   if (auto* loop = dynamic_cast<torch::autograd::CppNode<TimeLoopFunction>*>(node)) {
@@ -335,6 +337,8 @@ void remember_projection(const Tensor& output, const Tensor& x, const Tensor& w_
   ctx->saved_data["proj_x"] = x;
   ctx->saved_data["proj_w_ih"] = w_ih;
   ctx->saved_data["proj_bias"] = bias.has_value() ? c10::IValue(*bias) : c10::IValue();
+  ctx->saved_data["proj_layer_norm_gain"] =
+      layer_norm_gain.has_value() ? c10::IValue(*layer_norm_gain) : c10::IValue();
 }
 
 Tensor one_thread_linear(const Tensor& x, const Tensor& w, const OptTensor& bias) {

@@ -102,8 +102,12 @@ std::tuple<Tensor, Tensor, Tensor> layer(Cell cell, const Tensor& x, const Tenso
   auto [out, h_n, c_n, workspace] = ops::time_loop_forward().call(
       spec(cell).name, xproj, h0, spec(cell).has_cell_state() ? c0 : std::nullopt, w_hh,
       step_params, w_hr, lengths, reverse, kSaveWorkspace);
-  // (A normalised input side is not recomputed: no double backward through it yet.)
-  if (!spec(cell).normalized()) remember_projection(out, x, w_ih, projection_bias);
+  // For double backward: xproj's recipe (layer_norm_step_inputs: no bias, γ_ih).
+  if (spec(cell).normalized()) {
+    remember_projection(out, x, w_ih, std::nullopt, extra[0]);
+  } else {
+    remember_projection(out, x, w_ih, projection_bias);
+  }
   return {out, h_n, c_n};
 }
 

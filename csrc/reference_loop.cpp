@@ -3,7 +3,7 @@
 // there. Semantics as the fused ops (csrc/ops.cpp): lengths freeze a row's state and zero its
 // outputs past its length, reverse runs time backwards, the step's bias adds to W_hh h (GRU's
 // b_hh so sits inside r * (...)), LSTM's w_hr projects h, a diagonal recurrence multiplies h by
-// u elementwise.
+// u elementwise, a layer-norm step (bias = its step parameters) normalises W_hh h and c.
 #include <ATen/ATen.h>
 
 #include <vector>
@@ -27,7 +27,8 @@ std::vector<Tensor> reference_time_loop(Cell cell, const Tensor& xproj, const Te
     // (B, G*H): W_hh h, or u ⊙ h for every gate block (a diagonal recurrence)
     Tensor recurrent = spec(cell).diagonal() ? h.repeat({1, spec(cell).gates}) * w_hh
                                              : at::matmul(h, w_hh.t());
-    if (bias.defined()) recurrent = recurrent + bias;  // the step's bias (csrc/ops.cpp)
+    // the step's bias (csrc/ops.cpp); a normalised step adds it after its layer norm
+    if (bias.defined() && !spec(cell).normalized()) recurrent = recurrent + bias;
     switch (cell) {
       case Cell::RnnTanh:
       case Cell::IndrnnTanh: h_new = at::tanh(x_t + recurrent); break;
@@ -47,8 +48,17 @@ std::vector<Tensor> reference_time_loop(Cell cell, const Tensor& xproj, const Te
         if (w_hr.defined()) h_new = at::matmul(h_new, w_hr.t());
         break;
       }
-      case Cell::LayerNormLstm:  // refused before (autograd.cpp: no double backward through it)
-        TORCH_CHECK(false, "fusedrnn: no step-by-step form of ", spec(cell).name, " yet");
+      case Cell::LayerNormLstm: {  // gate_math.h
+        const int64_t H = c.size(1);
+        const std::vector<int64_t> units{4 * H, 4 * H, H, H};
+        const auto p = bias.split_with_sizes(units);  // bias, γ_hh, γ_c, β_c
+        const auto g = (x_t + p[0] + p[1] * at::layer_norm(recurrent, {4 * H}, {}, {},
+                                                           kLayerNormEps)).chunk(4, 1);
+        c_new = at::sigmoid(g[1]) * c + at::sigmoid(g[0]) * at::tanh(g[2]);
+        h_new = at::sigmoid(g[3]) *
+                at::tanh(at::layer_norm(c_new, {H}, p[2], p[3], kLayerNormEps));
+        break;
+      }
     }
     if (lengths.defined()) {  // rows past their length keep their state and output zeros
       const Tensor active = (lengths.to(h.device()) > t).unsqueeze(1);  // (B, 1)
@@ -63,7 +73,7 @@ std::vector<Tensor> reference_time_loop(Cell cell, const Tensor& xproj, const Te
   }
   Tensor output = T > 0 ? at::stack(outputs)
                         : at::empty({0, h0.size(0), h0.size(1)}, xproj.options());
-  return {output, h, cell == Cell::Lstm ? c : Tensor()};
+  return {output, h, spec(cell).has_cell_state() ? c : Tensor()};
 }
 
 }  // namespace fusedrnn
