@@ -75,4 +75,21 @@ inline at::Tensor layer_norm_step_param_grads(const at::Tensor& grad_v,
                   (grad_c_norm * c_hat).sum(steps_and_rows), grad_c_norm.sum(steps_and_rows)});
 }
 
+// The op's grad_step_params (csrc/ops.cpp), in grad_xproj's dtype: a layer-norm step's (above,
+// from the workspace's dtype: float for half types on CUDA), or the sum of every step's
+// d(W_hh h + b_hh) where b_hh enters the step (GRU), else none ((0)). recurrent_grad: those
+// per-step gradients (T, B, G*H); grad_c_norm as above.
+inline at::Tensor step_param_grads(const CellSpec& cell, const at::Tensor& grad_xproj,
+                                   const at::Tensor& recurrent_grad,
+                                   const at::Tensor& grad_c_norm,
+                                   const std::vector<at::Tensor>& workspace) {
+  if (cell.normalized()) {
+    const at::ScalarType state = workspace[1].scalar_type();
+    return layer_norm_step_param_grads(grad_xproj.to(state), grad_c_norm, workspace)
+        .to(grad_xproj.scalar_type());
+  }
+  if (cell.own_step_param_grad()) return recurrent_grad.sum(at::IntArrayRef{0, 1});
+  return at::empty({0}, grad_xproj.options());
+}
+
 }  // namespace fusedrnn

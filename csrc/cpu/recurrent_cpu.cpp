@@ -463,17 +463,11 @@ TimeLoopBackwardResult backward(const BackwardArgs& a) {
   const Tensor& recurrent_grad = own_recurrent_grad ? grad_hproj : grad_xproj;
   const OneThreadScope one_thread(small_weight_grad(recurrent_grad, hprev));
   const auto none = [&] { return at::empty({0}, options); };  // one per output: no aliases
-  Tensor grad_step_params = none();
-  if constexpr (cell.normalized()) {
-    grad_step_params = layer_norm_step_param_grads(grad_xproj, grad_c_norm, saved);
-  } else if constexpr (cell.own_step_param_grad()) {
-    grad_step_params = recurrent_grad.sum(at::IntArrayRef{0, 1});  // GRU's b_hh
-  }
   return {grad_xproj,
           carry.result,
           cell.has_cell_state() ? grad_c : none(),
           recurrent_weight_grad(cell, recurrent_grad, hprev),
-          grad_step_params,
+          step_param_grads(cell, grad_xproj, recurrent_grad, grad_c_norm, saved),
           proj ? weight_grad(grad_h_all, unprojected_all) : none()};
 }
 

@@ -344,23 +344,35 @@ struct CpuCell<Cell::Gru> {
   }
 };
 
+// What the LSTM cells' rows do after their kernels. Forward: the output where it is not h itself,
+// and when saving c_t and c_{t-1} into the workspace parts `cells` and `cells + 1`.
+template <typename T>
+void finish_lstm_forward_row(const ForwardRow<T>& r, int cells) {
+  if (r.out != r.h_new) copy_units(r.out, r.h_new, r.n);
+  if (r.save) {
+    copy_units(r.ws[cells], r.c_new, r.n);
+    copy_units(r.ws[cells + 1], r.c_cur, r.n);
+  }
+}
+// Backward: h_{t-1} enters the step through W_hh h only, so its direct gradient is zero.
+template <typename T>
+void finish_lstm_backward_row(const BackwardRow<T>& r) {
+  if (r.dh_prev != nullptr) std::fill(r.dh_prev, r.dh_prev + r.n, T(0));
+}
+
 template <>
 struct CpuCell<Cell::Lstm> {
   template <typename T>
   static void forward(const ForwardRow<T>& r) {
     lstm_forward_row(r.x, r.params, r.gh, r.c_cur, r.c_new, r.h_new, r.ws[0], r.n, r.H,
                      r.gh_stride);
-    if (r.out != r.h_new) copy_units(r.out, r.h_new, r.n);
-    if (r.save) {  // c_t and c_{t-1}
-      copy_units(r.ws[1], r.c_new, r.n);
-      copy_units(r.ws[2], r.c_cur, r.n);
-    }
+    finish_lstm_forward_row(r, /*cells=*/1);
   }
   template <typename T>
   static void backward(const BackwardRow<T>& r) {
     lstm_backward_row(r.ws[0], r.ws[1], r.ws[2], r.grad_out, r.dh, r.dc, r.grad_step,
                       r.unprojected, r.n, r.H);
-    if (r.dh_prev != nullptr) std::fill(r.dh_prev, r.dh_prev + r.n, T(0));
+    finish_lstm_backward_row(r);
   }
 };
 
@@ -372,17 +384,13 @@ struct CpuCell<Cell::LayerNormLstm> {
   static void forward(const ForwardRow<T>& r) {
     layer_norm_lstm_forward_row(r.x, r.params, r.gh, r.c_cur, r.c_new, r.h_new, r.ws[0],
                                 r.save ? r.ws[1] : nullptr, r.H, r.gh_stride);
-    if (r.out != r.h_new) copy_units(r.out, r.h_new, r.n);
-    if (r.save) {  // c_t and c_{t-1}
-      copy_units(r.ws[2], r.c_new, r.n);
-      copy_units(r.ws[3], r.c_cur, r.n);
-    }
+    finish_lstm_forward_row(r, /*cells=*/2);
   }
   template <typename T>
   static void backward(const BackwardRow<T>& r) {
     layer_norm_lstm_backward_row(r.ws[0], r.ws[1], r.ws[2], r.ws[3], r.params, r.grad_out, r.dh,
                                  r.dc, r.grad_x, r.grad_step, r.grad_c_norm, r.H);
-    if (r.dh_prev != nullptr) std::fill(r.dh_prev, r.dh_prev + r.n, T(0));
+    finish_lstm_backward_row(r);
   }
 };
 

@@ -280,19 +280,11 @@ TimeLoopBackwardResult backward(const BackwardArgs& a) {
   }
   const Tensor& recurrent_grad = own_recurrent_grad ? grad_hproj : grad_xproj;
   const auto none = [&] { return at::empty({0}, storage); };  // one per output: no aliases
-  Tensor grad_step_params = none();
-  if constexpr (cell.normalized()) {  // from the state-dtype workspace, returned in storage's
-    grad_step_params = as_storage(
-        layer_norm_step_param_grads(grad_xproj.to(state.dtype()), grad_c_norm, saved),
-        grad_output);
-  } else if constexpr (cell.own_step_param_grad()) {
-    grad_step_params = recurrent_grad.sum(at::IntArrayRef{0, 1});  // GRU's b_hh
-  }
   return {grad_xproj,
           returned(carry.slot(T), grad_output),
           cell.has_cell_state() ? returned(grad_c, grad_output) : none(),
           recurrent_weight_grad(cell, recurrent_grad, as_storage(hprev, grad_output)),
-          grad_step_params,
+          step_param_grads(cell, grad_xproj, recurrent_grad, grad_c_norm, saved),
           proj ? as_storage(weight_grad(grad_h_all, unprojected_all), grad_output) : none()};
 }
 
