@@ -1,20 +1,18 @@
 """A small forward+backward of every cell on CUDA, for compute-sanitizer (bench/gpu_check.sh):
-packed input with unsorted lengths, bidirectional, 2 layers, LSTM with and without proj_size,
-every dtype the CUDA kernels support."""
+packed input with unsorted lengths, bidirectional, 2 layers, every cell of the cell table and
+LSTM with proj_size (fusedrnn.verification.CELLS), every dtype the CUDA kernels support."""
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import fusedrnn
-
-CELLS = [("RNN", {"nonlinearity": "tanh"}), ("RNN", {"nonlinearity": "relu"}), ("GRU", {}),
-         ("LSTM", {}), ("LSTM", {"proj_size": 3})]
+from fusedrnn.verification import CELLS
 
 
 def main():
     torch.manual_seed(0)
     lengths = torch.tensor([7, 3, 5, 1])
     for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
-        for name, kw in CELLS:
+        for name, kw in CELLS.values():
             m = getattr(fusedrnn, name)(6, 8, num_layers=2, bidirectional=True, **kw)
             m = m.to("cuda", dtype)
             x = torch.randn(7, 4, 6, device="cuda", dtype=dtype, requires_grad=True)

@@ -66,16 +66,14 @@ def op_samples(lengths, reverse, requires_grad=True, device="cpu", dtype=torch.f
     return samples
 
 
-def op_backward_samples(lengths, device="cpu", dtype=torch.float64, cells=None):
+def op_backward_samples(lengths, device="cpu", dtype=torch.float64):
     """(op, args) of torch.ops.fusedrnn.time_loop_backward: op_samples' forwards (reverse), run
-    for their workspaces, with random output gradients; of the named cells only, if given."""
+    for their workspaces, with random output gradients."""
     op = torch.ops.fusedrnn.time_loop_backward.default
     samples = []
     for _, args in op_samples(lengths, reverse=True, requires_grad=False, device=device,
                               dtype=dtype):
         cell, _, _, c0, w_hh, step_params, w_hr, lens, reverse, _ = args
-        if cells is not None and cell not in cells:
-            continue
         out, h_n, c_n, workspace = torch.ops.fusedrnn.time_loop_forward(*args)
         grad = torch.randn_like
         grad_c_n = grad(c_n) if c0 is not None else None

@@ -67,7 +67,7 @@ def test_lengths_on_another_device_are_rejected():
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
-@pytest.mark.parametrize("name", ["RNN", "GRU", "LSTM"])
+@pytest.mark.parametrize("name", ["RNN", "GRU", "LSTM", "IndRNN", "LayerNormLSTM"])
 def test_forward_backward_never_synchronizes_the_host(name, packed):
     """Packed input included: its lengths (CPU) reach the GPU by a pinned, non-blocking copy."""
     m = getattr(fusedrnn, name)(8, 16, num_layers=2, bidirectional=True).cuda()

@@ -3,8 +3,9 @@
 // hidden unit), grid-stride; each mirrors the CPU time loops of csrc/cpu/recurrent_cpu.cpp element
 // by element, with the gate equations from gate_math.h. A normalized cell needs its row's
 // statistics: its kernels run one block per batch row (grid-stride over rows), and hand the row
-// to DeviceCell<C>::forward_row / backward_row, which mirror the CPU's row kernels. Compiled by nvcc for the GPU, and by the
-// host compiler under the SIMT emulation for the tests (csrc/emulation/).
+// to DeviceCell<C>::forward_row / backward_row, which mirror the CPU's row kernels. Compiled by
+// nvcc for the GPU, and by the host compiler under the SIMT emulation for the tests
+// (csrc/emulation/).
 #include <algorithm>
 
 #include "../gate_math.h"
@@ -65,13 +66,14 @@ static_assert((kRowThreads & (kRowThreads - 1)) == 0, "kRowThreads: a power of t
        idx_ < n_; idx_ += int64_t(gridDim.x) * blockDim.x)                                     \
     if (const int64_t b = idx_ / (width), j = idx_ % (width); true)
 
-// Each unit i < n of a block's row, as its thread's share: every loop over a row strides the same
-// way, so a unit a thread wrote it reads back itself, with no barrier.
+// Each unit i < n of a block's row, as its thread's share: loops over the same n give a unit to
+// the same thread, so what a thread wrote there it reads back itself without a barrier; between
+// loops over different n (H and 4H) a unit changes hands, and a barrier must come between.
 #define FUSEDRNN_FOR_EACH_UNIT(n, i) \
   for (int64_t i = threadIdx.x; i < (n); i += blockDim.x)
 
 // The sum over the block's threads of each one's v, returned to all (in double, as the CPU's
-// row_moments sums). Every thread of the block must call it.
+// row_moments sums). Every thread of the block must call it; blocks of kRowThreads (row_shape).
 __device__ inline double block_sum(double v) {
   __shared__ double partial[kRowThreads];
   partial[threadIdx.x] = v;
@@ -90,11 +92,10 @@ struct RowMoments {
   S mean, rstd;  // 1 / sqrt(var + eps), the biased variance as torch's layer_norm
 };
 
-// The moments of a row's n values v (the CPU's row_moments: two passes, summed in double). The
-// barrier first: v may have been written by other threads of the block.
+// The moments of a row's n values v (the CPU's row_moments: two passes, summed in double); v
+// written in this kernel only by loops over the same n (FUSEDRNN_FOR_EACH_UNIT).
 template <typename S>
 __device__ RowMoments<S> block_row_moments(const S* v, int64_t n) {
-  __syncthreads();
   double sum = 0;
   FUSEDRNN_FOR_EACH_UNIT(n, i) sum += v[i];
   const double mean = block_sum(sum) / n;
@@ -119,7 +120,6 @@ struct WorkspaceRows {
     }
   }
 };
-
 
 // One element (batch row, unit j) of a step as the kernels below hand it to a cell.
 template <typename T, typename S>
@@ -256,9 +256,9 @@ struct DeviceCell<Cell::Lstm> {
   }
 };
 
-
 // LayerNormLSTM (gate_math.h): a row at a time, as the CPU's layer_norm_lstm_forward_row /
-// _backward_row. Its threads share the row's units (FUSEDRNN_FOR_EACH_UNIT); P = H (no W_hr).
+// _backward_row. Its threads share the row's units (FUSEDRNN_FOR_EACH_UNIT). Not projectable
+// (the cell table), so P = H and h is indexed by H.
 template <>
 struct DeviceCell<Cell::LayerNormLstm> {
   // The step parameters (ForwardStep::params), in storage type.
@@ -283,7 +283,8 @@ struct DeviceCell<Cell::LayerNormLstm> {
     const RowMoments<S> r = block_row_moments(gh, 4 * H);
     auto pre = [&](int k, int64_t j) {
       const int64_t i = k * H + j;
-      return to_state(x[i]) + to_state(w.bias[i]) + to_state(w.gamma_r[i]) * ((gh[i] - r.mean) * r.rstd);
+      return to_state(x[i]) + to_state(w.bias[i]) +
+             to_state(w.gamma_r[i]) * ((gh[i] - r.mean) * r.rstd);
     };
     FUSEDRNN_FOR_EACH_UNIT(H, j) {
       const auto a = gates::lstm_gates<S>(pre(0, j), pre(1, j), pre(2, j), pre(3, j));
@@ -298,11 +299,12 @@ struct DeviceCell<Cell::LayerNormLstm> {
         ws.parts[3][j] = c_cur[j];
       }
     }
-    const RowMoments<S> c = block_row_moments<S>(c_next, H);
+    const RowMoments<S> c = block_row_moments(c_next, H);
     S* hprev = static_cast<S*>(p.ws.hprev);
     FUSEDRNN_FOR_EACH_UNIT(H, j) {
       const S o = gates::sigmoid(pre(3, j));  // the output gate, as lstm_gates computed it
-      const S c_norm = to_state(w.gamma_c[j]) * ((c_next[j] - c.mean) * c.rstd) + to_state(w.beta_c[j]);
+      const S c_norm =
+          to_state(w.gamma_c[j]) * ((c_next[j] - c.mean) * c.rstd) + to_state(w.beta_c[j]);
       const S h = o * gates::tanh_(c_norm);
       out<S>(p.h_next)[b * H + j] = h;
       out<T>(p.out)[row * H + j] = stored<T>(h);
@@ -315,8 +317,8 @@ struct DeviceCell<Cell::LayerNormLstm> {
                                       const WorkspaceRows<S>& ws) {
     const int64_t H = p.at.H;
     const Params<T> w(p.params, H);
-    const S *gates = ws.parts[0], *recurrent = ws.parts[1], *cells = ws.parts[2],
-            *prev_cells = ws.parts[3];
+    const S *acts = ws.parts[0], *recurrent = ws.parts[1], *cells = ws.parts[2],
+            *prev_cells = ws.parts[3];  // the activated gates, W_hh h, c_t, c_{t-1}
     S* dc = out<S>(p.dc) + b * H;
     S* gs = out<S>(p.grad_step) + b * 4 * H;  // d v first, then d(W_hh h)
     S* grad_c_norm = out<S>(p.grad_c_norm) + row * H;
@@ -333,7 +335,7 @@ struct DeviceCell<Cell::LayerNormLstm> {
     double sum_d = 0, sum_d_hat = 0;
     FUSEDRNN_FOR_EACH_UNIT(H, j) {
       const S t = tanh_c_norm(j);
-      const S d_norm = grad_h(j) * gates[3 * H + j] * (S(1) - t * t);
+      const S d_norm = grad_h(j) * acts[3 * H + j] * (S(1) - t * t);
       grad_c_norm[j] = d_norm;
       sum_d += d_norm * to_state(w.gamma_c[j]);
       sum_d_hat += d_norm * to_state(w.gamma_c[j]) * c_hat(j);
@@ -341,10 +343,11 @@ struct DeviceCell<Cell::LayerNormLstm> {
     const S mean_d = S(block_sum(sum_d) / H), mean_d_hat = S(block_sum(sum_d_hat) / H);
     T* gx = out<T>(p.grad_x) + row * 4 * H;
     FUSEDRNN_FOR_EACH_UNIT(H, j) {
-      const gates::LstmGates<S> a{gates[j], gates[H + j], gates[2 * H + j], gates[3 * H + j]};
+      const gates::LstmGates<S> a{acts[j], acts[H + j], acts[2 * H + j], acts[3 * H + j]};
       const S dc_total = dc[j] + gates::layer_norm_grad(grad_c_norm[j] * to_state(w.gamma_c[j]),
                                                         c_hat(j), mean_d, mean_d_hat, c.rstd);
-      const auto d = gates::lstm_gate_grads<S>(a, prev_cells[j], dc_total, grad_h(j) * tanh_c_norm(j));
+      const auto d =
+          gates::lstm_gate_grads<S>(a, prev_cells[j], dc_total, grad_h(j) * tanh_c_norm(j));
       const S dv[4] = {d.i, d.f, d.g, d.o};
       for (int k = 0; k < 4; ++k) {
         gs[k * H + j] = dv[k];
@@ -353,7 +356,9 @@ struct DeviceCell<Cell::LayerNormLstm> {
       dc[j] = d.c_prev;
       out<S>(p.dh_prev)[b * H + j] = S(0);  // h_{t-1} enters through W_hh h only
     }
-    // Through v's γ_hh ⊙ LN(W_hh h): d v (gs) becomes d(W_hh h) in place.
+    // Through v's γ_hh ⊙ LN(W_hh h): d v (gs) becomes d(W_hh h) in place. gs was written by the
+    // loop over H and is read by the loops over 4H, other threads' units: the barriers of
+    // block_row_moments' reductions come between.
     const RowMoments<S> r = block_row_moments(recurrent, 4 * H);
     auto r_hat = [&](int64_t i) { return (recurrent[i] - r.mean) * r.rstd; };
     double sum_r = 0, sum_r_hat = 0;
@@ -362,7 +367,8 @@ struct DeviceCell<Cell::LayerNormLstm> {
       sum_r += d_hat;
       sum_r_hat += d_hat * r_hat(i);
     }
-    const S mean_r_d = S(block_sum(sum_r) / (4 * H)), mean_r_d_hat = S(block_sum(sum_r_hat) / (4 * H));
+    const S mean_r_d = S(block_sum(sum_r) / (4 * H));
+    const S mean_r_d_hat = S(block_sum(sum_r_hat) / (4 * H));
     T* ghp = out<T>(p.grad_hproj) + row * 4 * H;
     FUSEDRNN_FOR_EACH_UNIT(4 * H, i) {
       gs[i] = gates::layer_norm_grad(gs[i] * to_state(w.gamma_r[i]), r_hat(i), mean_r_d,
@@ -515,13 +521,14 @@ __global__ void forward_row_kernel(ForwardStep p) {
 template <typename T, Cell C>
 __global__ void backward_row_kernel(BackwardStep p) {
   using S = typename State<T>::type;
+  constexpr int64_t G = spec(C).gates;
   const int64_t B = p.at.B, H = p.at.H, s = p.at.s;
   for (int64_t b = blockIdx.x; b < B; b += gridDim.x) {
     const int64_t row = p.at.sched.slot(s, b) * B + b;
     if (p.at.sched.active(s, b)) {
       DeviceCell<C>::template backward_row<T>(p, b, row, WorkspaceRows<S>(p.ws, row, H));
     } else {
-      FUSEDRNN_FOR_EACH_UNIT(H, j) backward_inactive_unit<T, S>(p, b, j, row, spec(C).gates);
+      FUSEDRNN_FOR_EACH_UNIT(H, j) backward_inactive_unit<T, S>(p, b, j, row, G);
     }
   }
 }
@@ -544,8 +551,7 @@ template <template <typename> class Kernel, typename Params>
 cudaError_t launch_step(const Params& p, int64_t width, StepShape shape, Dtype dtype,
                         cudaStream_t stream) {
   if (p.at.B == 0 || width == 0) return cudaSuccess;
-  const dim3 grid(static_cast<unsigned>(std::min(std::max<int64_t>(shape.blocks, 1), kMaxBlocks))),
-      block(shape.threads);
+  const dim3 grid(static_cast<unsigned>(std::min(shape.blocks, kMaxBlocks))), block(shape.threads);
   switch (dtype) {
     case Dtype::Float: return launch(Kernel<float>::fn, grid, block, 0, stream, p);
     case Dtype::Double: return launch(Kernel<double>::fn, grid, block, 0, stream, p);

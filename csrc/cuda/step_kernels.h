@@ -1,8 +1,9 @@
 // The fused pointwise kernel of one time step, forward and backward, for any cell: the CUDA side
 // of the per-step "GEMM + ONE fused pass" design (the time loops and their GEMMs are in
 // time_loops.h). A normalized step (LayerNormLSTM) is one block per batch row, whose threads
-// reduce the row's statistics together; every other step one thread per element. Plain C++: no torch headers, so the .cu that implements this compiles in
-// seconds, can be compile-checked with nvcc alone, and runs under the SIMT emulation.
+// reduce the row's statistics together; every other step one thread per element. Plain C++: no
+// torch headers, so the .cu that implements this compiles in seconds, can be compile-checked with
+// nvcc alone, and runs under the SIMT emulation.
 //
 // Every buffer is contiguous and row-major; shapes are given next to each pointer with the names
 // of csrc/ops.cpp (T steps, B batch, H hidden, P = proj_size or H, G = the cell's gates). Two
@@ -95,7 +96,8 @@ struct BackwardStep {
   void* unprojected_all;    // [state] (T, B, H)  h before W_hr per step for d W_hr, where proj
   void* dh_prev;            // [state] (B, P)  the direct part (the GEMM adds W_hh^T grad_step)
   void* grad_c_norm;        // [state] (T, B, H)  normalized steps: d(γ_c ⊙ LN(c_t) + β_c), for
-                            //   the γ_c, β_c gradients (zero rows stay zero); else nullptr
+                            //   the γ_c, β_c gradients; inactive rows are not written (the
+                            //   caller zero-fills it); else nullptr
 };
 
 template <Cell C>
