@@ -140,14 +140,14 @@ struct TimeLoopFunction : torch::autograd::Function<TimeLoopFunction> {
     ctx->set_materialize_grads(false);  // unused outputs' grads stay undefined: see or_zeros
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [out, h_n, c_n, workspace] =
-        ops::time_loop_forward().call(cell, xproj, h0, c0, w_hh, step_params, w_hr, lengths, reverse,
-                                      /*save_workspace=*/true);
+        ops::time_loop_forward().call(cell, xproj, h0, c0, w_hh, step_params, w_hr, lengths,
+                                      reverse, /*save_workspace=*/true);
     // The workspace is the op's own (never an output), so an in-place op on a returned tensor
     // (nn.ReLU(inplace=True) after the layer) leaves the backward intact. h0 and c0 only for
     // autograd's version check (and double backward): modified in place before backward, they
     // raise as with torch.nn, which needs their values, instead of going unnoticed.
-    variable_list saved = {w_hh, or_undefined(w_hr), or_undefined(step_params), or_undefined(lengths),
-                           h0, or_undefined(c0)};
+    variable_list saved = {w_hh, or_undefined(w_hr), or_undefined(step_params),
+                           or_undefined(lengths), h0, or_undefined(c0)};
     saved.insert(saved.end(), workspace.begin(), workspace.end());
     ctx->save_for_backward(saved);
     ctx->saved_data["cell"] = std::string(cell);
@@ -203,8 +203,8 @@ TimeLoopForwardResult time_loop_forward_autograd(c10::string_view cell, const Te
       !any_requires_grad({&xproj, &h0, &or_undefined(c0), &w_hh, &or_undefined(step_params),
                           &or_undefined(w_hr)})) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return ops::time_loop_forward().call(cell, xproj, h0, c0, w_hh, step_params, w_hr, lengths, reverse,
-                                         save_workspace);
+    return ops::time_loop_forward().call(cell, xproj, h0, c0, w_hh, step_params, w_hr, lengths,
+                                         reverse, save_workspace);
   }
   const variable_list r =
       TimeLoopFunction::apply(cell, xproj, h0, c0, w_hh, step_params, w_hr, lengths, reverse);

@@ -102,12 +102,9 @@ std::tuple<Tensor, Tensor, Tensor> layer(Cell cell, const Tensor& x, const Tenso
   auto [out, h_n, c_n, workspace] = ops::time_loop_forward().call(
       spec(cell).name, xproj, h0, spec(cell).has_cell_state() ? c0 : std::nullopt, w_hh,
       step_params, w_hr, lengths, reverse, kSaveWorkspace);
-  // For double backward: xproj's recipe (layer_norm_step_inputs: no bias, γ_ih).
-  if (spec(cell).normalized()) {
-    remember_projection(out, x, w_ih, std::nullopt, extra[0]);
-  } else {
-    remember_projection(out, x, w_ih, projection_bias);
-  }
+  // For double backward: xproj's recipe (a normalised one: layer_norm_step_inputs' γ_ih).
+  remember_projection(out, x, w_ih, projection_bias,
+                      spec(cell).normalized() ? OptTensor(extra[0]) : std::nullopt);
   return {out, h_n, c_n};
 }
 

@@ -344,9 +344,8 @@ TimeLoopBackwardResult backward(const BackwardArgs& a) {
   const Tensor& hprev = saved.back();
   const at::TensorOptions options = hprev.options();
 
-  const Tensor step_params = a.step_params.has_value()
-                                 ? a.step_params->contiguous()
-                                 : at::zeros({cell.step_param_units() * H}, options);
+  // Read by a normalised step only (which requires them).
+  const Tensor step_params = a.step_params.has_value() ? a.step_params->contiguous() : Tensor();
   // Every row is written (zero where inactive), so no zero fill first.
   Tensor grad_xproj = at::empty({T, B, G * H}, options);
   // A layer-norm step's d(γ_c ⊙ LN(c_t) + β_c) (zero where inactive), for the γ_c, β_c grads.
@@ -378,7 +377,7 @@ TimeLoopBackwardResult backward(const BackwardArgs& a) {
     const S* gout = grad_output.data_ptr<S>();
     S* gx = grad_xproj.data_ptr<S>();
     S* gh = own_recurrent_grad ? grad_hproj.data_ptr<S>() : nullptr;
-    const S* params = step_params.data_ptr<S>();
+    const S* params = step_params.defined() ? step_params.data_ptr<S>() : nullptr;
     S* gcn = cell.normalized() ? grad_c_norm.data_ptr<S>() : nullptr;
     S* dc = cell.has_cell_state() ? grad_c.data_ptr<S>() : nullptr;
     S* grad_step_data = grad_step.data_ptr<S>();
@@ -426,7 +425,7 @@ TimeLoopBackwardResult backward(const BackwardArgs& a) {
         {  // the worker's hidden units
           const auto [j0, n] = unit_range(u0, u1, H);
           BackwardRow<S> r{};  // what every row of this step shares; the loop sets the rest
-          r.params = params + j0;
+          r.params = params ? params + j0 : nullptr;
           r.n = n;
           r.H = H;
           for (int64_t b = me.row_begin; b < me.row_end; ++b) {
