@@ -119,11 +119,12 @@ Tensor recomputed_projection(AutogradContext* ctx) {
               "recurrent_stack it is");
   const c10::IValue& bias = ctx->saved_data["proj_bias"];
   const c10::IValue& gain = ctx->saved_data["proj_layer_norm_gain"];
-  const Tensor xw =
-      at::linear(ctx->saved_data["proj_x"].toTensor(), ctx->saved_data["proj_w_ih"].toTensor(),
-                 bias.isNone() ? OptTensor() : OptTensor(bias.toTensor()));
-  if (gain.isNone()) return xw;
-  return at::layer_norm(xw, {xw.size(-1)}, gain.toTensor(), {}, kLayerNormEps);
+  const OptTensor b = bias.isNone() ? OptTensor() : OptTensor(bias.toTensor());
+  const Tensor& x = ctx->saved_data["proj_x"].toTensor();
+  const Tensor& w_ih = ctx->saved_data["proj_w_ih"].toTensor();
+  if (gain.isNone()) return at::linear(x, w_ih, b);
+  const Tensor xw = at::linear(x, w_ih);  // normalised, then the bias (as LN's β)
+  return at::layer_norm(xw, {xw.size(-1)}, gain.toTensor(), b, kLayerNormEps);
 }
 
 // ============================================================================ layer time loop

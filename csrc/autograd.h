@@ -25,7 +25,7 @@ at::Tensor one_thread_linear(const at::Tensor& x, const at::Tensor& w,
 // w_ih requires grad; only with w_ih frozen does this keep x (T, B, I) alive by itself. Called
 // by the functional ops right after the fused op; `output` is its first output. No effect where
 // the output has no fused autograd node (no grad needed, tracing). layer_norm_gain: where xproj
-// is LN(x W_ih^T) with that gain (a layer-norm step; csrc/functional.cpp).
+// is LN(x W_ih^T) with that gain, plus bias after it (a normalised cell; csrc/functional.cpp).
 void remember_projection(const at::Tensor& output, const at::Tensor& x, const at::Tensor& w_ih,
                          const std::optional<at::Tensor>& bias,
                          const std::optional<at::Tensor>& layer_norm_gain = std::nullopt);

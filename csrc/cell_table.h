@@ -53,16 +53,19 @@ struct CellSpec {
   Recurrence recurrence = Recurrence::Dense;
   Normalization normalization = Normalization::None;
   // Weights per layer and direction beyond torch.nn's (w_ih, w_hh, b_ih, b_hh, w_hr), after
-  // them in the flat order: LayerNormLSTM's gains γ_ih (G*H, of LN(W_ih x)), γ_hh (G*H, of
-  // LN(W_hh h)), γ_c and β_c (H, of LN(c)).
+  // them in the flat order. A normalised cell's: γ_ih (G*H, of LN(W_ih x)), then its step
+  // parameters after the bias, in their order (LayerNormLSTM: γ_hh (G*H, of LN(W_hh h)), γ_c and
+  // β_c (H, of LN(c))).
   int extra_weights = 0;
+  // Those step parameters' size in units of H (LayerNormLSTM: 4 + 1 + 1).
+  int64_t norm_param_units = 0;
 
   constexpr bool has_cell_state() const { return states == 2; }
   constexpr bool diagonal() const { return recurrence == Recurrence::Diagonal; }
   constexpr bool normalized() const { return normalization != Normalization::None; }
   // The time-loop op's step parameters (csrc/ops.cpp), in units of H: the bias the step adds
-  // (G blocks), then for a layer-norm step γ_hh (G) and γ_c, β_c (1 each).
-  constexpr int64_t step_param_units() const { return normalized() ? 2 * gates + 2 : gates; }
+  // (G blocks), then a normalised step's own (norm_param_units).
+  constexpr int64_t step_param_units() const { return gates + norm_param_units; }
   // Whether d(W_hh h (+ b_hh)) differs from d xproj, so backward keeps it for every step (the
   // W_hh gradient and the b_hh sum): where b_hh enters the step (GRU: behind the reset gate) or
   // the product is normalised.
@@ -70,6 +73,11 @@ struct CellSpec {
   // Whether the op's backward returns the step parameters' gradient itself (elsewhere they are
   // a bias on xproj, whose gradient is d xproj's sum).
   constexpr bool own_step_param_grad() const { return b_hh_in_step || normalized(); }
+  // Whether the cell's backward step writes each row's share of d step_params (T, B, U*H;
+  // summed after the loop): a normalised step, whose parameter gradients need the row's
+  // normalised values, which only the step has at hand. (GRU's d b_hh is its kept
+  // d(W_hh h + b_hh), summed.)
+  constexpr bool step_param_grad_rows() const { return normalized(); }
   // The one-step op's (cell_forward) saved workspace per batch row, in units of H: the layer
   // workspace's parts but hprev, side by side (the op's input h is its hprev).
   constexpr int64_t step_workspace_units() const {
@@ -101,7 +109,8 @@ inline constexpr CellSpec kCells[] = {
      /*projectable=*/false,
      {{"gates", 4, false}, {"recurrent", 4, false}, {"cells", 1, false}, {"prev_cells", 1, false},
       kHprev},
-     5, Recurrence::Dense, Normalization::LayerNorm, /*extra_weights=*/4},
+     5, Recurrence::Dense, Normalization::LayerNorm, /*extra_weights=*/4,
+     /*norm_param_units=*/6},
 };
 
 constexpr const CellSpec& spec(Cell cell) { return kCells[static_cast<int>(cell)]; }

@@ -54,17 +54,21 @@ bool has_one_step_op(const Tensor& x) {
       c10::computeDispatchKey(std::nullopt, x.layout(), x.device()));
 }
 
-// A layer-norm step's input side and step parameters (csrc/ops.cpp): xproj = LN(x W_ih^T; γ_ih)
-// (no β, as haste's), and [b_ih + b_hh (zeros without bias), γ_hh, γ_c, β_c]. extra: the cell's
-// extra weights (γ_ih, γ_hh, γ_c, β_c).
-std::pair<Tensor, Tensor> layer_norm_step_inputs(const Tensor& x, const Tensor& w_ih,
-                                                 const OptTensor& bias, at::TensorList extra) {
+// A normalised cell's input side and step parameters (csrc/ops.cpp): xproj = LN(x W_ih^T; γ_ih)
+// (+ the projection's bias where the cell keeps b_ih out of the step), no β of its own, as
+// haste's; the step parameters are the step's bias (zeros without one) then the cell's own,
+// extra[1:] (csrc/cell_table.h: extra_weights).
+std::pair<Tensor, Tensor> normalized_step_inputs(const Tensor& x, const Tensor& w_ih,
+                                                 const OptTensor& projection_bias,
+                                                 const OptTensor& step_bias,
+                                                 at::TensorList extra) {
   const Tensor& gamma_ih = extra[0];
   const Tensor xproj = at::layer_norm_symint(input_projection(x, w_ih, std::nullopt),
-                                             {gamma_ih.sym_size(0)}, gamma_ih, std::nullopt,
+                                             {gamma_ih.sym_size(0)}, gamma_ih, projection_bias,
                                              kLayerNormEps);
-  const Tensor b = bias.has_value() ? *bias : at::zeros_like(gamma_ih);
-  return {xproj, at::cat({b, extra[1], extra[2], extra[3]})};
+  std::vector<Tensor> params{step_bias.has_value() ? *step_bias : at::zeros_like(gamma_ih)};
+  params.insert(params.end(), extra.begin() + 1, extra.end());
+  return {xproj, at::cat(params)};
 }
 
 // One layer, one direction. x (T, B, I); h0 (B, P); c0 (B, H) for LSTM; extra: the cell's extra
@@ -94,7 +98,8 @@ std::tuple<Tensor, Tensor, Tensor> layer(Cell cell, const Tensor& x, const Tenso
   auto [projection_bias, step_params] = split_biases(cell, b_ih, b_hh);
   Tensor xproj;
   if (spec(cell).normalized()) {
-    std::tie(xproj, step_params) = layer_norm_step_inputs(x, w_ih, step_params, extra);
+    std::tie(xproj, step_params) =
+        normalized_step_inputs(x, w_ih, projection_bias, step_params, extra);
   } else {
     xproj = input_projection(x, w_ih, projection_bias);
   }
@@ -102,7 +107,7 @@ std::tuple<Tensor, Tensor, Tensor> layer(Cell cell, const Tensor& x, const Tenso
   auto [out, h_n, c_n, workspace] = ops::time_loop_forward().call(
       spec(cell).name, xproj, h0, spec(cell).has_cell_state() ? c0 : std::nullopt, w_hh,
       step_params, w_hr, lengths, reverse, kSaveWorkspace);
-  // For double backward: xproj's recipe (a normalised one: layer_norm_step_inputs' γ_ih).
+  // For double backward: xproj's recipe (a normalised one: normalized_step_inputs' γ_ih).
   remember_projection(out, x, w_ih, projection_bias,
                       spec(cell).normalized() ? OptTensor(extra[0]) : std::nullopt);
   return {out, h_n, c_n};

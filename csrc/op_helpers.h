@@ -1,5 +1,5 @@
 // Host-side pieces every backend's time loops share: the schedule from the lengths argument,
-// workspace outputs, the one weight-gradient GEMM of backward and a layer-norm step's parameter
+// workspace outputs, the one weight-gradient GEMM of backward and the step parameters'
 // gradients.
 #pragma once
 
@@ -60,33 +60,14 @@ inline at::Tensor recurrent_weight_grad(const CellSpec& cell, const at::Tensor& 
       .to(grad_rows.scalar_type());
 }
 
-// A layer-norm step's parameter grads (bias, γ_hh, γ_c, β_c; csrc/ops.cpp) from d xproj (= d v,
-// (T, B, 4H)), d(γ_c ⊙ LN(c) + β_c) (T, B, H) and the forward's workspace (LayerNormLSTM's:
-// gates, recurrent, cells, prev_cells, hprev), summed over steps and rows. The normalised values
-// are recomputed from the saved ones (rows past their length are zero, and so are their grads).
-inline at::Tensor layer_norm_step_param_grads(const at::Tensor& grad_v,
-                                              const at::Tensor& grad_c_norm,
-                                              const std::vector<at::Tensor>& workspace) {
-  const at::Tensor &recurrent = workspace[1], &cells = workspace[2];
-  const std::vector<int64_t> steps_and_rows{0, 1};
-  const at::Tensor r_hat = at::layer_norm(recurrent, {recurrent.size(2)}, {}, {}, kLayerNormEps);
-  const at::Tensor c_hat = at::layer_norm(cells, {cells.size(2)}, {}, {}, kLayerNormEps);
-  return at::cat({grad_v.sum(steps_and_rows), (grad_v * r_hat).sum(steps_and_rows),
-                  (grad_c_norm * c_hat).sum(steps_and_rows), grad_c_norm.sum(steps_and_rows)});
-}
-
-// The op's grad_step_params (csrc/ops.cpp), in grad_xproj's dtype: a layer-norm step's (above,
-// from the workspace's dtype: float for half types on CUDA), or the sum of every step's
-// d(W_hh h + b_hh) where b_hh enters the step (GRU), else none ((0)). recurrent_grad: those
-// per-step gradients (T, B, G*H); grad_c_norm as above.
+// The op's grad_step_params (csrc/ops.cpp), in grad_xproj's dtype: where the cell's step writes
+// each row's share (step_param_grad_rows; grad_rows (T, B, U*H), zero where rows are inactive)
+// their sum; where b_hh enters the step (GRU), the sum of every step's d(W_hh h + b_hh),
+// recurrent_grad (T, B, G*H); else none ((0)).
 inline at::Tensor step_param_grads(const CellSpec& cell, const at::Tensor& grad_xproj,
-                                   const at::Tensor& recurrent_grad,
-                                   const at::Tensor& grad_c_norm,
-                                   const std::vector<at::Tensor>& workspace) {
-  if (cell.normalized()) {
-    const at::ScalarType state = workspace[1].scalar_type();
-    return layer_norm_step_param_grads(grad_xproj.to(state), grad_c_norm, workspace)
-        .to(grad_xproj.scalar_type());
+                                   const at::Tensor& recurrent_grad, const at::Tensor& grad_rows) {
+  if (cell.step_param_grad_rows()) {
+    return grad_rows.sum(at::IntArrayRef{0, 1}).to(grad_xproj.scalar_type());
   }
   if (cell.own_step_param_grad()) return recurrent_grad.sum(at::IntArrayRef{0, 1});
   return at::empty({0}, grad_xproj.options());

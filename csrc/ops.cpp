@@ -16,16 +16,18 @@
 //                         n = tanh(x_n + r * (W_hn h + b_hn))), for every other cell the whole
 //                         bias b_ih + b_hh, added to xproj (in the step, where the values are in
 //                         cache: a bias in the projection is one more pass over (T, B, G*H));
-//                         for a layer-norm step (LayerNormLSTM) then γ_hh (G*H), γ_c and β_c (H
-//                         each). Optional but for a layer-norm step (zeros: no bias)
+//                         then a normalised step's own parameters (csrc/cell_table.h:
+//                         norm_param_units; LayerNormLSTM γ_hh (G*H), γ_c and β_c (H each)).
+//                         Optional but for a normalised step (zeros: no bias)
 //   lengths  (B) int64    optional; row b runs lengths[b] steps, then its state is frozen and its
 //                         outputs are zero (torch.nn's PackedSequence semantics)
 //   reverse               run time backwards (from lengths[b]-1 down to 0 for row b)
 //   output   (T, B, P)    h_t at time t (not step), zero past a row's length
 //   workspace             what backward needs, [] when save_workspace is false (autograd
 //                         overrides it when it records the call): the cell's parts of
-//                         csrc/cell.h, each (T, B, width) indexed by time, zero past a row's
-//                         length; the last is hprev (T, B, P), the state each step started from:
+//                         csrc/cell_table.h, each (T, B, width) indexed by time, zero past a row's
+//                         length; the last is hprev (T, B, P), the state each step started from.
+//                         For instance:
 //     RNN  activations (T, B, H) h_t;  hprev
 //     GRU  gates (T, B, 4H) activated r, z, n and hn = W_hn h + b_hn;  hprev
 //     LSTM gates (T, B, 4H) activated i, f, g, o;  cells (T, B, H) c_t;  prev_cells c_{t-1};  hprev

@@ -29,8 +29,11 @@ class CellSpec:
     # What the step normalises: "none", or "layer_norm" (LayerNormLSTM: W_hh h over the row's
     # G*H values and c over its H), with the step parameters' gains (csrc/cell_table.h).
     normalization: str = "none"
-    # Weights per layer and direction after torch.nn's (LayerNormLSTM: γ_ih, γ_hh, γ_c, β_c).
+    # Weights per layer and direction after torch.nn's: a normalised cell's γ_ih, then its step
+    # parameters after the bias (LayerNormLSTM: γ_ih, γ_hh, γ_c, β_c).
     extra_weights: int = 0
+    # Those step parameters' size in units of H (LayerNormLSTM: 4 + 1 + 1).
+    norm_param_units: int = 0
     # Whether torch.nn has the cell (its `module`); if not, the module's pure-PyTorch reference
     # (fusedrnn.reference) stands in for torch.nn in tests, verify and bench.
     in_torch_nn: bool = True
@@ -51,9 +54,9 @@ class CellSpec:
 
     @property
     def step_param_units(self) -> int:
-        """The time-loop op's step_params, in units of H (csrc/ops.cpp): the bias (G), then for
-        a layer-norm step γ_hh (G), γ_c and β_c (1 each)."""
-        return 2 * self.gates + 2 if self.normalized else self.gates
+        """The time-loop op's step_params, in units of H (csrc/ops.cpp): the bias (G), then a
+        normalised step's own (norm_param_units)."""
+        return self.gates + self.norm_param_units
 
     @property
     def own_step_param_grad(self) -> bool:
@@ -88,7 +91,8 @@ CELLS: dict[str, CellSpec] = {spec.name: spec for spec in (
     CellSpec("layer_norm_lstm", "LAYER_NORM_LSTM", "LayerNormLSTM", {}, gates=4, states=2,
              workspace=(("gates", 4, "H"), ("recurrent", 4, "H"), ("cells", 1, "H"),
                         ("prev_cells", 1, "H"), _HPREV),
-             normalization="layer_norm", extra_weights=4, in_torch_nn=False, cell_module=False),
+             normalization="layer_norm", extra_weights=4, norm_param_units=6, in_torch_nn=False,
+             cell_module=False),
 )}
 
 CELL_OF_MODE: dict[str, str] = {spec.mode: spec.name for spec in CELLS.values()}

@@ -348,8 +348,9 @@ TimeLoopBackwardResult backward(const BackwardArgs& a) {
   const Tensor step_params = a.step_params.has_value() ? a.step_params->contiguous() : Tensor();
   // Every row is written (zero where inactive), so no zero fill first.
   Tensor grad_xproj = at::empty({T, B, G * H}, options);
-  // A layer-norm step's d(γ_c ⊙ LN(c_t) + β_c) (zero where inactive), for the γ_c, β_c grads.
-  Tensor grad_c_norm = at::zeros({cell.normalized() ? T : 0, B, H}, options);
+  // Each row's share of d step_params where the cell's step writes it (zero where inactive).
+  constexpr int64_t U = cell.step_param_grad_rows() ? cell.step_param_units() : 0;
+  Tensor grad_param_rows = at::empty({U > 0 ? T : 0, B, U * H}, options);
   Tensor grad_hproj = at::empty({own_recurrent_grad ? T : 0, B, G * H}, options);
   const PingPong carry = ping_pong(a.grad_h_n, T);  // d h_t / d h_{t-1}
   Tensor grad_c =  // d c, updated in place row by row
@@ -378,7 +379,7 @@ TimeLoopBackwardResult backward(const BackwardArgs& a) {
     S* gx = grad_xproj.data_ptr<S>();
     S* gh = own_recurrent_grad ? grad_hproj.data_ptr<S>() : nullptr;
     const S* params = step_params.defined() ? step_params.data_ptr<S>() : nullptr;
-    S* gcn = cell.normalized() ? grad_c_norm.data_ptr<S>() : nullptr;
+    S* gp = U > 0 ? grad_param_rows.data_ptr<S>() : nullptr;
     S* dc = cell.has_cell_state() ? grad_c.data_ptr<S>() : nullptr;
     S* grad_step_data = grad_step.data_ptr<S>();
     S* dh_all = proj ? grad_h_all.data_ptr<S>() : nullptr;
@@ -434,6 +435,7 @@ TimeLoopBackwardResult backward(const BackwardArgs& a) {
               zero_gate_units(gs + b * G * H, G, H, j0, n);
               zero_gate_units(gx + row * G * H, G, H, j0, n);
               if (gh) zero_gate_units(gh + row * G * H, G, H, j0, n);
+              if (gp) zero_gate_units(gp + row * U * H, U, H, j0, n);
               if (!proj) copy_units(dh_prev + b * P + j0, dh + b * P + j0, n);
               continue;
             }
@@ -447,7 +449,7 @@ TimeLoopBackwardResult backward(const BackwardArgs& a) {
             if constexpr (own_recurrent_grad) r.grad_x = gx + row * G * H + j0;
             r.dh_prev = proj ? nullptr : dh_prev + b * P + j0;
             r.unprojected = proj ? r_all + row * H + j0 : nullptr;
-            r.grad_c_norm = gcn ? gcn + row * H + j0 : nullptr;
+            r.grad_params = gp ? gp + row * U * H + j0 : nullptr;
             CpuCell<C>::backward(r);
             S* keep = own_recurrent_grad ? gh : gx;  // d xproj, or GRU's d(W_hh h + b_hh)
             copy_gate_units(keep + row * G * H, gs + b * G * H, G, H, j0, n);
@@ -466,7 +468,7 @@ TimeLoopBackwardResult backward(const BackwardArgs& a) {
           carry.result,
           cell.has_cell_state() ? grad_c : none(),
           recurrent_weight_grad(cell, recurrent_grad, hprev),
-          step_param_grads(cell, grad_xproj, recurrent_grad, grad_c_norm, saved),
+          step_param_grads(cell, grad_xproj, recurrent_grad, grad_param_rows),
           proj ? weight_grad(grad_h_all, unprojected_all) : none()};
 }
 

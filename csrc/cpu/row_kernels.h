@@ -211,14 +211,17 @@ FUSEDRNN_CPU_CLONES void layer_norm_lstm_forward_row(
 
 // Its backward, one whole row: grad_h = grad_h_a + grad_h_b is d h'; dc holds d c' on entry and
 // d c_{t-1} on exit. Writes d xproj (= d of the pre-activations v, 4H) to grad_x, d(W_hh h) to
-// grad_step, and d(γ_c ⊙ LN(c') + β_c) to grad_c_norm (for the γ_c, β_c gradients).
+// grad_step, and the row's share of d params to grad_params (10H, as params: d bias = d v,
+// d γ_hh = d v ⊙ LN(W_hh h), d γ_c = d(γ_c ⊙ LN(c') + β_c) ⊙ LN(c'), d β_c).
 template <typename T>
 FUSEDRNN_CPU_CLONES void layer_norm_lstm_backward_row(
     const T* __restrict gates, const T* __restrict recurrent, const T* __restrict c_new,
     const T* __restrict c_prev, const T* __restrict params, const T* __restrict grad_h_a,
     const T* __restrict grad_h_b, T* __restrict dc, T* __restrict grad_x,
-    T* __restrict grad_step, T* __restrict grad_c_norm, int64_t H) {
+    T* __restrict grad_step, T* __restrict grad_params, int64_t H) {
   const T *gamma_r = params + 4 * H, *gamma_c = params + 8 * H, *beta_c = params + 9 * H;
+  T *grad_bias = grad_params, *grad_gamma_r = grad_params + 4 * H,
+    *grad_gamma_c = grad_params + 8 * H, *grad_c_norm = grad_params + 9 * H;  // = d β_c
   // Through h' = o tanh(γ_c ĉ + β_c): d of the norm's output, and the row means its backward
   // needs.
   const auto [mean_c, rstd_c] = row_moments(c_new, 1, H, H);
@@ -228,6 +231,7 @@ FUSEDRNN_CPU_CLONES void layer_norm_lstm_backward_row(
     const T t = gates::tanh_(gamma_c[j] * c_hat(j) + beta_c[j]);
     const T d_norm = (grad_h_a[j] + grad_h_b[j]) * gates[3 * H + j] * (T(1) - t * t);
     grad_c_norm[j] = d_norm;
+    grad_gamma_c[j] = d_norm * c_hat(j);
     sum_d += d_norm * gamma_c[j];
     sum_d_hat += d_norm * gamma_c[j] * c_hat(j);
   }
@@ -239,10 +243,10 @@ FUSEDRNN_CPU_CLONES void layer_norm_lstm_backward_row(
                                                       mean_d, mean_d_hat, rstd_c);
     const auto d = gates::lstm_gate_grads<T>(a, c_prev[j], dc_total,
                                              (grad_h_a[j] + grad_h_b[j]) * t);
-    grad_x[j] = d.i;
-    grad_x[H + j] = d.f;
-    grad_x[2 * H + j] = d.g;
-    grad_x[3 * H + j] = d.o;
+    grad_x[j] = grad_bias[j] = d.i;
+    grad_x[H + j] = grad_bias[H + j] = d.f;
+    grad_x[2 * H + j] = grad_bias[2 * H + j] = d.g;
+    grad_x[3 * H + j] = grad_bias[3 * H + j] = d.o;
     dc[j] = d.c_prev;
   }
   // Through v's γ_hh ⊙ LN(W_hh h).
@@ -255,8 +259,10 @@ FUSEDRNN_CPU_CLONES void layer_norm_lstm_backward_row(
   }
   const T mean_r_d = static_cast<T>(sum_r / (4 * H)), mean_r_d_hat = static_cast<T>(sum_r_hat / (4 * H));
   for (int64_t i = 0; i < 4 * H; ++i) {
-    grad_step[i] = gates::layer_norm_grad(grad_x[i] * gamma_r[i], (recurrent[i] - mean_r) * rstd_r,
-                                          mean_r_d, mean_r_d_hat, rstd_r);
+    const T r_hat = (recurrent[i] - mean_r) * rstd_r;
+    grad_gamma_r[i] = grad_x[i] * r_hat;
+    grad_step[i] = gates::layer_norm_grad(grad_x[i] * gamma_r[i], r_hat, mean_r_d, mean_r_d_hat,
+                                          rstd_r);
   }
 }
 
@@ -300,7 +306,9 @@ struct BackwardRow {
                       // projected (the loop sets it)
   T* unprojected;     // o*tanh(c_t) for d W_hr where h is projected, else nullptr
   const T* params;    // the step parameters from unit j0 on (as ForwardRow's)
-  T* grad_c_norm;     // layer-norm step: d(γ_c ⊙ LN(c_t) + β_c), this row; else nullptr
+  // This row's share of d step_params (as params) where the cell's step writes it
+  // (csrc/cell_table.h: step_param_grad_rows), else nullptr.
+  T* grad_params;
   int64_t n, H;
 };
 
@@ -389,7 +397,7 @@ struct CpuCell<Cell::LayerNormLstm> {
   template <typename T>
   static void backward(const BackwardRow<T>& r) {
     layer_norm_lstm_backward_row(r.ws[0], r.ws[1], r.ws[2], r.ws[3], r.params, r.grad_out, r.dh,
-                                 r.dc, r.grad_x, r.grad_step, r.grad_c_norm, r.H);
+                                 r.dc, r.grad_x, r.grad_step, r.grad_params, r.H);
     finish_lstm_backward_row(r);
   }
 };

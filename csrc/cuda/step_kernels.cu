@@ -321,7 +321,11 @@ struct DeviceCell<Cell::LayerNormLstm> {
             *prev_cells = ws.parts[3];  // the activated gates, W_hh h, c_t, c_{t-1}
     S* dc = out<S>(p.dc) + b * H;
     S* gs = out<S>(p.grad_step) + b * 4 * H;  // d v first, then d(W_hh h)
-    S* grad_c_norm = out<S>(p.grad_c_norm) + row * H;
+    // The row's share of d params (as Params): d bias = d v, d γ_hh = d v ⊙ LN(W_hh h),
+    // d γ_c = d(γ_c ⊙ LN(c_t) + β_c) ⊙ LN(c_t), d β_c = d(γ_c ⊙ LN(c_t) + β_c).
+    S* grad_bias = out<S>(p.grad_params) + row * 10 * H;
+    S *grad_gamma_r = grad_bias + 4 * H, *grad_gamma_c = grad_bias + 8 * H,
+      *grad_c_norm = grad_bias + 9 * H;
     auto grad_h = [&](int64_t j) {
       return to_state(in<T>(p.grad_out)[row * H + j]) + in<S>(p.dh)[b * H + j];
     };
@@ -337,6 +341,7 @@ struct DeviceCell<Cell::LayerNormLstm> {
       const S t = tanh_c_norm(j);
       const S d_norm = grad_h(j) * acts[3 * H + j] * (S(1) - t * t);
       grad_c_norm[j] = d_norm;
+      grad_gamma_c[j] = d_norm * c_hat(j);
       sum_d += d_norm * to_state(w.gamma_c[j]);
       sum_d_hat += d_norm * to_state(w.gamma_c[j]) * c_hat(j);
     }
@@ -350,7 +355,7 @@ struct DeviceCell<Cell::LayerNormLstm> {
           gates::lstm_gate_grads<S>(a, prev_cells[j], dc_total, grad_h(j) * tanh_c_norm(j));
       const S dv[4] = {d.i, d.f, d.g, d.o};
       for (int k = 0; k < 4; ++k) {
-        gs[k * H + j] = dv[k];
+        gs[k * H + j] = grad_bias[k * H + j] = dv[k];
         gx[k * H + j] = stored<T>(dv[k]);
       }
       dc[j] = d.c_prev;
@@ -371,6 +376,7 @@ struct DeviceCell<Cell::LayerNormLstm> {
     const S mean_r_d_hat = S(block_sum(sum_r_hat) / (4 * H));
     T* ghp = out<T>(p.grad_hproj) + row * 4 * H;
     FUSEDRNN_FOR_EACH_UNIT(4 * H, i) {
+      grad_gamma_r[i] = gs[i] * r_hat(i);
       gs[i] = gates::layer_norm_grad(gs[i] * to_state(w.gamma_r[i]), r_hat(i), mean_r_d,
                                      mean_r_d_hat, r.rstd);
       ghp[i] = stored<T>(gs[i]);
@@ -398,15 +404,19 @@ __device__ void forward_inactive_unit(const ForwardStep& p, int64_t b, int64_t j
   }
 }
 
-// Its backward: the gate grads are 0, so d h passes through the GEMM unchanged.
-template <typename T, typename S>
-__device__ void backward_inactive_unit(const BackwardStep& p, int64_t b, int64_t j, int64_t row,
-                                       int64_t G) {
+// Its backward: the gate grads are 0, so d h passes through the GEMM unchanged (and the row
+// adds nothing to the step parameters' gradient).
+template <typename T, typename S, Cell C>
+__device__ void backward_inactive_unit(const BackwardStep& p, int64_t b, int64_t j, int64_t row) {
+  constexpr int64_t G = spec(C).gates, U = spec(C).step_param_units();
   const int64_t H = p.at.H, P = p.at.P;
   for (int64_t k = 0; k < G; ++k) {
     out<S>(p.grad_step)[b * G * H + k * H + j] = S(0);
     out<T>(p.grad_x)[row * G * H + k * H + j] = zero<T>();
     if (p.grad_hproj) out<T>(p.grad_hproj)[row * G * H + k * H + j] = zero<T>();
+  }
+  if (p.grad_params) {
+    for (int64_t k = 0; k < U; ++k) out<S>(p.grad_params)[row * U * H + k * H + j] = S(0);
   }
   if (p.proj) out<S>(p.unprojected_all)[row * H + j] = S(0);
   if (j < P) out<S>(p.dh_prev)[b * P + j] = in<S>(p.dh)[b * P + j];
@@ -479,7 +489,7 @@ __global__ void backward_kernel(BackwardStep p) {
     const bool h_lane = j < P;
     const int64_t row = p.at.sched.slot(s, b) * B + b;
     if (!p.at.sched.active(s, b)) {
-      backward_inactive_unit<T, S>(p, b, j, row, G);
+      backward_inactive_unit<T, S, C>(p, b, j, row);
       continue;
     }
     S* gs = out<S>(p.grad_step) + b * G * H;
@@ -521,14 +531,13 @@ __global__ void forward_row_kernel(ForwardStep p) {
 template <typename T, Cell C>
 __global__ void backward_row_kernel(BackwardStep p) {
   using S = typename State<T>::type;
-  constexpr int64_t G = spec(C).gates;
   const int64_t B = p.at.B, H = p.at.H, s = p.at.s;
   for (int64_t b = blockIdx.x; b < B; b += gridDim.x) {
     const int64_t row = p.at.sched.slot(s, b) * B + b;
     if (p.at.sched.active(s, b)) {
       DeviceCell<C>::template backward_row<T>(p, b, row, WorkspaceRows<S>(p.ws, row, H));
     } else {
-      FUSEDRNN_FOR_EACH_UNIT(H, j) backward_inactive_unit<T, S>(p, b, j, row, G);
+      FUSEDRNN_FOR_EACH_UNIT(H, j) backward_inactive_unit<T, S, C>(p, b, j, row);
     }
   }
 }

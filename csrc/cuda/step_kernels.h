@@ -50,8 +50,8 @@ struct ForwardStep {
   bool proj;
   const void* x;            // (T, B, G*H)  xproj
   const void* gh;           // [state] (B, G*H)  W_hh h_{t-1}
-  // The step parameters (csrc/ops.cpp): the bias (G*H, zeros where absent), then for a
-  // normalized step γ_hh (G*H), γ_c and β_c (H each).
+  // The step parameters (csrc/ops.cpp): the bias (G*H, zeros where absent), then a normalized
+  // step's own (csrc/cell_table.h: norm_param_units).
   const void* params;
   const void* h_cur;        // [state] (B, P)
   void* h_next;             // [state] (B, P)  written here unless proj (then by the projection)
@@ -95,9 +95,9 @@ struct BackwardStep {
                             //   (its own recurrent gradient), else nullptr
   void* unprojected_all;    // [state] (T, B, H)  h before W_hr per step for d W_hr, where proj
   void* dh_prev;            // [state] (B, P)  the direct part (the GEMM adds W_hh^T grad_step)
-  void* grad_c_norm;        // [state] (T, B, H)  normalized steps: d(γ_c ⊙ LN(c_t) + β_c), for
-                            //   the γ_c, β_c gradients; inactive rows are not written (the
-                            //   caller zero-fills it); else nullptr
+  void* grad_params;        // [state] (T, B, U*H)  each row's share of d step_params (U: the
+                            //   cell's step_param_units) where its step writes it
+                            //   (step_param_grad_rows), else nullptr
 };
 
 template <Cell C>

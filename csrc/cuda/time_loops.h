@@ -238,8 +238,9 @@ TimeLoopBackwardResult backward(const BackwardArgs& a) {
                             .contiguous()
                       : at::empty({0}, state);
   Tensor grad_step = at::empty({B, G * H}, state);
-  // A normalized step's d(γ_c ⊙ LN(c) + β_c), zero where rows are inactive (csrc/ops.cpp).
-  Tensor grad_c_norm = at::zeros({cell.normalized() ? T : 0, B, H}, state);
+  // Each row's share of d step_params where the cell's step writes it (zero where inactive).
+  constexpr int64_t U = cell.step_param_grad_rows() ? cell.step_param_units() : 0;
+  Tensor grad_param_rows = at::empty({U > 0 ? T : 0, B, U * H}, state);
   const Tensor params = a.step_params.has_value() ? a.step_params->contiguous() : Tensor();
   // Where h is projected: d h_t and the h before W_hr for every slot (zero where inactive), for
   // d W_hr; this step's d h_t and d(h before W_hr).
@@ -253,7 +254,7 @@ TimeLoopBackwardResult backward(const BackwardArgs& a) {
   p.proj = proj;
   p.ws = step_workspace(cell, saved);
   p.params = params.defined() ? params.data_ptr() : nullptr;
-  p.grad_c_norm = data_or_null(grad_c_norm);
+  p.grad_params = data_or_null(grad_param_rows);
   p.grad_out = grad_output.data_ptr();
   p.grad_unproj = data_or_null(grad_unproj);
   p.dc = data_or_null(grad_c);
@@ -284,7 +285,7 @@ TimeLoopBackwardResult backward(const BackwardArgs& a) {
           returned(carry.slot(T), grad_output),
           cell.has_cell_state() ? returned(grad_c, grad_output) : none(),
           recurrent_weight_grad(cell, recurrent_grad, as_storage(hprev, grad_output)),
-          step_param_grads(cell, grad_xproj, recurrent_grad, grad_c_norm, saved),
+          step_param_grads(cell, grad_xproj, recurrent_grad, grad_param_rows),
           proj ? as_storage(weight_grad(grad_h_all, unprojected_all), grad_output) : none()};
 }
 
