@@ -14,11 +14,12 @@ enum class Cell { RnnTanh, RnnRelu, Gru, Lstm, IndrnnTanh, IndrnnRelu, LayerNorm
 // each gate block with w_hh = u (G*H) (IndRNN: every unit sees only its own past), no GEMM.
 enum class Recurrence { Dense, Diagonal };
 
-// What a step normalises: nothing; or, LayerNorm (haste's LayerNormLSTM), the recurrent product
-// W_hh h over the row's G*H values and the cell state c over its H before its tanh, each with a
-// gain (and c with a bias) from the step parameters. (The input side, LN(W_ih x), is the
-// composition's: xproj arrives normalised.) A normalised step needs whole rows: the CPU loop
-// never splits its units among workers.
+// What a step normalises: nothing; or, LayerNorm (haste's layer-normalised cells), the recurrent
+// product W_hh h over the row's G*H values, γ_hh ⊙ LN(W_hh h) + the step's bias taking its place
+// (γ_hh: the step parameters' first G*H after the bias), and whatever the cell normalises besides
+// with the rest of its step parameters (LayerNormLSTM: c over its H before its tanh, with γ_c and
+// β_c). (The input side, LN(W_ih x; γ_ih), is the composition's: xproj arrives normalised.) A
+// normalised step needs whole rows: the CPU loop never splits its units among workers.
 enum class Normalization { None, LayerNorm };
 inline constexpr double kLayerNormEps = 1e-5;  // haste's
 

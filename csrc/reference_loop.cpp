@@ -3,7 +3,8 @@
 // there. Semantics as the fused ops (csrc/ops.cpp): lengths freeze a row's state and zero its
 // outputs past its length, reverse runs time backwards, the step's bias adds to W_hh h (GRU's
 // b_hh so sits inside r * (...)), LSTM's w_hr projects h, a diagonal recurrence multiplies h by
-// u elementwise, a layer-norm step (bias = its step parameters) normalises W_hh h and c.
+// u elementwise, a normalised step (bias = its step parameters) takes γ_hh ⊙ LN(W_hh h) + bias
+// for W_hh h, then its base cell's step (LayerNormLSTM's normalising c as well).
 #include <ATen/ATen.h>
 
 #include <vector>
@@ -27,8 +28,14 @@ std::vector<Tensor> reference_time_loop(Cell cell, const Tensor& xproj, const Te
     // (B, G*H): W_hh h, or u ⊙ h for every gate block (a diagonal recurrence)
     Tensor recurrent = spec(cell).diagonal() ? h.repeat({1, spec(cell).gates}) * w_hh
                                              : at::matmul(h, w_hh.t());
-    // the step's bias (csrc/ops.cpp); a normalised step adds it after its layer norm
-    if (bias.defined() && !spec(cell).normalized()) recurrent = recurrent + bias;
+    if (spec(cell).normalized()) {  // γ_hh ⊙ LN(W_hh h) + the step's bias (csrc/cell_table.h)
+      const int64_t GH = recurrent.size(1);
+      recurrent = bias.narrow(0, GH, GH) *
+                      at::layer_norm(recurrent, {GH}, {}, {}, kLayerNormEps) +
+                  bias.narrow(0, 0, GH);
+    } else if (bias.defined()) {  // the step's bias (csrc/ops.cpp)
+      recurrent = recurrent + bias;
+    }
     switch (cell) {
       case Cell::RnnTanh:
       case Cell::IndrnnTanh: h_new = at::tanh(x_t + recurrent); break;
@@ -41,22 +48,18 @@ std::vector<Tensor> reference_time_loop(Cell cell, const Tensor& xproj, const Te
         h_new = (1 - z) * n + z * h;
         break;
       }
-      case Cell::Lstm: {
+      case Cell::Lstm:
+      case Cell::LayerNormLstm: {
         const auto g = (x_t + recurrent).chunk(4, 1);
         c_new = at::sigmoid(g[1]) * c + at::sigmoid(g[0]) * at::tanh(g[2]);
-        h_new = at::sigmoid(g[3]) * at::tanh(c_new);
+        Tensor c_out = c_new;
+        if (cell == Cell::LayerNormLstm) {  // LN(c; γ_c, β_c): the step parameters' last 2H
+          const int64_t H = c.size(1), GH = recurrent.size(1);
+          c_out = at::layer_norm(c_new, {H}, bias.narrow(0, 2 * GH, H),
+                                 bias.narrow(0, 2 * GH + H, H), kLayerNormEps);
+        }
+        h_new = at::sigmoid(g[3]) * at::tanh(c_out);
         if (w_hr.defined()) h_new = at::matmul(h_new, w_hr.t());
-        break;
-      }
-      case Cell::LayerNormLstm: {  // gate_math.h
-        const int64_t H = c.size(1);
-        const std::vector<int64_t> units{4 * H, 4 * H, H, H};
-        const auto p = bias.split_with_sizes(units);  // bias, γ_hh, γ_c, β_c
-        const auto g = (x_t + p[0] + p[1] * at::layer_norm(recurrent, {4 * H}, {}, {},
-                                                           kLayerNormEps)).chunk(4, 1);
-        c_new = at::sigmoid(g[1]) * c + at::sigmoid(g[0]) * at::tanh(g[2]);
-        h_new = at::sigmoid(g[3]) *
-                at::tanh(at::layer_norm(c_new, {H}, p[2], p[3], kLayerNormEps));
         break;
       }
     }

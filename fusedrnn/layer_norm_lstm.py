@@ -27,20 +27,19 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
+from .layer_norm import EPS, add_layer_norm_parameters, reorder_gate_blocks, \
+    reset_haste_parameters
 from .modules import LSTM
 
 __all__ = ["LayerNormLSTM", "from_haste_gate_order"]
-
-EPS = 1e-5  # haste's layer-norm epsilon
 
 
 def from_haste_gate_order(t: Tensor, dim: int = 0) -> Tensor:
     """A tensor whose dimension `dim` holds 4 gate blocks in haste's order (i, g, f, o), with its
     blocks in torch.nn's (i, f, g, o)."""
-    i, g, f, o = t.chunk(4, dim)
-    return torch.cat([i, f, g, o], dim)
+    return reorder_gate_blocks(t, (0, 2, 1, 3), dim)
 
 
 class LayerNormLSTM(LSTM):
@@ -60,20 +59,11 @@ class LayerNormLSTM(LSTM):
         self.forget_bias = forget_bias
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, 0, device, dtype)
-        factory = {"device": device, "dtype": dtype}
-        # Each layer-direction's names: torch.nn.LSTM's, then the layer-norm parameters.
-        all_weights = []
-        for names in self._all_weights:
-            suffix = names[0][len("weight_ih"):]  # "_l{k}" or "_l{k}_reverse"
-            extra = [f"layer_norm_ih_weight{suffix}", f"layer_norm_hh_weight{suffix}",
-                     f"layer_norm_c_weight{suffix}", f"layer_norm_c_bias{suffix}"]
-            sizes = [4 * hidden_size, 4 * hidden_size, hidden_size, hidden_size]
-            for name, size in zip(extra, sizes):
-                setattr(self, name, nn.Parameter(torch.empty(size, **factory)))
-            all_weights.append(list(names) + extra)
-        self._all_weights = all_weights
-        self._flat_weights_names = [name for names in all_weights for name in names]
-        self._init_flat_weights()
+        H = hidden_size
+        add_layer_norm_parameters(self, [("layer_norm_ih_weight", 4 * H),
+                                         ("layer_norm_hh_weight", 4 * H),
+                                         ("layer_norm_c_weight", H), ("layer_norm_c_bias", H)],
+                                  device, dtype)
         self.reset_parameters()
 
     def _cell_name(self) -> str:
@@ -81,21 +71,11 @@ class LayerNormLSTM(LSTM):
 
     def reset_parameters(self) -> None:
         """haste's initialisation (module docstring)."""
-        H = self.hidden_size
-        for name, weight in self.named_parameters():
-            with torch.no_grad():
-                if name.startswith(("weight_ih", "weight_hh")):
-                    init = nn.init.xavier_uniform_ if name.startswith("weight_ih") else \
-                        nn.init.orthogonal_
-                    for block in weight.split(H, 0):
-                        init(block)
-                elif name.startswith("bias_ih"):
-                    nn.init.zeros_(weight)
-                    weight[H:2 * H] = self.forget_bias
-                elif name.startswith("bias") or name.startswith("layer_norm_c_bias"):
-                    nn.init.zeros_(weight)
-                else:  # the layer-norm gains
-                    nn.init.ones_(weight)
+        reset_haste_parameters(self)
+        with torch.no_grad():
+            for name, weight in self.named_parameters():
+                if name.startswith("bias_ih"):
+                    weight[self.hidden_size:2 * self.hidden_size] = self.forget_bias
 
     def flatten_parameters(self) -> None:
         """Nothing to do: the weights are used as they are (cuDNN has no layer-norm LSTM)."""
