@@ -27,6 +27,7 @@ decltype(auto) visit_cell(Cell cell, F&& f) {
     case Cell::IndrnnTanh: return f(CellConstant<Cell::IndrnnTanh>{});
     case Cell::IndrnnRelu: return f(CellConstant<Cell::IndrnnRelu>{});
     case Cell::LayerNormLstm: return f(CellConstant<Cell::LayerNormLstm>{});
+    case Cell::LayerNormGru: return f(CellConstant<Cell::LayerNormGru>{});
   }
   TORCH_CHECK(false, "fusedrnn: unknown cell ", static_cast<int>(cell));
 }

@@ -8,7 +8,7 @@
 
 namespace fusedrnn {
 
-enum class Cell { RnnTanh, RnnRelu, Gru, Lstm, IndrnnTanh, IndrnnRelu, LayerNormLstm };
+enum class Cell { RnnTanh, RnnRelu, Gru, Lstm, IndrnnTanh, IndrnnRelu, LayerNormLstm, LayerNormGru };
 
 // How h_{t-1} enters a step: Dense, the product W_hh h with w_hh (G*H, P); Diagonal, u ⊙ h for
 // each gate block with w_hh = u (G*H) (IndRNN: every unit sees only its own past), no GEMM.
@@ -112,6 +112,9 @@ inline constexpr CellSpec kCells[] = {
       kHprev},
      5, Recurrence::Dense, Normalization::LayerNorm, /*extra_weights=*/4,
      /*norm_param_units=*/6},
+    {Cell::LayerNormGru, "layer_norm_gru", /*gates=*/3, /*states=*/1, /*b_hh_in_step=*/true,
+     /*projectable=*/false, {{"gates", 4, false}, {"recurrent", 3, false}, kHprev}, 3,
+     Recurrence::Dense, Normalization::LayerNorm, /*extra_weights=*/2, /*norm_param_units=*/3},
 };
 
 constexpr const CellSpec& spec(Cell cell) { return kCells[static_cast<int>(cell)]; }

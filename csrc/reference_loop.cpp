@@ -41,7 +41,8 @@ std::vector<Tensor> reference_time_loop(Cell cell, const Tensor& xproj, const Te
       case Cell::IndrnnTanh: h_new = at::tanh(x_t + recurrent); break;
       case Cell::RnnRelu:
       case Cell::IndrnnRelu: h_new = at::relu(x_t + recurrent); break;
-      case Cell::Gru: {
+      case Cell::Gru:
+      case Cell::LayerNormGru: {
         const auto xs = x_t.chunk(3, 1), hs = recurrent.chunk(3, 1);
         const Tensor r = at::sigmoid(xs[0] + hs[0]), z = at::sigmoid(xs[1] + hs[1]);
         const Tensor n = at::tanh(xs[2] + r * hs[2]);

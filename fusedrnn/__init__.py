@@ -11,8 +11,9 @@ from .convert import convert, to_torch
 from .functional import recurrent_layer, recurrent_stack
 from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 from .indrnn import IndRNN
+from .layer_norm_gru import LayerNormGRU
 from .layer_norm_lstm import LayerNormLSTM
 
-__all__ = ["RNN", "GRU", "LSTM", "RNNCell", "GRUCell", "LSTMCell", "IndRNN", "LayerNormLSTM",
+__all__ = ["RNN", "GRU", "LSTM", "RNNCell", "GRUCell", "LSTMCell", "IndRNN", "LayerNormLSTM", "LayerNormGRU",
            "convert", "to_torch", "recurrent_layer", "recurrent_stack"]
 __version__ = "0.1.0"

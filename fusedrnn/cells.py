@@ -93,6 +93,10 @@ CELLS: dict[str, CellSpec] = {spec.name: spec for spec in (
                         ("prev_cells", 1, "H"), _HPREV),
              normalization="layer_norm", extra_weights=4, norm_param_units=6, in_torch_nn=False,
              cell_module=False),
+    CellSpec("layer_norm_gru", "LAYER_NORM_GRU", "LayerNormGRU", {}, gates=3, states=1,
+             workspace=(("gates", 4, "H"), ("recurrent", 3, "H"), _HPREV), b_hh_in_step=True,
+             normalization="layer_norm", extra_weights=2, norm_param_units=3, in_torch_nn=False,
+             cell_module=False),
 )}
 
 CELL_OF_MODE: dict[str, str] = {spec.mode: spec.name for spec in CELLS.values()}

@@ -190,6 +190,7 @@ LONG_MEMORY = {
     ("gru", "forward"): [0.0, 6.0, 0.0],
     ("layer_norm_lstm", "forward"): [1.0, 5.0, 0.5, 0.0],
     ("layer_norm_lstm", "backward"): [0.0, 6.0, 0.0, -2.0],
+    ("layer_norm_gru", "forward"): [0.0, 6.0, 0.0],
     ("rnn_tanh", "forward"): None,
     ("rnn_relu", "forward"): None,
 }

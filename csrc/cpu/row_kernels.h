@@ -299,3 +299,4 @@ struct CpuCell<Cell::Lstm> {
 
 // Cells with files of their own (csrc/cells/), one line each: their row kernels and CpuCell.
 #include "../cells/layer_norm_lstm_cpu.h"
+#include "../cells/layer_norm_gru_cpu.h"

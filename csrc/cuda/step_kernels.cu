@@ -512,6 +512,7 @@ FUSEDRNN_CELL_STEPS(Cell::IndrnnRelu);
 // Cells with files of their own (csrc/cells/), one line each: each holds its DeviceCell and
 // its FUSEDRNN_CELL_STEPS line.
 #include "../cells/layer_norm_lstm_cuda.cuh"
+#include "../cells/layer_norm_gru_cuda.cuh"
 #undef FUSEDRNN_CELL_STEPS
 
 }  // namespace cuda
