@@ -30,12 +30,7 @@ FUSEDRNN_CPU_CLONES void layer_norm_gru_forward_row(
     T h;
     const auto g = gates::gru_forward<T>(x[j], x[H + j], x[2 * H + j], hpart(0, j), hpart(1, j),
                                          hpart(2, j), h_cur[j], &h);
-    h_next[j] = h;
-    out[j] = h;
-    ws[j] = g.r;
-    ws[H + j] = g.z;
-    ws[2 * H + j] = g.n;
-    ws[3 * H + j] = g.hn;
+    store_gru_unit(g, h, h_next, out, ws, j, H);
   }
   if (recurrent) {
     for (int64_t k = 0; k < 3; ++k) copy_units(recurrent + k * H, gh + k * S, H);
@@ -64,20 +59,7 @@ FUSEDRNN_CPU_CLONES void layer_norm_gru_backward_row(
     dh_prev[j] = d.h_prev;
   }
   // Through γ_hh ⊙ LN(W_hh h).
-  const auto [mean_r, rstd_r] = row_moments(recurrent, 3, H, H);
-  double sum_d = 0, sum_d_hat = 0;
-  for (int64_t i = 0; i < 3 * H; ++i) {
-    const T d_hat = grad_b_hh[i] * gamma_r[i];
-    sum_d += d_hat;
-    sum_d_hat += d_hat * ((recurrent[i] - mean_r) * rstd_r);
-  }
-  const T mean_d = static_cast<T>(sum_d / (3 * H)), mean_d_hat = static_cast<T>(sum_d_hat / (3 * H));
-  for (int64_t i = 0; i < 3 * H; ++i) {
-    const T r_hat = (recurrent[i] - mean_r) * rstd_r;
-    grad_gamma_r[i] = grad_b_hh[i] * r_hat;
-    grad_step[i] = gates::layer_norm_grad(grad_b_hh[i] * gamma_r[i], r_hat, mean_d, mean_d_hat,
-                                          rstd_r);
-  }
+  recurrent_norm_backward(grad_b_hh, recurrent, gamma_r, 3 * H, grad_gamma_r, grad_step);
 }
 
 // Whole rows only (n == H); not projectable, so grad_out and dh are always given. Its step

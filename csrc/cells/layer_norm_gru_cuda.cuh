@@ -66,26 +66,9 @@ struct DeviceCell<Cell::LayerNormGru> {
       for (int k = 0; k < 3; ++k) gs[k * H + j] = grad_b_hh[k * H + j] = d_post[k];
       out<S>(p.dh_prev)[b * H + j] = d.h_prev;
     }
-    // Through γ_hh ⊙ LN(W_hh h): gs becomes d(W_hh h) in place. gs was written by the loop
-    // over H and is read by the loops over 3H, other threads' units: the barriers of
-    // block_row_moments' reductions come between.
-    const RowMoments<S> r = block_row_moments(recurrent, 3 * H);
-    auto r_hat = [&](int64_t i) { return (recurrent[i] - r.mean) * r.rstd; };
-    double sum_d = 0, sum_d_hat = 0;
-    FUSEDRNN_FOR_EACH_UNIT(3 * H, i) {
-      const S d_hat = gs[i] * to_state(gamma_r[i]);
-      sum_d += d_hat;
-      sum_d_hat += d_hat * r_hat(i);
-    }
-    const S mean_d = S(block_sum(sum_d) / (3 * H));
-    const S mean_d_hat = S(block_sum(sum_d_hat) / (3 * H));
-    T* ghp = out<T>(p.grad_hproj) + row * 3 * H;
-    FUSEDRNN_FOR_EACH_UNIT(3 * H, i) {
-      grad_gamma_r[i] = gs[i] * r_hat(i);
-      gs[i] = gates::layer_norm_grad(gs[i] * to_state(gamma_r[i]), r_hat(i), mean_d, mean_d_hat,
-                                     r.rstd);
-      ghp[i] = stored<T>(gs[i]);
-    }
+    // Through γ_hh ⊙ LN(W_hh h): gs becomes d(W_hh h) in place.
+    block_recurrent_norm_backward(gs, recurrent, gamma_r, 3 * H, grad_gamma_r,
+                                  out<T>(p.grad_hproj) + row * 3 * H);
   }
 };
 

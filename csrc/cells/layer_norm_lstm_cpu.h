@@ -82,20 +82,7 @@ FUSEDRNN_CPU_CLONES void layer_norm_lstm_backward_row(
     dc[j] = d.c_prev;
   }
   // Through v's γ_hh ⊙ LN(W_hh h).
-  const auto [mean_r, rstd_r] = row_moments(recurrent, 4, H, H);
-  double sum_r = 0, sum_r_hat = 0;
-  for (int64_t i = 0; i < 4 * H; ++i) {
-    const T d_hat = grad_x[i] * gamma_r[i];
-    sum_r += d_hat;
-    sum_r_hat += d_hat * ((recurrent[i] - mean_r) * rstd_r);
-  }
-  const T mean_r_d = static_cast<T>(sum_r / (4 * H)), mean_r_d_hat = static_cast<T>(sum_r_hat / (4 * H));
-  for (int64_t i = 0; i < 4 * H; ++i) {
-    const T r_hat = (recurrent[i] - mean_r) * rstd_r;
-    grad_gamma_r[i] = grad_x[i] * r_hat;
-    grad_step[i] = gates::layer_norm_grad(grad_x[i] * gamma_r[i], r_hat, mean_r_d, mean_r_d_hat,
-                                          rstd_r);
-  }
+  recurrent_norm_backward(grad_x, recurrent, gamma_r, 4 * H, grad_gamma_r, grad_step);
 }
 
 // LayerNormLSTM: whole rows only (the loops give a normalised step every unit of a row; n == H).

@@ -110,26 +110,9 @@ struct DeviceCell<Cell::LayerNormLstm> {
       dc[j] = d.c_prev;
       out<S>(p.dh_prev)[b * H + j] = S(0);  // h_{t-1} enters through W_hh h only
     }
-    // Through v's γ_hh ⊙ LN(W_hh h): d v (gs) becomes d(W_hh h) in place. gs was written by the
-    // loop over H and is read by the loops over 4H, other threads' units: the barriers of
-    // block_row_moments' reductions come between.
-    const RowMoments<S> r = block_row_moments(recurrent, 4 * H);
-    auto r_hat = [&](int64_t i) { return (recurrent[i] - r.mean) * r.rstd; };
-    double sum_r = 0, sum_r_hat = 0;
-    FUSEDRNN_FOR_EACH_UNIT(4 * H, i) {
-      const S d_hat = gs[i] * to_state(w.gamma_r[i]);
-      sum_r += d_hat;
-      sum_r_hat += d_hat * r_hat(i);
-    }
-    const S mean_r_d = S(block_sum(sum_r) / (4 * H));
-    const S mean_r_d_hat = S(block_sum(sum_r_hat) / (4 * H));
-    T* ghp = out<T>(p.grad_hproj) + row * 4 * H;
-    FUSEDRNN_FOR_EACH_UNIT(4 * H, i) {
-      grad_gamma_r[i] = gs[i] * r_hat(i);
-      gs[i] = gates::layer_norm_grad(gs[i] * to_state(w.gamma_r[i]), r_hat(i), mean_r_d,
-                                     mean_r_d_hat, r.rstd);
-      ghp[i] = stored<T>(gs[i]);
-    }
+    // Through v's γ_hh ⊙ LN(W_hh h): d v (gs) becomes d(W_hh h) in place.
+    block_recurrent_norm_backward(gs, recurrent, w.gamma_r, 4 * H, grad_gamma_r,
+                                  out<T>(p.grad_hproj) + row * 4 * H);
   }
 };
 

@@ -69,6 +69,21 @@ FUSEDRNN_CPU_CLONES void rnn_backward_row(const T* __restrict h_new, const T* __
   });
 }
 
+// A GRU step's h' at unit j, to the state and the output, and its gates to ws (4 blocks H apart:
+// r, z, n, hn). Inlined into the calling row kernel (built for its instruction set).
+template <typename T>
+inline __attribute__((always_inline)) void store_gru_unit(const gates::GruGates<T>& g, T h,
+                                                          T* __restrict h_next,
+                                                          T* __restrict out, T* __restrict ws,
+                                                          int64_t j, int64_t H) {
+  h_next[j] = h;
+  out[j] = h;
+  ws[j] = g.r;
+  ws[H + j] = g.z;
+  ws[2 * H + j] = g.n;
+  ws[3 * H + j] = g.hn;
+}
+
 // gh: W_hh h (3 gates, bias not yet added); writes ws (4 blocks: r, z, n, hn). ws is always written (a
 // scratch row when nothing is saved): a branch in the loop would stop it vectorizing.
 template <typename T>
@@ -83,12 +98,7 @@ FUSEDRNN_CPU_CLONES void gru_forward_row(const T* __restrict x, const T* __restr
     const auto g = gates::gru_forward<T>(x[j], x[H + j], x[2 * H + j], gh[j] + b_hh[j],
                                          gh[S + j] + b_hh[H + j], gh[2 * S + j] + b_hh[2 * H + j],
                                          h_cur[j], &h);
-    h_next[j] = h;
-    out[j] = h;
-    ws[j] = g.r;
-    ws[H + j] = g.z;
-    ws[2 * H + j] = g.n;
-    ws[3 * H + j] = g.hn;
+    store_gru_unit(g, h, h_next, out, ws, j, H);
   });
 }
 
@@ -174,6 +184,29 @@ inline std::pair<T, T> row_moments(const T* v, int64_t G, int64_t n, int64_t str
     }
   }
   return {static_cast<T>(mean), static_cast<T>(1.0 / std::sqrt(squares / count + kLayerNormEps))};
+}
+
+// The backward of a normalised step's γ_hh ⊙ LN(W_hh h) over a row's n = G*H values: from
+// grad_post = d(γ_hh ⊙ LN(W_hh h) + bias) and the product before its norm (`recurrent`), writes
+// the row's share of d γ_hh (grad_post ⊙ LN(W_hh h)) to grad_gamma and d(W_hh h) to grad_step.
+// Inlined into the calling row kernel, so built for its instruction set.
+template <typename T>
+inline __attribute__((always_inline)) void recurrent_norm_backward(
+    const T* __restrict grad_post, const T* __restrict recurrent, const T* __restrict gamma,
+    int64_t n, T* __restrict grad_gamma, T* __restrict grad_step) {
+  const auto [mean, rstd] = row_moments(recurrent, 1, n, n);
+  double sum_d = 0, sum_d_hat = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const T d_hat = grad_post[i] * gamma[i];
+    sum_d += d_hat;
+    sum_d_hat += d_hat * ((recurrent[i] - mean) * rstd);
+  }
+  const T mean_d = static_cast<T>(sum_d / n), mean_d_hat = static_cast<T>(sum_d_hat / n);
+  for (int64_t i = 0; i < n; ++i) {
+    const T r_hat = (recurrent[i] - mean) * rstd;
+    grad_gamma[i] = grad_post[i] * r_hat;
+    grad_step[i] = gates::layer_norm_grad(grad_post[i] * gamma[i], r_hat, mean_d, mean_d_hat, rstd);
+  }
 }
 
 // ============================================================================ cells

@@ -107,6 +107,31 @@ __device__ RowMoments<S> block_row_moments(const S* v, int64_t n) {
   return {S(mean), S(1.0 / sqrt(block_sum(squares) / n + kLayerNormEps))};
 }
 
+// The backward of a normalised step's γ_hh ⊙ LN(W_hh h) over the row's n = G*H values (the
+// CPU's recurrent_norm_backward): gs holds d(γ_hh ⊙ LN(W_hh h) + bias) on entry and d(W_hh h) on
+// exit, also stored to grad_hproj; grad_gamma gets the row's share of d γ_hh. gs may have been
+// written by loops over another n (other threads' units): the barriers of block_row_moments'
+// reductions come between.
+template <typename T, typename S>
+__device__ void block_recurrent_norm_backward(S* gs, const S* recurrent, const T* gamma, int64_t n,
+                                              S* grad_gamma, T* grad_hproj) {
+  const RowMoments<S> r = block_row_moments(recurrent, n);
+  auto r_hat = [&](int64_t i) { return (recurrent[i] - r.mean) * r.rstd; };
+  double sum_d = 0, sum_d_hat = 0;
+  FUSEDRNN_FOR_EACH_UNIT(n, i) {
+    const S d_hat = gs[i] * to_state(gamma[i]);
+    sum_d += d_hat;
+    sum_d_hat += d_hat * r_hat(i);
+  }
+  const S mean_d = S(block_sum(sum_d) / n), mean_d_hat = S(block_sum(sum_d_hat) / n);
+  FUSEDRNN_FOR_EACH_UNIT(n, i) {
+    grad_gamma[i] = gs[i] * r_hat(i);
+    gs[i] = gates::layer_norm_grad(gs[i] * to_state(gamma[i]), r_hat(i), mean_d, mean_d_hat,
+                                   r.rstd);
+    grad_hproj[i] = stored<T>(gs[i]);
+  }
+}
+
 // ------------------------------------------------------------------------------------ cells
 
 // The rows of the workspace parts before hprev for batch row `row` (nullptr when not saved).
