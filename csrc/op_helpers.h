@@ -7,7 +7,6 @@
 #include <ATen/OpMathType.h>
 
 #include <optional>
-#include <vector>
 
 #include "cell_table.h"
 #include "schedule.h"

@@ -9,8 +9,9 @@ h0/c0, each parameter) is compared with the reference; a tensor passes when
 
 The atol scales with the reference's magnitude because weight gradients summed over many steps are
 large and their summation-order noise grows with them, for torch.nn and fusedrnn alike. For a cell
-torch.nn lacks (IndRNN, LayerNormLSTM), its pure-PyTorch reference (fusedrnn.reference) takes
-torch.nn's place in all three runs. For a normalized cell (LayerNormLSTM), whose layer norms
+torch.nn lacks (IndRNN, LayerNormLSTM, LayerNormGRU), its pure-PyTorch reference
+(fusedrnn.reference) takes torch.nn's place in all three runs. For a normalized cell
+(LayerNormLSTM, LayerNormGRU), whose layer norms
 amplify a rounding by a factor that changes from input to input, torch.nn's error in the rule is the
 largest over its run and its runs on inputs a rounding or two away (NEARBY_STEPS), and the factor 2
 is RULE_FACTOR_NORMALIZED (measured there).

@@ -14,6 +14,35 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
+def perturbed_pair(cls, *args, **kwargs):
+    """(fused, reference): a module of a cell torch.nn lacks and its pure-PyTorch twin
+    (fusedrnn.reference) with the same fp64 weights, moved off their init so that no gain is 1
+    and no bias 0."""
+    from fusedrnn.reference import reference_module
+    torch.manual_seed(0)
+    reference = reference_module(cls)(*args, dtype=torch.float64, **kwargs)
+    with torch.no_grad():
+        for p in reference.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    fused = cls(*args, dtype=torch.float64, **kwargs)
+    fused.load_state_dict(reference.state_dict())
+    return fused, reference
+
+
+def penalty_grads(module, x, packed: bool, loss_of):
+    """Second derivatives through `module` (x (T=4, B=3, I)): d/d(x, parameters) of the squared
+    first derivatives of loss_of(output (its data where packed), states), with lengths 4, 2, 3
+    packed unsorted where `packed`."""
+    xs = x.clone().requires_grad_()
+    inp = (torch.nn.utils.rnn.pack_padded_sequence(xs, torch.tensor([4, 2, 3]),
+                                                   enforce_sorted=False) if packed else xs)
+    out, states = module(inp)
+    loss = loss_of(out.data if packed else out, states)
+    params = list(module.parameters())
+    first = torch.autograd.grad(loss, [xs, *params], create_graph=True)
+    return torch.autograd.grad(sum(g.square().sum() for g in first), [xs, *params])
+
+
 def forward(module, case: Case, x, hx, lengths):
     """Outputs of module as a list: output, [batch_sizes], h_n, [c_n]."""
     return list(verification.forward(module, case, x, hx, lengths).values())

@@ -60,13 +60,13 @@ TEAM_T, TEAM_B, TEAM_H, TEAM_P = 5, 13, 104, 40
 ROWS_TEAM_B = 19
 
 
-def _ops_forward_backward(cell, reverse, B=TEAM_B):
+def _ops_forward_backward(cell, reverse, B=TEAM_B, H=TEAM_H):
     """Every output of the layer op pair for the cell (verification's names: lstm_proj is LSTM
     with W_hr) on fixed random data, with unequal lengths (one row empty, one full) so blocks
     see active and inactive rows."""
     g = torch.Generator().manual_seed(0)
     randn = lambda *shape: torch.randn(*shape, generator=g)  # noqa: E731
-    T, H = TEAM_T, TEAM_H
+    T = TEAM_T
     lengths = torch.randint(0, T + 1, (B,), generator=g)
     lengths[0], lengths[1] = 0, T
     ops = torch.ops.fusedrnn
@@ -114,6 +114,29 @@ def test_thread_count_does_not_change_results(cell, reverse, split):
     # split by unit blocks: TEAM_B rows are too few to split by rows.)
     if not cell.startswith("indrnn") and not (spec_of(cell).normalized and split == "units"):
         check_teams_ran(before, 2, split)  # forward and backward
+
+
+@pytest.mark.parametrize("cell", [c for c in CELLS if spec_of(c).normalized])
+def test_normalised_step_splits_the_rows_of_a_large_weight(cell):
+    """A normalised step has no unit split, so its team splits the batch rows even where W_hh
+    is past the 2 MiB under which other cells' teams do (csrc/cpu/team.h, whole_rows): at
+    H = 432 (W_hh 2.2 MiB for 3 gates, 3 MiB for 4) the rows split 9 / 10, bitwise equal to one
+    worker."""
+    if torch.get_num_threads() < 2:
+        pytest.skip("needs 2 intra-op threads")
+    import fusedrnn.probes
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = _ops_forward_backward(cell, False, ROWS_TEAM_B, H=432)
+        torch.set_num_threads(2)
+        before = fusedrnn.probes.team_counts()
+        multi = _ops_forward_backward(cell, False, ROWS_TEAM_B, H=432)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(single, multi, strict=True):
+        assert torch.equal(a, b)
+    check_teams_ran(before, 2, "rows")
 
 
 @pytest.mark.parametrize("dissolve_at", [1, 2, 3, 5])

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from fusedrnn.layer_norm_lstm import LayerNormLSTM, from_haste_gate_order
 from fusedrnn.reference import reference_module
+from helpers import penalty_grads, perturbed_pair
 
 
 def haste_layer(x, h0, c0, kernel, recurrent_kernel, bias, gamma, gamma_h, beta_h):
@@ -70,16 +71,7 @@ def test_proj_size_refused():
 
 
 def _pair(**kwargs):
-    """The fused module and its pure-PyTorch reference with the same (perturbed, so that no
-    gain is 1 and no bias 0) fp64 weights."""
-    torch.manual_seed(0)
-    reference = reference_module(LayerNormLSTM)(3, 5, dtype=torch.float64, **kwargs)
-    with torch.no_grad():
-        for p in reference.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
-    fused = LayerNormLSTM(3, 5, dtype=torch.float64, **kwargs)
-    fused.load_state_dict(reference.state_dict())
-    return fused, reference
+    return perturbed_pair(LayerNormLSTM, 3, 5, **kwargs)
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"num_layers": 2, "bidirectional": True},
@@ -155,18 +147,11 @@ def test_second_derivatives_match_the_reference(packed):
     fused, reference = _pair(num_layers=2, bidirectional=True)
     x = torch.randn(4, 3, 3, dtype=torch.float64)
 
-    def penalty_grads(m):
-        xs = x.clone().requires_grad_()
-        inp = (torch.nn.utils.rnn.pack_padded_sequence(xs, torch.tensor([4, 2, 3]),
-                                                       enforce_sorted=False) if packed else xs)
-        out, (h_n, c_n) = m(inp)
-        out = out.data if packed else out
-        params = list(m.parameters())
-        loss = out.square().sum() + c_n.sin().sum()
-        first = torch.autograd.grad(loss, [xs, *params], create_graph=True)
-        return torch.autograd.grad(sum(g.square().sum() for g in first), [xs, *params])
+    def loss(out, states):
+        return out.square().sum() + states[1].sin().sum()
 
-    for got, want in zip(penalty_grads(fused), penalty_grads(reference), strict=True):
+    for got, want in zip(penalty_grads(fused, x, packed, loss),
+                         penalty_grads(reference, x, packed, loss), strict=True):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11)
 
 

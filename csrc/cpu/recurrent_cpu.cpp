@@ -106,8 +106,10 @@ TeamPlan plan_loop_team(bool can_split, int64_t num_blocks, const LayerSizes& sz
   const int64_t recurrent_macs = sz.B * cell.gates * sz.H * (cell.diagonal() ? 1 : sz.P);
   const TeamPlan plan =
       plan_team(can_split, num_blocks, sz.B, recurrent_macs + (proj ? sz.B * sz.P * sz.H : 0),
-                sz.T, backward, cell.diagonal() ? 0 : cell.gates, sizeof(S));
-  // A normalised step needs a row's every unit on one worker: no team split by unit blocks.
+                sz.T, backward, cell.diagonal() ? 0 : cell.gates, sizeof(S),
+                /*whole_rows=*/cell.normalized());
+  // A normalised step needs a row's every unit on one worker: a team splits its rows or none
+  // forms (fewer than 2 * kMinRowsPerWorker rows).
   if (cell.normalized() && !plan.split_rows) return {};
   return plan;
 }

@@ -337,14 +337,18 @@ inline bool rows_split_allowed() {
 // is a BLAS call (can_split false: BLAS threads itself and must not run inside our region), when
 // already inside a parallel region, when a step is too small to split, while the machine is busy
 // (usable_threads()), or where one worker has proved cheaper (TeamChoice). The workers split the
-// rows where each gets kMinRowsPerWorker and the weights are small enough; else the unit blocks.
+// rows where each gets kMinRowsPerWorker and the weights are small enough, or whatever their size
+// where the step needs whole rows (`whole_rows`: a normalised step, which has no unit split);
+// else the unit blocks.
 inline TeamPlan plan_team(bool can_split, int64_t num_blocks, int64_t rows, int64_t macs_per_step,
-                          int64_t steps, bool backward, int64_t gates, int64_t element_bytes) {
+                          int64_t steps, bool backward, int64_t gates, int64_t element_bytes,
+                          bool whole_rows) {
   if (!can_split || at::in_parallel_region()) return {};
   const int64_t by_work = std::max<int64_t>(1, macs_per_step / kMinStepMacsPerWorker);
   const int64_t threads = std::min<int64_t>(usable_threads(), by_work);
   const int64_t weight_bytes = rows > 0 ? macs_per_step / rows * element_bytes : 0;
-  const bool split_rows = rows_split_allowed() && weight_bytes <= kMaxRowSplitWeightBytes &&
+  const bool split_rows = rows_split_allowed() &&
+                          (whole_rows || weight_bytes <= kMaxRowSplitWeightBytes) &&
                           std::min(threads, rows / kMinRowsPerWorker) >= 2;
   const int64_t allowed =
       std::min(threads, split_rows ? rows / kMinRowsPerWorker : num_blocks);
