@@ -29,6 +29,17 @@ def perturbed_pair(cls, *args, **kwargs):
     return fused, reference
 
 
+def check_module_grads(module, x, names, check=torch.autograd.gradcheck):
+    """`check` (gradcheck or gradgradcheck) of module's (output, last state: c_n where the cell
+    has one, else h_n) as a function of x and the parameters `names`."""
+    def f(x, *params):
+        out, states = torch.func.functional_call(module, dict(zip(names, params)), (x,))
+        return out, states[-1] if isinstance(states, tuple) else states
+
+    params = [getattr(module, n).detach().clone().requires_grad_() for n in names]
+    assert check(f, (x, *params))
+
+
 def penalty_grads(module, x, packed: bool, loss_of):
     """Second derivatives through `module` (x (T=4, B=3, I)): d/d(x, parameters) of the squared
     first derivatives of loss_of(output (its data where packed), states), with lengths 4, 2, 3

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from fusedrnn.layer_norm_gru import LayerNormGRU, from_haste_gate_order
 from fusedrnn.reference import reference_module
-from helpers import penalty_grads, perturbed_pair
+from helpers import check_module_grads, penalty_grads, perturbed_pair
 
 
 def haste_layer(x, h0, kernel, recurrent_kernel, bias, recurrent_bias, gamma):
@@ -114,12 +114,7 @@ def test_gradcheck_fused_module():
     names = ["weight_hh_l0", "layer_norm_hh_weight_l0", "layer_norm_ih_weight_l0", "bias_hh_l0",
              "bias_ih_l0"]
 
-    def f(x, *params):
-        out, h_n = torch.func.functional_call(fused, dict(zip(names, params)), (x,))
-        return out, h_n
-
-    params = [getattr(fused, n).detach().clone().requires_grad_() for n in names]
-    assert torch.autograd.gradcheck(f, (x, *params))
+    check_module_grads(fused, x, names)
 
 
 def test_torch_compile_fullgraph_matches_eager():
@@ -162,9 +157,4 @@ def test_gradgradcheck_fused_module():
     x = torch.randn(3, 2, 3, dtype=torch.float64, requires_grad=True)
     names = ["weight_hh_l0", "layer_norm_ih_weight_l0", "bias_ih_l0"]
 
-    def f(x, *params):
-        out, h_n = torch.func.functional_call(fused, dict(zip(names, params)), (x,))
-        return out, h_n
-
-    params = [getattr(fused, n).detach().clone().requires_grad_() for n in names]
-    assert torch.autograd.gradgradcheck(f, (x, *params))
+    check_module_grads(fused, x, names, torch.autograd.gradgradcheck)

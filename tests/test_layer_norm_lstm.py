@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from fusedrnn.layer_norm_lstm import LayerNormLSTM, from_haste_gate_order
 from fusedrnn.reference import reference_module
-from helpers import penalty_grads, perturbed_pair
+from helpers import check_module_grads, penalty_grads, perturbed_pair
 
 
 def haste_layer(x, h0, c0, kernel, recurrent_kernel, bias, gamma, gamma_h, beta_h):
@@ -112,12 +112,7 @@ def test_gradcheck_fused_module():
     names = ["weight_hh_l0", "layer_norm_hh_weight_l0", "layer_norm_c_weight_l0",
              "layer_norm_c_bias_l0", "bias_hh_l0"]
 
-    def f(x, *params):
-        out, (h_n, c_n) = torch.func.functional_call(fused, dict(zip(names, params)), (x,))
-        return out, c_n
-
-    params = [getattr(fused, n).detach().clone().requires_grad_() for n in names]
-    assert torch.autograd.gradcheck(f, (x, *params))
+    check_module_grads(fused, x, names)
 
 
 def test_torch_compile_fullgraph_matches_eager():
@@ -160,9 +155,4 @@ def test_gradgradcheck_fused_module():
     x = torch.randn(3, 2, 3, dtype=torch.float64, requires_grad=True)
     names = ["weight_hh_l0", "layer_norm_ih_weight_l0", "layer_norm_c_bias_l0"]
 
-    def f(x, *params):
-        out, (h_n, c_n) = torch.func.functional_call(fused, dict(zip(names, params)), (x,))
-        return out, c_n
-
-    params = [getattr(fused, n).detach().clone().requires_grad_() for n in names]
-    assert torch.autograd.gradgradcheck(f, (x, *params))
+    check_module_grads(fused, x, names, torch.autograd.gradgradcheck)
