@@ -179,6 +179,29 @@ def test_emulated_cuda_op_matches_cpu_op(emulated, cell, reverse, ragged, B, dty
     check_against_cpu(emulated, case, dtype, seed=B + 10 * reverse)
 
 
+# The cells the persistent forward runs (an elementwise step, no projection).
+PERSISTENT_CELLS = [c for c in GATES if not spec_of(c).normalized and c != "lstm_proj"]
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES.values()), ids=list(DTYPES))
+@pytest.mark.parametrize("B", [1, 8])
+@pytest.mark.parametrize("ragged", [False, True], ids=["full", "lengths"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("cell", PERSISTENT_CELLS)
+def test_persistent_forward_matches_cpu_op(emulated, monkeypatch, cell, reverse, ragged, B,
+                                           dtype):
+    """The whole forward loop in one cooperative launch (FUSEDRNN_CUDA_PERSISTENT=1; the
+    emulation's 4 blocks own 10 of H = 40 units each and exchange h through a grid barrier per
+    step), against the CPU op as the per-step path is; backward stays per step. Removing the
+    barrier, or reading h_{t-1} from the other buffer, fails these."""
+    monkeypatch.setenv("FUSEDRNN_CUDA_PERSISTENT", "1")
+    before = emulated.persistent_forward_launches()
+    T = 6
+    case = OpCase(cell, T=T, B=B, reverse=reverse, lengths=ragged_lengths(T, B) if ragged else None)
+    check_against_cpu(emulated, case, dtype, seed=B + 10 * reverse)
+    assert emulated.persistent_forward_launches() > before, "the persistent forward did not run"
+
+
 # Gate pre-activation offsets (added to xproj) that make the state remember for hundreds of
 # steps: "forward" grows c to tens (forget gate ~0.993, i*g > 0) or keeps h (update gate
 # ~0.9975); "backward" carries d c back through f ~0.9975 with a small output gate.

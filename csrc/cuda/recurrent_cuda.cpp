@@ -16,6 +16,11 @@ class CudaDevice {
       : guard_(like.device()), stream_(at::cuda::getCurrentCUDAStream()) {}
   cudaStream_t stream() const { return stream_; }
   void check(cudaError_t err) const { C10_CUDA_CHECK(err); }
+  // One block per SM: resident whatever the kernel's registers, with up to 48 KiB of shared
+  // memory and 256 threads (what persistent_shape asks).
+  int64_t max_cooperative_blocks() const {
+    return at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  }
 
  private:
   c10::cuda::CUDAGuard guard_;

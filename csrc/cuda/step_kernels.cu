@@ -319,33 +319,90 @@ __device__ void backward_inactive_unit(const BackwardStep& p, int64_t b, int64_t
   if (j < P) out<S>(p.dh_prev)[b * P + j] = in<S>(p.dh)[b * P + j];
 }
 
+// Element (batch row b, unit j) of step p.at.s, W_hh h_{t-1} already in p.gh: the cell's step,
+// or the inactive path past the row's length.
 template <typename T, Cell C>
-__global__ void forward_kernel(ForwardStep p) {
+__device__ void forward_element(const ForwardStep& p, int64_t b, int64_t j) {
   using S = typename State<T>::type;
   constexpr int64_t G = spec(C).gates;
   const int64_t B = p.at.B, H = p.at.H, P = p.at.P, s = p.at.s;
-  FUSEDRNN_FOR_EACH_ELEMENT(B, H, b, j) {
-    const int64_t row = p.at.sched.slot(s, b) * B + b;
-    const bool h_lane = j < P;  // h rows are P wide (P <= H): threads j < P handle them
-    const WorkspaceRows<S> ws(p.ws, row, H);
-    S* hprev = static_cast<S*>(p.ws.hprev);
-    if (!p.at.sched.active(s, b)) {
-      forward_inactive_unit<T>(p, b, j, row, ws);
-      continue;
+  const int64_t row = p.at.sched.slot(s, b) * B + b;
+  const bool h_lane = j < P;  // h rows are P wide (P <= H): threads j < P handle them
+  const WorkspaceRows<S> ws(p.ws, row, H);
+  S* hprev = static_cast<S*>(p.ws.hprev);
+  if (!p.at.sched.active(s, b)) {
+    forward_inactive_unit<T>(p, b, j, row, ws);
+    return;
+  }
+  const S h_cur = h_lane ? in<S>(p.h_cur)[b * P + j] : S(0);
+  const ForwardElement<T, S> e{in<T>(p.x) + row * G * H, in<S>(p.gh) + b * G * H,
+                               in<T>(p.params), h_cur,
+                               p.c_cur ? in<S>(p.c_cur)[b * H + j] : S(0), ws.parts, j, H};
+  const ForwardResult<S> r = DeviceCell<C>::forward(e);
+  if (p.c_next) out<S>(p.c_next)[b * H + j] = r.c;
+  if (p.proj) {
+    out<S>(p.unprojected)[b * H + j] = r.h;
+  } else {
+    out<S>(p.h_next)[b * P + j] = r.h;
+    out<T>(p.out)[row * P + j] = stored<T>(r.h);
+  }
+  if (hprev && h_lane) hprev[row * P + j] = h_cur;
+}
+
+template <typename T, Cell C>
+__global__ void forward_kernel(ForwardStep p) {
+  FUSEDRNN_FOR_EACH_ELEMENT(p.at.B, p.at.H, b, j) forward_element<T, C>(p, b, j);
+}
+
+// The whole forward loop in one cooperative launch (PersistentForward). Block k owns the hidden
+// units [k U, (k + 1) U) and keeps their rows of W_hh (every gate's) in shared memory for all T
+// steps. Per step each thread takes elements (b, j) of the block's units: their recurrent
+// products from h_{t-1}, which every block wrote the step before, then the cell's step
+// (forward_element, as the per-step kernel); one grid barrier ends the step, after which h_t is
+// complete for every block to read.
+template <typename T, Cell C>
+__global__ void persistent_forward_kernel(PersistentForward q) {
+  using S = typename State<T>::type;
+  constexpr int64_t G = spec(C).gates;
+  constexpr bool kDiagonal = spec(C).diagonal();
+  const int64_t B = q.step.at.B, H = q.step.at.H, P = q.step.at.P, U = q.units_per_block;
+  const int64_t u0 = blockIdx.x * U, units = H - u0 < U ? (H > u0 ? H - u0 : 0) : U;
+  const int64_t width = kDiagonal ? 1 : P;  // of a W_hh row (u: one value)
+  S* w = dynamic_shared_memory<S>();  // (G, units, width): the block's rows of W_hh
+  const S* w_hh = in<S>(q.w_hh);
+  for (int64_t i = threadIdx.x; i < G * units * width; i += blockDim.x) {
+    const int64_t k = i / (units * width), u = i / width % units, c = i % width;
+    w[i] = w_hh[(k * H + u0 + u) * width + c];
+  }
+  __syncthreads();
+  ForwardStep p = q.step;
+  S* gh = out<S>(q.gh);  // each element's products, written and read by its own thread
+  for (int64_t s = 0; s < q.T; ++s) {
+    p.at.s = s;
+    p.h_cur = q.h[s & 1];
+    p.h_next = q.h[(s + 1) & 1];
+    p.c_cur = q.c[s & 1];
+    p.c_next = q.c[(s + 1) & 1];
+    const S* h = in<S>(p.h_cur);
+    for (int64_t i = threadIdx.x; i < B * units; i += blockDim.x) {
+      const int64_t b = i / units, u = i % units, j = u0 + u;
+      if (p.at.sched.active(s, b)) {  // (an inactive row's step reads no product)
+        for (int64_t k = 0; k < G; ++k) {
+          const S* w_row = w + (k * units + u) * width;
+          S acc = S(0);
+          // h_{t-1} comes from other blocks (other SMs, whose writes an L1 line cached here
+          // steps ago would hide): loaded past L1. (The diagonal reads the block's own unit.)
+          if constexpr (kDiagonal) {
+            acc = w_row[0] * h[b * H + j];
+          } else {
+            for (int64_t c = 0; c < P; ++c) acc += w_row[c] * __ldcg(h + b * P + c);
+          }
+          gh[b * G * H + k * H + j] = acc;
+        }
+      }
+      forward_element<T, C>(p, b, j);
     }
-    const S h_cur = h_lane ? in<S>(p.h_cur)[b * P + j] : S(0);
-    const ForwardElement<T, S> e{in<T>(p.x) + row * G * H, in<S>(p.gh) + b * G * H,
-                                 in<T>(p.params), h_cur,
-                                 p.c_cur ? in<S>(p.c_cur)[b * H + j] : S(0), ws.parts, j, H};
-    const ForwardResult<S> r = DeviceCell<C>::forward(e);
-    if (p.c_next) out<S>(p.c_next)[b * H + j] = r.c;
-    if (p.proj) {
-      out<S>(p.unprojected)[b * H + j] = r.h;
-    } else {
-      out<S>(p.h_next)[b * P + j] = r.h;
-      out<T>(p.out)[row * P + j] = stored<T>(r.h);
-    }
-    if (hprev && h_lane) hprev[row * P + j] = h_cur;
+    grid_sync();  // h_t (and c_t) complete before any block reads them
   }
 }
 
@@ -524,10 +581,38 @@ cudaError_t backward_projection_step(const BackwardProjectionStep& p, Dtype dtyp
                                          stream);
 }
 
+// A persistent forward's kernel for the storage dtype (cooperative; PersistentForward).
+template <Cell C>
+cudaError_t persistent_forward(const PersistentForward& q, int64_t blocks, int threads,
+                               size_t shared_bytes, Dtype dtype, cudaStream_t stream) {
+  if constexpr (spec(C).normalized()) {  // a normalised step needs whole rows: not this kernel
+    return cudaErrorInvalidValue;
+  } else {
+    const dim3 grid(static_cast<unsigned>(blocks)), block(threads);
+    switch (dtype) {
+      case Dtype::Float:
+        return launch_cooperative(&persistent_forward_kernel<float, C>, grid, block,
+                                  shared_bytes, stream, q);
+      case Dtype::Double:
+        return launch_cooperative(&persistent_forward_kernel<double, C>, grid, block,
+                                  shared_bytes, stream, q);
+      case Dtype::Half:
+        return launch_cooperative(&persistent_forward_kernel<__half, C>, grid, block,
+                                  shared_bytes, stream, q);
+      case Dtype::BFloat16:
+        return launch_cooperative(&persistent_forward_kernel<__nv_bfloat16, C>, grid, block,
+                                  shared_bytes, stream, q);
+    }
+  }
+  return cudaErrorInvalidValue;
+}
+
 // The cells' kernels (one line per cell).
 #define FUSEDRNN_CELL_STEPS(cell)                                                          \
   template cudaError_t forward_step<cell>(const ForwardStep&, Dtype, cudaStream_t);      \
-  template cudaError_t backward_step<cell>(const BackwardStep&, Dtype, cudaStream_t)
+  template cudaError_t backward_step<cell>(const BackwardStep&, Dtype, cudaStream_t);    \
+  template cudaError_t persistent_forward<cell>(const PersistentForward&, int64_t, int,  \
+                                                size_t, Dtype, cudaStream_t)
 FUSEDRNN_CELL_STEPS(Cell::RnnTanh);
 FUSEDRNN_CELL_STEPS(Cell::RnnRelu);
 FUSEDRNN_CELL_STEPS(Cell::Gru);

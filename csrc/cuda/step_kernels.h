@@ -100,10 +100,28 @@ struct BackwardStep {
                             //   (step_param_grad_rows), else nullptr
 };
 
+// A layer-direction's whole forward loop in one cooperative launch (a cell whose step is
+// elementwise: not normalised; no projection): `blocks` blocks of `threads`, each owning
+// units_per_block hidden units and their W_hh rows, G * units_per_block * (P, or 1 for a diagonal
+// recurrence) state values in `shared_bytes` of shared memory. The per-step fields of `step`
+// (at.s, h_cur/h_next, c_cur/c_next) are the kernel's; step.gh is `gh`.
+struct PersistentForward {
+  ForwardStep step;
+  int64_t T;
+  void* gh;                  // [state] (B, G*H) scratch: the recurrent products of a step
+  const void* w_hh;          // [state] (G*H, P), or (G*H) for a diagonal recurrence
+  void* h[2];                // [state] (B, P) each: h_{t-1} / h_t by step parity; h[0] = h0
+  void* c[2];                // [state] (B, H) each, cells with a cell state; else nullptr
+  int64_t units_per_block;
+};
+
 template <Cell C>
 cudaError_t forward_step(const ForwardStep& p, Dtype dtype, cudaStream_t stream);
 template <Cell C>
 cudaError_t backward_step(const BackwardStep& p, Dtype dtype, cudaStream_t stream);
+template <Cell C>
+cudaError_t persistent_forward(const PersistentForward& q, int64_t blocks, int threads,
+                               size_t shared_bytes, Dtype dtype, cudaStream_t stream);
 cudaError_t projection_step(const ProjectionStep& p, Dtype dtype, cudaStream_t stream);
 cudaError_t backward_projection_step(const BackwardProjectionStep& p, Dtype dtype,
                                      cudaStream_t stream);

@@ -11,8 +11,9 @@
 //   CudaDevice (recurrent_cuda.cpp): CUDA tensors, real launches on the current stream;
 //   EmulatedDevice (csrc/emulation/emulated_ops.cpp, tests only): CPU tensors, the same kernels
 //     run by the SIMT emulation and the GEMMs by torch on the CPU.
-// A Device is constructed from a tensor of the op (device guard), and has stream() and
-// check(cudaError_t) (raises with the error's text).
+// A Device is constructed from a tensor of the op (device guard), and has stream(),
+// check(cudaError_t) (raises with the error's text) and max_cooperative_blocks() (how many blocks
+// of a persistent kernel are resident at once).
 //
 // fp16/bf16 storage: h, c, d h, d c, the recurrent GEMMs and the workspaces saved for backward
 // are float ("state" buffers of step_kernels.h), with W_hh / W_hr cast to float once per call;
@@ -22,8 +23,12 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <array>
+#include <atomic>
+#include <cstdlib>
 #include <optional>
+#include <string_view>
 #include <tuple>
 
 #include "../op_helpers.h"
@@ -140,6 +145,41 @@ inline StepWorkspace step_workspace(const CellSpec& cell, const std::vector<Tens
 
 // ============================================================================ forward
 
+// The launch shape of a persistent forward (PersistentForward), none (blocks 0) where it does not
+// apply: a normalised step (whole rows) or a projection, or W_hh too large for the blocks' shared
+// memory. As many blocks as the device keeps resident at once (max_blocks), each owning `units`
+// hidden units and their W_hh rows.
+struct PersistentShape {
+  int64_t blocks = 0, units = 0;
+  int threads = 0;
+  size_t shared_bytes = 0;
+};
+// Shared memory a block may use without opting in to more (every CUDA GPU since sm_20 has it).
+constexpr size_t kPersistentSharedBytes = 48 * 1024;
+
+template <Cell C>
+PersistentShape persistent_shape(const LayerSizes& sz, bool proj, size_t state_bytes,
+                                 int64_t max_blocks) {
+  constexpr CellSpec cell = spec(C);
+  if (cell.normalized() || proj || sz.B == 0 || sz.H == 0 || max_blocks < 1) return {};
+  const int64_t units = (sz.H + max_blocks - 1) / max_blocks;
+  const int64_t width = cell.diagonal() ? 1 : sz.P;
+  const size_t shared = static_cast<size_t>(cell.gates * units * width) * state_bytes;
+  if (shared > kPersistentSharedBytes) return {};
+  const int64_t elements = sz.B * units;  // a block's (row, unit) elements per step
+  const int threads = static_cast<int>(std::min<int64_t>(256, (elements + 31) / 32 * 32));
+  return {(sz.H + units - 1) / units, units, threads, shared};
+}
+
+// Persistent forward launches so far (the emulation's tests read it: the path they check ran).
+inline std::atomic<int64_t> persistent_forward_launches{0};
+
+// The persistent forward is opt-in (FUSEDRNN_CUDA_PERSISTENT=1) until timed on a GPU.
+inline bool persistent_forward_enabled() {
+  const char* value = std::getenv("FUSEDRNN_CUDA_PERSISTENT");
+  return value != nullptr && std::string_view(value) == "1";
+}
+
 // One layer and direction of cell C: per step the recurrent product (recurrent_product), the
 // cell's step kernel, and where h is projected the W_hr GEMM and the projection kernel.
 template <typename Device, Cell C>
@@ -184,7 +224,23 @@ TimeLoopForwardResult forward(const ForwardArgs& a) {
   p.out = output.data_ptr();
   p.unprojected = data_or_null(unprojected);
   p.ws = step_workspace(cell, saved);
-  for (int64_t s = 0; s < T; ++s) {
+  const PersistentShape persistent =
+      persistent_forward_enabled()
+          ? persistent_shape<C>(sz, proj, state.dtype().itemsize(), device.max_cooperative_blocks())
+          : PersistentShape{};
+  if (persistent.blocks > 0 && T > 0) {  // one launch for every step
+    const PersistentForward q{p,
+                              T,
+                              pre_h.data_ptr(),
+                              w_hh.data_ptr(),
+                              {h.data(0), h.data(1)},
+                              {c ? c->data(0) : nullptr, c ? c->data(1) : nullptr},
+                              persistent.units};
+    device.check(persistent_forward<C>(q, persistent.blocks, persistent.threads,
+                                       persistent.shared_bytes, dtype, device.stream()));
+    persistent_forward_launches.fetch_add(1, std::memory_order_relaxed);
+  }
+  for (int64_t s = 0; s < T && persistent.blocks == 0; ++s) {
     recurrent_product<cell.recurrence>(pre_h, h.slot(s), w_hh);
     p.at.s = s;
     p.h_cur = h.data(s);

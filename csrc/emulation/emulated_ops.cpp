@@ -16,6 +16,8 @@ struct EmulatedDevice {
                 like.device());
   }
   cudaStream_t stream() const { return nullptr; }
+  // Few blocks (an OS thread each in a cooperative launch), so that each owns several units.
+  int64_t max_cooperative_blocks() const { return 4; }
   void check(cudaError_t err) const {
     TORCH_CHECK(err == cudaSuccess, "fusedrnn_emulated: kernel launch failed: ",
                 cudaGetErrorString(err));
@@ -26,6 +28,9 @@ struct EmulatedDevice {
 
 TORCH_LIBRARY_FRAGMENT(fusedrnn_emulated, m) {
   for (const char* schema : kTimeLoopSchemas) m.def(schema);
+  // How many persistent forwards (one launch a loop) the emulated ops have run.
+  m.def("persistent_forward_launches() -> int",
+        [] { return loops::persistent_forward_launches.load(); });
 }
 
 TORCH_LIBRARY_IMPL(fusedrnn_emulated, CPU, m) {

@@ -108,6 +108,11 @@ template <typename T>
 inline T __ldg(const T* p) {
   return *p;
 }
+// A load that bypasses L1 (ld.global.cg): the emulation has no caches to bypass.
+template <typename T>
+inline T __ldcg(const T* p) {
+  return *p;
+}
 
 // ---------------------------------------------------------------------------------- the engine
 
