@@ -434,34 +434,92 @@ __global__ void backward_projection_kernel(BackwardProjectionStep p) {
   }
 }
 
+// Element (b, j) of backward step p.at.s: the cell's backward, writing d gates to p.grad_step
+// and the direct part of d h_{t-1} (the recurrent product adds the rest), or the inactive path.
 template <typename T, Cell C>
-__global__ void backward_kernel(BackwardStep p) {
+__device__ void backward_element(const BackwardStep& p, int64_t b, int64_t j) {
   using S = typename State<T>::type;
   constexpr int64_t G = spec(C).gates;
   const int64_t B = p.at.B, H = p.at.H, P = p.at.P, s = p.at.s;
-  FUSEDRNN_FOR_EACH_ELEMENT(B, H, b, j) {
-    const bool h_lane = j < P;
-    const int64_t row = p.at.sched.slot(s, b) * B + b;
-    if (!p.at.sched.active(s, b)) {
-      backward_inactive_unit<T, S, C>(p, b, j, row);
-      continue;
+  const bool h_lane = j < P;
+  const int64_t row = p.at.sched.slot(s, b) * B + b;
+  if (!p.at.sched.active(s, b)) {
+    backward_inactive_unit<T, S, C>(p, b, j, row);
+    return;
+  }
+  S* gs = out<S>(p.grad_step) + b * G * H;
+  T* gx = out<T>(p.grad_x) + row * G * H;
+  T* ghp = p.grad_hproj ? out<T>(p.grad_hproj) + row * G * H : nullptr;
+  const WorkspaceRows<S> ws(p.ws, row, H);
+  const S grad_h = p.proj ? in<S>(p.grad_unproj)[b * H + j]
+                          : to_state(in<T>(p.grad_out)[row * P + j]) + in<S>(p.dh)[b * P + j];
+  const BackwardElement<S> e{ws.parts, h_lane ? in<S>(p.ws.hprev)[row * P + j] : S(0), grad_h,
+                             p.dc ? out<S>(p.dc) + b * H + j : nullptr, j, H};
+  const BackwardResult<S> r = DeviceCell<C>::backward(e);
+  for (int64_t k = 0; k < G; ++k) {
+    gs[k * H + j] = r.step[k];
+    gx[k * H + j] = stored<T>(r.x[k]);
+    if (ghp) ghp[k * H + j] = stored<T>(r.step[k]);
+  }
+  if (p.proj) out<S>(p.unprojected_all)[row * H + j] = r.unprojected;
+  if (h_lane) out<S>(p.dh_prev)[b * P + j] = r.h_prev;
+}
+
+template <typename T, Cell C>
+__global__ void backward_kernel(BackwardStep p) {
+  FUSEDRNN_FOR_EACH_ELEMENT(p.at.B, p.at.H, b, j) backward_element<T, C>(p, b, j);
+}
+
+// The whole backward loop in one cooperative launch (PersistentBackward), the mirror of
+// persistent_forward_kernel: block k owns the units [k U, (k + 1) U) and keeps W_hh's columns of
+// those units (every gate's rows) in shared memory. Per step: each element's backward (d gates
+// to this step's grad_step buffer, the direct part of d h_{t-1}), a grid barrier, then each
+// element adds its column's product with every unit's d gates, which other blocks wrote, to
+// d h_{t-1}. grad_step alternates between two buffers, so the next step's writes never meet
+// this step's reads: one barrier a step.
+template <typename T, Cell C>
+__global__ void persistent_backward_kernel(PersistentBackward q) {
+  using S = typename State<T>::type;
+  constexpr int64_t G = spec(C).gates;
+  constexpr bool kDiagonal = spec(C).diagonal();
+  const int64_t B = q.step.at.B, H = q.step.at.H, P = q.step.at.P, U = q.units_per_block;
+  const int64_t u0 = blockIdx.x * U, units = H - u0 < U ? (H > u0 ? H - u0 : 0) : U;
+  // Dense: (units, G*H), w[u][r] = W_hh[r][u0 + u]; diagonal: (G, units), the block's u.
+  S* w = dynamic_shared_memory<S>();
+  const S* w_hh = in<S>(q.w_hh);
+  if constexpr (kDiagonal) {
+    for (int64_t i = threadIdx.x; i < G * units; i += blockDim.x) {
+      w[i] = w_hh[i / units * H + u0 + i % units];
     }
-    S* gs = out<S>(p.grad_step) + b * G * H;
-    T* gx = out<T>(p.grad_x) + row * G * H;
-    T* ghp = p.grad_hproj ? out<T>(p.grad_hproj) + row * G * H : nullptr;
-    const WorkspaceRows<S> ws(p.ws, row, H);
-    const S grad_h = p.proj ? in<S>(p.grad_unproj)[b * H + j]
-                            : to_state(in<T>(p.grad_out)[row * P + j]) + in<S>(p.dh)[b * P + j];
-    const BackwardElement<S> e{ws.parts, h_lane ? in<S>(p.ws.hprev)[row * P + j] : S(0), grad_h,
-                               p.dc ? out<S>(p.dc) + b * H + j : nullptr, j, H};
-    const BackwardResult<S> r = DeviceCell<C>::backward(e);
-    for (int64_t k = 0; k < G; ++k) {
-      gs[k * H + j] = r.step[k];
-      gx[k * H + j] = stored<T>(r.x[k]);
-      if (ghp) ghp[k * H + j] = stored<T>(r.step[k]);
+  } else {
+    for (int64_t i = threadIdx.x; i < units * G * H; i += blockDim.x) {
+      w[i] = w_hh[i % (G * H) * P + u0 + i / (G * H)];
     }
-    if (p.proj) out<S>(p.unprojected_all)[row * H + j] = r.unprojected;
-    if (h_lane) out<S>(p.dh_prev)[b * P + j] = r.h_prev;
+  }
+  __syncthreads();
+  BackwardStep p = q.step;
+  for (int64_t step = 0; step < q.T; ++step) {
+    p.at.s = q.T - 1 - step;
+    p.dh = q.dh[step & 1];
+    p.dh_prev = q.dh[(step + 1) & 1];
+    p.grad_step = q.grad_step[step & 1];
+    for (int64_t i = threadIdx.x; i < B * units; i += blockDim.x) {
+      backward_element<T, C>(p, i / units, u0 + i % units);
+    }
+    grid_sync();  // every unit's d gates written before any block reads them
+    const S* gs = in<S>(p.grad_step);
+    S* dh_prev = out<S>(p.dh_prev);
+    for (int64_t i = threadIdx.x; i < B * units; i += blockDim.x) {
+      const int64_t b = i / units, u = i % units, j = u0 + u;
+      S acc = S(0);
+      if constexpr (kDiagonal) {
+        for (int64_t k = 0; k < G; ++k) acc += w[k * units + u] * gs[b * G * H + k * H + j];
+      } else {  // (other SMs wrote gs: loaded past L1)
+        const S* column = w + u * G * H;
+        for (int64_t r = 0; r < G * H; ++r) acc += column[r] * __ldcg(gs + b * G * H + r);
+      }
+      dh_prev[b * P + j] += acc;
+    }
   }
 }
 
@@ -607,12 +665,40 @@ cudaError_t persistent_forward(const PersistentForward& q, int64_t blocks, int t
   return cudaErrorInvalidValue;
 }
 
+// A persistent backward's kernel for the storage dtype (cooperative; PersistentBackward).
+template <Cell C>
+cudaError_t persistent_backward(const PersistentBackward& q, int64_t blocks, int threads,
+                                size_t shared_bytes, Dtype dtype, cudaStream_t stream) {
+  if constexpr (spec(C).normalized()) {  // a normalised step needs whole rows: not this kernel
+    return cudaErrorInvalidValue;
+  } else {
+    const dim3 grid(static_cast<unsigned>(blocks)), block(threads);
+    switch (dtype) {
+      case Dtype::Float:
+        return launch_cooperative(&persistent_backward_kernel<float, C>, grid, block,
+                                  shared_bytes, stream, q);
+      case Dtype::Double:
+        return launch_cooperative(&persistent_backward_kernel<double, C>, grid, block,
+                                  shared_bytes, stream, q);
+      case Dtype::Half:
+        return launch_cooperative(&persistent_backward_kernel<__half, C>, grid, block,
+                                  shared_bytes, stream, q);
+      case Dtype::BFloat16:
+        return launch_cooperative(&persistent_backward_kernel<__nv_bfloat16, C>, grid, block,
+                                  shared_bytes, stream, q);
+    }
+  }
+  return cudaErrorInvalidValue;
+}
+
 // The cells' kernels (one line per cell).
 #define FUSEDRNN_CELL_STEPS(cell)                                                          \
   template cudaError_t forward_step<cell>(const ForwardStep&, Dtype, cudaStream_t);      \
   template cudaError_t backward_step<cell>(const BackwardStep&, Dtype, cudaStream_t);    \
   template cudaError_t persistent_forward<cell>(const PersistentForward&, int64_t, int,  \
-                                                size_t, Dtype, cudaStream_t)
+                                                size_t, Dtype, cudaStream_t);            \
+  template cudaError_t persistent_backward<cell>(const PersistentBackward&, int64_t, int, \
+                                                 size_t, Dtype, cudaStream_t)
 FUSEDRNN_CELL_STEPS(Cell::RnnTanh);
 FUSEDRNN_CELL_STEPS(Cell::RnnRelu);
 FUSEDRNN_CELL_STEPS(Cell::Gru);

@@ -115,6 +115,18 @@ struct PersistentForward {
   int64_t units_per_block;
 };
 
+// Its backward (PersistentForward's conditions): the blocks own the same units and keep W_hh's
+// columns of them, G*H * units_per_block (or G * units_per_block) state values. The per-step
+// fields of `step` (at.s, dh/dh_prev, grad_step) are the kernel's.
+struct PersistentBackward {
+  BackwardStep step;
+  int64_t T;
+  const void* w_hh;          // [state] (G*H, P), or (G*H) for a diagonal recurrence
+  void* dh[2];               // [state] (B, P) each: d h_t / d h_{t-1} by step parity; dh[0] = d h_n
+  void* grad_step[2];        // [state] (B, G*H) each: a step's d gates, by step parity
+  int64_t units_per_block;
+};
+
 template <Cell C>
 cudaError_t forward_step(const ForwardStep& p, Dtype dtype, cudaStream_t stream);
 template <Cell C>
@@ -122,6 +134,9 @@ cudaError_t backward_step(const BackwardStep& p, Dtype dtype, cudaStream_t strea
 template <Cell C>
 cudaError_t persistent_forward(const PersistentForward& q, int64_t blocks, int threads,
                                size_t shared_bytes, Dtype dtype, cudaStream_t stream);
+template <Cell C>
+cudaError_t persistent_backward(const PersistentBackward& q, int64_t blocks, int threads,
+                                size_t shared_bytes, Dtype dtype, cudaStream_t stream);
 cudaError_t projection_step(const ProjectionStep& p, Dtype dtype, cudaStream_t stream);
 cudaError_t backward_projection_step(const BackwardProjectionStep& p, Dtype dtype,
                                      cudaStream_t stream);

@@ -145,10 +145,11 @@ inline StepWorkspace step_workspace(const CellSpec& cell, const std::vector<Tens
 
 // ============================================================================ forward
 
-// The launch shape of a persistent forward (PersistentForward), none (blocks 0) where it does not
-// apply: a normalised step (whole rows) or a projection, or W_hh too large for the blocks' shared
-// memory. As many blocks as the device keeps resident at once (max_blocks), each owning `units`
-// hidden units and their W_hh rows.
+// The launch shape of a persistent loop (PersistentForward / PersistentBackward), none (blocks 0)
+// where it does not apply: a normalised step (whole rows) or a projection, or W_hh too large for
+// the blocks' shared memory. As many blocks as the device keeps resident at once (max_blocks),
+// each owning `units` hidden units and their W_hh rows (forward) or columns (backward: as many
+// values, P = H without a projection).
 struct PersistentShape {
   int64_t blocks = 0, units = 0;
   int threads = 0;
@@ -171,11 +172,12 @@ PersistentShape persistent_shape(const LayerSizes& sz, bool proj, size_t state_b
   return {(sz.H + units - 1) / units, units, threads, shared};
 }
 
-// Persistent forward launches so far (the emulation's tests read it: the path they check ran).
-inline std::atomic<int64_t> persistent_forward_launches{0};
+// Persistent launches so far, forward and backward (the emulation's tests read it: the path
+// they check ran).
+inline std::atomic<int64_t> persistent_launches{0};
 
-// The persistent forward is opt-in (FUSEDRNN_CUDA_PERSISTENT=1) until timed on a GPU.
-inline bool persistent_forward_enabled() {
+// The persistent loops are opt-in (FUSEDRNN_CUDA_PERSISTENT=1) until timed on a GPU.
+inline bool persistent_enabled() {
   const char* value = std::getenv("FUSEDRNN_CUDA_PERSISTENT");
   return value != nullptr && std::string_view(value) == "1";
 }
@@ -225,7 +227,7 @@ TimeLoopForwardResult forward(const ForwardArgs& a) {
   p.unprojected = data_or_null(unprojected);
   p.ws = step_workspace(cell, saved);
   const PersistentShape persistent =
-      persistent_forward_enabled()
+      persistent_enabled()
           ? persistent_shape<C>(sz, proj, state.dtype().itemsize(), device.max_cooperative_blocks())
           : PersistentShape{};
   if (persistent.blocks > 0 && T > 0) {  // one launch for every step
@@ -238,7 +240,7 @@ TimeLoopForwardResult forward(const ForwardArgs& a) {
                               persistent.units};
     device.check(persistent_forward<C>(q, persistent.blocks, persistent.threads,
                                        persistent.shared_bytes, dtype, device.stream()));
-    persistent_forward_launches.fetch_add(1, std::memory_order_relaxed);
+    persistent_launches.fetch_add(1, std::memory_order_relaxed);
   }
   for (int64_t s = 0; s < T && persistent.blocks == 0; ++s) {
     recurrent_product<cell.recurrence>(pre_h, h.slot(s), w_hh);
@@ -318,7 +320,23 @@ TimeLoopBackwardResult backward(const BackwardArgs& a) {
   p.grad_x = grad_xproj.data_ptr();
   p.grad_hproj = data_or_null(grad_hproj);
   p.unprojected_all = data_or_null(unprojected_all);
-  for (int64_t step = 0; step < T; ++step) {
+  const PersistentShape persistent =
+      persistent_enabled()
+          ? persistent_shape<C>(sz, proj, state.dtype().itemsize(), device.max_cooperative_blocks())
+          : PersistentShape{};
+  if (persistent.blocks > 0 && T > 0) {  // one launch for every step
+    Tensor grad_steps = at::empty({2, B, G * H}, state);  // by step parity
+    const PersistentBackward q{p,
+                               T,
+                               w_hh.data_ptr(),
+                               {carry.data(0), carry.data(1)},
+                               {grad_steps[0].data_ptr(), grad_steps[1].data_ptr()},
+                               persistent.units};
+    device.check(persistent_backward<C>(q, persistent.blocks, persistent.threads,
+                                        persistent.shared_bytes, dtype, device.stream()));
+    persistent_launches.fetch_add(1, std::memory_order_relaxed);
+  }
+  for (int64_t step = 0; step < T && persistent.blocks == 0; ++step) {
     const int64_t s = T - 1 - step;
     if (proj) {
       const BackwardProjectionStep q{{sched, s, B, H, P}, grad_output.data_ptr(),

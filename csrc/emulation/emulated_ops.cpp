@@ -28,9 +28,8 @@ struct EmulatedDevice {
 
 TORCH_LIBRARY_FRAGMENT(fusedrnn_emulated, m) {
   for (const char* schema : kTimeLoopSchemas) m.def(schema);
-  // How many persistent forwards (one launch a loop) the emulated ops have run.
-  m.def("persistent_forward_launches() -> int",
-        [] { return loops::persistent_forward_launches.load(); });
+  // How many persistent loops (one launch a loop, forward or backward) the emulated ops ran.
+  m.def("persistent_launches() -> int", [] { return loops::persistent_launches.load(); });
 }
 
 TORCH_LIBRARY_IMPL(fusedrnn_emulated, CPU, m) {
