@@ -192,9 +192,9 @@ def test_persistent_loops_match_cpu_op(emulated, monkeypatch, cell, reverse, rag
     """The whole forward loop, and the whole backward loop, each in one cooperative launch
     (FUSEDRNN_CUDA_PERSISTENT=1; the emulation's 4 blocks own 10 of H = 40 units each and
     exchange h, or d gates, through a grid barrier per step), against the CPU op as the per-step
-    path is. Removing either loop's grid barrier, reading h_{t-1} from the other buffer or
-    keeping one d gates buffer fails the dense cells' cases (128 of 192; IndRNN's units
-    exchange nothing)."""
+    path is. Each of these fails 128 to 192 of the 192: removing the forward's or the backward's
+    grid barrier or the backward's block barrier, reading h_{t-1} from the other buffer,
+    keeping one d gates buffer."""
     monkeypatch.setenv("FUSEDRNN_CUDA_PERSISTENT", "1")
     before = emulated.persistent_launches()
     T = 6

@@ -354,12 +354,19 @@ __global__ void forward_kernel(ForwardStep p) {
   FUSEDRNN_FOR_EACH_ELEMENT(p.at.B, p.at.H, b, j) forward_element<T, C>(p, b, j);
 }
 
+// The sum of v over a warp's 32 lanes, returned to every lane (the warp's lanes all call it).
+template <typename S>
+__device__ __forceinline__ S warp_sum(S v) {
+  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
 // The whole forward loop in one cooperative launch (PersistentForward). Block k owns the hidden
 // units [k U, (k + 1) U) and keeps their rows of W_hh (every gate's) in shared memory for all T
-// steps. Per step each thread takes elements (b, j) of the block's units: their recurrent
-// products from h_{t-1}, which every block wrote the step before, then the cell's step
-// (forward_element, as the per-step kernel); one grid barrier ends the step, after which h_t is
-// complete for every block to read.
+// steps. Per step each warp takes elements (b, j) of the block's units: their recurrent products
+// from h_{t-1}, which every block wrote the step before (the lanes sharing each dot product),
+// then the cell's step (forward_element, as the per-step kernel); one grid barrier ends the
+// step, after which h_t is complete for every block to read.
 template <typename T, Cell C>
 __global__ void persistent_forward_kernel(PersistentForward q) {
   using S = typename State<T>::type;
@@ -384,23 +391,28 @@ __global__ void persistent_forward_kernel(PersistentForward q) {
     p.c_cur = q.c[s & 1];
     p.c_next = q.c[(s + 1) & 1];
     const S* h = in<S>(p.h_cur);
-    for (int64_t i = threadIdx.x; i < B * units; i += blockDim.x) {
-      const int64_t b = i / units, u = i % units, j = u0 + u;
-      if (p.at.sched.active(s, b)) {  // (an inactive row's step reads no product)
-        for (int64_t k = 0; k < G; ++k) {
-          const S* w_row = w + (k * units + u) * width;
-          S acc = S(0);
-          // h_{t-1} comes from other blocks (other SMs, whose writes an L1 line cached here
-          // steps ago would hide): loaded past L1. (The diagonal reads the block's own unit.)
-          if constexpr (kDiagonal) {
-            acc = w_row[0] * h[b * H + j];
-          } else {
-            for (int64_t c = 0; c < P; ++c) acc += w_row[c] * __ldcg(h + b * P + c);
-          }
-          gh[b * G * H + k * H + j] = acc;
-        }
+    // A warp per element (b, j): its lanes share each dot product's P terms, then lane 0 runs
+    // the element's step.
+    for (int64_t i = threadIdx.x / 32; i < B * units; i += blockDim.x / 32) {
+      const int64_t b = i / units, u = i % units, j = u0 + u, lane = threadIdx.x % 32;
+      if (!p.at.sched.active(s, b)) {  // (an inactive row's step reads no product)
+        if (lane == 0) forward_element<T, C>(p, b, j);
+        continue;
       }
-      forward_element<T, C>(p, b, j);
+      for (int64_t k = 0; k < G; ++k) {
+        const S* w_row = w + (k * units + u) * width;
+        S acc = S(0);
+        // h_{t-1} comes from other blocks (other SMs, whose writes an L1 line cached here
+        // steps ago would hide): loaded past L1. (The diagonal reads the block's own unit.)
+        if constexpr (kDiagonal) {
+          acc = lane == 0 ? w_row[0] * h[b * H + j] : S(0);
+        } else {
+          for (int64_t c = lane; c < P; c += 32) acc += w_row[c] * __ldcg(h + b * P + c);
+        }
+        acc = warp_sum(acc);
+        if (lane == 0) gh[b * G * H + k * H + j] = acc;
+      }
+      if (lane == 0) forward_element<T, C>(p, b, j);
     }
     grid_sync();  // h_t (and c_t) complete before any block reads them
   }
@@ -474,8 +486,8 @@ __global__ void backward_kernel(BackwardStep p) {
 // persistent_forward_kernel: block k owns the units [k U, (k + 1) U) and keeps W_hh's columns of
 // those units (every gate's rows) in shared memory. Per step: each element's backward (d gates
 // to this step's grad_step buffer, the direct part of d h_{t-1}), a grid barrier, then each
-// element adds its column's product with every unit's d gates, which other blocks wrote, to
-// d h_{t-1}. grad_step alternates between two buffers, so the next step's writes never meet
+// element's warp adds its column's product with every unit's d gates, which other blocks wrote,
+// to d h_{t-1}. grad_step alternates between two buffers, so the next step's writes never meet
 // this step's reads: one barrier a step.
 template <typename T, Cell C>
 __global__ void persistent_backward_kernel(PersistentBackward q) {
@@ -509,17 +521,19 @@ __global__ void persistent_backward_kernel(PersistentBackward q) {
     grid_sync();  // every unit's d gates written before any block reads them
     const S* gs = in<S>(p.grad_step);
     S* dh_prev = out<S>(p.dh_prev);
-    for (int64_t i = threadIdx.x; i < B * units; i += blockDim.x) {
-      const int64_t b = i / units, u = i % units, j = u0 + u;
+    for (int64_t i = threadIdx.x / 32; i < B * units; i += blockDim.x / 32) {  // a warp each
+      const int64_t b = i / units, u = i % units, j = u0 + u, lane = threadIdx.x % 32;
       S acc = S(0);
       if constexpr (kDiagonal) {
-        for (int64_t k = 0; k < G; ++k) acc += w[k * units + u] * gs[b * G * H + k * H + j];
+        for (int64_t k = lane; k < G; k += 32) acc += w[k * units + u] * gs[b * G * H + k * H + j];
       } else {  // (other SMs wrote gs: loaded past L1)
         const S* column = w + u * G * H;
-        for (int64_t r = 0; r < G * H; ++r) acc += column[r] * __ldcg(gs + b * G * H + r);
+        for (int64_t r = lane; r < G * H; r += 32) acc += column[r] * __ldcg(gs + b * G * H + r);
       }
-      dh_prev[b * P + j] += acc;
+      acc = warp_sum(acc);
+      if (lane == 0) dh_prev[b * P + j] += acc;
     }
+    __syncthreads();  // d h_{t-1} complete before the next step's threads, not these, read it
   }
 }
 

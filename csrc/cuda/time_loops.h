@@ -167,8 +167,8 @@ PersistentShape persistent_shape(const LayerSizes& sz, bool proj, size_t state_b
   const int64_t width = cell.diagonal() ? 1 : sz.P;
   const size_t shared = static_cast<size_t>(cell.gates * units * width) * state_bytes;
   if (shared > kPersistentSharedBytes) return {};
-  const int64_t elements = sz.B * units;  // a block's (row, unit) elements per step
-  const int threads = static_cast<int>(std::min<int64_t>(256, (elements + 31) / 32 * 32));
+  const int64_t elements = sz.B * units;  // a block's (row, unit) elements per step: a warp each
+  const int threads = static_cast<int>(32 * std::min<int64_t>(8, elements));
   return {(sz.H + units - 1) / units, units, threads, shared};
 }
 
