@@ -14,6 +14,10 @@
 #   initcheck   compute-sanitizer initcheck on the same workload, likewise
 #   verify      python -m fusedrnn verify --device cuda --quick
 #   bench_*     python -m fusedrnn bench --grid quick --device cuda, float32 and bfloat16
+#   persistent  the persistent loops (FUSEDRNN_CUDA_PERSISTENT=1): tests/test_cuda.py and the
+#               equivalence grid's fp32 cuda cases up to 2 layers on them, then
+#               bench/persistent_timing.py
+#               (persistent vs per-step vs cuDNN, T=300, LSTM/GRU/RNN, B 1 and 16, H 32-256)
 #   tests_grid  the equivalence grid on CUDA, fp32, with the time that is left
 # (The emulation tests are CPU-only and run in CI.)
 # Every step runs even if an earlier one failed (except after a failed build), each under its
@@ -96,6 +100,9 @@ torch.cuda.synchronize(); print('time_loop_forward on', out[0].device, 'h_n', ou
     --budget 0.5 --json "$LOGS/bench-fp32.json"
   step bench_bf16 45 "$PY" -m fusedrnn bench --grid quick --device cuda --dtype bfloat16 \
     --budget 0.5 --json "$LOGS/bench-bf16.json"
+  step persistent 90 bash -c "FUSEDRNN_CUDA_PERSISTENT=1 '$PY' -m pytest tests/test_cuda.py \
+    tests/test_equivalence.py -q -rs -p no:cacheprovider -k 'cuda and not fp64 and not L3' && \
+    '$PY' bench/persistent_timing.py --budget 0.2 --json '$LOGS/persistent.json'"
   # Last, with what time is left: the equivalence grid on CUDA in fp32 (720 configurations).
   step tests_grid 150 "$PY" -m pytest tests/test_equivalence.py -q -p no:cacheprovider \
     -k "cuda and fp32" --junitxml="$LOGS/tests-grid.xml"
@@ -127,9 +134,10 @@ steps = []
 for line in open(os.path.join(logs, "steps.tsv")):
     name, status, seconds = line.rstrip("\n").split("\t")
     path = os.path.join(logs, f"{name}.log")
-    tail = open(path, errors="replace").read().splitlines()[-15:] if os.path.exists(path) else []
+    keep = 60 if name == "persistent" else 15  # (its timing table)
+    tail = open(path, errors="replace").read().splitlines()[-keep:] if os.path.exists(path) else []
     steps.append({"step": name, "status": status, "seconds": int(seconds), "log_tail": tail})
-ok = bool(steps) and all(s["status"] == "ok" for s in steps) and len(steps) == 9
+ok = bool(steps) and all(s["status"] == "ok" for s in steps) and len(steps) == 10
 sites = {tool: sanitizer_sites(tool) for tool in ("memcheck", "initcheck")}
 json.dump({"environment": env, "steps": steps, "sanitizer_sites": sites, "all_ok": ok},
           open(os.path.join(out, "results.json"), "w"), indent=1)
@@ -144,7 +152,7 @@ with open(os.path.join(out, "summary.md"), "w") as f:
             f.writelines(f"- {n} x {fn}\n" for fn, n in sorted(found.items(), key=lambda x: -x[1]))
     for s in steps:
         if s["status"] != "ok" or s["step"] in ("tests_cuda", "verify", "bench_fp32", "bench_bf16",
-                                                "tests_grid"):
+                                                "persistent", "tests_grid"):
             f.write(f"\n## {s['step']} ({s['status']}), last lines\n\n```\n" + "\n".join(s["log_tail"]) + "\n```\n")
 PY
 tar -czf "$OUT/logs.tar.gz" -C "$LOGS" .

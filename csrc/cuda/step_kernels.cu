@@ -399,18 +399,21 @@ __global__ void persistent_forward_kernel(PersistentForward q) {
         if (lane == 0) forward_element<T, C>(p, b, j);
         continue;
       }
-      for (int64_t k = 0; k < G; ++k) {
-        const S* w_row = w + (k * units + u) * width;
-        S acc = S(0);
-        // h_{t-1} comes from other blocks (other SMs, whose writes an L1 line cached here
-        // steps ago would hide): loaded past L1. (The diagonal reads the block's own unit.)
-        if constexpr (kDiagonal) {
-          acc = lane == 0 ? w_row[0] * h[b * H + j] : S(0);
-        } else {
-          for (int64_t c = lane; c < P; c += 32) acc += w_row[c] * __ldcg(h + b * P + c);
+      // Every gate's dot product in one pass over h_{t-1}, each value loaded once. h_{t-1}
+      // comes from other blocks (other SMs, whose writes an L1 line cached here steps ago
+      // would hide): loaded past L1. (The diagonal reads the block's own unit.)
+      S acc[G] = {};
+      if constexpr (kDiagonal) {
+        for (int64_t k = 0; k < G && lane == 0; ++k) acc[k] = w[k * units + u] * h[b * H + j];
+      } else {
+        for (int64_t c = lane; c < P; c += 32) {
+          const S h_c = __ldcg(h + b * P + c);
+          for (int64_t k = 0; k < G; ++k) acc[k] += w[(k * units + u) * width + c] * h_c;
         }
-        acc = warp_sum(acc);
-        if (lane == 0) gh[b * G * H + k * H + j] = acc;
+      }
+      for (int64_t k = 0; k < G; ++k) {
+        const S sum = warp_sum(acc[k]);
+        if (lane == 0) gh[b * G * H + k * H + j] = sum;
       }
       if (lane == 0) forward_element<T, C>(p, b, j);
     }
