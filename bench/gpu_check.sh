@@ -43,6 +43,9 @@ LOGS=$(mktemp -d)
 STEPS="$LOGS/steps.tsv"
 : > "$STEPS"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+# The fused kernels everywhere (fusedrnn/dispatch.py would hand small-H calls to cuDNN): this
+# check is of them.
+export FUSEDRNN_CUDA_PATH=fused
 
 # step NAME CAP COMMAND...: runs COMMAND with a time cap (never past the deadline); log in
 # $LOGS/NAME.log; one line "NAME status seconds" in $STEPS.

@@ -15,6 +15,8 @@ import torch
 
 import fusedrnn
 
+os.environ["FUSEDRNN_CUDA_PATH"] = "fused"  # the fused kernels, not the dispatch's cuDNN choice
+
 CONFIGS = [(cell, B, H) for cell in ("lstm", "gru", "rnn_tanh") for B in (1, 16)
            for H in (32, 64, 128, 256)]
 T, I = 300, 32

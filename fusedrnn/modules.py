@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
+from . import dispatch
 from .cells import CELL_OF_MODE
 from .functional import recurrent_stack
 from .reference import reference_stack
@@ -221,7 +222,21 @@ class _FusedRNNBase(nn.RNNBase):
             return self._torch_forward(input, hx)
         if _exporting_to_onnx():
             return _export_forward(self, input, hx)
+        if self._reference_step is None and self._runs_cudnn(input):
+            return self._torch_forward(input, hx)
         return self._forward(input, hx)
+
+    def _runs_cudnn(self, input) -> bool:
+        """Whether this call runs torch.nn's cuDNN call instead of the fused kernels
+        (fusedrnn.dispatch: on CUDA, where cuDNN's persistent kernel runs)."""
+        packed = isinstance(input, PackedSequence)
+        data = input.data if packed else input
+        if not data.is_cuda or torch.compiler.is_compiling():
+            return False
+        weights = self._current_weights()  # (also what torch.nn's forward reads)
+        needs_grad = torch.is_grad_enabled() and (
+            data.requires_grad or any(w.requires_grad for w in weights))
+        return dispatch.use_cudnn(self, data, packed, needs_grad)
 
     def _forward(self, input, hx, reference: bool = False):
         """forward on the fused stack, or with reference=True on the cell's pure-PyTorch

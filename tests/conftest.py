@@ -6,6 +6,10 @@ sys.path.insert(0, os.path.dirname(__file__))
 # (csrc/cpu/team.h, TeamChoice): the tests of team loops must get a team on any machine.
 # tests/test_cpu_kernels.py runs the learning itself in a fresh process without this.
 os.environ.setdefault("FUSEDRNN_TEAM_CHOICE", "rule")
+# On CUDA the modules run torch.nn's cuDNN call where its persistent kernel would (fusedrnn/
+# dispatch.py); the tests' CUDA cases are there to check the fused kernels. (tests/test_api.py
+# checks the rule itself.)
+os.environ.setdefault("FUSEDRNN_CUDA_PATH", "fused")
 # torch.compile's on-disk caches in a directory of this run: they key compiled graphs on the op
 # schemas, not on fusedrnn's build, so graphs compiled by another build of fusedrnn (a stale
 # fake kernel, an op that no longer exists) would be replayed instead of traced.

@@ -527,3 +527,39 @@ def test_lstm_hx_with_three_states_raises_like_torch():
     ref, fused = nn.LSTM(3, 4), fusedrnn.LSTM(3, 4)
     _raises_same(lambda: ref(x, (h, h, h)), lambda: fused(x, (h, h, h)))
 
+
+
+# ------------------------------------------------------------------- CUDA dispatch (the rule)
+
+def test_cuda_dispatch_follows_atens_persistent_small_h_rule():
+    """fusedrnn.dispatch.cudnn_persistent says where ATen runs cuDNN's persistent small-H
+    kernel (aten/src/ATen/native/cudnn/RNN.cpp, get_algo): its limits per mode, forward and
+    backward, and never with fp64, packed input, proj_size, an old cuDNN or GPU."""
+    from fusedrnn.dispatch import cudnn_persistent
+
+    def rule(mode, H, backward=False, dtype=torch.float32, proj=0, packed=False,
+             cudnn=90100, capability=(9, 0)):
+        return cudnn_persistent(mode, dtype, H, proj, packed, backward, cudnn, capability)
+
+    for mode, fwd, bwd in (("RNN_TANH", 384, 256), ("RNN_RELU", 384, 256), ("GRU", 192, 128),
+                           ("LSTM", 192, 128)):
+        assert rule(mode, fwd) and not rule(mode, fwd + 1)
+        assert rule(mode, bwd, backward=True) and not rule(mode, bwd + 1, backward=True)
+        for dtype in (torch.float16, torch.bfloat16):
+            assert rule(mode, 64, dtype=dtype)
+    assert not rule("LSTM", 64, dtype=torch.float64)
+    assert not rule("LSTM", 64, packed=True)
+    assert not rule("LSTM", 64, proj=16)
+    assert not rule("LSTM", 64, cudnn=8200) and not rule("LSTM", 64, cudnn=None)
+    assert not rule("LSTM", 64, capability=(5, 2))
+    assert not rule("INDRNN_TANH", 64)
+
+
+def test_cuda_dispatch_never_leaves_the_cpu_path(monkeypatch):
+    """Off CUDA the fused path runs whatever FUSEDRNN_CUDA_PATH says."""
+    from fusedrnn.dispatch import use_cudnn
+    lstm = fusedrnn.LSTM(4, 8)
+    for value in ("auto", "cudnn", "fused"):
+        monkeypatch.setenv("FUSEDRNN_CUDA_PATH", value)
+        assert not use_cudnn(lstm, torch.randn(3, 2, 4), packed=False, needs_grad=True)
+        assert not lstm._runs_cudnn(torch.randn(3, 2, 4))

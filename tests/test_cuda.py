@@ -81,3 +81,19 @@ def test_forward_backward_never_synchronizes_the_host(name, packed):
         (out.data if packed else out).sum().backward()
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_default_dispatch_runs_cudnn_where_its_persistent_kernel_would(monkeypatch):
+    """FUSEDRNN_CUDA_PATH=auto (the default outside the tests): an LSTM with H <= 192 on
+    unpacked fp32 input runs torch.nn's cuDNN call, bit for bit; H = 256 and packed input run
+    the fused kernels (fusedrnn/dispatch.py)."""
+    monkeypatch.setenv("FUSEDRNN_CUDA_PATH", "auto")
+    torch.manual_seed(0)
+    small, large = fusedrnn.LSTM(32, 64).cuda(), fusedrnn.LSTM(32, 256).cuda()
+    x = torch.randn(10, 4, 32, device="cuda")
+    with torch.no_grad():
+        assert small._runs_cudnn(x) and not large._runs_cudnn(x)
+        assert not small._runs_cudnn(pack_padded_sequence(x, torch.tensor([10, 9, 5, 2])))
+        ref = torch.nn.LSTM(32, 64).cuda()
+        ref.load_state_dict(small.state_dict())
+        torch.testing.assert_close(small(x)[0], ref(x)[0], rtol=0, atol=0)
