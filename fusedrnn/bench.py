@@ -17,9 +17,9 @@ import time
 
 import torch
 
-from . import floors, report
+from . import dispatch, floors, report
 from .verification import (
-    CELL_LOOP_CELLS, CELLS, Case, available_dtypes, compare, make_pair, worst)
+    CELL_LOOP_CELLS, CELLS, Case, available_dtypes, compare, make_pair, spec_of, worst)
 
 # (T, B, I, H)
 SEED_SIZE = (300, 1, 1, 32)          # the seeds' programs
@@ -62,22 +62,37 @@ class BenchConfig:
         return f"{self.cell} {shape} L={self.layers} {'bi' if self.bidirectional else 'uni'}"
 
 
-def expected_cudnn_algo(cfg: BenchConfig, bench_pass: str) -> str:
-    """The cuDNN algorithm class torch.nn is expected to use (torch's selection as recorded in
-    ../shared/GUIDE.md): persistent small-H for non-double, unpacked input (bench input is never
-    packed) when H <= 192 (LSTM/GRU forward), <= 128 (LSTM/GRU backward), <= 384 (RNN forward);
-    LSTM with proj_size always uses the standard algorithm. The RNN backward limit is not recorded.
+def expected_cudnn_algo(cfg: BenchConfig, bench_pass: str, cudnn_version: int | None = None,
+                        capability: tuple[int, int] | None = None) -> str:
+    """The cuDNN algorithm torch.nn runs on this configuration (bench input is never packed), by
+    ATen's rule (fusedrnn.dispatch.cudnn_persistent), for the cuDNN and GPU given or present.
     Against a persistent kernel the baseline is already fused, so ratios mean something else."""
-    def algo(persistent: bool | None) -> str:
-        return "?" if persistent is None else "persistent" if persistent else "standard"
+    if cudnn_version is None:
+        cudnn_version = torch.backends.cudnn.version()
+    if capability is None:
+        capability = torch.cuda.get_device_capability(cfg.device)
+    spec = spec_of(cfg.cell)
+    proj = 1 if cfg.cell == "lstm_proj" else 0
 
-    eligible = cfg.dtype != "float64" and cfg.cell != "lstm_proj"
-    rnn = cfg.cell.startswith("rnn")
-    fwd = eligible and cfg.H <= (384 if rnn else 192)
+    def algo(backward: bool) -> str:
+        persistent = spec.in_torch_nn and dispatch.cudnn_persistent(
+            spec.mode, getattr(torch, cfg.dtype), cfg.H, proj, False, backward, cudnn_version,
+            capability)
+        return "persistent" if persistent else "standard"
+
     if bench_pass == "fwd":
-        return algo(fwd)
-    bwd = None if rnn and eligible else eligible and cfg.H <= 128
-    return f"fwd {algo(fwd)}, bwd {algo(bwd)}"
+        return algo(False)
+    return f"fwd {algo(False)}, bwd {algo(True)}"
+
+
+def fused_path(cfg: BenchConfig, bench_pass: str) -> str:
+    """What fusedrnn's module runs for this configuration on CUDA: its fused kernels, or (by
+    fusedrnn.dispatch, FUSEDRNN_CUDA_PATH) torch.nn's cuDNN call."""
+    ref, fused = make_pair(cfg.case(), getattr(torch, cfg.dtype), cfg.device)
+    x = torch.empty(cfg.T, cfg.B, cfg.I, device=cfg.device, dtype=getattr(torch, cfg.dtype))
+    runs_cudnn = spec_of(cfg.cell).in_torch_nn and dispatch.use_cudnn(
+        fused, x, packed=False, needs_grad=bench_pass != "fwd")
+    return "cuDNN (dispatch)" if runs_cudnn else "fused"
 
 
 # A figure whose run-to-run spread (IQR / median, fused or torch.nn) exceeds this is flagged as
@@ -281,7 +296,7 @@ def table_rows(results: list[BenchResult]) -> tuple[list[str], list[list[str]]]:
     if on_cpu:
         columns += ["GEMM floor ms (shape sgemm / peak)", "fused at % of floor (sgemm / peak)"]
     if on_cuda:
-        columns.append("torch.nn cuDNN algo (expected)")
+        columns += ["torch.nn cuDNN algo (expected)", "fusedrnn ran"]
     rows = []
     for r in results:
         cfg = r.config
@@ -301,7 +316,7 @@ def table_rows(results: list[BenchResult]) -> tuple[list[str], list[list[str]]]:
                     f"{floor_percent(f['sgemm'], t.fused_ms, bound=False)} / "
                     f"{floor_percent(f['peak'], t.fused_ms, bound=True)}"]
             if on_cuda:
-                row.append(expected_cudnn_algo(cfg, bench_pass))
+                row += [expected_cudnn_algo(cfg, bench_pass), fused_path(cfg, bench_pass)]
             rows.append(row)
     return columns, rows
 
@@ -322,7 +337,8 @@ def to_json(results: list[BenchResult], args) -> dict:
             "timings": {p: dict(dataclasses.asdict(t), speedup=t.speedup, reliable=t.reliable)
                         for p, t in r.timings.items()},
             **({"gemm_floors_ms": r.floors} if r.floors else {}),
-            **({"cudnn_algo_expected": {p: expected_cudnn_algo(r.config, p) for p in PASSES}}
+            **({"cudnn_algo_expected": {p: expected_cudnn_algo(r.config, p) for p in PASSES},
+                "fusedrnn_ran": {p: fused_path(r.config, p) for p in PASSES}}
                if r.config.device.startswith("cuda") else {}),
         } for r in results],
     }

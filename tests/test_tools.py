@@ -114,13 +114,23 @@ def test_bench_plot_without_matplotlib_says_how_to_get_it(monkeypatch):
 
 
 def test_expected_cudnn_algo():
+    """ATen's rule (fusedrnn.dispatch) for a cuDNN 9.1 on an sm_90 GPU."""
+    def algo(cfg, bench_pass):
+        return bench.expected_cudnn_algo(cfg, bench_pass, 90100, (9, 0))
+
     cfg = bench.BenchConfig("lstm", 100, 32, 64, 128, device="cuda")
-    assert bench.expected_cudnn_algo(cfg, "fwd") == "persistent"
-    assert bench.expected_cudnn_algo(cfg, "fwd+bwd") == "fwd persistent, bwd persistent"
+    assert algo(cfg, "fwd") == "persistent"
+    assert algo(cfg, "fwd+bwd") == "fwd persistent, bwd persistent"
+    cfg.H = 160
+    assert algo(cfg, "fwd+bwd") == "fwd persistent, bwd standard"
     cfg.H = 256
-    assert bench.expected_cudnn_algo(cfg, "fwd") == "standard"
+    assert algo(cfg, "fwd") == "standard"
     cfg.dtype, cfg.H = "float64", 32
-    assert bench.expected_cudnn_algo(cfg, "fwd") == "standard"
+    assert algo(cfg, "fwd") == "standard"
+    assert algo(bench.BenchConfig("rnn_tanh", 10, 4, 8, 256), "fwd+bwd") == \
+        "fwd persistent, bwd persistent"
+    assert algo(bench.BenchConfig("lstm_proj", 10, 4, 8, 32), "fwd") == "standard"
+    assert algo(bench.BenchConfig("indrnn_tanh", 10, 4, 8, 32), "fwd") == "standard"
 
 
 def test_console_entry_points():
