@@ -354,6 +354,16 @@ __global__ void forward_kernel(ForwardStep p) {
   FUSEDRNN_FOR_EACH_ELEMENT(p.at.B, p.at.H, b, j) forward_element<T, C>(p, b, j);
 }
 
+// A persistent block's hidden units: the first, and how many ([u0, u0 + units); the last block
+// may own fewer than U, or none).
+struct BlockUnits {
+  int64_t u0, units;
+};
+__device__ __forceinline__ BlockUnits block_units(int64_t U, int64_t H) {
+  const int64_t u0 = blockIdx.x * U;
+  return {u0, H - u0 < U ? (H > u0 ? H - u0 : 0) : U};
+}
+
 // The sum of v over a warp's 32 lanes, returned to every lane (the warp's lanes all call it).
 template <typename S>
 __device__ __forceinline__ S warp_sum(S v) {
@@ -373,7 +383,7 @@ __global__ void persistent_forward_kernel(PersistentForward q) {
   constexpr int64_t G = spec(C).gates;
   constexpr bool kDiagonal = spec(C).diagonal();
   const int64_t B = q.step.at.B, H = q.step.at.H, P = q.step.at.P, U = q.units_per_block;
-  const int64_t u0 = blockIdx.x * U, units = H - u0 < U ? (H > u0 ? H - u0 : 0) : U;
+  const auto [u0, units] = block_units(U, H);
   const int64_t width = kDiagonal ? 1 : P;  // of a W_hh row (u: one value)
   S* w = dynamic_shared_memory<S>();  // (G, units, width): the block's rows of W_hh
   const S* w_hh = in<S>(q.w_hh);
@@ -498,7 +508,7 @@ __global__ void persistent_backward_kernel(PersistentBackward q) {
   constexpr int64_t G = spec(C).gates;
   constexpr bool kDiagonal = spec(C).diagonal();
   const int64_t B = q.step.at.B, H = q.step.at.H, P = q.step.at.P, U = q.units_per_block;
-  const int64_t u0 = blockIdx.x * U, units = H - u0 < U ? (H > u0 ? H - u0 : 0) : U;
+  const auto [u0, units] = block_units(U, H);
   // Dense: (units, G*H), w[u][r] = W_hh[r][u0 + u]; diagonal: (G, units), the block's u.
   S* w = dynamic_shared_memory<S>();
   const S* w_hh = in<S>(q.w_hh);
@@ -585,18 +595,29 @@ inline StepShape element_shape(int64_t B, int64_t width) {
 inline StepShape row_shape(int64_t B) { return {B, kRowThreads}; }
 
 // Launches kernel<T> for the runtime storage dtype (nothing for an empty step).
+// Kernel<T>::fn for the runtime storage dtype, launched plain or cooperatively.
+template <template <typename> class Kernel, typename Params>
+cudaError_t launch_typed(const Params& p, dim3 grid, dim3 block, size_t shared_bytes,
+                         bool cooperative, Dtype dtype, cudaStream_t stream) {
+  auto go = [&](auto kernel) {
+    return cooperative ? launch_cooperative(kernel, grid, block, shared_bytes, stream, p)
+                       : launch(kernel, grid, block, shared_bytes, stream, p);
+  };
+  switch (dtype) {
+    case Dtype::Float: return go(Kernel<float>::fn);
+    case Dtype::Double: return go(Kernel<double>::fn);
+    case Dtype::Half: return go(Kernel<__half>::fn);
+    case Dtype::BFloat16: return go(Kernel<__nv_bfloat16>::fn);
+  }
+  return cudaErrorInvalidValue;
+}
+
 template <template <typename> class Kernel, typename Params>
 cudaError_t launch_step(const Params& p, int64_t width, StepShape shape, Dtype dtype,
                         cudaStream_t stream) {
   if (p.at.B == 0 || width == 0) return cudaSuccess;
   const dim3 grid(static_cast<unsigned>(std::min(shape.blocks, kMaxBlocks))), block(shape.threads);
-  switch (dtype) {
-    case Dtype::Float: return launch(Kernel<float>::fn, grid, block, 0, stream, p);
-    case Dtype::Double: return launch(Kernel<double>::fn, grid, block, 0, stream, p);
-    case Dtype::Half: return launch(Kernel<__half>::fn, grid, block, 0, stream, p);
-    case Dtype::BFloat16: return launch(Kernel<__nv_bfloat16>::fn, grid, block, 0, stream, p);
-  }
-  return cudaErrorInvalidValue;
+  return launch_typed<Kernel>(p, grid, block, 0, /*cooperative=*/false, dtype, stream);
 }
 
 // kernel<T> (of a cell) as a class template, so launch_step can take it as an argument: the
@@ -656,56 +677,47 @@ cudaError_t backward_projection_step(const BackwardProjectionStep& p, Dtype dtyp
                                          stream);
 }
 
-// A persistent forward's kernel for the storage dtype (cooperative; PersistentForward).
+// The persistent loops' kernels as class templates over the storage type (for launch_typed).
+template <Cell C>
+struct PersistentForwardKernel {
+  template <typename T>
+  struct Kernel {
+    static constexpr auto fn = &persistent_forward_kernel<T, C>;
+  };
+};
+template <Cell C>
+struct PersistentBackwardKernel {
+  template <typename T>
+  struct Kernel {
+    static constexpr auto fn = &persistent_backward_kernel<T, C>;
+  };
+};
+
+// A persistent loop's cooperative launch (Loop: PersistentForwardKernel or
+// PersistentBackwardKernel). A normalised step needs whole rows: not these kernels.
+template <Cell C, template <Cell> class Loop, typename Params>
+cudaError_t launch_persistent(const Params& q, int64_t blocks, int threads, size_t shared_bytes,
+                              Dtype dtype, cudaStream_t stream) {
+  if constexpr (spec(C).normalized()) {
+    return cudaErrorInvalidValue;
+  } else {
+    return launch_typed<Loop<C>::template Kernel>(q, dim3(static_cast<unsigned>(blocks)),
+                                                  dim3(threads), shared_bytes,
+                                                  /*cooperative=*/true, dtype, stream);
+  }
+}
+
 template <Cell C>
 cudaError_t persistent_forward(const PersistentForward& q, int64_t blocks, int threads,
                                size_t shared_bytes, Dtype dtype, cudaStream_t stream) {
-  if constexpr (spec(C).normalized()) {  // a normalised step needs whole rows: not this kernel
-    return cudaErrorInvalidValue;
-  } else {
-    const dim3 grid(static_cast<unsigned>(blocks)), block(threads);
-    switch (dtype) {
-      case Dtype::Float:
-        return launch_cooperative(&persistent_forward_kernel<float, C>, grid, block,
-                                  shared_bytes, stream, q);
-      case Dtype::Double:
-        return launch_cooperative(&persistent_forward_kernel<double, C>, grid, block,
-                                  shared_bytes, stream, q);
-      case Dtype::Half:
-        return launch_cooperative(&persistent_forward_kernel<__half, C>, grid, block,
-                                  shared_bytes, stream, q);
-      case Dtype::BFloat16:
-        return launch_cooperative(&persistent_forward_kernel<__nv_bfloat16, C>, grid, block,
-                                  shared_bytes, stream, q);
-    }
-  }
-  return cudaErrorInvalidValue;
+  return launch_persistent<C, PersistentForwardKernel>(q, blocks, threads, shared_bytes, dtype,
+                                                       stream);
 }
-
-// A persistent backward's kernel for the storage dtype (cooperative; PersistentBackward).
 template <Cell C>
 cudaError_t persistent_backward(const PersistentBackward& q, int64_t blocks, int threads,
                                 size_t shared_bytes, Dtype dtype, cudaStream_t stream) {
-  if constexpr (spec(C).normalized()) {  // a normalised step needs whole rows: not this kernel
-    return cudaErrorInvalidValue;
-  } else {
-    const dim3 grid(static_cast<unsigned>(blocks)), block(threads);
-    switch (dtype) {
-      case Dtype::Float:
-        return launch_cooperative(&persistent_backward_kernel<float, C>, grid, block,
-                                  shared_bytes, stream, q);
-      case Dtype::Double:
-        return launch_cooperative(&persistent_backward_kernel<double, C>, grid, block,
-                                  shared_bytes, stream, q);
-      case Dtype::Half:
-        return launch_cooperative(&persistent_backward_kernel<__half, C>, grid, block,
-                                  shared_bytes, stream, q);
-      case Dtype::BFloat16:
-        return launch_cooperative(&persistent_backward_kernel<__nv_bfloat16, C>, grid, block,
-                                  shared_bytes, stream, q);
-    }
-  }
-  return cudaErrorInvalidValue;
+  return launch_persistent<C, PersistentBackwardKernel>(q, blocks, threads, shared_bytes, dtype,
+                                                        stream);
 }
 
 // The cells' kernels (one line per cell).
