@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
+import os
 import sys
 
 import torch
@@ -111,6 +112,13 @@ def main(args: argparse.Namespace) -> int:
                                                      args.H)
               for dtype in dtypes]
     print(report.banner("fusedrnn verify", args.device))
+    if args.device.startswith("cuda"):
+        # What is checked is fusedrnn's kernels: where the dispatch (fusedrnn/dispatch.py) would
+        # run torch.nn's cuDNN call, fused and torch.nn would be one and the same.
+        path = os.environ.setdefault("FUSEDRNN_CUDA_PATH", "fused")
+        print(f"CUDA path: FUSEDRNN_CUDA_PATH={path} ("
+              + ("the fused kernels in every configuration" if path == "fused" else
+                 "as the dispatch chooses: where it picks cuDNN, fused IS torch.nn") + ")\n")
     print("error = max |x - fp64 reference| per tensor (rel: / max|reference|); the worst tensor "
           "of each case is shown.\nPASS when every output and gradient has fused error <= "
           "2 x torch.nn error + atol[dtype] x max(1, max|ref|).\n")
