@@ -204,6 +204,30 @@ def test_persistent_loops_match_cpu_op(emulated, monkeypatch, cell, reverse, rag
     assert emulated.persistent_launches() - before == 3, "the persistent loops did not run"
 
 
+@pytest.mark.parametrize("H", [37, 3])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "indrnn_relu"])
+def test_persistent_loops_with_a_partial_last_block(emulated, monkeypatch, cell, reverse, H):
+    """H = 37 over 4 blocks: 10, 10, 10 and 7 units; H = 3: 3 blocks of one unit (fewer than the
+    device could hold)."""
+    monkeypatch.setenv("FUSEDRNN_CUDA_PERSISTENT", "1")
+    before = emulated.persistent_launches()
+    case = OpCase(cell, T=5, B=3, H=H, reverse=reverse, lengths=ragged_lengths(5, 3))
+    check_against_cpu(emulated, case, torch.float32, seed=H)
+    assert emulated.persistent_launches() - before == 3
+
+
+def test_persistent_loops_fall_back_where_the_grid_cannot_be_resident(emulated, monkeypatch):
+    """A cooperative grid larger than the device keeps resident (here: the emulation's 256
+    blocks, with 300 claimed) is refused at launch: the per-step path runs instead, same
+    numbers, no error."""
+    monkeypatch.setenv("FUSEDRNN_CUDA_PERSISTENT", "1")
+    monkeypatch.setenv("FUSEDRNN_EMULATED_BLOCKS", "300")
+    before = emulated.persistent_launches()
+    check_against_cpu(emulated, OpCase("lstm", T=4, B=2, H=300), torch.float32, seed=1)
+    assert emulated.persistent_launches() == before
+
+
 # Gate pre-activation offsets (added to xproj) that make the state remember for hundreds of
 # steps: "forward" grows c to tens (forget gate ~0.993, i*g > 0) or keeps h (update gate
 # ~0.9975); "backward" carries d c back through f ~0.9975 with a small output gate.

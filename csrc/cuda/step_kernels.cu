@@ -378,7 +378,7 @@ __device__ __forceinline__ S warp_sum(S v) {
 // then the cell's step (forward_element, as the per-step kernel); one grid barrier ends the
 // step, after which h_t is complete for every block to read.
 template <typename T, Cell C>
-__global__ void persistent_forward_kernel(PersistentForward q) {
+__global__ void __launch_bounds__(256, 1) persistent_forward_kernel(PersistentForward q) {
   using S = typename State<T>::type;
   constexpr int64_t G = spec(C).gates;
   constexpr bool kDiagonal = spec(C).diagonal();
@@ -503,7 +503,7 @@ __global__ void backward_kernel(BackwardStep p) {
 // to d h_{t-1}. grad_step alternates between two buffers, so the next step's writes never meet
 // this step's reads: one barrier a step.
 template <typename T, Cell C>
-__global__ void persistent_backward_kernel(PersistentBackward q) {
+__global__ void __launch_bounds__(256, 1) persistent_backward_kernel(PersistentBackward q) {
   using S = typename State<T>::type;
   constexpr int64_t G = spec(C).gates;
   constexpr bool kDiagonal = spec(C).diagonal();
@@ -536,6 +536,7 @@ __global__ void persistent_backward_kernel(PersistentBackward q) {
     S* dh_prev = out<S>(p.dh_prev);
     for (int64_t i = threadIdx.x / 32; i < B * units; i += blockDim.x / 32) {  // a warp each
       const int64_t b = i / units, u = i % units, j = u0 + u, lane = threadIdx.x % 32;
+      if (!p.at.sched.active(p.at.s, b)) continue;  // d gates 0: d h passed through already
       S acc = S(0);
       if constexpr (kDiagonal) {
         for (int64_t k = lane; k < G; k += 32) acc += w[k * units + u] * gs[b * G * H + k * H + j];

@@ -164,6 +164,7 @@ PersistentShape persistent_shape(const LayerSizes& sz, bool proj, size_t state_b
   constexpr CellSpec cell = spec(C);
   if (cell.normalized() || proj || sz.B == 0 || sz.H == 0 || max_blocks < 1) return {};
   const int64_t units = (sz.H + max_blocks - 1) / max_blocks;
+  // A W_hh row is P long, a column G*H: the same bytes per unit as P == H (no projection).
   const int64_t width = cell.diagonal() ? 1 : sz.P;
   const size_t shared = static_cast<size_t>(cell.gates * units * width) * state_bytes;
   if (shared > kPersistentSharedBytes) return {};
@@ -175,6 +176,20 @@ PersistentShape persistent_shape(const LayerSizes& sz, bool proj, size_t state_b
 // Persistent launches so far, forward and backward (the emulation's tests read it: the path
 // they check ran).
 inline std::atomic<int64_t> persistent_launches{0};
+
+// Whether a persistent launch ran (its error checked), or left the loop to the per-step path:
+// a cooperative grid the device cannot keep resident (MPS limits, SMs another context holds) is
+// not an error of the op.
+template <typename Device>
+bool persistent_ran(const Device& device, cudaError_t err) {
+  if (err == cudaErrorCooperativeLaunchTooLarge) {
+    (void)cudaGetLastError();  // cleared: the per-step path runs instead
+    return false;
+  }
+  device.check(err);
+  persistent_launches.fetch_add(1, std::memory_order_relaxed);
+  return true;
+}
 
 // The persistent loops are opt-in (FUSEDRNN_CUDA_PERSISTENT=1) until timed on a GPU.
 inline bool persistent_enabled() {
@@ -230,6 +245,7 @@ TimeLoopForwardResult forward(const ForwardArgs& a) {
       persistent_enabled()
           ? persistent_shape<C>(sz, proj, state.dtype().itemsize(), device.max_cooperative_blocks())
           : PersistentShape{};
+  bool ran = false;  // the persistent loop
   if (persistent.blocks > 0 && T > 0) {  // one launch for every step
     const PersistentForward q{p,
                               T,
@@ -238,11 +254,11 @@ TimeLoopForwardResult forward(const ForwardArgs& a) {
                               {h.data(0), h.data(1)},
                               {c ? c->data(0) : nullptr, c ? c->data(1) : nullptr},
                               persistent.units};
-    device.check(persistent_forward<C>(q, persistent.blocks, persistent.threads,
-                                       persistent.shared_bytes, dtype, device.stream()));
-    persistent_launches.fetch_add(1, std::memory_order_relaxed);
+    ran = persistent_ran(device, persistent_forward<C>(q, persistent.blocks, persistent.threads,
+                                                       persistent.shared_bytes, dtype,
+                                                       device.stream()));
   }
-  for (int64_t s = 0; s < T && persistent.blocks == 0; ++s) {
+  for (int64_t s = 0; s < T && !ran; ++s) {
     recurrent_product<cell.recurrence>(pre_h, h.slot(s), w_hh);
     p.at.s = s;
     p.h_cur = h.data(s);
@@ -324,6 +340,7 @@ TimeLoopBackwardResult backward(const BackwardArgs& a) {
       persistent_enabled()
           ? persistent_shape<C>(sz, proj, state.dtype().itemsize(), device.max_cooperative_blocks())
           : PersistentShape{};
+  bool ran = false;  // the persistent loop
   if (persistent.blocks > 0 && T > 0) {  // one launch for every step
     Tensor grad_steps = at::empty({2, B, G * H}, state);  // by step parity
     const PersistentBackward q{p,
@@ -332,11 +349,11 @@ TimeLoopBackwardResult backward(const BackwardArgs& a) {
                                {carry.data(0), carry.data(1)},
                                {grad_steps[0].data_ptr(), grad_steps[1].data_ptr()},
                                persistent.units};
-    device.check(persistent_backward<C>(q, persistent.blocks, persistent.threads,
-                                        persistent.shared_bytes, dtype, device.stream()));
-    persistent_launches.fetch_add(1, std::memory_order_relaxed);
+    ran = persistent_ran(device, persistent_backward<C>(q, persistent.blocks, persistent.threads,
+                                                        persistent.shared_bytes, dtype,
+                                                        device.stream()));
   }
-  for (int64_t step = 0; step < T && persistent.blocks == 0; ++step) {
+  for (int64_t step = 0; step < T && !ran; ++step) {
     const int64_t s = T - 1 - step;
     if (proj) {
       const BackwardProjectionStep q{{sched, s, B, H, P}, grad_output.data_ptr(),

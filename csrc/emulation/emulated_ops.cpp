@@ -2,6 +2,8 @@
 // registered as torch.ops.fusedrnn_emulated.time_loop_{forward,backward} with the schemas of
 // the real ops. Test-only (tests/emulation.py builds it; never part of the wheel): this is the
 // whole CUDA op, its host loop, GEMMs (torch on the CPU here) and kernels, run without a GPU.
+#include <cstdlib>
+
 #include "../cuda/time_loops.h"
 #include "../op_schemas.h"
 
@@ -16,8 +18,12 @@ struct EmulatedDevice {
                 like.device());
   }
   cudaStream_t stream() const { return nullptr; }
-  // Few blocks (an OS thread each in a cooperative launch), so that each owns several units.
-  int64_t max_cooperative_blocks() const { return 4; }
+  // Few blocks (an OS thread each in a cooperative launch), so that each owns several units;
+  // FUSEDRNN_EMULATED_BLOCKS claims more (tests: a grid the emulation refuses, > 256 blocks).
+  int64_t max_cooperative_blocks() const {
+    const char* blocks = std::getenv("FUSEDRNN_EMULATED_BLOCKS");
+    return blocks ? std::atoll(blocks) : 4;
+  }
   void check(cudaError_t err) const {
     TORCH_CHECK(err == cudaSuccess, "fusedrnn_emulated: kernel launch failed: ",
                 cudaGetErrorString(err));
