@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check in ONE device call: the first thing to run when a GPU is available.
 #
-#   bash bench/gpu_check.sh OUT_DIR [DEADLINE_SECONDS]      (DEADLINE default 390)
+#   bash bench/gpu_check.sh OUT_DIR [DEADLINE_SECONDS]      (DEADLINE default 480)
 #
 # On a machine with an NVIDIA GPU and a CUDA build of torch (the lent H200: python3 3.12, torch
 # 2.11+cu130, 16 cores, nvcc 13.0, compute-sanitizer; no network), from the repository root:
@@ -14,6 +14,7 @@
 #   initcheck   compute-sanitizer initcheck on the same workload, likewise
 #   verify      python -m fusedrnn verify --device cuda --quick
 #   bench_*     python -m fusedrnn bench --grid quick --device cuda, float32 and bfloat16
+#   persistent_memcheck, persistent_synccheck  the same workload on the persistent loops
 #   persistent  the persistent loops (FUSEDRNN_CUDA_PERSISTENT=1): tests/test_cuda.py and the
 #               equivalence grid's fp32 cuda cases up to 2 layers on them, then
 #               bench/persistent_timing.py
@@ -30,13 +31,13 @@
 # Budget, from measured build times (README "CUDA"): on the 2-core development machine the
 # slowest source (csrc/autograd.cpp) compiles in ~45-65 s, csrc/cuda/recurrent_cuda.cpp in 16 s
 # and csrc/cuda/step_kernels.cu for sm_90 alone in 7 s; with 16 cores and ninja every source
-# compiles at once, so the build should take ~1-1.5 min. The default deadline, 390 s, leaves the
-# device's 10-minute command limit and the machine's start a wide margin; the most informative
-# steps come first, the long equivalence grid last.
+# compiles at once, so the build should take ~1-1.5 min. The default deadline, 480 s, leaves the
+# device's 10-minute command limit a 2-minute margin (run it with timeout_s 600); the most
+# informative steps come first, the long equivalence grid last (skipped when time runs out).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?usage: bash bench/gpu_check.sh OUT_DIR [DEADLINE_SECONDS]}
-DEADLINE=${2:-390}
+DEADLINE=${2:-480}
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
 LOGS=$(mktemp -d)
@@ -103,6 +104,11 @@ torch.cuda.synchronize(); print('time_loop_forward on', out[0].device, 'h_n', ou
     --budget 0.5 --json "$LOGS/bench-fp32.json"
   step bench_bf16 45 "$PY" -m fusedrnn bench --grid quick --device cuda --dtype bfloat16 \
     --budget 0.5 --json "$LOGS/bench-bf16.json"
+  # The persistent loops under memcheck and synccheck (out-of-bounds, barrier misuse).
+  for tool in memcheck synccheck; do
+    step "persistent_$tool" 60 env FUSEDRNN_CUDA_PERSISTENT=1 PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
+      compute-sanitizer --tool "$tool" --error-exitcode 1 "$PY" bench/sanitizer_workload.py
+  done
   step persistent 90 bash -c "FUSEDRNN_CUDA_PERSISTENT=1 '$PY' -m pytest tests/test_cuda.py \
     tests/test_equivalence.py -q -rs -p no:cacheprovider -k 'cuda and not fp64 and not L3' && \
     '$PY' bench/persistent_timing.py --budget 0.2 --json '$LOGS/persistent.json'"
@@ -140,8 +146,9 @@ for line in open(os.path.join(logs, "steps.tsv")):
     keep = 60 if name == "persistent" else 15  # (its timing table)
     tail = open(path, errors="replace").read().splitlines()[-keep:] if os.path.exists(path) else []
     steps.append({"step": name, "status": status, "seconds": int(seconds), "log_tail": tail})
-ok = bool(steps) and all(s["status"] == "ok" for s in steps) and len(steps) == 10
-sites = {tool: sanitizer_sites(tool) for tool in ("memcheck", "initcheck")}
+ok = bool(steps) and all(s["status"] == "ok" for s in steps) and len(steps) == 12
+sites = {tool: sanitizer_sites(tool)
+         for tool in ("memcheck", "initcheck", "persistent_memcheck", "persistent_synccheck")}
 json.dump({"environment": env, "steps": steps, "sanitizer_sites": sites, "all_ok": ok},
           open(os.path.join(out, "results.json"), "w"), indent=1)
 with open(os.path.join(out, "summary.md"), "w") as f:
