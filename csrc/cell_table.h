@@ -90,8 +90,8 @@ struct CellSpec {
 
 // In the order of enum Cell.
 // Workspace parts: RNN and IndRNN h_t (activated; its derivative needs it); GRU r, z, n and
-// hn = W_hn h + b_hn; LSTM i, f, g, o activated, c_t, c_{t-1}; LayerNormLSTM the same with the
-// recurrent product W_hh h before its normalisation.
+// hn = W_hn h + b_hn; LSTM i, f, g, o activated, c_t, c_{t-1}; LayerNormLSTM and LayerNormGRU
+// their base cell's with the recurrent product W_hh h before its normalisation.
 inline constexpr WorkspacePart kHprev{"hprev", 1, true};
 inline constexpr CellSpec kCells[] = {
     {Cell::RnnTanh, "rnn_tanh", /*gates=*/1, /*states=*/1, /*b_hh_in_step=*/false,

@@ -14,6 +14,6 @@ from .indrnn import IndRNN
 from .layer_norm_gru import LayerNormGRU
 from .layer_norm_lstm import LayerNormLSTM
 
-__all__ = ["RNN", "GRU", "LSTM", "RNNCell", "GRUCell", "LSTMCell", "IndRNN", "LayerNormLSTM", "LayerNormGRU",
-           "convert", "to_torch", "recurrent_layer", "recurrent_stack"]
+__all__ = ["RNN", "GRU", "LSTM", "RNNCell", "GRUCell", "LSTMCell", "IndRNN", "LayerNormLSTM",
+           "LayerNormGRU", "convert", "to_torch", "recurrent_layer", "recurrent_stack"]
 __version__ = "0.1.0"

@@ -1,9 +1,10 @@
 // The fused pointwise kernel of one time step, forward and backward, for any cell: the CUDA side
 // of the per-step "GEMM + ONE fused pass" design (the time loops and their GEMMs are in
-// time_loops.h). A normalized step (LayerNormLSTM) is one block per batch row, whose threads
-// reduce the row's statistics together; every other step one thread per element. Plain C++: no
-// torch headers, so the .cu that implements this compiles in seconds, can be compile-checked with
-// nvcc alone, and runs under the SIMT emulation.
+// time_loops.h). A normalized step (LayerNormLSTM, LayerNormGRU) is one block per batch row,
+// whose threads reduce the row's statistics together; every other step one thread per element
+// (and the persistent loops, one launch for every step, too). Plain C++: no torch headers, so
+// the .cu that implements this compiles in seconds, can be compile-checked with nvcc alone (with
+// --expt-relaxed-constexpr, as torch's build passes it), and runs under the SIMT emulation.
 //
 // Every buffer is contiguous and row-major; shapes are given next to each pointer with the names
 // of csrc/ops.cpp (T steps, B batch, H hidden, P = proj_size or H, G = the cell's gates). Two
