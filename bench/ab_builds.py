@@ -34,26 +34,31 @@ def run_bench(root: str, bench_args: list[str], json_path: str) -> dict:
         return json.load(f)
 
 
-def speedups(report: dict) -> dict[tuple[str, str], float]:
-    """(configuration label, pass) -> fused speedup over torch.nn."""
+def timings(report: dict, field: str) -> dict[tuple[str, str], float]:
+    """(configuration label, pass) -> a timing field ("speedup", "fused_ms")."""
     out = {}
     for result in report["results"]:
         c = result["config"]
         label = (f"{c['cell']} T={c['T']} B={c['B']} I={c['I']} H={c['H']} L={c['layers']}"
                  f"{' bi' if c['bidirectional'] else ''} {c['dtype']}")
         for pass_name, t in result["timings"].items():
-            out[label, pass_name] = t["speedup"]
+            out[label, pass_name] = t[field]
     return out
 
 
 def compare(runs_a: list[dict], runs_b: list[dict], tolerance: float) -> list[dict]:
-    """Per (configuration, pass): B/A speedup ratios of paired repetitions, summarised."""
-    a_all, b_all = [speedups(r) for r in runs_a], [speedups(r) for r in runs_b]
+    """Per (configuration, pass): B/A speedup ratios of paired repetitions, summarised, and A/B
+    fused-time ratios beside them (> 1: B faster; free of the baseline's own drift, which for
+    the cells torch.nn lacks is a Python loop's)."""
+    a_all, b_all = [timings(r, "speedup") for r in runs_a], [timings(r, "speedup") for r in runs_b]
+    a_ms, b_ms = [timings(r, "fused_ms") for r in runs_a], [timings(r, "fused_ms") for r in runs_b]
     rows = []
     for key in a_all[0]:
         ratios = [b[key] / a[key] for a, b in zip(a_all, b_all)]
+        fused = [a[key] / b[key] for a, b in zip(a_ms, b_ms)]
         median = statistics.median(ratios)
         rows.append({"config": key[0], "pass": key[1], "ratios": ratios, "median": median,
+                     "fused_ratios": fused, "fused_median": statistics.median(fused),
                      "slower": median < 1 - tolerance and max(ratios) < 1 - tolerance})
     return rows
 
@@ -85,13 +90,15 @@ def main() -> None:
     print(f"\nA = {args.a}, B = {args.b}; {args.reps} alternating repetitions of "
           f"`fusedrnn bench {' '.join(bench_args)}`; {env.get('device_name', '')} "
           f"torch {env.get('torch', '')}")
-    print("ratio = B's speedup over torch.nn / A's (> 1: B faster), median [min, max]\n")
-    print(f"| {'config':44s} | pass    | ratio  | range         |")
-    print(f"|{'-' * 46}|---------|--------|---------------|")
+    print("ratio = B's speedup over torch.nn / A's (> 1: B faster), median [min, max]; fused = A's "
+          "fused ms / B's, likewise\n")
+    print(f"| {'config':44s} | pass    | ratio  | range         | fused  | range         |")
+    print(f"|{'-' * 46}|---------|--------|---------------|--------|---------------|")
     for r in rows:
         flag = "  SLOWER" if r["slower"] else ""
         print(f"| {r['config']:44s} | {r['pass']:7s} | {r['median']:.3f}  | "
-              f"{min(r['ratios']):.3f}-{max(r['ratios']):.3f} |{flag}")
+              f"{min(r['ratios']):.3f}-{max(r['ratios']):.3f} | {r['fused_median']:.3f}  | "
+              f"{min(r['fused_ratios']):.3f}-{max(r['fused_ratios']):.3f} |{flag}")
     slower = [r for r in rows if r["slower"]]
     print(f"\n{len(slower)} of {len(rows)} slower than A by more than {args.tolerance:.0%}")
     if args.json:

@@ -219,15 +219,18 @@ def test_ab_builds_compares_paired_speedups(tmp_path):
     finally:
         sys.path.pop(0)
 
-    def report(speedups):
+    def report(speedups, fused_ms=(1.0, 2.0)):
         config = {"cell": "gru", "T": 5, "B": 2, "I": 3, "H": 4, "layers": 1,
                   "bidirectional": False, "dtype": "float32"}
         return {"results": [{"config": config, "timings": {
-            "fwd": {"speedup": speedups[0]}, "fwd+bwd": {"speedup": speedups[1]}}}]}
+            "fwd": {"speedup": speedups[0], "fused_ms": fused_ms[0]},
+            "fwd+bwd": {"speedup": speedups[1], "fused_ms": fused_ms[1]}}}]}
     a = [report((2.0, 4.0))] * 3
-    b = [report((1.8, 4.0)), report((1.7, 4.4)), report((1.96, 3.8))]
+    b = [report((1.8, 4.0), (1.25, 2.0)), report((1.7, 4.4)), report((1.96, 3.8))]
     fwd, both = ab_builds.compare(a, b, tolerance=0.05)
     assert fwd["ratios"] == pytest.approx([0.9, 0.85, 0.98]) and fwd["median"] == pytest.approx(0.9)
+    # fused-time ratios: A's fused ms / B's
+    assert fwd["fused_ratios"] == pytest.approx([0.8, 1.0, 1.0]) and fwd["fused_median"] == 1.0
     assert not fwd["slower"]  # the best repetition (0.98) is within 5%
     assert both["median"] == pytest.approx(1.0) and not both["slower"]
     b[2] = report((1.8, 3.8))
