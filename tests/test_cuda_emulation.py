@@ -217,6 +217,18 @@ def test_persistent_loops_with_a_partial_last_block(emulated, monkeypatch, cell,
     assert emulated.persistent_launches() - before == 3
 
 
+@pytest.mark.parametrize("shared", [48 << 10, 227 << 10], ids=["48KiB", "227KiB"])
+def test_persistent_loops_take_the_shared_memory_the_device_allows(emulated, monkeypatch, shared):
+    """LSTM H = 128 over 4 blocks needs 64 KiB a block for its W_hh rows: past the 48 KiB that
+    need no opt-in the per-step path runs; with sm_90's 227 KiB opt-in, the persistent loops."""
+    monkeypatch.setenv("FUSEDRNN_CUDA_PERSISTENT", "1")
+    monkeypatch.setenv("FUSEDRNN_EMULATED_SHARED", str(shared))
+    before = emulated.persistent_launches()
+    check_against_cpu(emulated, OpCase("lstm", T=4, B=2, H=128, lengths=(4, 2)), torch.float32,
+                      seed=2)
+    assert emulated.persistent_launches() - before == (0 if shared == 48 << 10 else 3)
+
+
 def test_persistent_loops_fall_back_where_the_grid_cannot_be_resident(emulated, monkeypatch):
     """A cooperative grid larger than the device keeps resident (here: the emulation's 256
     blocks, with 300 claimed) is refused at launch: the per-step path runs instead, same

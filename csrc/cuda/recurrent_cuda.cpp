@@ -16,10 +16,14 @@ class CudaDevice {
       : guard_(like.device()), stream_(at::cuda::getCurrentCUDAStream()) {}
   cudaStream_t stream() const { return stream_; }
   void check(cudaError_t err) const { C10_CUDA_CHECK(err); }
-  // One block per SM: resident whatever the kernel's registers, with up to 48 KiB of shared
-  // memory and 256 threads (what persistent_shape asks).
+  // One block per SM: resident whatever the kernel's registers (__launch_bounds__(256, 1)),
+  // with the shared memory below and 256 threads (what persistent_shape asks).
   int64_t max_cooperative_blocks() const {
     return at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  }
+  // The opt-in maximum a block may use (227 KiB on sm_90).
+  size_t max_shared_bytes() const {
+    return at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
   }
 
  private:

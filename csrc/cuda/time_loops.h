@@ -12,8 +12,9 @@
 //   EmulatedDevice (csrc/emulation/emulated_ops.cpp, tests only): CPU tensors, the same kernels
 //     run by the SIMT emulation and the GEMMs by torch on the CPU.
 // A Device is constructed from a tensor of the op (device guard), and has stream(),
-// check(cudaError_t) (raises with the error's text) and max_cooperative_blocks() (how many blocks
-// of a persistent kernel are resident at once).
+// check(cudaError_t) (raises with the error's text), max_cooperative_blocks() (how many blocks
+// of a persistent kernel are resident at once) and max_shared_bytes() (a block's dynamic shared
+// memory at most).
 //
 // fp16/bf16 storage: h, c, d h, d c, the recurrent GEMMs and the workspaces saved for backward
 // are float ("state" buffers of step_kernels.h), with W_hh / W_hr cast to float once per call;
@@ -147,7 +148,7 @@ inline StepWorkspace step_workspace(const CellSpec& cell, const std::vector<Tens
 
 // The launch shape of a persistent loop (PersistentForward / PersistentBackward), none (blocks 0)
 // where it does not apply: a normalised step (whole rows) or a projection, or W_hh too large for
-// the blocks' shared memory. As many blocks as the device keeps resident at once (max_blocks),
+// the blocks' shared memory (max_shared_bytes each). As many blocks as the device keeps resident at once (max_blocks),
 // each owning `units` hidden units and their W_hh rows (forward) or columns (backward: as many
 // values, P = H without a projection).
 struct PersistentShape {
@@ -155,19 +156,16 @@ struct PersistentShape {
   int threads = 0;
   size_t shared_bytes = 0;
 };
-// Shared memory a block may use without opting in to more (every CUDA GPU since sm_20 has it).
-constexpr size_t kPersistentSharedBytes = 48 * 1024;
-
 template <Cell C>
 PersistentShape persistent_shape(const LayerSizes& sz, bool proj, size_t state_bytes,
-                                 int64_t max_blocks) {
+                                 int64_t max_blocks, size_t max_shared_bytes) {
   constexpr CellSpec cell = spec(C);
   if (cell.normalized() || proj || sz.B == 0 || sz.H == 0 || max_blocks < 1) return {};
   const int64_t units = (sz.H + max_blocks - 1) / max_blocks;
   // A W_hh row is P long, a column G*H: the same bytes per unit as P == H (no projection).
   const int64_t width = cell.diagonal() ? 1 : sz.P;
   const size_t shared = static_cast<size_t>(cell.gates * units * width) * state_bytes;
-  if (shared > kPersistentSharedBytes) return {};
+  if (shared > max_shared_bytes) return {};
   const int64_t elements = sz.B * units;  // a block's (row, unit) elements per step: a warp each
   const int threads = static_cast<int>(32 * std::min<int64_t>(8, elements));
   return {(sz.H + units - 1) / units, units, threads, shared};
@@ -243,7 +241,8 @@ TimeLoopForwardResult forward(const ForwardArgs& a) {
   p.ws = step_workspace(cell, saved);
   const PersistentShape persistent =
       persistent_enabled()
-          ? persistent_shape<C>(sz, proj, state.dtype().itemsize(), device.max_cooperative_blocks())
+          ? persistent_shape<C>(sz, proj, state.dtype().itemsize(), device.max_cooperative_blocks(),
+                                device.max_shared_bytes())
           : PersistentShape{};
   bool ran = false;  // the persistent loop
   if (persistent.blocks > 0 && T > 0) {  // one launch for every step
@@ -338,7 +337,8 @@ TimeLoopBackwardResult backward(const BackwardArgs& a) {
   p.unprojected_all = data_or_null(unprojected_all);
   const PersistentShape persistent =
       persistent_enabled()
-          ? persistent_shape<C>(sz, proj, state.dtype().itemsize(), device.max_cooperative_blocks())
+          ? persistent_shape<C>(sz, proj, state.dtype().itemsize(), device.max_cooperative_blocks(),
+                                device.max_shared_bytes())
           : PersistentShape{};
   bool ran = false;  // the persistent loop
   if (persistent.blocks > 0 && T > 0) {  // one launch for every step

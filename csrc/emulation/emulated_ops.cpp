@@ -24,6 +24,12 @@ struct EmulatedDevice {
     const char* blocks = std::getenv("FUSEDRNN_EMULATED_BLOCKS");
     return blocks ? std::atoll(blocks) : 4;
   }
+  // 48 KiB (what needs no opt-in); FUSEDRNN_EMULATED_SHARED claims more (up to the emulation's
+  // 227 KiB, sm_90's opt-in maximum).
+  size_t max_shared_bytes() const {
+    const char* bytes = std::getenv("FUSEDRNN_EMULATED_SHARED");
+    return bytes ? std::strtoull(bytes, nullptr, 10) : 48 << 10;
+  }
   void check(cudaError_t err) const {
     TORCH_CHECK(err == cudaSuccess, "fusedrnn_emulated: kernel launch failed: ",
                 cudaGetErrorString(err));
