@@ -195,6 +195,15 @@ inline bool persistent_enabled() {
   return value != nullptr && std::string_view(value) == "1";
 }
 
+// The persistent launch for this loop where one is enabled and applies, else none (blocks 0).
+template <Cell C, typename Device>
+PersistentShape persistent_plan(const Device& device, const LayerSizes& sz, bool proj,
+                                const at::TensorOptions& state) {
+  if (!persistent_enabled()) return {};
+  return persistent_shape<C>(sz, proj, state.dtype().itemsize(), device.max_cooperative_blocks(),
+                             device.max_shared_bytes());
+}
+
 // One layer and direction of cell C: per step the recurrent product (recurrent_product), the
 // cell's step kernel, and where h is projected the W_hr GEMM and the projection kernel.
 template <typename Device, Cell C>
@@ -239,11 +248,7 @@ TimeLoopForwardResult forward(const ForwardArgs& a) {
   p.out = output.data_ptr();
   p.unprojected = data_or_null(unprojected);
   p.ws = step_workspace(cell, saved);
-  const PersistentShape persistent =
-      persistent_enabled()
-          ? persistent_shape<C>(sz, proj, state.dtype().itemsize(), device.max_cooperative_blocks(),
-                                device.max_shared_bytes())
-          : PersistentShape{};
+  const PersistentShape persistent = persistent_plan<C>(device, sz, proj, state);
   bool ran = false;  // the persistent loop
   if (persistent.blocks > 0 && T > 0) {  // one launch for every step
     const PersistentForward q{p,
@@ -335,11 +340,7 @@ TimeLoopBackwardResult backward(const BackwardArgs& a) {
   p.grad_x = grad_xproj.data_ptr();
   p.grad_hproj = data_or_null(grad_hproj);
   p.unprojected_all = data_or_null(unprojected_all);
-  const PersistentShape persistent =
-      persistent_enabled()
-          ? persistent_shape<C>(sz, proj, state.dtype().itemsize(), device.max_cooperative_blocks(),
-                                device.max_shared_bytes())
-          : PersistentShape{};
+  const PersistentShape persistent = persistent_plan<C>(device, sz, proj, state);
   bool ran = false;  // the persistent loop
   if (persistent.blocks > 0 && T > 0) {  // one launch for every step
     Tensor grad_steps = at::empty({2, B, G * H}, state);  // by step parity
