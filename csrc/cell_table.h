@@ -8,7 +8,9 @@
 
 namespace fusedrnn {
 
-enum class Cell { RnnTanh, RnnRelu, Gru, Lstm, IndrnnTanh, IndrnnRelu, LayerNormLstm, LayerNormGru };
+enum class Cell {
+  RnnTanh, RnnRelu, Gru, Lstm, IndrnnTanh, IndrnnRelu, LayerNormLstm, LayerNormGru
+};
 
 // How h_{t-1} enters a step: Dense, the product W_hh h with w_hh (G*H, P); Diagonal, u ⊙ h for
 // each gate block with w_hh = u (G*H) (IndRNN: every unit sees only its own past), no GEMM.
@@ -74,11 +76,14 @@ struct CellSpec {
   // Whether the op's backward returns the step parameters' gradient itself (elsewhere they are
   // a bias on xproj, whose gradient is d xproj's sum).
   constexpr bool own_step_param_grad() const { return b_hh_in_step || normalized(); }
-  // Whether the cell's backward step writes each row's share of d step_params (T, B, U*H;
-  // summed after the loop): a normalised step, whose parameter gradients need the row's
-  // normalised values, which only the step has at hand. (GRU's d b_hh is its kept
-  // d(W_hh h + b_hh), summed.)
-  constexpr bool step_param_grad_rows() const { return normalized(); }
+  // Units of H of d step_params the cell's backward step writes per row (T, B, units*H; summed
+  // after the loop), 0 for none: a normalised step's, whose parameter gradients need the row's
+  // normalised values, which only the step has at hand. Its bias's share too where b_hh enters
+  // the step; else the bias's gradient is d xproj's sum and the rows start after it. (GRU's
+  // d b_hh is its kept d(W_hh h + b_hh), summed.)
+  constexpr int64_t step_param_row_units() const {
+    return !normalized() ? 0 : b_hh_in_step ? step_param_units() : norm_param_units;
+  }
   // The one-step op's (cell_forward) saved workspace per batch row, in units of H: the layer
   // workspace's parts but hprev, side by side (the op's input h is its hprev).
   constexpr int64_t step_workspace_units() const {

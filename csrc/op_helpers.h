@@ -60,13 +60,16 @@ inline at::Tensor recurrent_weight_grad(const CellSpec& cell, const at::Tensor& 
 }
 
 // The op's grad_step_params (csrc/ops.cpp), in grad_xproj's dtype: where the cell's step writes
-// each row's share (step_param_grad_rows; grad_rows (T, B, U*H), zero where rows are inactive)
-// their sum; where b_hh enters the step (GRU), the sum of every step's d(W_hh h + b_hh),
-// recurrent_grad (T, B, G*H); else none ((0)).
+// each row's share (step_param_row_units; grad_rows (T, B, units*H), zero where rows are
+// inactive) their sum, after d xproj's sum (the bias's) where the rows start after the bias;
+// where b_hh enters the step (GRU), the sum of every step's d(W_hh h + b_hh), recurrent_grad
+// (T, B, G*H); else none ((0)).
 inline at::Tensor step_param_grads(const CellSpec& cell, const at::Tensor& grad_xproj,
                                    const at::Tensor& recurrent_grad, const at::Tensor& grad_rows) {
-  if (cell.step_param_grad_rows()) {
-    return grad_rows.sum(at::IntArrayRef{0, 1}).to(grad_xproj.scalar_type());
+  if (cell.step_param_row_units() > 0) {
+    const at::Tensor rows = grad_rows.sum(at::IntArrayRef{0, 1}).to(grad_xproj.scalar_type());
+    if (cell.b_hh_in_step) return rows;
+    return at::cat({grad_xproj.sum(at::IntArrayRef{0, 1}), rows});
   }
   if (cell.own_step_param_grad()) return recurrent_grad.sum(at::IntArrayRef{0, 1});
   return at::empty({0}, grad_xproj.options());

@@ -43,8 +43,8 @@ FUSEDRNN_CPU_CLONES void layer_norm_lstm_forward_row(
 
 // Its backward, one whole row: grad_h = grad_h_a + grad_h_b is d h'; dc holds d c' on entry and
 // d c_{t-1} on exit. Writes d xproj (= d of the pre-activations v, 4H) to grad_x, d(W_hh h) to
-// grad_step, and the row's share of d params to grad_params (10H, as params: d bias = d v,
-// d γ_hh = d v ⊙ LN(W_hh h), d γ_c = d(γ_c ⊙ LN(c') + β_c) ⊙ LN(c'), d β_c).
+// grad_step, and the row's share of d params after the bias to grad_params (6H: d γ_hh =
+// d v ⊙ LN(W_hh h), d γ_c = d(γ_c ⊙ LN(c') + β_c) ⊙ LN(c'), d β_c; the bias's is d v's sum).
 template <typename T>
 FUSEDRNN_CPU_CLONES void layer_norm_lstm_backward_row(
     const T* __restrict gates, const T* __restrict recurrent, const T* __restrict c_new,
@@ -52,8 +52,8 @@ FUSEDRNN_CPU_CLONES void layer_norm_lstm_backward_row(
     const T* __restrict grad_h_b, T* __restrict dc, T* __restrict grad_x,
     T* __restrict grad_step, T* __restrict grad_params, int64_t H) {
   const T *gamma_r = params + 4 * H, *gamma_c = params + 8 * H, *beta_c = params + 9 * H;
-  T *grad_bias = grad_params, *grad_gamma_r = grad_params + 4 * H,
-    *grad_gamma_c = grad_params + 8 * H, *grad_c_norm = grad_params + 9 * H;  // = d β_c
+  T *grad_gamma_r = grad_params, *grad_gamma_c = grad_params + 4 * H,
+    *grad_c_norm = grad_params + 5 * H;  // = d β_c
   // Through h' = o tanh(γ_c ĉ + β_c): d of the norm's output, and the row means its backward
   // needs.
   const auto [mean_c, rstd_c] = row_moments(c_new, 1, H, H);
@@ -75,10 +75,10 @@ FUSEDRNN_CPU_CLONES void layer_norm_lstm_backward_row(
                                                       mean_d, mean_d_hat, rstd_c);
     const auto d = gates::lstm_gate_grads<T>(a, c_prev[j], dc_total,
                                              (grad_h_a[j] + grad_h_b[j]) * t);
-    grad_x[j] = grad_bias[j] = d.i;
-    grad_x[H + j] = grad_bias[H + j] = d.f;
-    grad_x[2 * H + j] = grad_bias[2 * H + j] = d.g;
-    grad_x[3 * H + j] = grad_bias[3 * H + j] = d.o;
+    grad_x[j] = d.i;
+    grad_x[H + j] = d.f;
+    grad_x[2 * H + j] = d.g;
+    grad_x[3 * H + j] = d.o;
     dc[j] = d.c_prev;
   }
   // Through v's γ_hh ⊙ LN(W_hh h).

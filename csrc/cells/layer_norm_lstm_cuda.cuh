@@ -70,11 +70,10 @@ struct DeviceCell<Cell::LayerNormLstm> {
             *prev_cells = ws.parts[3];  // the activated gates, W_hh h, c_t, c_{t-1}
     S* dc = out<S>(p.dc) + b * H;
     S* gs = out<S>(p.grad_step) + b * 4 * H;  // d v first, then d(W_hh h)
-    // The row's share of d params (as Params): d bias = d v, d γ_hh = d v ⊙ LN(W_hh h),
-    // d γ_c = d(γ_c ⊙ LN(c_t) + β_c) ⊙ LN(c_t), d β_c = d(γ_c ⊙ LN(c_t) + β_c).
-    S* grad_bias = out<S>(p.grad_params) + row * 10 * H;
-    S *grad_gamma_r = grad_bias + 4 * H, *grad_gamma_c = grad_bias + 8 * H,
-      *grad_c_norm = grad_bias + 9 * H;
+    // The row's share of d params after the bias (the bias's is d v's sum): d γ_hh =
+    // d v ⊙ LN(W_hh h), d γ_c = d(γ_c ⊙ LN(c_t) + β_c) ⊙ LN(c_t), d β_c = d(γ_c ⊙ LN(c_t) + β_c).
+    S* grad_gamma_r = out<S>(p.grad_params) + row * 6 * H;
+    S *grad_gamma_c = grad_gamma_r + 4 * H, *grad_c_norm = grad_gamma_r + 5 * H;
     auto grad_h = [&](int64_t j) {
       return to_state(in<T>(p.grad_out)[row * H + j]) + in<S>(p.dh)[b * H + j];
     };
@@ -104,7 +103,7 @@ struct DeviceCell<Cell::LayerNormLstm> {
           gates::lstm_gate_grads<S>(a, prev_cells[j], dc_total, grad_h(j) * tanh_c_norm(j));
       const S dv[4] = {d.i, d.f, d.g, d.o};
       for (int k = 0; k < 4; ++k) {
-        gs[k * H + j] = grad_bias[k * H + j] = dv[k];
+        gs[k * H + j] = dv[k];
         gx[k * H + j] = stored<T>(dv[k]);
       }
       dc[j] = d.c_prev;

@@ -351,7 +351,7 @@ TimeLoopBackwardResult backward(const BackwardArgs& a) {
   // Every row is written (zero where inactive), so no zero fill first.
   Tensor grad_xproj = at::empty({T, B, G * H}, options);
   // Each row's share of d step_params where the cell's step writes it (zero where inactive).
-  constexpr int64_t U = cell.step_param_grad_rows() ? cell.step_param_units() : 0;
+  constexpr int64_t U = cell.step_param_row_units();
   Tensor grad_param_rows = at::empty({U > 0 ? T : 0, B, U * H}, options);
   Tensor grad_hproj = at::empty({own_recurrent_grad ? T : 0, B, G * H}, options);
   const PingPong carry = ping_pong(a.grad_h_n, T);  // d h_t / d h_{t-1}

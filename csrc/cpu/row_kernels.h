@@ -250,7 +250,7 @@ struct BackwardRow {
   T* unprojected;     // o*tanh(c_t) for d W_hr where h is projected, else nullptr
   const T* params;    // the step parameters from unit j0 on (as ForwardRow's)
   // This row's share of d step_params (as params) where the cell's step writes it
-  // (csrc/cell_table.h: step_param_grad_rows), else nullptr.
+  // (csrc/cell_table.h: step_param_row_units), else nullptr.
   T* grad_params;
   int64_t n, H;
 };

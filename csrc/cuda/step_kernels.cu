@@ -305,7 +305,7 @@ __device__ void forward_inactive_unit(const ForwardStep& p, int64_t b, int64_t j
 // adds nothing to the step parameters' gradient).
 template <typename T, typename S, Cell C>
 __device__ void backward_inactive_unit(const BackwardStep& p, int64_t b, int64_t j, int64_t row) {
-  constexpr int64_t G = spec(C).gates, U = spec(C).step_param_units();
+  constexpr int64_t G = spec(C).gates, U = spec(C).step_param_row_units();
   const int64_t H = p.at.H, P = p.at.P;
   for (int64_t k = 0; k < G; ++k) {
     out<S>(p.grad_step)[b * G * H + k * H + j] = S(0);
@@ -409,21 +409,23 @@ __global__ void __launch_bounds__(256, 1) persistent_forward_kernel(PersistentFo
         if (lane == 0) forward_element<T, C>(p, b, j);
         continue;
       }
-      // Every gate's dot product in one pass over h_{t-1}, each value loaded once. h_{t-1}
-      // comes from other blocks (other SMs, whose writes an L1 line cached here steps ago
-      // would hide): loaded past L1. (The diagonal reads the block's own unit.)
-      S acc[G] = {};
-      if constexpr (kDiagonal) {
-        for (int64_t k = 0; k < G && lane == 0; ++k) acc[k] = w[k * units + u] * h[b * H + j];
+      if constexpr (kDiagonal) {  // u ⊙ h_{t-1}: the unit's own value, no dot product
+        for (int64_t k = 0; k < G && lane == 0; ++k) {
+          gh[b * G * H + k * H + j] = w[k * units + u] * h[b * H + j];
+        }
       } else {
+        // Every gate's dot product in one pass over h_{t-1}, each value loaded once. Other
+        // SMs wrote h_{t-1} (the grid barrier's acquire makes that visible); loaded past L1
+        // (ld.global.cg), whose lines for it would be stale next step anyway.
+        S acc[G] = {};
         for (int64_t c = lane; c < P; c += 32) {
           const S h_c = __ldcg(h + b * P + c);
           for (int64_t k = 0; k < G; ++k) acc[k] += w[(k * units + u) * width + c] * h_c;
         }
-      }
-      for (int64_t k = 0; k < G; ++k) {
-        const S sum = warp_sum(acc[k]);
-        if (lane == 0) gh[b * G * H + k * H + j] = sum;
+        for (int64_t k = 0; k < G; ++k) {
+          const S sum = warp_sum(acc[k]);
+          if (lane == 0) gh[b * G * H + k * H + j] = sum;
+        }
       }
       if (lane == 0) forward_element<T, C>(p, b, j);
     }
@@ -538,11 +540,12 @@ __global__ void __launch_bounds__(256, 1) persistent_backward_kernel(PersistentB
       const int64_t b = i / units, u = i % units, j = u0 + u, lane = threadIdx.x % 32;
       if (!p.at.sched.active(p.at.s, b)) continue;  // d gates 0: d h passed through already
       S acc = S(0);
+      const S* gs_row = gs + b * G * H;
       if constexpr (kDiagonal) {
-        for (int64_t k = lane; k < G; k += 32) acc += w[k * units + u] * gs[b * G * H + k * H + j];
-      } else {  // (other SMs wrote gs: loaded past L1)
+        for (int64_t k = lane; k < G; k += 32) acc += w[k * units + u] * gs_row[k * H + j];
+      } else {  // (other SMs wrote gs; loaded past L1, as h in the forward)
         const S* column = w + u * G * H;
-        for (int64_t r = lane; r < G * H; r += 32) acc += column[r] * __ldcg(gs + b * G * H + r);
+        for (int64_t r = lane; r < G * H; r += 32) acc += column[r] * __ldcg(gs_row + r);
       }
       acc = warp_sum(acc);
       if (lane == 0) dh_prev[b * P + j] += acc;

@@ -96,9 +96,9 @@ struct BackwardStep {
                             //   (its own recurrent gradient), else nullptr
   void* unprojected_all;    // [state] (T, B, H)  h before W_hr per step for d W_hr, where proj
   void* dh_prev;            // [state] (B, P)  the direct part (the GEMM adds W_hh^T grad_step)
-  void* grad_params;        // [state] (T, B, U*H)  each row's share of d step_params (U: the
-                            //   cell's step_param_units) where its step writes it
-                            //   (step_param_grad_rows), else nullptr
+  void* grad_params;        // [state] (T, B, U*H)  each row's share of d step_params where its
+                            //   step writes it (U: the cell's step_param_row_units), else
+                            //   nullptr
 };
 
 // A layer-direction's whole forward loop in one cooperative launch (a cell whose step is

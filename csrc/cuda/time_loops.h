@@ -148,9 +148,9 @@ inline StepWorkspace step_workspace(const CellSpec& cell, const std::vector<Tens
 
 // The launch shape of a persistent loop (PersistentForward / PersistentBackward), none (blocks 0)
 // where it does not apply: a normalised step (whole rows) or a projection, or W_hh too large for
-// the blocks' shared memory (max_shared_bytes each). As many blocks as the device keeps resident at once (max_blocks),
-// each owning `units` hidden units and their W_hh rows (forward) or columns (backward: as many
-// values, P = H without a projection).
+// the blocks' shared memory (max_shared_bytes each). As many blocks as the device keeps
+// resident at once (max_blocks), each owning `units` hidden units and their W_hh rows (forward)
+// or columns (backward: as many values, P = H without a projection).
 struct PersistentShape {
   int64_t blocks = 0, units = 0;
   int threads = 0;
@@ -317,7 +317,7 @@ TimeLoopBackwardResult backward(const BackwardArgs& a) {
                       : at::empty({0}, state);
   Tensor grad_step = at::empty({B, G * H}, state);
   // Each row's share of d step_params where the cell's step writes it (zero where inactive).
-  constexpr int64_t U = cell.step_param_grad_rows() ? cell.step_param_units() : 0;
+  constexpr int64_t U = cell.step_param_row_units();
   Tensor grad_param_rows = at::empty({U > 0 ? T : 0, B, U * H}, state);
   const Tensor params = a.step_params.has_value() ? a.step_params->contiguous() : Tensor();
   // Where h is projected: d h_t and the h before W_hr for every slot (zero where inactive), for
