@@ -19,6 +19,8 @@
 #               equivalence grid's fp32 cuda cases up to 2 layers on them, then
 #               bench/persistent_timing.py
 #               (persistent vs per-step vs cuDNN, T=300, LSTM/GRU/RNN, B 1 and 16, H 32-256)
+#   tune        python -m fusedrnn tune --grid quick (fp32): the dispatch's table measured
+#   bench_tuned the quick grid again, the dispatch reading that table (which path each row ran)
 #   tests_grid  the equivalence grid on CUDA, fp32, with the time that is left
 # (The emulation tests are CPU-only and run in CI.)
 # Every step runs even if an earlier one failed (except after a failed build), each under its
@@ -112,6 +114,13 @@ torch.cuda.synchronize(); print('time_loop_forward on', out[0].device, 'h_n', ou
   step persistent 90 bash -c "FUSEDRNN_CUDA_PERSISTENT=1 '$PY' -m pytest tests/test_cuda.py \
     tests/test_equivalence.py -q -rs -p no:cacheprovider -k 'cuda and not fp64 and not L3' && \
     '$PY' bench/persistent_timing.py --budget 0.2 --json '$LOGS/persistent.json'"
+  # The dispatch's table measured (cuDNN vs per-step vs persistent), then the quick grid with
+  # the dispatch reading it: which path each row ran.
+  step tune 75 env FUSEDRNN_TUNE_CACHE="$LOGS/cuda_paths.json" "$PY" -m fusedrnn tune \
+    --grid quick --dtype float32 --budget 0.2
+  step bench_tuned 45 env FUSEDRNN_TUNE_CACHE="$LOGS/cuda_paths.json" FUSEDRNN_CUDA_PATH=auto \
+    "$PY" -m fusedrnn bench --grid quick --device cuda --dtype float32 --budget 0.5 \
+    --json "$LOGS/bench-tuned.json"
   # Last, with what time is left: the equivalence grid on CUDA in fp32 (720 configurations).
   step tests_grid 150 "$PY" -m pytest tests/test_equivalence.py -q -p no:cacheprovider \
     -k "cuda and fp32" --junitxml="$LOGS/tests-grid.xml"
@@ -146,7 +155,7 @@ for line in open(os.path.join(logs, "steps.tsv")):
     keep = 60 if name == "persistent" else 15  # (its timing table)
     tail = open(path, errors="replace").read().splitlines()[-keep:] if os.path.exists(path) else []
     steps.append({"step": name, "status": status, "seconds": int(seconds), "log_tail": tail})
-ok = bool(steps) and all(s["status"] == "ok" for s in steps) and len(steps) == 12
+ok = bool(steps) and all(s["status"] == "ok" for s in steps) and len(steps) == 14
 sites = {tool: sanitizer_sites(tool)
          for tool in ("memcheck", "initcheck", "persistent_memcheck", "persistent_synccheck")}
 json.dump({"environment": env, "steps": steps, "sanitizer_sites": sites, "all_ok": ok},
@@ -162,7 +171,7 @@ with open(os.path.join(out, "summary.md"), "w") as f:
             f.writelines(f"- {n} x {fn}\n" for fn, n in sorted(found.items(), key=lambda x: -x[1]))
     for s in steps:
         if s["status"] != "ok" or s["step"] in ("tests_cuda", "verify", "bench_fp32", "bench_bf16",
-                                                "persistent", "tests_grid"):
+                                                "persistent", "tune", "bench_tuned", "tests_grid"):
             f.write(f"\n## {s['step']} ({s['status']}), last lines\n\n```\n" + "\n".join(s["log_tail"]) + "\n```\n")
 PY
 tar -czf "$OUT/logs.tar.gz" -C "$LOGS" .

@@ -137,12 +137,12 @@ struct TimeLoopFunction : torch::autograd::Function<TimeLoopFunction> {
   static variable_list forward(AutogradContext* ctx, c10::string_view cell, const Tensor& xproj,
                                const Tensor& h0, const OptTensor& c0, const Tensor& w_hh,
                                const OptTensor& step_params, const OptTensor& w_hr,
-                               const OptTensor& lengths, bool reverse) {
+                               const OptTensor& lengths, bool reverse, int64_t cuda_loop) {
     ctx->set_materialize_grads(false);  // unused outputs' grads stay undefined: see or_zeros
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [out, h_n, c_n, workspace] =
         ops::time_loop_forward().call(cell, xproj, h0, c0, w_hh, step_params, w_hr, lengths,
-                                      reverse, /*save_workspace=*/true);
+                                      reverse, /*save_workspace=*/true, cuda_loop);
     // The workspace is the op's own (never an output), so an in-place op on a returned tensor
     // (nn.ReLU(inplace=True) after the layer) leaves the backward intact. h0 and c0 only for
     // autograd's version check (and double backward): modified in place before backward, they
@@ -153,6 +153,7 @@ struct TimeLoopFunction : torch::autograd::Function<TimeLoopFunction> {
     ctx->save_for_backward(saved);
     ctx->saved_data["cell"] = std::string(cell);
     ctx->saved_data["reverse"] = reverse;
+    ctx->saved_data["cuda_loop"] = cuda_loop;
     ctx->mark_non_differentiable(workspace);
     if (!c0.has_value()) ctx->mark_non_differentiable({c_n});
     variable_list outputs = {out, h_n, c_n};
@@ -160,7 +161,7 @@ struct TimeLoopFunction : torch::autograd::Function<TimeLoopFunction> {
     return outputs;
   }
 
-  // Gradients of (cell, xproj, h0, c0, w_hh, step_params, w_hr, lengths, reverse).
+  // Gradients of (cell, xproj, h0, c0, w_hh, step_params, w_hr, lengths, reverse, cuda_loop).
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const variable_list saved = ctx->get_saved_variables();
     const Tensor &w_hh = saved[kWhh], &w_hr = saved[kWhr], &step_params = saved[kStepParams];
@@ -171,7 +172,8 @@ struct TimeLoopFunction : torch::autograd::Function<TimeLoopFunction> {
       const Differentiable g = differentiate_reference(
           parse_cell(cell), {recomputed_projection(ctx), h0, c0, w_hh, step_params, w_hr},
           saved[kLengths], reverse, grads);
-      return {Tensor(), g.xproj, g.h0, g.c0, g.w_hh, g.step_params, g.w_hr, Tensor(), Tensor()};
+      return {Tensor(), g.xproj, g.h0, g.c0, g.w_hh, g.step_params, g.w_hr, Tensor(), Tensor(),
+              Tensor()};
     }
     limit_threads_until_backward_ends();
     const std::vector<Tensor> workspace(saved.begin() + kWorkspace, saved.end());
@@ -181,7 +183,8 @@ struct TimeLoopFunction : torch::autograd::Function<TimeLoopFunction> {
         ops::time_loop_backward().call(cell, or_zeros(grads[0], hprev, w_hh),
                                        or_zeros(grads[1], h0), grad_c_n, w_hh, as_optional(w_hr),
                                        as_optional(step_params), workspace,
-                                       as_optional(saved[kLengths]), reverse);
+                                       as_optional(saved[kLengths]), reverse,
+                                       ctx->saved_data["cuda_loop"].toInt());
     // Where the step parameters are a bias on xproj, their gradient is d xproj's sum.
     if (step_params.defined() && step_params.requires_grad() &&
         !spec(parse_cell(cell)).own_step_param_grad()) {
@@ -191,7 +194,8 @@ struct TimeLoopFunction : torch::autograd::Function<TimeLoopFunction> {
       return input.defined() ? grad : Tensor();
     };
     return {Tensor(), grad_xproj, grad_h0, if_input(c0, grad_c0), grad_w_hh,
-            if_input(step_params, grad_step_params), if_input(w_hr, grad_w_hr), Tensor(), Tensor()};
+            if_input(step_params, grad_step_params), if_input(w_hr, grad_w_hr), Tensor(), Tensor(),
+            Tensor()};
   }
 };
 
@@ -199,16 +203,17 @@ TimeLoopForwardResult time_loop_forward_autograd(c10::string_view cell, const Te
                                                  const Tensor& h0, const OptTensor& c0,
                                                  const Tensor& w_hh, const OptTensor& step_params,
                                                  const OptTensor& w_hr, const OptTensor& lengths,
-                                                 bool reverse, bool save_workspace) {
+                                                 bool reverse, bool save_workspace,
+                                                 int64_t cuda_loop) {
   if (!at::GradMode::is_enabled() ||
       !any_requires_grad({&xproj, &h0, &or_undefined(c0), &w_hh, &or_undefined(step_params),
                           &or_undefined(w_hr)})) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return ops::time_loop_forward().call(cell, xproj, h0, c0, w_hh, step_params, w_hr, lengths,
-                                         reverse, save_workspace);
+                                         reverse, save_workspace, cuda_loop);
   }
-  const variable_list r =
-      TimeLoopFunction::apply(cell, xproj, h0, c0, w_hh, step_params, w_hr, lengths, reverse);
+  const variable_list r = TimeLoopFunction::apply(cell, xproj, h0, c0, w_hh, step_params, w_hr,
+                                                  lengths, reverse, cuda_loop);
   return {r[0], r[1], r[2], std::vector<Tensor>(r.begin() + 3, r.end())};
 }
 

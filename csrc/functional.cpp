@@ -78,7 +78,7 @@ std::tuple<Tensor, Tensor, Tensor> layer(Cell cell, const Tensor& x, const Tenso
                                          const Tensor& w_hh, const OptTensor& b_ih,
                                          const OptTensor& b_hh, const OptTensor& w_hr,
                                          const OptTensor& lengths, bool reverse,
-                                         at::TensorList extra = {}) {
+                                         int64_t cuda_loop, at::TensorList extra = {}) {
   // The fused ops' Autograd kernels (csrc/autograd.cpp) decide whether to save workspaces.
   constexpr bool kSaveWorkspace = false;
   // One step without lengths or projection is a cell step (a decoder calling the layer once per
@@ -106,7 +106,7 @@ std::tuple<Tensor, Tensor, Tensor> layer(Cell cell, const Tensor& x, const Tenso
   // (c0 of a cell without a cell state is ignored, as the one-step path above does.)
   auto [out, h_n, c_n, workspace] = ops::time_loop_forward().call(
       spec(cell).name, xproj, h0, spec(cell).has_cell_state() ? c0 : std::nullopt, w_hh,
-      step_params, w_hr, lengths, reverse, kSaveWorkspace);
+      step_params, w_hr, lengths, reverse, kSaveWorkspace, cuda_loop);
   // For double backward: xproj's recipe (a normalised one: normalized_step_inputs' γ_ih).
   remember_projection(out, x, w_ih, projection_bias,
                       spec(cell).normalized() ? OptTensor(extra[0]) : std::nullopt);
@@ -116,12 +116,12 @@ std::tuple<Tensor, Tensor, Tensor> layer(Cell cell, const Tensor& x, const Tenso
 std::tuple<Tensor, Tensor, Tensor> recurrent_layer(
     c10::string_view cell, const Tensor& x, const Tensor& h0, const OptTensor& c0,
     const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh,
-    const OptTensor& w_hr, const OptTensor& lengths, bool reverse) {
+    const OptTensor& w_hr, const OptTensor& lengths, bool reverse, int64_t cuda_loop) {
   const host_threads::LimitWhileContended limit;  // the projection's GEMM among others
   const Cell c = parse_cell(cell);
   TORCH_CHECK(spec(c).extra_weights == 0, "fusedrnn: recurrent_layer takes torch.nn's weights "
               "only; ", cell, " has more: call recurrent_stack");
-  return layer(c, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse);
+  return layer(c, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, cuda_loop);
 }
 
 // Whether the two directions of a layer may run on two threads at once: real CPU tensors only
@@ -179,7 +179,7 @@ Tensor stack_states(const std::vector<Tensor>& states) {
 std::tuple<Tensor, Tensor, Tensor> recurrent_stack(
     c10::string_view cell_name, const Tensor& x, const OptTensor& h0_in, const OptTensor& c0_in,
     at::TensorList flat_weights, int64_t num_layers, bool bidirectional, bool bias,
-    int64_t proj_size, double dropout, bool train, const OptTensor& lengths) {
+    int64_t proj_size, double dropout, bool train, const OptTensor& lengths, int64_t cuda_loop) {
   const host_threads::LimitWhileContended limit;  // the projections' GEMMs among others
   const Cell cell = parse_cell(cell_name);
   const int64_t num_directions = bidirectional ? 2 : 1;
@@ -225,7 +225,7 @@ std::tuple<Tensor, Tensor, Tensor> recurrent_stack(
       const OptTensor c0_g = c0.has_value() ? OptTensor((*c0)[g]) : std::nullopt;
       const at::TensorList extra(w + torch_per_group, spec(cell).extra_weights);
       results[d] = layer(cell, layer_input, h0[g], c0_g, w[0], w[1], b_ih, b_hh, w_hr, lengths,
-                         d == 1, extra);
+                         d == 1, cuda_loop, extra);
     };
     if (concurrent) {
       // The caller's grad mode, dispatch exclusions etc. must hold in the pool thread too.

@@ -18,10 +18,10 @@ using OptTensor = std::optional<Tensor>;
 
 using TimeLoopForward = std::tuple<Tensor, Tensor, Tensor, std::vector<Tensor>>(
     c10::string_view, const Tensor&, const Tensor&, const OptTensor&, const Tensor&,
-    const OptTensor&, const OptTensor&, const OptTensor&, bool, bool);
+    const OptTensor&, const OptTensor&, const OptTensor&, bool, bool, int64_t);
 using TimeLoopBackward = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
     c10::string_view, const Tensor&, const Tensor&, const OptTensor&, const Tensor&,
-    const OptTensor&, const OptTensor&, at::TensorList, const OptTensor&, bool);
+    const OptTensor&, const OptTensor&, at::TensorList, const OptTensor&, bool, int64_t);
 
 using CellForward = std::tuple<Tensor, Tensor, Tensor>(
     c10::string_view, const Tensor&, const Tensor&, const OptTensor&, const Tensor&, const Tensor&,

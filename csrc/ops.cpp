@@ -22,6 +22,9 @@
 //   lengths  (B) int64    optional; row b runs lengths[b] steps, then its state is frozen and its
 //                         outputs are zero (torch.nn's PackedSequence semantics)
 //   reverse               run time backwards (from lengths[b]-1 down to 0 for row b)
+//   cuda_loop             how the CUDA backend runs the steps: 0 its default, 1 per step,
+//                         2 one persistent launch where the loop fits (csrc/time_loop_op.h:
+//                         CudaLoop); the CPU ignores it. The functional ops pass it through.
 //   output   (T, B, P)    h_t at time t (not step), zero past a row's length
 //   workspace             what backward needs, [] when save_workspace is false (autograd
 //                         overrides it when it records the call): the cell's parts of
@@ -72,12 +75,14 @@ TORCH_LIBRARY(fusedrnn, m) {
   for (const char* schema : fusedrnn::kTimeLoopSchemas) m.def(schema);
   m.def(
       "recurrent_layer(str cell, Tensor x, Tensor h0, Tensor? c0, Tensor w_ih, Tensor w_hh, "
-      "Tensor? b_ih, Tensor? b_hh, Tensor? w_hr=None, Tensor? lengths=None, bool reverse=False) "
+      "Tensor? b_ih, Tensor? b_hh, Tensor? w_hr=None, Tensor? lengths=None, bool reverse=False, "
+      "int cuda_loop=0) "
       "-> (Tensor output, Tensor h_n, Tensor c_n)");
   m.def(
       "recurrent_stack(str cell, Tensor x, Tensor? h0, Tensor? c0, Tensor[] weights, "
       "int num_layers, bool bidirectional, bool bias, int proj_size=0, float dropout=0.0, "
-      "bool train=False, Tensor? lengths=None) -> (Tensor output, Tensor h_n, Tensor c_n)");
+      "bool train=False, Tensor? lengths=None, int cuda_loop=0) "
+      "-> (Tensor output, Tensor h_n, Tensor c_n)");
   m.def(
       "cell_forward(str cell, Tensor x, Tensor h, Tensor? c, Tensor w_ih, Tensor w_hh, "
       "Tensor? b_ih, Tensor? b_hh, bool save_workspace) "

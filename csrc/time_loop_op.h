@@ -25,6 +25,19 @@ using TimeLoopForwardResult =
 using TimeLoopBackwardResult =
     std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
+// How a CUDA backend runs a layer's steps (the ops' cuda_loop; the CPU has one way): its default
+// (per step, or persistent where FUSEDRNN_CUDA_PERSISTENT=1), a launch or two per step, or one
+// persistent launch for all steps wherever the loop fits one (csrc/cuda/time_loops.h).
+// fusedrnn.dispatch chooses it per call from a table `fusedrnn tune` measured.
+enum class CudaLoop : int64_t { kDefault = 0, kPerStep = 1, kPersistent = 2 };
+
+inline CudaLoop checked_cuda_loop(int64_t value) {
+  TORCH_CHECK(value >= 0 && value <= 2,
+              "fusedrnn: cuda_loop must be 0 (default), 1 (per step) or 2 (persistent), got ",
+              value);
+  return static_cast<CudaLoop>(value);
+}
+
 // The ops' arguments (shapes in csrc/ops.cpp) as the backends' loops receive them: checked, with
 // the sizes the checks read.
 struct ForwardArgs {
@@ -36,6 +49,7 @@ struct ForwardArgs {
   const std::optional<at::Tensor>& w_hr;
   const std::optional<at::Tensor>& lengths;
   bool reverse, save_workspace;
+  CudaLoop cuda_loop;
   LayerSizes sz;
 };
 
@@ -49,6 +63,7 @@ struct BackwardArgs {
   at::TensorList workspace;
   const std::optional<at::Tensor>& lengths;
   bool reverse;
+  CudaLoop cuda_loop;
   LayerSizes sz;
 };
 
@@ -61,10 +76,11 @@ struct TimeLoopOps {
                                        const Tensor& h0, const OptTensor& c0, const Tensor& w_hh,
                                        const OptTensor& step_params, const OptTensor& w_hr,
                                        const OptTensor& lengths, bool reverse,
-                                       bool save_workspace) {
+                                       bool save_workspace, int64_t cuda_loop) {
     const CellSpec& cell = spec(parse_cell(cell_name));
     const ForwardArgs args{
         xproj, h0, c0, w_hh, step_params, w_hr, lengths, reverse, save_workspace,
+        checked_cuda_loop(cuda_loop),
         check_time_loop_forward(cell, xproj, h0, c0, w_hh, step_params, w_hr, lengths)};
     return visit_cell(cell.cell,
                       [&](auto c) { return Loops::template forward<decltype(c)::value>(args); });
@@ -74,10 +90,11 @@ struct TimeLoopOps {
                                          const Tensor& grad_h_n, const OptTensor& grad_c_n,
                                          const Tensor& w_hh, const OptTensor& w_hr,
                                          const OptTensor& step_params, at::TensorList ws,
-                                         const OptTensor& lengths, bool reverse) {
+                                         const OptTensor& lengths, bool reverse,
+                                         int64_t cuda_loop) {
     const CellSpec& cell = spec(parse_cell(cell_name));
     const BackwardArgs args{grad_output, grad_h_n, grad_c_n, w_hh, w_hr, step_params, ws,
-                            lengths, reverse,
+                            lengths, reverse, checked_cuda_loop(cuda_loop),
                             check_time_loop_backward(cell, grad_output, grad_h_n, grad_c_n, w_hh,
                                                      w_hr, step_params, ws, lengths)};
     return visit_cell(cell.cell,

@@ -2,6 +2,7 @@
 
   fusedrnn verify [--quick] ...   fused vs torch.nn vs fp64 over a matrix of configurations
   fusedrnn bench [--grid quick]   fused vs torch.nn timing, every configuration verified first
+  fusedrnn tune [--grid default]  on CUDA: the fastest path per configuration, for the dispatch
 
 With no subcommand it runs `bench --grid quick`. Exit status 1 on any FAIL.
 """
@@ -11,7 +12,7 @@ import argparse
 import sys
 import warnings
 
-from . import bench, verify
+from . import bench, tune, verify
 
 
 def _first_sentence(doc: str) -> str:
@@ -24,7 +25,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="fusedrnn", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command")
-    for name, module in (("verify", verify), ("bench", bench)):
+    for name, module in (("verify", verify), ("bench", bench), ("tune", tune)):
         sub = commands.add_parser(name, help=_first_sentence(module.__doc__),
                                   description=module.__doc__)
         module.add_arguments(sub)

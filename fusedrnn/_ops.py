@@ -24,7 +24,7 @@ def _workspace(like: torch.Tensor, T: int, B: int, width: int) -> torch.Tensor:
 
 @torch.library.register_fake("fusedrnn::time_loop_forward")
 def _time_loop_forward_fake(cell, xproj, h0, c0, w_hh, step_params, w_hr, lengths, reverse,
-                            save_workspace):
+                            save_workspace, cuda_loop=0):
     spec = CELLS[cell]
     T, B, _ = xproj.shape
     H = w_hh.shape[0] // spec.gates
@@ -37,7 +37,7 @@ def _time_loop_forward_fake(cell, xproj, h0, c0, w_hh, step_params, w_hr, length
 
 @torch.library.register_fake("fusedrnn::time_loop_backward")
 def _time_loop_backward_fake(cell, grad_output, grad_h_n, grad_c_n, w_hh, w_hr, step_params,
-                             workspace, lengths, reverse):
+                             workspace, lengths, reverse, cuda_loop=0):
     spec = CELLS[cell]
     T, B, _ = grad_output.shape
     none = lambda: grad_output.new_empty((0,))  # noqa: E731  (one per output: no aliases)

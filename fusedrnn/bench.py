@@ -85,14 +85,21 @@ def expected_cudnn_algo(cfg: BenchConfig, bench_pass: str, cudnn_version: int | 
     return f"fwd {algo(False)}, bwd {algo(True)}"
 
 
-def fused_path(cfg: BenchConfig, bench_pass: str) -> str:
-    """What fusedrnn's module runs for this configuration on CUDA: its fused kernels, or (by
-    fusedrnn.dispatch, FUSEDRNN_CUDA_PATH) torch.nn's cuDNN call."""
-    ref, fused = make_pair(cfg.case(), getattr(torch, cfg.dtype), cfg.device)
+def fused_ran(cfg: BenchConfig, bench_pass: str, fused_call) -> str:
+    """What fusedrnn's module ran for this configuration on CUDA, seen by calling it once:
+    torch.nn's cuDNN call (fusedrnn.dispatch chose it), or its fused persistent or per-step
+    loops (the CUDA ops count their persistent launches)."""
+    _, fused = make_pair(cfg.case(), getattr(torch, cfg.dtype), cfg.device)
     x = torch.empty(cfg.T, cfg.B, cfg.I, device=cfg.device, dtype=getattr(torch, cfg.dtype))
-    runs_cudnn = spec_of(cfg.cell).in_torch_nn and dispatch.use_cudnn(
-        fused, x, packed=False, needs_grad=bench_pass != "fwd")
-    return "cuDNN (dispatch)" if runs_cudnn else "fused"
+    if dispatch.cuda_path(fused, x, packed=False, needs_grad=bench_pass != "fwd") == "cudnn":
+        return "cuDNN (dispatch)"
+    before = dispatch.persistent_launches()
+    fused_call()
+    launches = dispatch.persistent_launches() - before
+    loops = cfg.layers * (2 if cfg.bidirectional else 1) * (1 if bench_pass == "fwd" else 2)
+    if launches == 0:
+        return "fused per-step"
+    return "fused persistent" + ("" if launches == loops else f" ({launches} of {loops} loops)")
 
 
 # A figure whose run-to-run spread (IQR / median, fused or torch.nn) exceeds this is flagged as
@@ -124,6 +131,7 @@ class BenchResult:
     verify_detail: str
     timings: dict[str, Timing]  # pass -> Timing; empty when verification failed
     floors: dict[str, dict]  # pass -> fusedrnn.floors.floors_ms (CPU only)
+    ran: dict[str, str] = dataclasses.field(default_factory=dict)  # pass -> fused_ran (CUDA)
 
 
 def _median_and_iqr(samples: list[float]) -> tuple[float, float]:
@@ -158,26 +166,32 @@ class _Timer:
 MIN_SAMPLE_MS = 2.0
 
 
-def time_interleaved(fused_fn, torch_fn, device: str, budget_s: float, min_reps: int = 5,
-                     max_reps: int = 500, warmup: int = 3) -> Timing:
-    """Alternates the two (order flipped every repetition) until budget_s is spent; each sample
-    is the mean of enough calls in a row to last MIN_SAMPLE_MS."""
+def time_round_robin(fns, device: str, budget_s: float, min_reps: int = 5, max_reps: int = 500,
+                     warmup: int = 3) -> tuple[list[tuple[float, float]], int]:
+    """Times the calls in turn (the order rotated every repetition: two alternate) until
+    budget_s is spent; each sample is the mean of enough calls in a row to last MIN_SAMPLE_MS.
+    Returns ([(median ms, IQR / median) per call], repetitions)."""
     timer = _Timer(device)
     for _ in range(warmup):
-        timer(fused_fn), timer(torch_fn)
-    calls_f, calls_t = (max(1, math.ceil(MIN_SAMPLE_MS / max(timer(fn), 1e-3)))
-                        for fn in (fused_fn, torch_fn))
-    fused, ref = [], []
+        for fn in fns:
+            timer(fn)
+    calls = [max(1, math.ceil(MIN_SAMPLE_MS / max(timer(fn), 1e-3))) for fn in fns]
+    samples = [[] for _ in fns]
+    reps = 0
     start = time.perf_counter()
-    while len(fused) < min_reps or (time.perf_counter() - start < budget_s and len(fused) < max_reps):
-        if len(fused) % 2 == 0:
-            fused.append(timer(fused_fn, calls_f))
-            ref.append(timer(torch_fn, calls_t))
-        else:
-            ref.append(timer(torch_fn, calls_t))
-            fused.append(timer(fused_fn, calls_f))
-    (f_med, f_iqr), (t_med, t_iqr) = _median_and_iqr(fused), _median_and_iqr(ref)
-    return Timing(f_med, t_med, f_iqr, t_iqr, len(fused))
+    while reps < min_reps or (time.perf_counter() - start < budget_s and reps < max_reps):
+        for k in range(len(fns)):
+            i = (k + reps) % len(fns)
+            samples[i].append(timer(fns[i], calls[i]))
+        reps += 1
+    return [_median_and_iqr(s) for s in samples], reps
+
+
+def time_interleaved(fused_fn, torch_fn, device: str, budget_s: float, **kwargs) -> Timing:
+    """The fused call and torch.nn's, alternated (time_round_robin)."""
+    [(f_med, f_iqr), (t_med, t_iqr)], reps = time_round_robin([fused_fn, torch_fn], device,
+                                                                budget_s, **kwargs)
+    return Timing(f_med, t_med, f_iqr, t_iqr, reps)
 
 
 def verify_config(cfg: BenchConfig, seed: int) -> tuple[bool, str]:
@@ -236,13 +250,17 @@ def run_config(cfg: BenchConfig, budget_s: float, seed: int = 0) -> BenchResult:
     verified, detail = verify_config(cfg, seed)
     if not verified:
         return BenchResult(cfg, False, detail, {}, {})
+    workloads = make_workloads(cfg, seed)
     timings = {bench_pass: time_interleaved(fused_fn, torch_fn, cfg.device, budget_s)
-               for bench_pass, (fused_fn, torch_fn) in make_workloads(cfg, seed).items()}
-    return BenchResult(cfg, True, detail, timings, gemm_floors(cfg))
+               for bench_pass, (fused_fn, torch_fn) in workloads.items()}
+    ran = {bench_pass: fused_ran(cfg, bench_pass, fused_fn)
+           for bench_pass, (fused_fn, _) in workloads.items()} if cfg.device != "cpu" else {}
+    return BenchResult(cfg, True, detail, timings, gemm_floors(cfg), ran)
 
 
 def build_configs(args) -> list[BenchConfig]:
     sizes, cells, layer_counts, directions = GRIDS[args.grid]
+    cell_loop = getattr(args, "cell_loop", False)  # (bench's option; fusedrnn tune has none)
     if any(v is not None for v in (args.T, args.B, args.I, args.H)):
         T, B, I, H = (args.T or [MEDIUM_SIZE[0]], args.B or [MEDIUM_SIZE[1]],
                       args.I or [MEDIUM_SIZE[2]], args.H or [MEDIUM_SIZE[3]])
@@ -253,7 +271,7 @@ def build_configs(args) -> list[BenchConfig]:
         layer_counts = args.layers
     if args.bidirectional:
         directions = [True]
-    if args.cell_loop:
+    if cell_loop:
         if args.bidirectional or (args.layers and args.layers != [1]) or (
                 args.cells and set(cells) - set(CELL_LOOP_CELLS)):
             raise SystemExit("--cell-loop times one unidirectional layer of "
@@ -262,7 +280,7 @@ def build_configs(args) -> list[BenchConfig]:
         layer_counts, directions = [1], [False]
     dtypes = report.parse_choices(args.dtype, available_dtypes(args.device), f"dtype on {args.device}")
     return [BenchConfig(cell, *size, layers=L, bidirectional=bi, dtype=dtype, device=args.device,
-                        cell_loop=args.cell_loop)
+                        cell_loop=cell_loop)
             for dtype in dtypes for size in sizes for cell in cells
             for L in layer_counts for bi in directions]
 
@@ -316,7 +334,7 @@ def table_rows(results: list[BenchResult]) -> tuple[list[str], list[list[str]]]:
                     f"{floor_percent(f['sgemm'], t.fused_ms, bound=False)} / "
                     f"{floor_percent(f['peak'], t.fused_ms, bound=True)}"]
             if on_cuda:
-                row += [expected_cudnn_algo(cfg, bench_pass), fused_path(cfg, bench_pass)]
+                row += [expected_cudnn_algo(cfg, bench_pass), r.ran.get(bench_pass, "")]
             rows.append(row)
     return columns, rows
 
@@ -338,7 +356,7 @@ def to_json(results: list[BenchResult], args) -> dict:
                         for p, t in r.timings.items()},
             **({"gemm_floors_ms": r.floors} if r.floors else {}),
             **({"cudnn_algo_expected": {p: expected_cudnn_algo(r.config, p) for p in PASSES},
-                "fusedrnn_ran": {p: fused_path(r.config, p) for p in PASSES}}
+                "fusedrnn_ran": r.ran}
                if r.config.device.startswith("cuda") else {}),
         } for r in results],
     }
@@ -379,17 +397,25 @@ def _int_list(text: str) -> list[int]:
     return [int(v) for v in text.split(",")]
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--grid", choices=list(GRIDS), default="quick",
-                        help="quick (~30 s on 2 CPU cores), default (~3-5 min), full")
-    parser.add_argument("--device", default=report.default_device())
-    parser.add_argument("--dtype", default="float32", help="comma-separated dtypes")
+def add_grid_arguments(parser: argparse.ArgumentParser, grid: str, device: str,
+                       dtype: str) -> None:
+    """The configuration options build_configs reads (fusedrnn tune shares them)."""
+    parser.add_argument("--grid", choices=list(GRIDS), default=grid,
+                        help=f"quick (~30 s on 2 CPU cores), default (~3-5 min), full "
+                             f"(default {grid})")
+    parser.add_argument("--device", default=device)
+    parser.add_argument("--dtype", default=dtype, help=f"comma-separated dtypes (default {dtype})")
     parser.add_argument("--cells", default=None, help=f"comma-separated, from {', '.join(CELLS)}")
     for dim in ("T", "B", "I", "H"):
         parser.add_argument(f"--{dim}", type=_int_list, default=None,
                             help=f"{dim} values, comma-separated (replaces the grid's sizes)")
     parser.add_argument("--layers", type=_int_list, default=None, help="e.g. 1,2")
     parser.add_argument("--bidirectional", action="store_true", help="bidirectional only")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_grid_arguments(parser, "quick", report.default_device(), "float32")
     parser.add_argument("--cell-loop", action="store_true",
                         help="time the cells (RNNCell/GRUCell/LSTMCell) called once per step over "
                              "the T steps, as a decoder does, instead of the layer modules")
@@ -398,7 +424,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads for both (default: torch's, one per core); "
                              "1 keeps figures steady on a busy machine")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", metavar="PATH", help="write every figure as JSON")
     parser.add_argument("--plot", metavar="PATH.png", help="bar chart of speedups (matplotlib)")
 

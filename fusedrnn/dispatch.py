@@ -1,19 +1,33 @@
-"""Which implementation a module's call runs on CUDA: fusedrnn's fused kernels, or torch.nn's own
-cuDNN call (the same numbers contract: torch.nn is what the fused path is checked against).
+"""Which implementation a module's call runs on CUDA: torch.nn's own cuDNN call (the same numbers
+contract: torch.nn is what the fused path is checked against), or fusedrnn's fused kernels, and
+of those the per-step loop (a GEMM and a pointwise kernel per step) or the persistent loop (one
+launch for every step; csrc/cuda/time_loops.h).
 
-Until a table measured on the GPU present says otherwise, the default is torch.nn's cuDNN
-wherever ATen would run cuDNN's persistent algorithm (one launch for the whole sequence,
-CUDNN_RNN_ALGO_PERSIST_STATIC_SMALL_H: ATen's get_algo in aten/src/ATen/native/cudnn/RNN.cpp),
-which the fused per-step path, two launches a step, cannot beat; fused everywhere else (packed
-input, proj_size, fp64, larger H), where cuDNN falls back to its standard algorithm too. No GPU
-has timed either yet (README "CUDA").
+A table measured on the GPU present decides first: `fusedrnn tune` (fusedrnn/tune.py) times
+the candidates per configuration and stores the winners per GPU model in a cache file
+(FUSEDRNN_TUNE_CACHE, default ~/.cache/fusedrnn/cuda_paths.json). A call takes the winner of
+the nearest measured configuration of the same cell, dtype, pass and direction count, within a
+factor of 2 in T, B and H; packed input and proj_size are never measured there.
 
-FUSEDRNN_CUDA_PATH overrides the rule: "fused" (the test suite's setting: its CUDA cases are
-there to check the fused kernels), "cudnn" (torch.nn's call wherever it has the cell), "auto".
+Without a measured entry, the rule: torch.nn's cuDNN wherever ATen would run cuDNN's persistent
+algorithm (one launch for the whole sequence, CUDNN_RNN_ALGO_PERSIST_STATIC_SMALL_H: ATen's
+get_algo in aten/src/ATen/native/cudnn/RNN.cpp), which the per-step path, two launches a step,
+cannot beat; the fused kernels' default loop everywhere else (packed input, proj_size, fp64,
+larger H), where cuDNN falls back to its standard algorithm too.
+
+FUSEDRNN_CUDA_PATH overrides both: "fused" (the fused kernels' default loop: the test suite's
+setting, its CUDA cases are there to check the fused kernels), "per_step", "persistent",
+"cudnn" (torch.nn's call wherever it has the cell), "auto" (the table, then the rule).
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import functools
+import json
+import math
 import os
+from pathlib import Path
 
 import torch
 
@@ -23,6 +37,13 @@ _SMALL_H_LIMITS = {  # mode: (forward, backward)
     "RNN_TANH": (384, 256), "RNN_RELU": (384, 256), "GRU": (192, 128), "LSTM": (192, 128),
 }
 _MIN_CUDNN = 8201
+
+# The fused ops' cuda_loop argument per path (csrc/time_loop_op.h: CudaLoop).
+CUDA_LOOP = {"fused": 0, "per_step": 1, "persistent": 2}
+PATHS = ("cudnn", *CUDA_LOOP)
+CACHE_ENV = "FUSEDRNN_TUNE_CACHE"
+# A measured entry decides for calls within this factor of it in each of T, B and H.
+NEAREST_FACTOR = 2.0
 
 
 def cudnn_persistent(mode: str, dtype: torch.dtype, hidden_size: int, proj_size: int,
@@ -38,16 +59,129 @@ def cudnn_persistent(mode: str, dtype: torch.dtype, hidden_size: int, proj_size:
     return hidden_size <= (backward_limit if backward else forward_limit)
 
 
-def use_cudnn(module, x: torch.Tensor, packed: bool, needs_grad: bool) -> bool:
-    """Whether `module` (a fused layer module of a cell torch.nn has) runs torch.nn's cuDNN call
-    for input x (on CUDA; never elsewhere)."""
-    if not x.is_cuda or not torch.backends.cudnn.enabled:
-        return False
+# ----------------------------------------------------------------------------- the tuned table
+
+@dataclasses.dataclass(frozen=True)
+class CallKey:
+    """What the table is keyed by: a module call's configuration."""
+    cell: str  # fusedrnn.cells.CELLS name
+    dtype: str  # torch dtype name, "float32"
+    training: bool  # forward+backward (the forward saves for a backward)
+    bidirectional: bool
+    T: int
+    B: int
+    H: int
+
+    def distance(self, entry: dict) -> float | None:
+        """log2 distance to a measured entry, or None where it does not decide for this call."""
+        if (entry["cell"], entry["dtype"], entry["training"], entry["bidirectional"]) != (
+                self.cell, self.dtype, self.training, self.bidirectional):
+            return None
+        ratios = [abs(math.log2(max(mine, 1) / max(entry[name], 1)))
+                  for name, mine in (("T", self.T), ("B", self.B), ("H", self.H))]
+        if max(ratios) > math.log2(NEAREST_FACTOR):
+            return None
+        return sum(ratios)
+
+
+def tuned_path(key: CallKey, entries: list[dict]) -> str | None:
+    """The winner of the nearest measured entry that decides for `key`, or None."""
+    deciding = [(d, e) for e in entries if (d := key.distance(e)) is not None]
+    return min(deciding, key=lambda de: de[0])[1]["winner"] if deciding else None
+
+
+def cache_path() -> Path:
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "fusedrnn" / "cuda_paths.json"
+
+
+def read_cache(path: Path) -> dict:
+    """The cache file's contents ({"gpus": {gpu name: {"entries": [...], ...}}}); empty where the
+    file is missing. A file that is not the cache's JSON raises: a table silently ignored would
+    make every call fall back to the rule."""
+    if not path.exists():
+        return {"gpus": {}}
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict) or not isinstance(data.get("gpus"), dict):
+        raise ValueError(f"fusedrnn: {path} is not a fusedrnn tune cache (no 'gpus' table)")
+    return data
+
+
+@functools.lru_cache(maxsize=None)
+def _entries(path: str, gpu: str) -> tuple[dict, ...]:
+    return tuple(read_cache(Path(path))["gpus"].get(gpu, {}).get("entries", []))
+
+
+def table_for(gpu: str) -> tuple[dict, ...]:
+    """The measured entries of this GPU model in the cache file (read once per process;
+    reload() after writing it)."""
+    return _entries(str(cache_path()), gpu)
+
+
+def reload() -> None:
+    _entries.cache_clear()
+
+
+# ----------------------------------------------------------------------------- the choice
+
+_forced: list[str] = []  # forcing() stack, innermost last
+
+
+@contextlib.contextmanager
+def forcing(path: str):
+    """Every call in the block takes `path` (fusedrnn tune times each candidate this way)."""
+    if path not in PATHS:
+        raise ValueError(f"fusedrnn: unknown CUDA path {path!r}; expected one of {PATHS}")
+    _forced.append(path)
+    try:
+        yield
+    finally:
+        _forced.pop()
+
+
+def _requested() -> str:
+    if _forced:
+        return _forced[-1]
     choice = os.environ.get("FUSEDRNN_CUDA_PATH", "auto")
-    if choice == "fused":
-        return False
-    if choice == "cudnn":
-        return True
-    return cudnn_persistent(module.mode, x.dtype, module.hidden_size, module.proj_size, packed,
-                            needs_grad, torch.backends.cudnn.version(),
-                            torch.cuda.get_device_capability(x.device))
+    if choice not in (*PATHS, "auto"):
+        raise ValueError(f"fusedrnn: FUSEDRNN_CUDA_PATH={choice!r}; expected one of "
+                         f"{(*PATHS, 'auto')}")
+    return choice
+
+
+def cuda_path(module, x: torch.Tensor, packed: bool, needs_grad: bool) -> str:
+    """The path (one of PATHS) a call of `module` (a fused layer module) on input x takes; off
+    CUDA always "fused" (the CPU has one fused path)."""
+    if not x.is_cuda:
+        return "fused"
+    cell = module._cell_name()
+    has_cudnn = module._reference_step is None and torch.backends.cudnn.enabled
+    choice = _requested()
+    if choice == "auto":
+        choice = None
+        if not packed and not module.proj_size:
+            # x: (T, B, I), (B, T, I) batch_first, or (T, I) unbatched
+            T, B = (x.size(0), 1) if x.dim() == 2 else \
+                (x.size(1), x.size(0)) if module.batch_first else (x.size(0), x.size(1))
+            key = CallKey(cell, str(x.dtype).removeprefix("torch."), needs_grad,
+                          module.bidirectional, T, B, module.hidden_size)
+            choice = tuned_path(key, list(table_for(torch.cuda.get_device_name(x.device))))
+        if choice is None:
+            rule_says_cudnn = cudnn_persistent(
+                module.mode, x.dtype, module.hidden_size, module.proj_size, packed, needs_grad,
+                torch.backends.cudnn.version(), torch.cuda.get_device_capability(x.device))
+            choice = "cudnn" if rule_says_cudnn else "fused"
+    return "fused" if choice == "cudnn" and not has_cudnn else choice
+
+
+def persistent_launches() -> int:
+    """Persistent loops the CUDA ops have launched in this process (0 without CUDA kernels)."""
+    counter = getattr(torch.ops.fusedrnn, "persistent_launches", None)
+    return counter() if counter is not None else 0
+
+
+def use_cudnn(module, x: torch.Tensor, packed: bool, needs_grad: bool) -> bool:
+    """Whether `module` runs torch.nn's cuDNN call for input x (on CUDA; never elsewhere)."""
+    return cuda_path(module, x, packed, needs_grad) == "cudnn"

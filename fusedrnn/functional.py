@@ -47,14 +47,16 @@ def recurrent_layer(
     w_hr: Tensor | None = None,
     lengths: Tensor | None = None,
     reverse: bool = False,
+    cuda_loop: int = 0,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """One layer, one direction.
 
-    x (T, B, I) time-major; h0 (B, P); c0 (B, H) for LSTM; lengths (B,) int64 or None.
+    x (T, B, I) time-major; h0 (B, P); c0 (B, H) for LSTM; lengths (B,) int64 or None;
+    cuda_loop: how CUDA runs the steps (fusedrnn.dispatch.CUDA_LOOP; ignored on the CPU).
     Returns output (T, B, P), h_n (B, P), c_n (B, H) or None.
     """
     out, h_n, c_n = ops.recurrent_layer(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths,
-                                        reverse)
+                                        reverse, cuda_loop)
     return out, h_n, c_n if CELLS[cell].has_cell_state else None
 
 
@@ -72,6 +74,7 @@ def recurrent_stack(
     dropout: float = 0.0,
     training: bool = False,
     lengths: Tensor | None = None,
+    cuda_loop: int = 0,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """The whole stack, as torch.nn.RNN/GRU/LSTM computes it.
 
@@ -79,6 +82,7 @@ def recurrent_stack(
     (None: zeros);
     flat_weights in torch.nn's order (weight_ih, weight_hh, [bias_ih, bias_hh], [weight_hr] per
     layer, forward before reverse). Dropout applies to the outputs of all but the last layer.
+    cuda_loop: how CUDA runs each layer's steps (fusedrnn.dispatch.CUDA_LOOP; ignored on the CPU).
     Returns output (T, B, D*P), h_n (L*D, B, P), c_n (L*D, B, H) or None.
     """
     dtype, device_type = x.dtype, x.device.type  # x.device builds an object: read it once
@@ -90,7 +94,7 @@ def recurrent_stack(
             return recurrent_stack(
                 cell, cast(x), cast(h0), cast(c0), [cast(w) for w in flat_weights],
                 num_layers=num_layers, bidirectional=bidirectional, bias=bias, proj_size=proj_size,
-                dropout=dropout, training=training, lengths=lengths)
+                dropout=dropout, training=training, lengths=lengths, cuda_loop=cuda_loop)
     if device_type == "cpu" and torch.is_autocast_enabled("cpu"):
         # torch.nn's CPU layers disagree under autocast (RNN returns bf16, GRU float32, LSTM
         # raises in oneDNN); the stack runs without it, in the dtype it is given.
@@ -98,19 +102,19 @@ def recurrent_stack(
             return recurrent_stack(
                 cell, x, h0, c0, flat_weights, num_layers=num_layers, bidirectional=bidirectional,
                 bias=bias, proj_size=proj_size, dropout=dropout, training=training,
-                lengths=lengths)
+                lengths=lengths, cuda_loop=cuda_loop)
     if device_type == "cpu" and dtype not in _CPU_COMPUTE_DTYPES:
         # bf16/fp16 on CPU: compute in float32, return the caller's dtype.
         up = lambda t: None if t is None else t.float()  # noqa: E731
         out, h_n, c_n = recurrent_stack(
             cell, x.float(), up(h0), up(c0), [w.float() for w in flat_weights],
             num_layers=num_layers, bidirectional=bidirectional, bias=bias, proj_size=proj_size,
-            dropout=dropout, training=training, lengths=lengths)
+            dropout=dropout, training=training, lengths=lengths, cuda_loop=cuda_loop)
         return out.to(dtype), h_n.to(dtype), None if c_n is None else c_n.to(dtype)
     if lengths is not None:
         lengths = _lengths_on(x, lengths)
 
     weights = flat_weights if isinstance(flat_weights, list) else list(flat_weights)
     out, h_n, c_n = _recurrent_stack_op(cell, x, h0, c0, weights, num_layers, bidirectional, bias,
-                                        proj_size, dropout, training, lengths)
+                                        proj_size, dropout, training, lengths, cuda_loop)
     return out, h_n, c_n if CELLS[cell].has_cell_state else None

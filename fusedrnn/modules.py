@@ -222,25 +222,30 @@ class _FusedRNNBase(nn.RNNBase):
             return self._torch_forward(input, hx)
         if _exporting_to_onnx():
             return _export_forward(self, input, hx)
-        if self._reference_step is None and self._runs_cudnn(input):
+        path = self._cuda_path(input)
+        if path == "cudnn":
             return self._torch_forward(input, hx)
-        return self._forward(input, hx)
+        return self._forward(input, hx, cuda_loop=dispatch.CUDA_LOOP[path])
 
-    def _runs_cudnn(self, input) -> bool:
-        """Whether this call runs torch.nn's cuDNN call instead of the fused kernels
-        (fusedrnn.dispatch: on CUDA, where cuDNN's persistent kernel runs)."""
+    def _cuda_path(self, input) -> str:
+        """What this call runs (fusedrnn.dispatch.PATHS): on CUDA torch.nn's cuDNN call or one of
+        the fused loops; elsewhere, and while torch.compile traces, "fused"."""
         packed = isinstance(input, PackedSequence)
         data = input.data if packed else input
         if not data.is_cuda or torch.compiler.is_compiling():
-            return False
+            return "fused"
         weights = self._current_weights()  # (also what torch.nn's forward reads)
         needs_grad = torch.is_grad_enabled() and (
             data.requires_grad or any(w.requires_grad for w in weights))
-        return dispatch.use_cudnn(self, data, packed, needs_grad)
+        return dispatch.cuda_path(self, data, packed, needs_grad)
 
-    def _forward(self, input, hx, reference: bool = False):
+    def _runs_cudnn(self, input) -> bool:
+        return self._cuda_path(input) == "cudnn"
+
+    def _forward(self, input, hx, reference: bool = False, cuda_loop: int = 0):
         """forward on the fused stack, or with reference=True on the cell's pure-PyTorch
-        reference (fusedrnn.reference; cells torch.nn lacks)."""
+        reference (fusedrnn.reference; cells torch.nn lacks). cuda_loop: the fused ops' (on
+        CUDA: fusedrnn.dispatch.CUDA_LOOP)."""
         weights = self._current_weights()
         is_lstm = self.mode == "LSTM"
         orig_input = input
@@ -291,7 +296,7 @@ class _FusedRNNBase(nn.RNNBase):
             if input.size(0 if not self.batch_first else 1) == 0:
                 raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
             x = input.transpose(0, 1) if self.batch_first else input
-        stack = recurrent_stack if not reference else \
+        stack = functools.partial(recurrent_stack, cuda_loop=cuda_loop) if not reference else \
             functools.partial(reference_stack, self._reference_step)
         output, h_n, c_n = stack(
             self._cell_name(), x, h0, c0, weights,

@@ -6,6 +6,8 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import fusedrnn
+from fusedrnn import dispatch, tune
+from fusedrnn.bench import BenchConfig
 from helpers import CELLS, RULE_ATOL, Case, check_case, cuda_only, make_pair
 
 pytestmark = cuda_only
@@ -83,11 +85,13 @@ def test_forward_backward_never_synchronizes_the_host(name, packed):
         torch.cuda.set_sync_debug_mode("default")
 
 
-def test_default_dispatch_runs_cudnn_where_its_persistent_kernel_would(monkeypatch):
-    """FUSEDRNN_CUDA_PATH=auto (the default outside the tests): an LSTM with H <= 192 on
-    unpacked fp32 input runs torch.nn's cuDNN call, bit for bit; H = 256 and packed input run
-    the fused kernels (fusedrnn/dispatch.py)."""
+def test_default_dispatch_runs_cudnn_where_its_persistent_kernel_would(monkeypatch, tmp_path):
+    """FUSEDRNN_CUDA_PATH=auto (the default outside the tests), no measured table: an LSTM with
+    H <= 192 on unpacked fp32 input runs torch.nn's cuDNN call, bit for bit; H = 256 and packed
+    input run the fused kernels (fusedrnn/dispatch.py)."""
     monkeypatch.setenv("FUSEDRNN_CUDA_PATH", "auto")
+    monkeypatch.setenv(dispatch.CACHE_ENV, str(tmp_path / "none.json"))
+    dispatch.reload()
     torch.manual_seed(0)
     small, large = fusedrnn.LSTM(32, 64).cuda(), fusedrnn.LSTM(32, 256).cuda()
     x = torch.randn(10, 4, 32, device="cuda")
@@ -97,3 +101,38 @@ def test_default_dispatch_runs_cudnn_where_its_persistent_kernel_would(monkeypat
         ref = torch.nn.LSTM(32, 64).cuda()
         ref.load_state_dict(small.state_dict())
         torch.testing.assert_close(small(x)[0], ref(x)[0], rtol=0, atol=0)
+
+
+def test_the_persistent_path_runs_and_matches_the_per_step_path():
+    """A module call forced onto the persistent loops launches one per layer-direction and pass
+    (counted by the CUDA ops) and gives the per-step loops' numbers."""
+    torch.manual_seed(0)
+    lstm = fusedrnn.LSTM(16, 64, num_layers=2, bidirectional=True).cuda()
+    x = torch.randn(40, 4, 16, device="cuda", requires_grad=True)
+    results = {}
+    for path in ("per_step", "persistent"):
+        before = dispatch.persistent_launches()
+        with dispatch.forcing(path):
+            out, (h_n, c_n) = lstm(x)
+            grads = torch.autograd.grad(out.square().sum() + h_n.sum() + c_n.sum(),
+                                        [x, *lstm.parameters()])
+        launches = dispatch.persistent_launches() - before
+        assert launches == (8 if path == "persistent" else 0)
+        results[path] = (out, h_n, c_n, *grads)
+    for a, b in zip(*results.values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_tune_measures_every_candidate_and_the_dispatch_takes_the_winner(monkeypatch, tmp_path):
+    monkeypatch.setenv(dispatch.CACHE_ENV, str(tmp_path / "cuda_paths.json"))
+    monkeypatch.setenv("FUSEDRNN_CUDA_PATH", "auto")
+    cfg = BenchConfig("lstm", T=50, B=4, I=16, H=64, device="cuda")
+    measurements = tune.measure(cfg, budget_s=0.05)
+    for m in measurements:
+        assert set(m.ms) == {"cudnn", "per_step", "persistent"}, m.left_out
+    tune.store(tmp_path / "cuda_paths.json", torch.cuda.get_device_name(), measurements, {})
+    lstm = fusedrnn.LSTM(16, 64).cuda()
+    x = torch.randn(50, 4, 16, device="cuda")
+    with torch.no_grad():
+        assert lstm._cuda_path(x) == measurements[0].winner
+    dispatch.reload()

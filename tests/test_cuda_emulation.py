@@ -240,6 +240,31 @@ def test_persistent_loops_fall_back_where_the_grid_cannot_be_resident(emulated, 
     assert emulated.persistent_launches() == before
 
 
+@pytest.mark.parametrize("cuda_loop, variable, persistent", [
+    (0, None, False), (0, "1", True), (1, "1", False), (2, None, True), (2, "0", True)])
+def test_the_cuda_loop_argument_chooses_the_loop(emulated, monkeypatch, cuda_loop, variable,
+                                                 persistent):
+    """cuda_loop (fusedrnn.dispatch.CUDA_LOOP) 2 asks for the persistent loops and 1 for the
+    per-step ones whatever FUSEDRNN_CUDA_PERSISTENT says; 0, the default, leaves it to it."""
+    if variable is None:
+        monkeypatch.delenv("FUSEDRNN_CUDA_PERSISTENT", raising=False)
+    else:
+        monkeypatch.setenv("FUSEDRNN_CUDA_PERSISTENT", variable)
+    case = OpCase("gru", T=4, B=2)
+    t, lengths = make_inputs(case, seed=3)
+    t = cast(t, torch.float32)
+    before = emulated.persistent_launches()
+    out, h_n, _, workspace = emulated.time_loop_forward(*_forward_args(case, t, lengths, True),
+                                                        cuda_loop=cuda_loop)
+    emulated.time_loop_backward("gru", t["grad_output"], t["grad_h_n"], None, t["w_hh"], None,
+                                t["step_params"], workspace, lengths, False, cuda_loop=cuda_loop)
+    assert emulated.persistent_launches() - before == (2 if persistent else 0)
+    reference = CPU_OPS.time_loop_forward(*_forward_args(case, t, lengths, False))
+    torch.testing.assert_close(out, reference[0])
+    with pytest.raises(RuntimeError, match="cuda_loop must be 0 .default., 1 .per step. or 2"):
+        emulated.time_loop_forward(*_forward_args(case, t, lengths, False), cuda_loop=3)
+
+
 # Gate pre-activation offsets (added to xproj) that make the state remember for hundreds of
 # steps: "forward" grows c to tens (forget gate ~0.993, i*g > 0) or keeps h (update gate
 # ~0.9975); "backward" carries d c back through f ~0.9975 with a small output gate.

@@ -37,5 +37,11 @@ TORCH_LIBRARY_IMPL(fusedrnn, CUDA, m) {
   loops::register_time_loops<CudaDevice>(m);
 }
 
+// How many persistent loops (one launch a loop, forward or backward) the CUDA ops ran: what bench
+// and tune read to say which loop ran (fusedrnn.dispatch.persistent_launches).
+TORCH_LIBRARY_FRAGMENT(fusedrnn, m) {
+  m.def("persistent_launches() -> int", [] { return loops::persistent_launches.load(); });
+}
+
 }  // namespace cuda
 }  // namespace fusedrnn

@@ -189,17 +189,19 @@ bool persistent_ran(const Device& device, cudaError_t err) {
   return true;
 }
 
-// The persistent loops are opt-in (FUSEDRNN_CUDA_PERSISTENT=1) until timed on a GPU.
-inline bool persistent_enabled() {
+// Whether a call asks for the persistent loop: by its cuda_loop, else (the default) by
+// FUSEDRNN_CUDA_PERSISTENT=1 (opt-in until timed on a GPU).
+inline bool persistent_enabled(CudaLoop loop) {
+  if (loop != CudaLoop::kDefault) return loop == CudaLoop::kPersistent;
   const char* value = std::getenv("FUSEDRNN_CUDA_PERSISTENT");
   return value != nullptr && std::string_view(value) == "1";
 }
 
-// The persistent launch for this loop where one is enabled and applies, else none (blocks 0).
+// The persistent launch for this loop where one is asked for and applies, else none (blocks 0).
 template <Cell C, typename Device>
 PersistentShape persistent_plan(const Device& device, const LayerSizes& sz, bool proj,
-                                const at::TensorOptions& state) {
-  if (!persistent_enabled()) return {};
+                                const at::TensorOptions& state, CudaLoop loop) {
+  if (!persistent_enabled(loop)) return {};
   return persistent_shape<C>(sz, proj, state.dtype().itemsize(), device.max_cooperative_blocks(),
                              device.max_shared_bytes());
 }
@@ -248,7 +250,7 @@ TimeLoopForwardResult forward(const ForwardArgs& a) {
   p.out = output.data_ptr();
   p.unprojected = data_or_null(unprojected);
   p.ws = step_workspace(cell, saved);
-  const PersistentShape persistent = persistent_plan<C>(device, sz, proj, state);
+  const PersistentShape persistent = persistent_plan<C>(device, sz, proj, state, a.cuda_loop);
   bool ran = false;  // the persistent loop
   if (persistent.blocks > 0 && T > 0) {  // one launch for every step
     const PersistentForward q{p,
@@ -340,7 +342,7 @@ TimeLoopBackwardResult backward(const BackwardArgs& a) {
   p.grad_x = grad_xproj.data_ptr();
   p.grad_hproj = data_or_null(grad_hproj);
   p.unprojected_all = data_or_null(unprojected_all);
-  const PersistentShape persistent = persistent_plan<C>(device, sz, proj, state);
+  const PersistentShape persistent = persistent_plan<C>(device, sz, proj, state, a.cuda_loop);
   bool ran = false;  // the persistent loop
   if (persistent.blocks > 0 && T > 0) {  // one launch for every step
     Tensor grad_steps = at::empty({2, B, G * H}, state);  // by step parity
