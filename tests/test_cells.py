@@ -1,4 +1,8 @@
 """fusedrnn cells vs torch.nn cells."""
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -68,6 +72,43 @@ def test_wide_cell_matches_torch_nn(name, kw, dtype):
         atol = 1e-10 if dtype == torch.float64 else 20 * RULE_ATOL[dtype]
         for a, b in zip(list(fo) + list(fg), list(to) + list(tg)):
             assert torch.allclose(a, b, atol=atol, rtol=0), (a - b).abs().max()
+
+
+# (I, H) of the small-batch step (csrc/cpu/rows_dot.cpp): depths I and H with every kind of tail
+# (K % 16 and K % 8: 1, 5, 3, 9, 4, 6, 2), gate rows not a multiple of the 8 a kernel call reads,
+# and (64, 130) wide enough to split its 9 unit blocks over two threads.
+SMALL_BATCH_SHAPES = [(1, 3), (5, 9), (17, 20), (33, 70), (64, 130)]
+
+
+@pytest.mark.parametrize("B", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("name,kw", CELL_CLASSES, ids=["rnn_tanh", "rnn_relu", "gru", "lstm"])
+def test_small_batch_step_edges(name, kw, B):
+    """float32 steps at B <= 4 take the unit-split step (each weight row's dot products with
+    every batch row); B = 5 the BLAS one. Outputs and gradients against float64 torch.nn."""
+    torch.manual_seed(B)
+    for input_size, hidden in SMALL_BATCH_SHAPES:
+        ref = getattr(nn, name)(input_size, hidden, **kw).double()
+        fused = getattr(fusedrnn, name)(input_size, hidden, **kw)
+        fused.load_state_dict(ref.state_dict())
+        x = torch.randn(B, input_size, dtype=torch.float64, requires_grad=True)
+        mk = lambda: torch.randn(B, hidden, dtype=torch.float64, requires_grad=True)  # noqa: E731
+        hx = (mk(), mk()) if name == "LSTMCell" else mk()
+        as32 = lambda t: t.float().detach().requires_grad_()  # noqa: E731
+        hx32 = tuple(map(as32, hx)) if isinstance(hx, tuple) else as32(hx)
+        (fo, fg), (to, tg) = _run(fused, as32(x), hx32), _run(ref, x, hx)
+        for a, b in zip(list(fo) + list(fg), list(to) + list(tg)):
+            assert torch.allclose(a.double(), b, atol=2e-5, rtol=1e-4), \
+                (input_size, hidden, (a.double() - b).abs().max())
+
+
+def test_small_batch_step_edges_in_avx2():
+    """The same with the AVX2 form of the small-batch kernels (what CPUs without AVX-512 run),
+    in a fresh process: the form is chosen once per process."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                    f"{here}/test_cells.py::test_small_batch_step_edges"],
+                   check=True, env=dict(os.environ, FUSEDRNN_DISABLE_AVX512="1"),
+                   cwd=os.path.dirname(here))
 
 
 @pytest.mark.parametrize("name,kw", CELL_CLASSES, ids=["rnn_tanh", "rnn_relu", "gru", "lstm"])

@@ -17,11 +17,14 @@
 #include <cstring>
 #include <optional>
 #include <tuple>
+#include <type_traits>
 
 #include "../cell.h"
 #include "../op_checks.h"
 #include "blas.h"
+#include "blocking.h"
 #include "row_kernels.h"
+#include "rows_dot.h"
 #include "team.h"
 
 namespace fusedrnn {
@@ -43,6 +46,34 @@ void step_workspace_rows(const CellSpec& cell, Ptr row, int64_t H, Ptr* parts) {
     parts[i] = row + offset;
     offset += cell.workspace[i].units * H;
   }
+}
+
+// Weight bytes a task of the unit-split step (below) should read before a second thread is
+// worth waking: ~2 us of streaming from L2.
+constexpr int64_t kMinWeightBytesPerTask = 256 << 10;
+
+// One forward step at a small batch (B ≤ kMaxDotRows, float) with its hidden units split over
+// the intra-op threads: each task takes whole 16-unit blocks, computes its units' rows of
+// x·W_ihᵀ and h·W_hhᵀ in every gate (rows_dot: each weight row read once, by one thread, so each
+// core keeps its share of the weights in its own L2 from call to call), then runs the row
+// kernels on those units of every batch row. No barrier: a unit's gates need only its own rows.
+// row(b, u0, u1) runs the row kernels of batch row b on units [u0, u1).
+template <typename RowFn>
+void unit_split_step(int64_t B, int64_t G, int64_t H, int64_t I, const float* x,
+                     const float* h, const float* w_ih, const float* w_hh, bool x_has_bias,
+                     float* xg, float* hg, const RowFn& row) {
+  const int64_t blocks = (H + kBlockUnits - 1) / kBlockUnits;
+  const int64_t block_bytes = kBlockUnits * G * (I + H) * static_cast<int64_t>(sizeof(float));
+  const int64_t grain = std::max<int64_t>(1, kMinWeightBytesPerTask / block_bytes);
+  at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
+    const int64_t u0 = begin * kBlockUnits, u1 = std::min(H, end * kBlockUnits);
+    for (int64_t k = 0; k < G; ++k) {
+      const int64_t r0 = k * H + u0;
+      rows_dot(B, u1 - u0, I, x, I, w_ih + r0 * I, I, xg + r0, G * H, x_has_bias);
+      rows_dot(B, u1 - u0, H, h, H, w_hh + r0 * H, H, hg + r0, G * H, false);
+    }
+    for (int64_t b = 0; b < B; ++b) row(b, u0, u1);
+  });
 }
 
 // fn(b) for every batch row b, split over the intra-op pool when the rows are wide enough.
@@ -95,10 +126,6 @@ std::tuple<Tensor, Tensor, Tensor> cell_forward(
     scalar_t* combined = out_rows + B * H;
     for (int64_t j = 0; j < GH; ++j) combined[j] = bias ? bi[j] + bh[j] : scalar_t(0);
     const scalar_t* step_bias = b_ih_in_x ? bh : combined;
-    gemm_rowmajor<scalar_t>(B, GH, I, x.data_ptr<scalar_t>(), I, false, w_ih.data_ptr<scalar_t>(),
-                            I, /*b_is_nk=*/true, b_ih_in_x ? 1 : 0, xg, GH);
-    gemm_rowmajor<scalar_t>(B, GH, H, h.data_ptr<scalar_t>(), H, false, w_hh.data_ptr<scalar_t>(),
-                            H, /*b_is_nk=*/true, 0, hg, GH);
     const scalar_t* h_cur = h.data_ptr<scalar_t>();
     const scalar_t* c_cur = lstm ? c.data_ptr<scalar_t>() : nullptr;
     scalar_t* h_next = h_new.data_ptr<scalar_t>();
@@ -106,22 +133,37 @@ std::tuple<Tensor, Tensor, Tensor> cell_forward(
     scalar_t* ws_data = ws.data_ptr<scalar_t>();
     visit_cell(cell, [&](auto c_) {
       constexpr Cell C = decltype(c_)::value;
-      for_each_row(B, GH, [&](int64_t b) {
+      // The row kernels of batch row b on units [u0, u1).
+      const auto row = [&](int64_t b, int64_t u0, int64_t u1) {
         ForwardRow<scalar_t> r{};
-        r.x = xg + b * GH;
-        r.gh = hg + b * GH;
+        r.x = xg + b * GH + u0;
+        r.gh = hg + b * GH + u0;
         r.gh_stride = H;
-        r.params = step_bias;
-        r.h_cur = h_cur + b * H;
-        r.h_new = h_next + b * H;
-        r.out = out_rows + b * H;
-        r.c_cur = lstm ? c_cur + b * H : nullptr;
-        r.c_new = lstm ? c_next + b * H : nullptr;
-        step_workspace_rows(cs, ws_data + b * W, H, r.ws);
+        r.params = step_bias + u0;
+        r.h_cur = h_cur + b * H + u0;
+        r.h_new = h_next + b * H + u0;
+        r.out = out_rows + b * H + u0;
+        r.c_cur = lstm ? c_cur + b * H + u0 : nullptr;
+        r.c_new = lstm ? c_next + b * H + u0 : nullptr;
+        step_workspace_rows(cs, ws_data + b * W + u0, H, r.ws);
         r.save = true;  // (a scratch when not saved: all of it is written either way)
-        r.n = r.H = H;
+        r.n = u1 - u0;
+        r.H = H;
         CpuCell<C>::forward(r);
-      });
+      };
+      if constexpr (std::is_same_v<scalar_t, float>) {
+        if (B <= kMaxDotRows && rows_dot_available()) {
+          unit_split_step(B, G, H, I, x.data_ptr<float>(), h_cur, w_ih.data_ptr<float>(),
+                          w_hh.data_ptr<float>(), b_ih_in_x, xg, hg, row);
+          return;
+        }
+      }
+      gemm_rowmajor<scalar_t>(B, GH, I, x.data_ptr<scalar_t>(), I, false,
+                              w_ih.data_ptr<scalar_t>(), I, /*b_is_nk=*/true, b_ih_in_x ? 1 : 0,
+                              xg, GH);
+      gemm_rowmajor<scalar_t>(B, GH, H, h_cur, H, false, w_hh.data_ptr<scalar_t>(), H,
+                              /*b_is_nk=*/true, 0, hg, GH);
+      for_each_row(B, GH, [&](int64_t b) { row(b, 0, H); });
     });
   });
   return {h_new, c_new, save_workspace ? ws : at::empty({0}, options)};

@@ -12,14 +12,7 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-#define FUSEDRNN_HAVE_PACKED_KERNEL 1
-#define FUSEDRNN_AVX2 __attribute__((target("avx2,fma")))
-#define FUSEDRNN_AVX512 __attribute__((target("avx512f,avx2,fma")))
-#else
-#define FUSEDRNN_HAVE_PACKED_KERNEL 0
-#endif
+#include "isa.h"
 
 namespace fusedrnn {
 namespace cpu {
@@ -35,14 +28,9 @@ constexpr int64_t kMinTaskMacs = 32768;
 }  // namespace
 
 bool packed_gemm_available() {
-#if FUSEDRNN_HAVE_PACKED_KERNEL
-  static const bool available = __builtin_cpu_supports("avx2") &&
-                                __builtin_cpu_supports("fma") &&
-                                std::getenv("FUSEDRNN_DISABLE_PACKED_GEMM") == nullptr;
+  static const bool available =
+      cpu_has_avx2_fma() && std::getenv("FUSEDRNN_DISABLE_PACKED_GEMM") == nullptr;
   return available;
-#else
-  return false;
-#endif
 }
 
 // The 16-column panel fits one zmm register: with AVX-512 each row of A needs one accumulator,
@@ -51,16 +39,10 @@ bool packed_gemm_available() {
 // project's 2-vCPU Zen 4 (one thread, GFLOP/s, AVX2 6x16 vs AVX-512 8x16): M=8 K=64 N=64 85 vs
 // 114; M=32 K=256 N=1024 111 vs 117.
 bool packed_gemm_avx512() {
-#if FUSEDRNN_HAVE_PACKED_KERNEL
-  static const bool available = packed_gemm_available() && __builtin_cpu_supports("avx512f") &&
-                                std::getenv("FUSEDRNN_DISABLE_AVX512") == nullptr;
-  return available;
-#else
-  return false;
-#endif
+  return packed_gemm_available() && use_avx512();
 }
 
-#if FUSEDRNN_HAVE_PACKED_KERNEL
+#if FUSEDRNN_X86_KERNELS
 namespace {
 
 // Stores one row of accumulators (lo: columns 0-7, hi: 8-15) into C, adding C when accumulating.
@@ -333,9 +315,9 @@ FUSEDRNN_AVX2 void multiply_panel_avx2(int64_t M, int64_t kc, const float* A, in
 }
 
 }  // namespace
-#endif  // FUSEDRNN_HAVE_PACKED_KERNEL
+#endif  // FUSEDRNN_X86_KERNELS
 
-#if FUSEDRNN_HAVE_PACKED_KERNEL
+#if FUSEDRNN_X86_KERNELS
 namespace {
 
 // 12 independent chains of a = a * m + c on registers, `iters` times; returns the flops done.
@@ -366,12 +348,12 @@ FUSEDRNN_AVX2 double fma_chains_avx2(int64_t iters, volatile float* sink) {
 #undef FUSEDRNN_FMA_CHAINS
 
 }  // namespace
-#endif  // FUSEDRNN_HAVE_PACKED_KERNEL
+#endif  // FUSEDRNN_X86_KERNELS
 
 double fma_peak_gflops(double seconds) {
   TORCH_CHECK(std::isfinite(seconds) && seconds >= 0 && seconds <= 60,
               "fma_peak_gflops: seconds must be in [0, 60], got ", seconds);
-#if FUSEDRNN_HAVE_PACKED_KERNEL
+#if FUSEDRNN_X86_KERNELS
   if (!packed_gemm_available()) return 0.0;
   const auto chains = packed_gemm_avx512() ? fma_chains_avx512 : fma_chains_avx2;
   using Clock = std::chrono::steady_clock;
@@ -458,7 +440,7 @@ void PackedWeight<T>::multiply_block(int64_t u, int64_t M, const T* A, int64_t l
     }
     return;
   }
-#if FUSEDRNN_HAVE_PACKED_KERNEL
+#if FUSEDRNN_X86_KERNELS
   if constexpr (std::is_same_v<T, float>) {
     // One or two rows of a GRU/LSTM step (batch 1-2): every gate in one pass, row by row.
     const bool all_gates = M <= 2 && (groups_ == 3 || groups_ == 4);
