@@ -119,8 +119,10 @@ setup(
     # numpy: torch warns on import without it ("Failed to initialize NumPy").
     install_requires=["torch>=2.11,<2.15", "tqdm", "numpy"],
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "onnx", "onnxruntime", "onnxscript"],
+        "test": ["pytest", "pytest-benchmark", "onnx", "onnxruntime", "onnxscript", "openvino"],
         "plot": ["matplotlib"],
+        # fusedrnn bench --peers: the engines timed beside fusedrnn (fusedrnn/peers.py)
+        "peers": ["onnx", "onnxruntime", "openvino"],
     },
     ext_modules=[_extension()],
     cmdclass={"build_ext": PersistentBuildExtension.with_options(use_ninja=True)},

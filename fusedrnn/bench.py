@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from . import dispatch, floors, report
+from . import dispatch, floors, peers, report
 from .verification import (
     CELL_LOOP_CELLS, CELLS, Case, available_dtypes, compare, make_pair, spec_of, worst)
 
@@ -36,6 +36,11 @@ GRIDS = {
     "full": (DEFAULT_SIZES, list(CELLS), [1, 2], [False, True]),
 }
 PASSES = ("fwd", "fwd+bwd")
+STREAM_PASSES = ("stream",)
+
+
+def passes_of(cfg: "BenchConfig") -> tuple[str, ...]:
+    return STREAM_PASSES if cfg.stream else PASSES
 
 
 @dataclasses.dataclass
@@ -50,6 +55,7 @@ class BenchConfig:
     dtype: str = "float32"
     device: str = "cpu"
     cell_loop: bool = False  # the cell module once per step (verification.CellLoop)
+    stream: bool = False  # T module calls of one step each, the state carried (no grad)
 
     def case(self) -> Case:
         return Case(self.cell, num_layers=self.layers, bidirectional=self.bidirectional,
@@ -59,6 +65,8 @@ class BenchConfig:
         shape = f"T={self.T} B={self.B} I={self.I} H={self.H}"
         if self.cell_loop:
             return f"{self.cell} cell x {shape}"
+        if self.stream:
+            return f"{self.cell} stream of {self.T} steps B={self.B} I={self.I} H={self.H}"
         return f"{self.cell} {shape} L={self.layers} {'bi' if self.bidirectional else 'uni'}"
 
 
@@ -102,6 +110,12 @@ def fused_ran(cfg: BenchConfig, bench_pass: str, fused_call) -> str:
     return "fused persistent" + ("" if launches == loops else f" ({launches} of {loops} loops)")
 
 
+# The pause before each sample where other engines share the rotation: ONNX Runtime's and
+# OpenVINO's worker threads spin after a call (ORT's by default for milliseconds), holding the
+# cores the next engine's threads need, as torch's OpenMP pool does theirs. 20 ms is longer than
+# any of them spins.
+PEER_SETTLE_S = 0.02
+
 # A figure whose run-to-run spread (IQR / median, fused or torch.nn) exceeds this is flagged as
 # unreliable: on an idle machine medians here spread 2-15%; a busy core makes it 50-1000%.
 UNRELIABLE_SPREAD = 0.25
@@ -114,10 +128,22 @@ class Timing:
     fused_iqr: float  # interquartile range / median: the run-to-run spread
     torch_iqr: float
     reps: int
+    # Other engines (fusedrnn.peers) timed in the same rotation: name -> median ms, IQR / median.
+    peer_ms: dict[str, float] = dataclasses.field(default_factory=dict)
+    peer_iqr: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def speedup(self) -> float:
         return self.torch_ms / self.fused_ms
+
+    @property
+    def strongest(self) -> str:
+        """The fastest engine but fusedrnn: "torch.nn" or a peer's name."""
+        return min({"torch.nn": self.torch_ms, **self.peer_ms}.items(), key=lambda kv: kv[1])[0]
+
+    @property
+    def speedup_vs_strongest(self) -> float:
+        return self.peer_ms.get(self.strongest, self.torch_ms) / self.fused_ms
 
     @property
     def reliable(self) -> bool:
@@ -132,6 +158,7 @@ class BenchResult:
     timings: dict[str, Timing]  # pass -> Timing; empty when verification failed
     floors: dict[str, dict]  # pass -> fusedrnn.floors.floors_ms (CPU only)
     ran: dict[str, str] = dataclasses.field(default_factory=dict)  # pass -> fused_ran (CUDA)
+    peers_left_out: dict[str, str] = dataclasses.field(default_factory=dict)  # peer -> why
 
 
 def _median_and_iqr(samples: list[float]) -> tuple[float, float]:
@@ -167,10 +194,12 @@ MIN_SAMPLE_MS = 2.0
 
 
 def time_round_robin(fns, device: str, budget_s: float, min_reps: int = 5, max_reps: int = 500,
-                     warmup: int = 3) -> tuple[list[tuple[float, float]], int]:
+                     warmup: int = 3, settle_s: float = 0.0) -> tuple[list[tuple[float, float]], int]:
     """Times the calls in turn (the order rotated every repetition: two alternate) until
-    budget_s is spent; each sample is the mean of enough calls in a row to last MIN_SAMPLE_MS.
-    Returns ([(median ms, IQR / median) per call], repetitions)."""
+    budget_s is spent; each sample is the mean of enough calls in a row to last MIN_SAMPLE_MS,
+    taken settle_s after the one before (other engines' thread pools spin for a while after a
+    call, on the cores the next one needs). Returns ([(median ms, IQR / median) per call],
+    repetitions)."""
     timer = _Timer(device)
     for _ in range(warmup):
         for fn in fns:
@@ -182,16 +211,25 @@ def time_round_robin(fns, device: str, budget_s: float, min_reps: int = 5, max_r
     while reps < min_reps or (time.perf_counter() - start < budget_s and reps < max_reps):
         for k in range(len(fns)):
             i = (k + reps) % len(fns)
+            if settle_s:
+                time.sleep(settle_s)
             samples[i].append(timer(fns[i], calls[i]))
         reps += 1
     return [_median_and_iqr(s) for s in samples], reps
 
 
-def time_interleaved(fused_fn, torch_fn, device: str, budget_s: float, **kwargs) -> Timing:
-    """The fused call and torch.nn's, alternated (time_round_robin)."""
-    [(f_med, f_iqr), (t_med, t_iqr)], reps = time_round_robin([fused_fn, torch_fn], device,
-                                                                budget_s, **kwargs)
-    return Timing(f_med, t_med, f_iqr, t_iqr, reps)
+def time_interleaved(fused_fn, torch_fn, device: str, budget_s: float, peers=None,
+                     **kwargs) -> Timing:
+    """The fused call and torch.nn's (and the peers' calls, {name: call}), in turn
+    (time_round_robin)."""
+    peers = peers or {}
+    if peers:  # their pools spin after a call: each sample starts once they have gone idle
+        kwargs.setdefault("settle_s", PEER_SETTLE_S)
+    figures, reps = time_round_robin([fused_fn, torch_fn, *peers.values()], device, budget_s,
+                                     **kwargs)
+    (f_med, f_iqr), (t_med, t_iqr) = figures[:2]
+    return Timing(f_med, t_med, f_iqr, t_iqr, reps, {n: f[0] for n, f in zip(peers, figures[2:])},
+                  {n: f[1] for n, f in zip(peers, figures[2:])})
 
 
 def verify_config(cfg: BenchConfig, seed: int) -> tuple[bool, str]:
@@ -235,6 +273,42 @@ def make_workloads(cfg: BenchConfig, seed: int = 0) -> dict[str, tuple]:
             "fwd+bwd": (lambda: fwd_bwd(fused), lambda: fwd_bwd(ref))}
 
 
+def make_stream_workloads(cfg: BenchConfig, seed: int = 0) -> dict[str, tuple]:
+    """{"stream": (fused call, torch.nn call)}: each call runs the T steps of the configuration
+    as a decoder or an online model does, one module call of one step at a time with the state
+    carried, without grad: the per-call cost of a module (make_workloads' weights and input)."""
+    torch.manual_seed(seed)
+    ref, fused = make_pair(cfg.case(), getattr(torch, cfg.dtype), cfg.device)
+    x = torch.randn(cfg.T, cfg.B, cfg.I, device=cfg.device, dtype=getattr(torch, cfg.dtype))
+    steps = list(x.split(1))
+
+    def stream(module):
+        with torch.no_grad():
+            state = None
+            for step in steps:
+                _, state = module(step, state)
+
+    return {"stream": (lambda: stream(fused), lambda: stream(ref))}
+
+
+def peer_calls(cfg: BenchConfig, names: list[str], seed: int = 0) -> tuple[dict, dict[str, str]]:
+    """The peers' calls on the configuration's weights and input (as make_workloads makes them:
+    same seed, same draws), and the peers left out with why (fusedrnn.peers.bench_calls)."""
+    if not names:
+        return {}, {}
+    why = None
+    if cfg.cell not in peers.ONNX_CELLS or cfg.cell_loop:
+        why = "runs the layers of torch.nn's cells only (ONNX RNN/GRU/LSTM operators)"
+    elif cfg.dtype != "float32" or cfg.device != "cpu":
+        why = "timed in float32 on the CPU only"
+    if why:
+        return {}, {name: why for name in names}
+    torch.manual_seed(seed)
+    ref, _ = make_pair(cfg.case(), torch.float32, "cpu")
+    x = torch.randn(cfg.T, cfg.B, cfg.I)
+    return peers.bench_calls(ref, x, names, cfg.stream, torch.get_num_threads())
+
+
 def gemm_floors(cfg: BenchConfig) -> dict[str, dict]:
     """pass -> GEMM floors (fusedrnn.floors) of the configuration; CPU only."""
     if cfg.device != "cpu":
@@ -246,21 +320,28 @@ def gemm_floors(cfg: BenchConfig) -> dict[str, dict]:
             for bench_pass in PASSES}
 
 
-def run_config(cfg: BenchConfig, budget_s: float, seed: int = 0) -> BenchResult:
+def run_config(cfg: BenchConfig, budget_s: float, seed: int = 0,
+               peers: list[str] = ()) -> BenchResult:
+    """The configuration verified, then timed against torch.nn and, for inference (fwd, or a
+    stream), the given peers (fusedrnn.peers)."""
     verified, detail = verify_config(cfg, seed)
     if not verified:
         return BenchResult(cfg, False, detail, {}, {})
-    workloads = make_workloads(cfg, seed)
-    timings = {bench_pass: time_interleaved(fused_fn, torch_fn, cfg.device, budget_s)
+    workloads = (make_stream_workloads if cfg.stream else make_workloads)(cfg, seed)
+    calls, peers_left_out = peer_calls(cfg, list(peers), seed)
+    timings = {bench_pass: time_interleaved(fused_fn, torch_fn, cfg.device, budget_s,
+                                            peers=calls if bench_pass != "fwd+bwd" else None)
                for bench_pass, (fused_fn, torch_fn) in workloads.items()}
     ran = {bench_pass: fused_ran(cfg, bench_pass, fused_fn)
            for bench_pass, (fused_fn, _) in workloads.items()} if cfg.device != "cpu" else {}
-    return BenchResult(cfg, True, detail, timings, gemm_floors(cfg), ran)
+    floors_ms = {} if cfg.stream else gemm_floors(cfg)
+    return BenchResult(cfg, True, detail, timings, floors_ms, ran, peers_left_out)
 
 
 def build_configs(args) -> list[BenchConfig]:
     sizes, cells, layer_counts, directions = GRIDS[args.grid]
-    cell_loop = getattr(args, "cell_loop", False)  # (bench's option; fusedrnn tune has none)
+    # (bench's options; fusedrnn tune has neither)
+    cell_loop, stream = getattr(args, "cell_loop", False), getattr(args, "streaming", False)
     if any(v is not None for v in (args.T, args.B, args.I, args.H)):
         T, B, I, H = (args.T or [MEDIUM_SIZE[0]], args.B or [MEDIUM_SIZE[1]],
                       args.I or [MEDIUM_SIZE[2]], args.H or [MEDIUM_SIZE[3]])
@@ -279,8 +360,10 @@ def build_configs(args) -> list[BenchConfig]:
         cells = [c for c in cells if c in CELL_LOOP_CELLS]
         layer_counts, directions = [1], [False]
     dtypes = report.parse_choices(args.dtype, available_dtypes(args.device), f"dtype on {args.device}")
+    if stream and cell_loop:
+        raise SystemExit("--streaming calls the layer modules; --cell-loop the cells")
     return [BenchConfig(cell, *size, layers=L, bidirectional=bi, dtype=dtype, device=args.device,
-                        cell_loop=cell_loop)
+                        cell_loop=cell_loop, stream=stream)
             for dtype in dtypes for size in sizes for cell in cells
             for L in layer_counts for bi in directions]
 
@@ -309,8 +392,13 @@ def unreliable(results: list[BenchResult]) -> list[str]:
 def table_rows(results: list[BenchResult]) -> tuple[list[str], list[list[str]]]:
     on_cuda = any(r.config.device.startswith("cuda") for r in results)
     on_cpu = any(r.floors for r in results)
+    peer_names = [n for n in peers.PEERS if any(n in r.peers_left_out or
+                                          any(n in t.peer_ms for t in r.timings.values())
+                                          for r in results)]
     columns = ["config", "dtype", "pass", "fused ms", "torch.nn ms", "speedup", "fused µs/step",
                "spread (IQR) fused / torch"]
+    if peer_names:
+        columns += [f"{peers.PEERS[n]} ms" for n in peer_names] + ["speedup vs strongest other"]
     if on_cpu:
         columns += ["GEMM floor ms (shape sgemm / peak)", "fused at % of floor (sgemm / peak)"]
     if on_cuda:
@@ -318,15 +406,22 @@ def table_rows(results: list[BenchResult]) -> tuple[list[str], list[list[str]]]:
     rows = []
     for r in results:
         cfg = r.config
-        for bench_pass in PASSES:
+        for bench_pass in passes_of(cfg):
             if not r.verified:
                 row = [cfg.label(), cfg.dtype, bench_pass, "FAIL", "", "", "", "not timed"]
+                row += [""] * (len(peer_names) + 1 if peer_names else 0)
             else:
                 t = r.timings[bench_pass]
                 flag = "" if t.reliable else " !"
                 row = [cfg.label(), cfg.dtype, bench_pass, f"{t.fused_ms:.3f}", f"{t.torch_ms:.3f}",
                        f"{t.speedup:.2f}x{flag}", f"{t.fused_ms * 1e3 / cfg.T:.1f}",
                        f"{t.fused_iqr:.0%} / {t.torch_iqr:.0%}{flag}"]
+                if peer_names:
+                    row += [f"{t.peer_ms[n]:.3f}" if n in t.peer_ms else
+                            ("" if bench_pass == "fwd+bwd" else "not timed")
+                            for n in peer_names]
+                    strongest = peers.PEERS.get(t.strongest, t.strongest)
+                    row += [f"{t.speedup_vs_strongest:.2f}x ({strongest})" if t.peer_ms else ""]
             if on_cpu:
                 f = r.floors.get(bench_pass)
                 row += ["", ""] if not f or not r.verified else [
@@ -347,13 +442,18 @@ def to_json(results: list[BenchResult], args) -> dict:
                   "speedup = torch.nn ms / fused ms; backward seeded with fixed random "
                   "gradients of the output and states",
         "threads": torch.get_num_threads(),
+        **({"peers": peers.versions(args.peers.split(","))} if args.peers else {}),
         "unreliable_spread": UNRELIABLE_SPREAD,
         "unreliable": unreliable(results),
         "results": [{
             "config": dataclasses.asdict(r.config), "verified": r.verified,
             "verify_detail": r.verify_detail,
-            "timings": {p: dict(dataclasses.asdict(t), speedup=t.speedup, reliable=t.reliable)
+            "timings": {p: dict(dataclasses.asdict(t), speedup=t.speedup, reliable=t.reliable,
+                                **({"strongest": t.strongest,
+                                    "speedup_vs_strongest": t.speedup_vs_strongest}
+                                   if t.peer_ms else {}))
                         for p, t in r.timings.items()},
+            **({"peers_left_out": r.peers_left_out} if r.peers_left_out else {}),
             **({"gemm_floors_ms": r.floors} if r.floors else {}),
             **({"cudnn_algo_expected": {p: expected_cudnn_algo(r.config, p) for p in PASSES},
                 "fusedrnn_ran": r.ran}
@@ -370,8 +470,9 @@ def plot(results: list[BenchResult], path: str, title: str) -> None:
     labels = [f"{r.config.label()} {r.config.dtype}" for r in timed]
     fig, ax = plt.subplots(figsize=(max(7, 1.1 * len(timed) + 2), 5.5))
     width = 0.4
-    for k, bench_pass in enumerate(PASSES):
-        xs = [i + (k - 0.5) * width for i in range(len(timed))]
+    passes = passes_of(timed[0].config) if timed else PASSES
+    for k, bench_pass in enumerate(passes):
+        xs = [i + (k - (len(passes) - 1) / 2) * width for i in range(len(timed))]
         timings = [r.timings[bench_pass] for r in timed]
         speedups = [t.speedup for t in timings]
         errors = [s * (t.fused_iqr + t.torch_iqr) / 2 for s, t in zip(speedups, timings)]
@@ -419,6 +520,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cell-loop", action="store_true",
                         help="time the cells (RNNCell/GRUCell/LSTMCell) called once per step over "
                              "the T steps, as a decoder does, instead of the layer modules")
+    parser.add_argument("--streaming", action="store_true",
+                        help="time T module calls of one step each, the state carried, without "
+                             "grad (a decoder or an online model: the per-call cost); µs/step")
+    parser.add_argument("--peers", default="", metavar="ort,openvino",
+                        help="also time ONNX Runtime and/or OpenVINO on the inference passes "
+                             "(fwd, stream): same weights and input, checked against fp64 first, "
+                             "float32 on the CPU (pip install onnx onnxruntime openvino)")
     parser.add_argument("--budget", type=float, default=1.0,
                         help="seconds of timing per configuration and pass (default 1)")
     parser.add_argument("--threads", type=int, default=None,
@@ -436,15 +544,26 @@ def main(args: argparse.Namespace) -> int:
             raise SystemExit(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     configs = build_configs(args)
+    peer_names = report.parse_choices(args.peers, peers.PEERS, "peer") if args.peers else []
+    absent = peers.missing(peer_names)
+    if absent:
+        raise SystemExit(f"--peers {args.peers} needs {', '.join(absent)}: "
+                         f"pip install {' '.join(absent)}")
     title = report.banner("fusedrnn bench", args.device)
     print(title)
     print("speedup = torch.nn time / fused time (medians, interleaved, same process); every "
           "configuration verified against fp64 first\n")
     results = []
     for i, cfg in enumerate(report.progress(configs, desc="bench")):
-        results.append(run_config(cfg, args.budget, args.seed + i))
+        results.append(run_config(cfg, args.budget, args.seed + i, peer_names))
     columns, rows = table_rows(results)
     print(report.markdown_table(columns, rows))
+    if peer_names:
+        print(f"\npeers: {peers.versions(peer_names)}, {torch.get_num_threads()} threads each; "
+              "speedup vs strongest other = the fastest of torch.nn and the peers / fused")
+        for note in sorted({f"{peers.PEERS[n]}: {why}" for r in results
+                            for n, why in r.peers_left_out.items()}):
+            print(f"  not timed: {note}")
     if any(r.floors for r in results):
         dtype = args.dtype.split(",")[0]
         print(f"\nGEMM floors: every matrix product of the configuration at the rate torch.mm "
