@@ -110,11 +110,13 @@ def fused_ran(cfg: BenchConfig, bench_pass: str, fused_call) -> str:
     return "fused persistent" + ("" if launches == loops else f" ({launches} of {loops} loops)")
 
 
-# The pause before each sample where other engines share the rotation: ONNX Runtime's and
-# OpenVINO's worker threads spin after a call (ORT's by default for milliseconds), holding the
-# cores the next engine's threads need, as torch's OpenMP pool does theirs. 20 ms is longer than
-# any of them spins.
-PEER_SETTLE_S = 0.02
+# Where other engines share the rotation, each sample follows this long of untimed calls of its
+# own engine: ONNX Runtime's and OpenVINO's worker threads spin for a while after a call, on the
+# cores the next engine needs, as torch's OpenMP pool does. Measured on 2 cores (LSTM T=300 B=1
+# H=32): without it fused, torch.nn and ORT took 1.1-1.5x their time alone, and torch.nn up to
+# 30x in some samples; a pause instead (20 ms of sleep) let the cores and the pools go idle and
+# slowed every engine's next sample; 10 ms of its own calls first brings each to its time alone.
+PEER_LEAD_MS = 10.0
 
 # A figure whose run-to-run spread (IQR / median, fused or torch.nn) exceeds this is flagged as
 # unreliable: on an idle machine medians here spread 2-15%; a busy core makes it 50-1000%.
@@ -194,12 +196,12 @@ MIN_SAMPLE_MS = 2.0
 
 
 def time_round_robin(fns, device: str, budget_s: float, min_reps: int = 5, max_reps: int = 500,
-                     warmup: int = 3, settle_s: float = 0.0) -> tuple[list[tuple[float, float]], int]:
+                     warmup: int = 3, lead_ms: float = 0.0
+                     ) -> tuple[list[tuple[float, float]], int]:
     """Times the calls in turn (the order rotated every repetition: two alternate) until
     budget_s is spent; each sample is the mean of enough calls in a row to last MIN_SAMPLE_MS,
-    taken settle_s after the one before (other engines' thread pools spin for a while after a
-    call, on the cores the next one needs). Returns ([(median ms, IQR / median) per call],
-    repetitions)."""
+    after lead_ms of untimed calls of the same one. Returns ([(median ms, IQR / median) per
+    call], repetitions)."""
     timer = _Timer(device)
     for _ in range(warmup):
         for fn in fns:
@@ -211,8 +213,9 @@ def time_round_robin(fns, device: str, budget_s: float, min_reps: int = 5, max_r
     while reps < min_reps or (time.perf_counter() - start < budget_s and reps < max_reps):
         for k in range(len(fns)):
             i = (k + reps) % len(fns)
-            if settle_s:
-                time.sleep(settle_s)
+            lead_end = time.perf_counter() + lead_ms / 1e3
+            while time.perf_counter() < lead_end:
+                fns[i]()
             samples[i].append(timer(fns[i], calls[i]))
         reps += 1
     return [_median_and_iqr(s) for s in samples], reps
@@ -223,8 +226,8 @@ def time_interleaved(fused_fn, torch_fn, device: str, budget_s: float, peers=Non
     """The fused call and torch.nn's (and the peers' calls, {name: call}), in turn
     (time_round_robin)."""
     peers = peers or {}
-    if peers:  # their pools spin after a call: each sample starts once they have gone idle
-        kwargs.setdefault("settle_s", PEER_SETTLE_S)
+    if peers:
+        kwargs.setdefault("lead_ms", PEER_LEAD_MS)
     figures, reps = time_round_robin([fused_fn, torch_fn, *peers.values()], device, budget_s,
                                      **kwargs)
     (f_med, f_iqr), (t_med, t_iqr) = figures[:2]
