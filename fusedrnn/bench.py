@@ -110,13 +110,15 @@ def fused_ran(cfg: BenchConfig, bench_pass: str, fused_call) -> str:
     return "fused persistent" + ("" if launches == loops else f" ({launches} of {loops} loops)")
 
 
-# Where other engines share the rotation, each sample follows this long of untimed calls of its
-# own engine: ONNX Runtime's and OpenVINO's worker threads spin for a while after a call, on the
-# cores the next engine needs, as torch's OpenMP pool does. Measured on 2 cores (LSTM T=300 B=1
-# H=32): without it fused, torch.nn and ORT took 1.1-1.5x their time alone, and torch.nn up to
-# 30x in some samples; a pause instead (20 ms of sleep) let the cores and the pools go idle and
-# slowed every engine's next sample; 10 ms of its own calls first brings each to its time alone.
-PEER_LEAD_MS = 10.0
+# Peers (other engines, fusedrnn.peers) are timed in blocks of their own between rounds of
+# fused and torch.nn, each block after this long of its own calls: one engine at a time, as its
+# users run it. Interleaved sample by sample, each engine's thread pool spinning after its calls
+# on the cores the next one needs slowed fused and torch.nn 1.1-1.5x (torch.nn up to 30x in
+# some samples) and set off fused's busy-machine fallbacks (one thread for a back-off window);
+# a pause (sleep) before each sample let the cores and the pools go idle and slowed every
+# engine's next sample instead (2 cores, LSTM T=300 B=1 H=32).
+PEER_ROUNDS = 3
+PEER_WARMUP_MS = 10.0
 
 # A figure whose run-to-run spread (IQR / median, fused or torch.nn) exceeds this is flagged as
 # unreliable: on an idle machine medians here spread 2-15%; a busy core makes it 50-1000%.
@@ -195,17 +197,20 @@ class _Timer:
 MIN_SAMPLE_MS = 2.0
 
 
-def time_round_robin(fns, device: str, budget_s: float, min_reps: int = 5, max_reps: int = 500,
-                     warmup: int = 3, lead_ms: float = 0.0
-                     ) -> tuple[list[tuple[float, float]], int]:
-    """Times the calls in turn (the order rotated every repetition: two alternate) until
-    budget_s is spent; each sample is the mean of enough calls in a row to last MIN_SAMPLE_MS,
-    after lead_ms of untimed calls of the same one. Returns ([(median ms, IQR / median) per
-    call], repetitions)."""
+def _samples(fns, device: str, budget_s: float, min_reps: int = 5, max_reps: int = 500,
+             warmup: int = 3, warmup_ms: float = 0.0) -> tuple[list[list[float]], int]:
+    """The calls timed in turn (the order rotated every repetition: two alternate) until
+    budget_s is spent, after `warmup` calls of each and then at least warmup_ms of calls; each
+    sample the mean ms of enough calls in a row to last MIN_SAMPLE_MS. Returns (samples per
+    call, repetitions)."""
     timer = _Timer(device)
     for _ in range(warmup):
         for fn in fns:
             timer(fn)
+    warm_until = time.perf_counter() + warmup_ms / 1e3
+    while time.perf_counter() < warm_until:
+        for fn in fns:
+            fn()
     calls = [max(1, math.ceil(MIN_SAMPLE_MS / max(timer(fn), 1e-3))) for fn in fns]
     samples = [[] for _ in fns]
     reps = 0
@@ -213,26 +218,41 @@ def time_round_robin(fns, device: str, budget_s: float, min_reps: int = 5, max_r
     while reps < min_reps or (time.perf_counter() - start < budget_s and reps < max_reps):
         for k in range(len(fns)):
             i = (k + reps) % len(fns)
-            lead_end = time.perf_counter() + lead_ms / 1e3
-            while time.perf_counter() < lead_end:
-                fns[i]()
             samples[i].append(timer(fns[i], calls[i]))
         reps += 1
+    return samples, reps
+
+
+def time_round_robin(fns, device: str, budget_s: float, **kwargs
+                     ) -> tuple[list[tuple[float, float]], int]:
+    """_samples summarised: ([(median ms, IQR / median) per call], repetitions)."""
+    samples, reps = _samples(fns, device, budget_s, **kwargs)
     return [_median_and_iqr(s) for s in samples], reps
 
 
 def time_interleaved(fused_fn, torch_fn, device: str, budget_s: float, peers=None,
                      **kwargs) -> Timing:
-    """The fused call and torch.nn's (and the peers' calls, {name: call}), in turn
-    (time_round_robin)."""
-    peers = peers or {}
-    if peers:
-        kwargs.setdefault("lead_ms", PEER_LEAD_MS)
-    figures, reps = time_round_robin([fused_fn, torch_fn, *peers.values()], device, budget_s,
-                                     **kwargs)
-    (f_med, f_iqr), (t_med, t_iqr) = figures[:2]
-    return Timing(f_med, t_med, f_iqr, t_iqr, reps, {n: f[0] for n, f in zip(peers, figures[2:])},
-                  {n: f[1] for n, f in zip(peers, figures[2:])})
+    """The fused call and torch.nn's, alternated (time_round_robin). With peers ({name: call}),
+    PEER_ROUNDS rounds of [those two alternated, then each peer alone], each block after
+    PEER_WARMUP_MS of its own calls, every engine's samples pooled over the rounds."""
+    if not peers:
+        [(f_med, f_iqr), (t_med, t_iqr)], reps = time_round_robin([fused_fn, torch_fn], device,
+                                                                    budget_s, **kwargs)
+        return Timing(f_med, t_med, f_iqr, t_iqr, reps)
+    groups = [[fused_fn, torch_fn]] + [[call] for call in peers.values()]
+    pooled = [[[] for _ in group] for group in groups]
+    reps = 0
+    for _ in range(PEER_ROUNDS):
+        for g, group in enumerate(groups):
+            samples, block_reps = _samples(group, device, budget_s / PEER_ROUNDS / len(groups),
+                                           min_reps=2, warmup_ms=PEER_WARMUP_MS)
+            for mine, new in zip(pooled[g], samples):
+                mine += new
+            reps += block_reps if g == 0 else 0
+    (f_med, f_iqr), (t_med, t_iqr) = (_median_and_iqr(s) for s in pooled[0])
+    figures = {name: _median_and_iqr(pooled[g][0]) for g, name in enumerate(peers, start=1)}
+    return Timing(f_med, t_med, f_iqr, t_iqr, reps, {n: f[0] for n, f in figures.items()},
+                  {n: f[1] for n, f in figures.items()})
 
 
 def verify_config(cfg: BenchConfig, seed: int) -> tuple[bool, str]:
@@ -548,6 +568,7 @@ def main(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     configs = build_configs(args)
     peer_names = report.parse_choices(args.peers, peers.PEERS, "peer") if args.peers else []
+    args.peers = ",".join(peer_names)  # (as to_json reads it)
     absent = peers.missing(peer_names)
     if absent:
         raise SystemExit(f"--peers {args.peers} needs {', '.join(absent)}: "
