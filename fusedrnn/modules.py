@@ -327,13 +327,13 @@ class _FusedRNNBase(nn.RNNBase):
             if input.size(0 if not self.batch_first else 1) == 0:
                 raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
             x = input.transpose(0, 1) if self.batch_first else input
-        stack = functools.partial(recurrent_stack, cuda_loop=cuda_loop) if not reference else \
+        stack = recurrent_stack if not reference else \
             functools.partial(reference_stack, self._reference_step)
         output, h_n, c_n = stack(
             self._cell_name(), x, h0, c0, weights,
             num_layers=self.num_layers, bidirectional=self.bidirectional, bias=self.bias,
             proj_size=self.proj_size, dropout=self.dropout, training=self.training,
-            lengths=lengths)
+            lengths=lengths, cuda_loop=cuda_loop)
         hidden = (h_n, c_n) if is_lstm else h_n
 
         if batch_sizes is not None:

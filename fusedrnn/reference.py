@@ -26,12 +26,14 @@ Step = Callable[[Tensor, tuple, Sequence[Tensor]], tuple]
 def reference_stack(step: Step, cell: str, x: Tensor, h0: Tensor | None, c0: Tensor | None,
                     flat_weights: Sequence[Tensor], *, num_layers: int, bidirectional: bool,
                     bias: bool, proj_size: int = 0, dropout: float = 0.0, training: bool = False,
-                    lengths: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+                    lengths: Tensor | None = None, cuda_loop: int = 0
+                    ) -> tuple[Tensor, Tensor, Tensor | None]:
     """fusedrnn.functional.recurrent_stack's contract (shapes there; `cell` names its table row),
     computed by `step`: rows past their length keep their state and output zeros, the reverse
     direction runs from each row's last step, dropout between layers draws as torch.nn does
-    (over the packed rows where lengths are given on the CPU)."""
-    del bias, proj_size  # the weights list says both
+    (over the packed rows where lengths are given on the CPU). cuda_loop: the fused stack's,
+    taken and ignored (the reference runs no fused loop)."""
+    del bias, proj_size, cuda_loop  # the weights list says both
     # h0 / c0 None: zeros of H (a diagonal w_hh (H) of one gate, else (G*H, H)).
     T, B = x.shape[0], x.shape[1]
     directions = 2 if bidirectional else 1
