@@ -93,6 +93,12 @@ def expected_cudnn_algo(cfg: BenchConfig, bench_pass: str, cudnn_version: int | 
     return f"fwd {algo(False)}, bwd {algo(True)}"
 
 
+def time_loops_per_call(cfg: BenchConfig, bench_pass: str) -> int:
+    """Time loops one call of the pass runs: one per layer and direction, and as many again
+    for the backward of fwd+bwd (each a persistent launch where the persistent loop runs)."""
+    return cfg.layers * (2 if cfg.bidirectional else 1) * (2 if bench_pass == "fwd+bwd" else 1)
+
+
 def fused_ran(cfg: BenchConfig, bench_pass: str, fused_call) -> str:
     """What fusedrnn's module ran for this configuration on CUDA, seen by calling it once:
     torch.nn's cuDNN call (fusedrnn.dispatch chose it), or its fused persistent or per-step
@@ -104,7 +110,7 @@ def fused_ran(cfg: BenchConfig, bench_pass: str, fused_call) -> str:
     before = dispatch.persistent_launches()
     fused_call()
     launches = dispatch.persistent_launches() - before
-    loops = cfg.layers * (2 if cfg.bidirectional else 1) * (1 if bench_pass == "fwd" else 2)
+    loops = time_loops_per_call(cfg, bench_pass)
     if launches == 0:
         return "fused per-step"
     return "fused persistent" + ("" if launches == loops else f" ({launches} of {loops} loops)")
@@ -132,7 +138,8 @@ class Timing:
     fused_iqr: float  # interquartile range / median: the run-to-run spread
     torch_iqr: float
     reps: int
-    # Other engines (fusedrnn.peers) timed in the same rotation: name -> median ms, IQR / median.
+    # Other engines (fusedrnn.peers), timed in blocks between rounds of fused and torch.nn
+    # (time_interleaved): name -> median ms, IQR / median.
     peer_ms: dict[str, float] = dataclasses.field(default_factory=dict)
     peer_iqr: dict[str, float] = dataclasses.field(default_factory=dict)
 
@@ -344,14 +351,14 @@ def gemm_floors(cfg: BenchConfig) -> dict[str, dict]:
 
 
 def run_config(cfg: BenchConfig, budget_s: float, seed: int = 0,
-               peers: list[str] = ()) -> BenchResult:
+               peer_names: list[str] = ()) -> BenchResult:
     """The configuration verified, then timed against torch.nn and, for inference (fwd, or a
     stream), the given peers (fusedrnn.peers)."""
     verified, detail = verify_config(cfg, seed)
     if not verified:
         return BenchResult(cfg, False, detail, {}, {})
     workloads = (make_stream_workloads if cfg.stream else make_workloads)(cfg, seed)
-    calls, peers_left_out = peer_calls(cfg, list(peers), seed)
+    calls, peers_left_out = peer_calls(cfg, list(peer_names), seed)
     timings = {bench_pass: time_interleaved(fused_fn, torch_fn, cfg.device, budget_s,
                                             peers=calls if bench_pass != "fwd+bwd" else None)
                for bench_pass, (fused_fn, torch_fn) in workloads.items()}

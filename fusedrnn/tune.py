@@ -58,8 +58,7 @@ def _all_persistent(cfg: bench.BenchConfig, bench_pass: str, call) -> bool:
     """Whether one call ran every layer and direction (and its backward) persistently."""
     before = dispatch.persistent_launches()
     call()
-    loops = cfg.layers * (2 if cfg.bidirectional else 1) * (2 if TRAINING[bench_pass] else 1)
-    return dispatch.persistent_launches() - before == loops
+    return dispatch.persistent_launches() - before == bench.time_loops_per_call(cfg, bench_pass)
 
 
 def measure(cfg: bench.BenchConfig, budget_s: float, seed: int = 0,
