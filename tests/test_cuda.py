@@ -103,22 +103,31 @@ def test_default_dispatch_runs_cudnn_where_its_persistent_kernel_would(monkeypat
         torch.testing.assert_close(small(x)[0], ref(x)[0], rtol=0, atol=0)
 
 
-def test_the_persistent_path_runs_and_matches_the_per_step_path():
+@pytest.mark.parametrize("make", [
+    lambda: fusedrnn.LSTM(16, 64, num_layers=2, bidirectional=True),
+    lambda: fusedrnn.LSTM(16, 64, num_layers=2, bidirectional=True, proj_size=24),
+    lambda: fusedrnn.LayerNormGRU(16, 64, num_layers=2, bidirectional=True),
+    lambda: fusedrnn.LayerNormLSTM(16, 64, num_layers=2, bidirectional=True),
+], ids=["lstm", "lstm_proj", "layer_norm_gru", "layer_norm_lstm"])
+def test_the_persistent_path_runs_and_matches_the_per_step_path(make):
     """A module call forced onto the persistent loops launches one per layer-direction and pass
-    (counted by the CUDA ops) and gives the per-step loops' numbers."""
+    (counted by the CUDA ops) and gives the per-step loops' numbers: an elementwise cell, a
+    projected one (a second grid barrier a step) and the normalised ones (their rows behind a
+    second barrier)."""
     torch.manual_seed(0)
-    lstm = fusedrnn.LSTM(16, 64, num_layers=2, bidirectional=True).cuda()
+    module = make().cuda()
     x = torch.randn(40, 4, 16, device="cuda", requires_grad=True)
     results = {}
     for path in ("per_step", "persistent"):
         before = dispatch.persistent_launches()
         with dispatch.forcing(path):
-            out, (h_n, c_n) = lstm(x)
-            grads = torch.autograd.grad(out.square().sum() + h_n.sum() + c_n.sum(),
-                                        [x, *lstm.parameters()])
+            out, state = module(x)
+            states = state if isinstance(state, tuple) else (state,)
+            grads = torch.autograd.grad(out.square().sum() + sum(s.sum() for s in states),
+                                        [x, *module.parameters()])
         launches = dispatch.persistent_launches() - before
         assert launches == (8 if path == "persistent" else 0)
-        results[path] = (out, h_n, c_n, *grads)
+        results[path] = (out, *states, *grads)
     for a, b in zip(*results.values()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 

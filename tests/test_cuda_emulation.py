@@ -179,22 +179,20 @@ def test_emulated_cuda_op_matches_cpu_op(emulated, cell, reverse, ragged, B, dty
     check_against_cpu(emulated, case, dtype, seed=B + 10 * reverse)
 
 
-# The cells the persistent loops run (an elementwise step, no projection).
-PERSISTENT_CELLS = [c for c in GATES if not spec_of(c).normalized and c != "lstm_proj"]
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES.values()), ids=list(DTYPES))
 @pytest.mark.parametrize("B", [1, 8])
 @pytest.mark.parametrize("ragged", [False, True], ids=["full", "lengths"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
-@pytest.mark.parametrize("cell", PERSISTENT_CELLS)
+@pytest.mark.parametrize("cell", list(GATES))
 def test_persistent_loops_match_cpu_op(emulated, monkeypatch, cell, reverse, ragged, B, dtype):
     """The whole forward loop, and the whole backward loop, each in one cooperative launch
     (FUSEDRNN_CUDA_PERSISTENT=1; the emulation's 4 blocks own 10 of H = 40 units each and
-    exchange h, or d gates, through a grid barrier per step), against the CPU op as the per-step
-    path is. Each of these fails 128 to 192 of the 192: removing the forward's or the backward's
-    grid barrier or the backward's block barrier, reading h_{t-1} from the other buffer,
-    keeping one d gates buffer."""
+    exchange h, or d gates, through a grid barrier per step; a normalised cell's rows, B = 8 of
+    them two a block, and lstm_proj's P = 3 projection rows, one a block for three blocks, behind
+    a second barrier), against the CPU op as the per-step path is. Mutations each fail a share of
+    these (README, CUDA section: the testing table)."""
     monkeypatch.setenv("FUSEDRNN_CUDA_PERSISTENT", "1")
     before = emulated.persistent_launches()
     T = 6
@@ -206,14 +204,28 @@ def test_persistent_loops_match_cpu_op(emulated, monkeypatch, cell, reverse, rag
 
 @pytest.mark.parametrize("H", [37, 3])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
-@pytest.mark.parametrize("cell", ["lstm", "gru", "indrnn_relu"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "indrnn_relu", "layer_norm_gru", "lstm_proj"])
 def test_persistent_loops_with_a_partial_last_block(emulated, monkeypatch, cell, reverse, H):
     """H = 37 over 4 blocks: 10, 10, 10 and 7 units; H = 3: 3 blocks of one unit (fewer than the
-    device could hold)."""
+    device could hold). lstm_proj's P = 3 rows (2 where H = 3): one each for the first blocks."""
     monkeypatch.setenv("FUSEDRNN_CUDA_PERSISTENT", "1")
     before = emulated.persistent_launches()
-    case = OpCase(cell, T=5, B=3, H=H, reverse=reverse, lengths=ragged_lengths(5, 3))
+    case = OpCase(cell, T=5, B=3, H=H, proj=min(3, H - 1), reverse=reverse,
+                  lengths=ragged_lengths(5, 3))
     check_against_cpu(emulated, case, torch.float32, seed=H)
+    assert emulated.persistent_launches() - before == 3
+
+
+@pytest.mark.parametrize("P", [1, 13, 39])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_persistent_projection_rows_over_the_blocks(emulated, monkeypatch, reverse, P):
+    """lstm_proj's P rows of W_hr split over the 4 blocks: P = 1 (one block projects), 13 (4, 4,
+    4 and 1), 39 (10, 10, 10, 9: nearly H = 40), with lengths."""
+    monkeypatch.setenv("FUSEDRNN_CUDA_PERSISTENT", "1")
+    before = emulated.persistent_launches()
+    case = OpCase("lstm_proj", T=5, B=3, H=40, proj=P, reverse=reverse,
+                  lengths=ragged_lengths(5, 3))
+    check_against_cpu(emulated, case, torch.float32, seed=P)
     assert emulated.persistent_launches() - before == 3
 
 
@@ -227,6 +239,27 @@ def test_persistent_loops_take_the_shared_memory_the_device_allows(emulated, mon
     check_against_cpu(emulated, OpCase("lstm", T=4, B=2, H=128, lengths=(4, 2)), torch.float32,
                       seed=2)
     assert emulated.persistent_launches() - before == (0 if shared == 48 << 10 else 3)
+
+
+# What a block keeps, in bytes (fp32, 4 blocks of 10 units of H = 40): lstm_proj P = 39, 10
+# rows of W_hr a block: forward W_hh rows 4*10*39 + W_hr rows 10*40 values (7,840 bytes),
+# backward W_hh columns 10*4*40 + W_hr columns 10*39 (7,960); layer_norm_lstm forward and
+# backward 4*10*40 values (6,400) plus 256 doubles for its row reductions (8,448).
+@pytest.mark.parametrize("cell, P, shared, launches", [
+    ("lstm_proj", 39, 7840, 2), ("lstm_proj", 39, 7959, 2), ("lstm_proj", 39, 7960, 3),
+    ("lstm_proj", 39, 7839, 0),
+    ("layer_norm_lstm", 40, 8447, 0), ("layer_norm_lstm", 40, 8448, 3)])
+def test_persistent_loops_size_each_loop_for_the_shared_memory(emulated, monkeypatch, cell, P,
+                                                               shared, launches):
+    """Each loop's blocks fit the device's shared memory on their own: with a projection the
+    forward may fit (two launches: with and without workspace) where the backward does not, and
+    the per-step backward then takes the persistent forward's workspace."""
+    monkeypatch.setenv("FUSEDRNN_CUDA_PERSISTENT", "1")
+    monkeypatch.setenv("FUSEDRNN_EMULATED_SHARED", str(shared))
+    before = emulated.persistent_launches()
+    case = OpCase(cell, T=4, B=2, H=40, proj=P, lengths=(4, 2))
+    check_against_cpu(emulated, case, torch.float32, seed=3)
+    assert emulated.persistent_launches() - before == launches
 
 
 def test_persistent_loops_fall_back_where_the_grid_cannot_be_resident(emulated, monkeypatch):
@@ -359,6 +392,19 @@ def test_modules_on_emulated_cuda_ops_match_torch_nn(cuda_ops_behind_the_modules
                                                      dtype):
     """Two layers, bidirectional: outputs and every gradient vs torch.nn by the fp64 rule."""
     check_case(Case(cell, num_layers=2, bidirectional=True, input_kind=kind, T=7, H=16), dtype)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_modules_on_the_persistent_loops_match_torch_nn(cuda_ops_behind_the_modules, emulated,
+                                                        monkeypatch, cell):
+    """The same through the persistent loops (FUSEDRNN_CUDA_PERSISTENT=1), packed unsorted:
+    every cell, lstm_proj and the normalised ones included, in the modules' autograd."""
+    monkeypatch.setenv("FUSEDRNN_CUDA_PERSISTENT", "1")
+    before = emulated.persistent_launches()
+    check_case(Case(cell, num_layers=2, bidirectional=True, input_kind="packed_unsorted", T=7,
+                    H=16), torch.float32)
+    # at least 2 layers x 2 directions, forward and backward
+    assert emulated.persistent_launches() - before >= 8
 
 
 @pytest.mark.parametrize("cell", CELLS)

@@ -72,13 +72,19 @@ static_assert((kRowThreads & (kRowThreads - 1)) == 0, "kRowThreads: a power of t
 #define FUSEDRNN_FOR_EACH_UNIT(n, i) \
   for (int64_t i = threadIdx.x; i < (n); i += blockDim.x)
 
+// Threads of a block that reduces a row (block_sum) at most: a row kernel's kRowThreads, or a
+// persistent loop's block, which runs a normalised cell's rows too.
+static_assert(kRowThreads <= kPersistentMaxThreads, "kRowThreads: at most a persistent block's");
+constexpr int kMaxRowThreads = kPersistentMaxThreads;
+
 // The sum over the block's threads of each one's v, returned to all (in double, as the CPU's
-// row_moments sums). Every thread of the block must call it; blocks of kRowThreads (row_shape).
+// row_moments sums). Every thread of the block must call it; blockDim.x a power of two, at most
+// kMaxRowThreads.
 __device__ inline double block_sum(double v) {
-  __shared__ double partial[kRowThreads];
+  __shared__ double partial[kMaxRowThreads];
   partial[threadIdx.x] = v;
   __syncthreads();
-  for (int half = kRowThreads / 2; half > 0; half /= 2) {
+  for (unsigned half = blockDim.x / 2; half > 0; half /= 2) {
     if (threadIdx.x < half) partial[threadIdx.x] += partial[threadIdx.x + half];
     __syncthreads();
   }
@@ -354,85 +360,6 @@ __global__ void forward_kernel(ForwardStep p) {
   FUSEDRNN_FOR_EACH_ELEMENT(p.at.B, p.at.H, b, j) forward_element<T, C>(p, b, j);
 }
 
-// A persistent block's hidden units: the first, and how many ([u0, u0 + units); the last block
-// may own fewer than U, or none).
-struct BlockUnits {
-  int64_t u0, units;
-};
-__device__ __forceinline__ BlockUnits block_units(int64_t U, int64_t H) {
-  const int64_t u0 = blockIdx.x * U;
-  return {u0, H - u0 < U ? (H > u0 ? H - u0 : 0) : U};
-}
-
-// The sum of v over a warp's 32 lanes, returned to every lane (the warp's lanes all call it).
-template <typename S>
-__device__ __forceinline__ S warp_sum(S v) {
-  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
-}
-
-// The whole forward loop in one cooperative launch (PersistentForward). Block k owns the hidden
-// units [k U, (k + 1) U) and keeps their rows of W_hh (every gate's) in shared memory for all T
-// steps. Per step each warp takes elements (b, j) of the block's units: their recurrent products
-// from h_{t-1}, which every block wrote the step before (the lanes sharing each dot product),
-// then the cell's step (forward_element, as the per-step kernel); one grid barrier ends the
-// step, after which h_t is complete for every block to read.
-template <typename T, Cell C>
-__global__ void __launch_bounds__(256, 1) persistent_forward_kernel(PersistentForward q) {
-  using S = typename State<T>::type;
-  constexpr int64_t G = spec(C).gates;
-  constexpr bool kDiagonal = spec(C).diagonal();
-  const int64_t B = q.step.at.B, H = q.step.at.H, P = q.step.at.P, U = q.units_per_block;
-  const auto [u0, units] = block_units(U, H);
-  const int64_t width = kDiagonal ? 1 : P;  // of a W_hh row (u: one value)
-  S* w = dynamic_shared_memory<S>();  // (G, units, width): the block's rows of W_hh
-  const S* w_hh = in<S>(q.w_hh);
-  for (int64_t i = threadIdx.x; i < G * units * width; i += blockDim.x) {
-    const int64_t k = i / (units * width), u = i / width % units, c = i % width;
-    w[i] = w_hh[(k * H + u0 + u) * width + c];
-  }
-  __syncthreads();
-  ForwardStep p = q.step;
-  S* gh = out<S>(q.gh);  // each element's products, written and read by its own thread
-  for (int64_t s = 0; s < q.T; ++s) {
-    p.at.s = s;
-    p.h_cur = q.h[s & 1];
-    p.h_next = q.h[(s + 1) & 1];
-    p.c_cur = q.c[s & 1];
-    p.c_next = q.c[(s + 1) & 1];
-    const S* h = in<S>(p.h_cur);
-    // A warp per element (b, j): its lanes share each dot product's P terms, then lane 0 runs
-    // the element's step.
-    for (int64_t i = threadIdx.x / 32; i < B * units; i += blockDim.x / 32) {
-      const int64_t b = i / units, u = i % units, j = u0 + u, lane = threadIdx.x % 32;
-      if (!p.at.sched.active(s, b)) {  // (an inactive row's step reads no product)
-        if (lane == 0) forward_element<T, C>(p, b, j);
-        continue;
-      }
-      if constexpr (kDiagonal) {  // u ⊙ h_{t-1}: the unit's own value, no dot product
-        for (int64_t k = 0; k < G && lane == 0; ++k) {
-          gh[b * G * H + k * H + j] = w[k * units + u] * h[b * H + j];
-        }
-      } else {
-        // Every gate's dot product in one pass over h_{t-1}, each value loaded once. Other
-        // SMs wrote h_{t-1} (the grid barrier's acquire makes that visible); loaded past L1
-        // (ld.global.cg), whose lines for it would be stale next step anyway.
-        S acc[G] = {};
-        for (int64_t c = lane; c < P; c += 32) {
-          const S h_c = __ldcg(h + b * P + c);
-          for (int64_t k = 0; k < G; ++k) acc[k] += w[(k * units + u) * width + c] * h_c;
-        }
-        for (int64_t k = 0; k < G; ++k) {
-          const S sum = warp_sum(acc[k]);
-          if (lane == 0) gh[b * G * H + k * H + j] = sum;
-        }
-      }
-      if (lane == 0) forward_element<T, C>(p, b, j);
-    }
-    grid_sync();  // h_t (and c_t) complete before any block reads them
-  }
-}
-
 template <typename T>
 __global__ void projection_kernel(ProjectionStep p) {
   using S = typename State<T>::type;
@@ -497,90 +424,254 @@ __global__ void backward_kernel(BackwardStep p) {
   FUSEDRNN_FOR_EACH_ELEMENT(p.at.B, p.at.H, b, j) backward_element<T, C>(p, b, j);
 }
 
-// The whole backward loop in one cooperative launch (PersistentBackward), the mirror of
-// persistent_forward_kernel: block k owns the units [k U, (k + 1) U) and keeps W_hh's columns of
-// those units (every gate's rows) in shared memory. Per step: each element's backward (d gates
-// to this step's grad_step buffer, the direct part of d h_{t-1}), a grid barrier, then each
-// element's warp adds its column's product with every unit's d gates, which other blocks wrote,
-// to d h_{t-1}. grad_step alternates between two buffers, so the next step's writes never meet
-// this step's reads: one barrier a step.
+// A normalized cell's step for batch row b, by the whole block (its barriers are reached by every
+// thread or none: a row's activity is the whole block's).
 template <typename T, Cell C>
-__global__ void __launch_bounds__(256, 1) persistent_backward_kernel(PersistentBackward q) {
+__device__ void forward_row_step(const ForwardStep& p, int64_t b) {
   using S = typename State<T>::type;
-  constexpr int64_t G = spec(C).gates;
-  constexpr bool kDiagonal = spec(C).diagonal();
-  const int64_t B = q.step.at.B, H = q.step.at.H, P = q.step.at.P, U = q.units_per_block;
-  const auto [u0, units] = block_units(U, H);
-  // Dense: (units, G*H), w[u][r] = W_hh[r][u0 + u]; diagonal: (G, units), the block's u.
-  S* w = dynamic_shared_memory<S>();
-  const S* w_hh = in<S>(q.w_hh);
-  if constexpr (kDiagonal) {
-    for (int64_t i = threadIdx.x; i < G * units; i += blockDim.x) {
-      w[i] = w_hh[i / units * H + u0 + i % units];
-    }
+  const int64_t B = p.at.B, H = p.at.H, s = p.at.s;
+  const int64_t row = p.at.sched.slot(s, b) * B + b;
+  const WorkspaceRows<S> ws(p.ws, row, H);
+  if (p.at.sched.active(s, b)) {
+    DeviceCell<C>::template forward_row<T>(p, b, row, ws);
   } else {
-    for (int64_t i = threadIdx.x; i < units * G * H; i += blockDim.x) {
-      w[i] = w_hh[i % (G * H) * P + u0 + i / (G * H)];
-    }
-  }
-  __syncthreads();
-  BackwardStep p = q.step;
-  for (int64_t step = 0; step < q.T; ++step) {
-    p.at.s = q.T - 1 - step;
-    p.dh = q.dh[step & 1];
-    p.dh_prev = q.dh[(step + 1) & 1];
-    p.grad_step = q.grad_step[step & 1];
-    for (int64_t i = threadIdx.x; i < B * units; i += blockDim.x) {
-      backward_element<T, C>(p, i / units, u0 + i % units);
-    }
-    grid_sync();  // every unit's d gates written before any block reads them
-    const S* gs = in<S>(p.grad_step);
-    S* dh_prev = out<S>(p.dh_prev);
-    for (int64_t i = threadIdx.x / 32; i < B * units; i += blockDim.x / 32) {  // a warp each
-      const int64_t b = i / units, u = i % units, j = u0 + u, lane = threadIdx.x % 32;
-      if (!p.at.sched.active(p.at.s, b)) continue;  // d gates 0: d h passed through already
-      S acc = S(0);
-      const S* gs_row = gs + b * G * H;
-      if constexpr (kDiagonal) {
-        for (int64_t k = lane; k < G; k += 32) acc += w[k * units + u] * gs_row[k * H + j];
-      } else {  // (other SMs wrote gs; loaded past L1, as h in the forward)
-        const S* column = w + u * G * H;
-        for (int64_t r = lane; r < G * H; r += 32) acc += column[r] * __ldcg(gs_row + r);
-      }
-      acc = warp_sum(acc);
-      if (lane == 0) dh_prev[b * P + j] += acc;
-    }
-    __syncthreads();  // d h_{t-1} complete before the next step's threads, not these, read it
+    FUSEDRNN_FOR_EACH_UNIT(H, j) forward_inactive_unit<T>(p, b, j, row, ws);
   }
 }
 
-// A normalized cell's step: one block per batch row, grid-stride over the rows (a row's
-// activity is the whole block's, so its barriers are reached by every thread or none).
 template <typename T, Cell C>
-__global__ void forward_row_kernel(ForwardStep p) {
+__device__ void backward_row_step(const BackwardStep& p, int64_t b) {
   using S = typename State<T>::type;
   const int64_t B = p.at.B, H = p.at.H, s = p.at.s;
-  for (int64_t b = blockIdx.x; b < B; b += gridDim.x) {
-    const int64_t row = p.at.sched.slot(s, b) * B + b;
-    const WorkspaceRows<S> ws(p.ws, row, H);
-    if (p.at.sched.active(s, b)) {
-      DeviceCell<C>::template forward_row<T>(p, b, row, ws);
-    } else {
-      FUSEDRNN_FOR_EACH_UNIT(H, j) forward_inactive_unit<T>(p, b, j, row, ws);
-    }
+  const int64_t row = p.at.sched.slot(s, b) * B + b;
+  if (p.at.sched.active(s, b)) {
+    DeviceCell<C>::template backward_row<T>(p, b, row, WorkspaceRows<S>(p.ws, row, H));
+  } else {
+    FUSEDRNN_FOR_EACH_UNIT(H, j) backward_inactive_unit<T, S, C>(p, b, j, row);
   }
+}
+
+// A normalized cell's step: one block per batch row, grid-stride over the rows.
+template <typename T, Cell C>
+__global__ void forward_row_kernel(ForwardStep p) {
+  for (int64_t b = blockIdx.x; b < p.at.B; b += gridDim.x) forward_row_step<T, C>(p, b);
 }
 
 template <typename T, Cell C>
 __global__ void backward_row_kernel(BackwardStep p) {
+  for (int64_t b = blockIdx.x; b < p.at.B; b += gridDim.x) backward_row_step<T, C>(p, b);
+}
+
+// ------------------------------------------------------------------------- persistent loops
+
+// A persistent block's share of n units (hidden units, or the P units of a projection): the
+// first, and how many ([first, first + count); the last block may own fewer than per_block, or
+// none).
+struct BlockShare {
+  int64_t first, count;
+};
+__device__ __forceinline__ BlockShare block_share(int64_t per_block, int64_t n) {
+  const int64_t first = blockIdx.x * per_block;
+  return {first, n - first < per_block ? (n > first ? n - first : 0) : per_block};
+}
+
+// The sum of v over a warp's 32 lanes, returned to every lane (the warp's lanes all call it).
+template <typename S>
+__device__ __forceinline__ S warp_sum(S v) {
+  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+// Each (batch row, unit) element of a block's `count` units, a warp each: fn(b, u, lane).
+#define FUSEDRNN_FOR_EACH_WARP_ELEMENT(B, count, b, u, lane)                             \
+  for (int64_t i_ = threadIdx.x / 32; i_ < (B) * (count); i_ += blockDim.x / 32)          \
+    if (const int64_t b = i_ / (count), u = i_ % (count), lane = threadIdx.x % 32; true)
+
+// The dot product of n values `row` (shared memory) with `v` (global, written by other SMs
+// before the last grid barrier: loaded past L1, whose lines of it would be stale next step
+// anyway), split over a warp's lanes; every lane gets the sum.
+template <typename S>
+__device__ __forceinline__ S warp_dot(const S* row, const S* v, int64_t n, int64_t lane) {
+  S acc = S(0);
+  for (int64_t c = lane; c < n; c += 32) acc += row[c] * __ldcg(v + c);
+  return warp_sum(acc);
+}
+
+// The whole forward loop in one cooperative launch (PersistentForward). Block k owns the hidden
+// units [k U, (k + 1) U) and keeps their rows of W_hh (every gate's) in shared memory for all T
+// steps; where h is projected, also the rows [k U_P, (k + 1) U_P) of W_hr. A step:
+//   1. each warp takes elements (b, j) of the block's units: their recurrent products from
+//      h_{t-1}, which every block wrote the step before (the lanes sharing each dot product);
+//      an elementwise cell's lane 0 then runs the element's step (forward_element, as the
+//      per-step kernel: h_t, or where projected the h before W_hr);
+//   2. a normalised cell: a grid barrier (every product written), then the blocks take the batch
+//      rows and run the row step (forward_row_step, as the row kernel);
+//      projected: a grid barrier (every unit's h before W_hr written), then each warp takes
+//      elements (b, r) of the block's projection rows: h_t = W_hr[r] · (h before W_hr), output;
+//   3. a grid barrier: h_t (and c_t) complete before any block reads them.
+template <typename T, Cell C>
+__global__ void __launch_bounds__(kPersistentMaxThreads, 1) persistent_forward_kernel(PersistentForward q) {
   using S = typename State<T>::type;
-  const int64_t B = p.at.B, H = p.at.H, s = p.at.s;
-  for (int64_t b = blockIdx.x; b < B; b += gridDim.x) {
-    const int64_t row = p.at.sched.slot(s, b) * B + b;
-    if (p.at.sched.active(s, b)) {
-      DeviceCell<C>::template backward_row<T>(p, b, row, WorkspaceRows<S>(p.ws, row, H));
+  constexpr int64_t G = spec(C).gates;
+  constexpr bool kDiagonal = spec(C).diagonal(), kNormalized = spec(C).normalized();
+  const int64_t B = q.step.at.B, H = q.step.at.H, P = q.step.at.P;
+  const bool proj = q.step.proj;
+  const auto [u0, units] = block_share(q.units_per_block, H);
+  const auto [r0, proj_rows] = block_share(proj ? q.proj_units_per_block : 0, P);
+  const int64_t width = kDiagonal ? 1 : P;  // of a W_hh row (u: one value)
+  S* w = dynamic_shared_memory<S>();  // (G, units, width): the block's rows of W_hh
+  S* w_r = w + G * units * width;     // (proj_rows, H): its rows of W_hr, where projected
+  const S* w_hh = in<S>(q.w_hh);
+  for (int64_t i = threadIdx.x; i < G * units * width; i += blockDim.x) {
+    const int64_t k = i / (units * width), u = i / width % units, c = i % width;
+    w[i] = w_hh[(k * H + u0 + u) * width + c];
+  }
+  for (int64_t i = threadIdx.x; i < proj_rows * H; i += blockDim.x) {
+    w_r[i] = in<S>(q.w_hr)[r0 * H + i];
+  }
+  __syncthreads();
+  ForwardStep p = q.step;
+  S* gh = out<S>(q.gh);
+  for (int64_t s = 0; s < q.T; ++s) {
+    p.at.s = s;
+    p.h_cur = q.h[s & 1];
+    p.h_next = q.h[(s + 1) & 1];
+    p.c_cur = q.c[s & 1];
+    p.c_next = q.c[(s + 1) & 1];
+    const S* h = in<S>(p.h_cur);
+    FUSEDRNN_FOR_EACH_WARP_ELEMENT(B, units, b, u, lane) {
+      const int64_t j = u0 + u;
+      if (p.at.sched.active(s, b)) {  // (an inactive row's step reads no product)
+        if constexpr (kDiagonal) {    // u ⊙ h_{t-1}: the unit's own value, no dot product
+          for (int64_t k = 0; k < G && lane == 0; ++k) {
+            gh[b * G * H + k * H + j] = w[k * units + u] * h[b * H + j];
+          }
+        } else {
+          for (int64_t k = 0; k < G; ++k) {
+            const S sum = warp_dot(w + (k * units + u) * width, h + b * P, P, lane);
+            if (lane == 0) gh[b * G * H + k * H + j] = sum;
+          }
+        }
+      }
+      if constexpr (!kNormalized) {
+        if (lane == 0) forward_element<T, C>(p, b, j);
+      }
+    }
+    if constexpr (kNormalized) {
+      grid_sync();  // every unit's products written
+      for (int64_t b = blockIdx.x; b < B; b += gridDim.x) forward_row_step<T, C>(p, b);
+    } else if (proj) {
+      grid_sync();  // every unit's h before W_hr written
+      const S* unprojected = in<S>(p.unprojected);
+      FUSEDRNN_FOR_EACH_WARP_ELEMENT(B, proj_rows, b, r, lane) {
+        const int64_t j = r0 + r, row = p.at.sched.slot(s, b) * B + b;
+        if (p.at.sched.active(s, b)) {
+          const S v = warp_dot(w_r + r * H, unprojected + b * H, H, lane);
+          if (lane == 0) {
+            out<S>(p.h_next)[b * P + j] = v;
+            out<T>(p.out)[row * P + j] = stored<T>(v);
+          }
+        } else if (lane == 0) {  // h frozen (the zero output row is forward_element's)
+          out<S>(p.h_next)[b * P + j] = h[b * P + j];
+        }
+      }
+    }
+    grid_sync();  // h_t (and c_t) complete before any block reads them
+  }
+}
+
+// The whole backward loop in one cooperative launch (PersistentBackward), the mirror of
+// persistent_forward_kernel: block k owns the same hidden units and keeps W_hh's columns
+// [k U_P, (k + 1) U_P) (every gate's rows; U_P = U without a projection), and where h is
+// projected W_hr's columns of its hidden units. A step:
+//   0. projected: d h_t = d output_t + carried d h for the block's P units, a grid barrier;
+//      then each warp's element (b, j) takes d(h before W_hr) = d h_t · W_hr[:, j];
+//   1. each element's backward (backward_element: d gates into this step's grad_step buffer and
+//      the direct part of d h_{t-1}), or, for a normalised cell, the blocks take the batch rows
+//      (backward_row_step);
+//   2. a grid barrier, then each element (b, column) of the block's columns, a warp each, adds
+//      the column's product with every unit's d gates, which other blocks wrote, to d h_{t-1};
+//   3. the next step reads d h_{t-1} where this block wrote it (a block barrier), or, for a
+//      normalised cell, whole rows (a grid barrier).
+// grad_step alternates between two buffers, so the next step's writes never meet this step's
+// reads.
+template <typename T, Cell C>
+__global__ void __launch_bounds__(kPersistentMaxThreads, 1) persistent_backward_kernel(PersistentBackward q) {
+  using S = typename State<T>::type;
+  constexpr int64_t G = spec(C).gates;
+  constexpr bool kDiagonal = spec(C).diagonal(), kNormalized = spec(C).normalized();
+  const int64_t B = q.step.at.B, H = q.step.at.H, P = q.step.at.P;
+  const bool proj = q.step.proj;
+  const auto [u0, units] = block_share(q.units_per_block, H);
+  const auto [c0, columns] = block_share(q.proj_units_per_block, P);
+  // Dense: (columns, G*H), w[c][r] = W_hh[r][c0 + c]; diagonal: (G, units), the block's u.
+  S* w = dynamic_shared_memory<S>();
+  const int64_t w_size = kDiagonal ? G * units : columns * G * H;
+  S* w_r = w + w_size;  // (units, P): w_r[u][c] = W_hr[c][u0 + u], where projected
+  const S* w_hh = in<S>(q.w_hh);
+  for (int64_t i = threadIdx.x; i < w_size; i += blockDim.x) {
+    w[i] = kDiagonal ? w_hh[i / units * H + u0 + i % units]
+                     : w_hh[i % (G * H) * P + c0 + i / (G * H)];
+  }
+  for (int64_t i = threadIdx.x; i < (proj ? units * P : 0); i += blockDim.x) {
+    w_r[i] = in<S>(q.w_hr)[i % P * H + u0 + i / P];
+  }
+  __syncthreads();
+  BackwardStep p = q.step;
+  for (int64_t step = 0; step < q.T; ++step) {
+    const int64_t s = q.T - 1 - step;
+    p.at.s = s;
+    p.dh = q.dh[step & 1];
+    p.dh_prev = q.dh[(step + 1) & 1];
+    p.grad_step = q.grad_step[step & 1];
+    if constexpr (kNormalized) {
+      for (int64_t b = blockIdx.x; b < B; b += gridDim.x) backward_row_step<T, C>(p, b);
+    } else if (proj) {
+      // d h_t of the block's P units (its columns' d h, which it wrote itself)
+      for (int64_t i = threadIdx.x; i < B * columns; i += blockDim.x) {
+        const int64_t b = i / columns, c = c0 + i % columns, row = p.at.sched.slot(s, b) * B + b;
+        const S d = p.at.sched.active(s, b)
+                        ? to_state(in<T>(p.grad_out)[row * P + c]) + in<S>(p.dh)[b * P + c]
+                        : S(0);
+        out<S>(q.dh_step)[b * P + c] = d;
+        out<S>(q.dh_all)[row * P + c] = d;
+      }
+      grid_sync();  // d h_t complete
+      FUSEDRNN_FOR_EACH_WARP_ELEMENT(B, units, b, u, lane) {
+        const int64_t j = u0 + u;
+        const S d = warp_dot(w_r + u * P, in<S>(q.dh_step) + b * P, P, lane);
+        if (lane == 0) {
+          out<S>(q.grad_unproj)[b * H + j] = d;  // (p.grad_unproj: the same buffer)
+          backward_element<T, C>(p, b, j);
+        }
+      }
     } else {
-      FUSEDRNN_FOR_EACH_UNIT(H, j) backward_inactive_unit<T, S, C>(p, b, j, row);
+      for (int64_t i = threadIdx.x; i < B * units; i += blockDim.x) {
+        backward_element<T, C>(p, i / units, u0 + i % units);
+      }
+    }
+    grid_sync();  // every unit's d gates written before any block reads them
+    const S* gs = in<S>(p.grad_step);
+    S* dh_prev = out<S>(p.dh_prev);
+    FUSEDRNN_FOR_EACH_WARP_ELEMENT(B, kDiagonal ? units : columns, b, c, lane) {
+      if (!p.at.sched.active(s, b)) continue;  // d gates 0: d h passed through already
+      const S* gs_row = gs + b * G * H;
+      S acc;
+      if constexpr (kDiagonal) {
+        const int64_t j = u0 + c;
+        acc = S(0);
+        for (int64_t k = lane; k < G; k += 32) acc += w[k * units + c] * gs_row[k * H + j];
+        acc = warp_sum(acc);
+      } else {
+        acc = warp_dot(w + c * G * H, gs_row, G * H, lane);
+      }
+      if (lane == 0) dh_prev[b * P + (kDiagonal ? u0 : c0) + c] += acc;
+    }
+    // d h_{t-1} complete before the next step reads it: a normalised row reads all of it
+    if constexpr (kNormalized) {
+      grid_sync();
+    } else {
+      __syncthreads();
     }
   }
 }
@@ -698,17 +789,13 @@ struct PersistentBackwardKernel {
 };
 
 // A persistent loop's cooperative launch (Loop: PersistentForwardKernel or
-// PersistentBackwardKernel). A normalised step needs whole rows: not these kernels.
+// PersistentBackwardKernel).
 template <Cell C, template <Cell> class Loop, typename Params>
 cudaError_t launch_persistent(const Params& q, int64_t blocks, int threads, size_t shared_bytes,
                               Dtype dtype, cudaStream_t stream) {
-  if constexpr (spec(C).normalized()) {
-    return cudaErrorInvalidValue;
-  } else {
-    return launch_typed<Loop<C>::template Kernel>(q, dim3(static_cast<unsigned>(blocks)),
-                                                  dim3(threads), shared_bytes,
-                                                  /*cooperative=*/true, dtype, stream);
-  }
+  return launch_typed<Loop<C>::template Kernel>(q, dim3(static_cast<unsigned>(blocks)),
+                                                dim3(threads), shared_bytes,
+                                                /*cooperative=*/true, dtype, stream);
 }
 
 template <Cell C>

@@ -1,10 +1,11 @@
 // The fused pointwise kernel of one time step, forward and backward, for any cell: the CUDA side
 // of the per-step "GEMM + ONE fused pass" design (the time loops and their GEMMs are in
 // time_loops.h). A normalized step (LayerNormLSTM, LayerNormGRU) is one block per batch row,
-// whose threads reduce the row's statistics together; every other step one thread per element
-// (and the persistent loops, one launch for every step, too). Plain C++: no torch headers, so
-// the .cu that implements this compiles in seconds, can be compile-checked with nvcc alone (with
-// --expt-relaxed-constexpr, as torch's build passes it), and runs under the SIMT emulation.
+// whose threads reduce the row's statistics together; every other step one thread per element.
+// The persistent loops run every step of a layer-direction in one launch, for every cell. Plain
+// C++: no torch headers, so the .cu that implements this compiles in seconds, can be
+// compile-checked with nvcc alone (with --expt-relaxed-constexpr, as torch's build passes it),
+// and runs under the SIMT emulation.
 //
 // Every buffer is contiguous and row-major; shapes are given next to each pointer with the names
 // of csrc/ops.cpp (T steps, B batch, H hidden, P = proj_size or H, G = the cell's gates). Two
@@ -101,31 +102,45 @@ struct BackwardStep {
                             //   nullptr
 };
 
-// A layer-direction's whole forward loop in one cooperative launch (a cell whose step is
-// elementwise: not normalised; no projection): `blocks` blocks of `threads`, each owning
-// units_per_block hidden units and their W_hh rows, G * units_per_block * (P, or 1 for a diagonal
-// recurrence) state values in `shared_bytes` of shared memory. The per-step fields of `step`
-// (at.s, h_cur/h_next, c_cur/c_next) are the kernel's; step.gh is `gh`.
+// The most threads a persistent block has (its __launch_bounds__; a power of two: a normalised
+// cell's blocks have exactly these, for block_sum's reductions, held in that many doubles of
+// static shared memory).
+constexpr int kPersistentMaxThreads = 256;
+
+// A layer-direction's whole forward loop in one cooperative launch (any cell; see
+// persistent_forward_kernel): `blocks` blocks of `threads`, block k owning the hidden units
+// [k units_per_block, ...) and their W_hh rows (G * units_per_block * (P, or 1 for a diagonal
+// recurrence) state values) and, where h is projected, the rows [k proj_units_per_block, ...) of
+// W_hr (proj_units_per_block * H more), all in `shared_bytes` of shared memory. The per-step
+// fields of `step` (at.s, h_cur/h_next, c_cur/c_next) are the kernel's; step.gh is `gh`.
 struct PersistentForward {
   ForwardStep step;
   int64_t T;
   void* gh;                  // [state] (B, G*H) scratch: the recurrent products of a step
   const void* w_hh;          // [state] (G*H, P), or (G*H) for a diagonal recurrence
+  const void* w_hr;          // [state] (P, H) where h is projected, else nullptr
   void* h[2];                // [state] (B, P) each: h_{t-1} / h_t by step parity; h[0] = h0
   void* c[2];                // [state] (B, H) each, cells with a cell state; else nullptr
   int64_t units_per_block;
+  int64_t proj_units_per_block;  // of the P units (= units_per_block without a projection)
 };
 
-// Its backward (PersistentForward's conditions): the blocks own the same units and keep W_hh's
-// columns of them, G*H * units_per_block (or G * units_per_block) state values. The per-step
+// Its backward: block k owns the same hidden units, W_hh's columns [k proj_units_per_block, ...)
+// (proj_units_per_block * G*H state values; G * units_per_block for a diagonal recurrence) and,
+// where projected, W_hr's columns of its hidden units (units_per_block * P more). The per-step
 // fields of `step` (at.s, dh/dh_prev, grad_step) are the kernel's.
 struct PersistentBackward {
   BackwardStep step;
   int64_t T;
   const void* w_hh;          // [state] (G*H, P), or (G*H) for a diagonal recurrence
+  const void* w_hr;          // [state] (P, H) where h is projected, else nullptr
   void* dh[2];               // [state] (B, P) each: d h_t / d h_{t-1} by step parity; dh[0] = d h_n
   void* grad_step[2];        // [state] (B, G*H) each: a step's d gates, by step parity
+  void* dh_step;             // [state] (B, P) where projected: d h_t of this step, else nullptr
+  void* dh_all;              // [state] (T, B, P) where projected: every step's d h_t (d W_hr)
+  void* grad_unproj;         // [state] (B, H) where projected: step.grad_unproj, written here
   int64_t units_per_block;
+  int64_t proj_units_per_block;  // of the P units (= units_per_block without a projection)
 };
 
 template <Cell C>

@@ -147,28 +147,46 @@ inline StepWorkspace step_workspace(const CellSpec& cell, const std::vector<Tens
 // ============================================================================ forward
 
 // The launch shape of a persistent loop (PersistentForward / PersistentBackward), none (blocks 0)
-// where it does not apply: a normalised step (whole rows) or a projection, or W_hh too large for
-// the blocks' shared memory (max_shared_bytes each). As many blocks as the device keeps
-// resident at once (max_blocks), each owning `units` hidden units and their W_hh rows (forward)
-// or columns (backward: as many values, P = H without a projection).
+// where what its blocks keep does not fit their shared memory (max_shared_bytes each). As many
+// blocks as the device keeps resident at once (max_blocks), each owning `units` hidden units and
+// `proj_units` of the P units of a projection (= units without one), and keeping (state values):
+//   forward:  W_hh's rows of its units, G * units * P (G * units: a diagonal recurrence), and
+//             W_hr's rows of its P units, proj_units * H, where projected;
+//   backward: W_hh's columns of its P units, proj_units * G*H (G * units: diagonal), and W_hr's
+//             columns of its units, units * P, where projected.
+// A normalised cell's blocks have kPersistentMaxThreads threads (its row reductions), and that
+// many doubles of static shared memory besides.
 struct PersistentShape {
-  int64_t blocks = 0, units = 0;
+  int64_t blocks = 0, units = 0, proj_units = 0;
   int threads = 0;
   size_t shared_bytes = 0;
 };
 template <Cell C>
-PersistentShape persistent_shape(const LayerSizes& sz, bool proj, size_t state_bytes,
-                                 int64_t max_blocks, size_t max_shared_bytes) {
+PersistentShape persistent_shape(const LayerSizes& sz, bool proj, bool backward,
+                                 size_t state_bytes, int64_t max_blocks,
+                                 size_t max_shared_bytes) {
   constexpr CellSpec cell = spec(C);
-  if (cell.normalized() || proj || sz.B == 0 || sz.H == 0 || max_blocks < 1) return {};
-  const int64_t units = (sz.H + max_blocks - 1) / max_blocks;
-  // A W_hh row is P long, a column G*H: the same bytes per unit as P == H (no projection).
-  const int64_t width = cell.diagonal() ? 1 : sz.P;
-  const size_t shared = static_cast<size_t>(cell.gates * units * width) * state_bytes;
-  if (shared > max_shared_bytes) return {};
-  const int64_t elements = sz.B * units;  // a block's (row, unit) elements per step: a warp each
-  const int threads = static_cast<int>(32 * std::min<int64_t>(8, elements));
-  return {(sz.H + units - 1) / units, units, threads, shared};
+  constexpr int64_t G = cell.gates;
+  const int64_t H = sz.H, P = sz.P;
+  if (sz.B == 0 || H == 0 || max_blocks < 1) return {};
+  const int64_t units = (H + max_blocks - 1) / max_blocks;
+  const int64_t blocks = (H + units - 1) / units;
+  const int64_t proj_units = proj ? (P + blocks - 1) / blocks : units;
+  int64_t values = G * units;  // a diagonal recurrence's u
+  if (!cell.diagonal()) {
+    values = backward ? proj_units * G * H + (proj ? units * P : 0)
+                      : G * units * P + (proj ? proj_units * H : 0);
+  }
+  const size_t reserved = cell.normalized() ? kPersistentMaxThreads * sizeof(double) : 0;
+  const size_t shared = static_cast<size_t>(values) * state_bytes;
+  if (shared + reserved > max_shared_bytes) return {};
+  // A block's warp elements per step (b, unit): a warp each, up to kPersistentMaxThreads.
+  const int64_t elements = sz.B * std::max(units, proj_units);
+  const int threads = cell.normalized()
+                          ? kPersistentMaxThreads
+                          : static_cast<int>(std::min<int64_t>(kPersistentMaxThreads,
+                                                               32 * elements));
+  return {blocks, units, proj_units, threads, shared};
 }
 
 // Persistent launches so far, forward and backward (the emulation's tests read it: the path
@@ -200,10 +218,10 @@ inline bool persistent_enabled(CudaLoop loop) {
 // The persistent launch for this loop where one is asked for and applies, else none (blocks 0).
 template <Cell C, typename Device>
 PersistentShape persistent_plan(const Device& device, const LayerSizes& sz, bool proj,
-                                const at::TensorOptions& state, CudaLoop loop) {
+                                bool backward, const at::TensorOptions& state, CudaLoop loop) {
   if (!persistent_enabled(loop)) return {};
-  return persistent_shape<C>(sz, proj, state.dtype().itemsize(), device.max_cooperative_blocks(),
-                             device.max_shared_bytes());
+  return persistent_shape<C>(sz, proj, backward, state.dtype().itemsize(),
+                             device.max_cooperative_blocks(), device.max_shared_bytes());
 }
 
 // One layer and direction of cell C: per step the recurrent product (recurrent_product), the
@@ -250,16 +268,19 @@ TimeLoopForwardResult forward(const ForwardArgs& a) {
   p.out = output.data_ptr();
   p.unprojected = data_or_null(unprojected);
   p.ws = step_workspace(cell, saved);
-  const PersistentShape persistent = persistent_plan<C>(device, sz, proj, state, a.cuda_loop);
+  const PersistentShape persistent =
+      persistent_plan<C>(device, sz, proj, /*backward=*/false, state, a.cuda_loop);
   bool ran = false;  // the persistent loop
   if (persistent.blocks > 0 && T > 0) {  // one launch for every step
     const PersistentForward q{p,
                               T,
                               pre_h.data_ptr(),
                               w_hh.data_ptr(),
+                              proj ? w_hr.data_ptr() : nullptr,
                               {h.data(0), h.data(1)},
                               {c ? c->data(0) : nullptr, c ? c->data(1) : nullptr},
-                              persistent.units};
+                              persistent.units,
+                              persistent.proj_units};
     ran = persistent_ran(device, persistent_forward<C>(q, persistent.blocks, persistent.threads,
                                                        persistent.shared_bytes, dtype,
                                                        device.stream()));
@@ -342,16 +363,22 @@ TimeLoopBackwardResult backward(const BackwardArgs& a) {
   p.grad_x = grad_xproj.data_ptr();
   p.grad_hproj = data_or_null(grad_hproj);
   p.unprojected_all = data_or_null(unprojected_all);
-  const PersistentShape persistent = persistent_plan<C>(device, sz, proj, state, a.cuda_loop);
+  const PersistentShape persistent =
+      persistent_plan<C>(device, sz, proj, /*backward=*/true, state, a.cuda_loop);
   bool ran = false;  // the persistent loop
   if (persistent.blocks > 0 && T > 0) {  // one launch for every step
     Tensor grad_steps = at::empty({2, B, G * H}, state);  // by step parity
     const PersistentBackward q{p,
                                T,
                                w_hh.data_ptr(),
+                               proj ? w_hr.data_ptr() : nullptr,
                                {carry.data(0), carry.data(1)},
                                {grad_steps[0].data_ptr(), grad_steps[1].data_ptr()},
-                               persistent.units};
+                               data_or_null(grad_h_step),
+                               data_or_null(grad_h_all),
+                               data_or_null(grad_unproj),
+                               persistent.units,
+                               persistent.proj_units};
     ran = persistent_ran(device, persistent_backward<C>(q, persistent.blocks, persistent.threads,
                                                         persistent.shared_bytes, dtype,
                                                         device.stream()));
