@@ -110,18 +110,26 @@ Differentiable differentiate_reference(Cell cell, const Differentiable& in, cons
   return {g[0], g[1], g[2], g[3], g[4], g[5]};
 }
 
-// The layer op's input projection, recomputed (with a graph to x, w_ih, bias) from what
-// remember_projection left in the node's saved_data.
-Tensor recomputed_projection(AutogradContext* ctx) {
-  TORCH_CHECK(ctx->saved_data.count("proj_x") > 0,
+// The saved_data key of a direction's projection input `name` (a pair node keeps both).
+std::string projection_key(const char* name, int64_t direction) {
+  return direction == 0 ? std::string(name) : std::string(name) + "_reverse";
+}
+
+// The layer op's input projection (of `direction`, for a pair node), recomputed (with a graph
+// to x, w_ih, bias) from what remember_projection left in the node's saved_data.
+Tensor recomputed_projection(AutogradContext* ctx, int64_t direction = 0) {
+  auto saved = [&](const char* name) -> c10::IValue& {
+    return ctx->saved_data[projection_key(name, direction)];
+  };
+  TORCH_CHECK(ctx->saved_data.count(projection_key("proj_x", direction)) > 0,
               "fusedrnn: double backward (create_graph=True) through a time-loop op called "
               "directly is not supported; through fusedrnn's modules, recurrent_layer or "
               "recurrent_stack it is");
-  const c10::IValue& bias = ctx->saved_data["proj_bias"];
-  const c10::IValue& gain = ctx->saved_data["proj_layer_norm_gain"];
+  const c10::IValue& bias = saved("proj_bias");
+  const c10::IValue& gain = saved("proj_layer_norm_gain");
   const OptTensor b = bias.isNone() ? OptTensor() : OptTensor(bias.toTensor());
-  const Tensor& x = ctx->saved_data["proj_x"].toTensor();
-  const Tensor& w_ih = ctx->saved_data["proj_w_ih"].toTensor();
+  const Tensor& x = saved("proj_x").toTensor();
+  const Tensor& w_ih = saved("proj_w_ih").toTensor();
   if (gain.isNone()) return at::linear(x, w_ih, b);
   const Tensor xw = at::linear(x, w_ih);  // normalised, then the bias (as LN's β)
   return at::layer_norm(xw, {xw.size(-1)}, gain.toTensor(), b, kLayerNormEps);
@@ -215,6 +223,124 @@ TimeLoopForwardResult time_loop_forward_autograd(c10::string_view cell, const Te
   const variable_list r = TimeLoopFunction::apply(cell, xproj, h0, c0, w_hh, step_params, w_hr,
                                                   lengths, reverse, cuda_loop);
   return {r[0], r[1], r[2], std::vector<Tensor>(r.begin() + 3, r.end())};
+}
+
+// ============================================================================ a layer's two directions
+
+// The pair op's node (time_loop_pair_forward: both directions of a layer in one call, direction
+// 1 reversed): as TimeLoopFunction, for two directions. Its inputs, as autograd counts them:
+// cell, xproj x2, h0 x2, c0 x(0|2), w_hh x2, step_params x(0|2), w_hr x(0|2), lengths, cuda_loop.
+// Its outputs: output x2, h_n x2, c_n x2, then the workspaces.
+struct TimeLoopPairFunction : torch::autograd::Function<TimeLoopPairFunction> {
+  // Saved: per direction these five (undefined where absent), then lengths, then the workspaces.
+  enum Saved { kWhh, kWhr, kStepParams, kH0, kC0, kPerDirection };
+  static constexpr int kLengths = 2 * kPerDirection, kWorkspace = kLengths + 1;
+
+  static variable_list forward(AutogradContext* ctx, c10::string_view cell, at::TensorList xproj,
+                               at::TensorList h0, at::TensorList c0, at::TensorList w_hh,
+                               at::TensorList step_params, at::TensorList w_hr,
+                               const OptTensor& lengths, int64_t cuda_loop) {
+    ctx->set_materialize_grads(false);
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [out, h_n, c_n, workspace] = ops::time_loop_pair_forward().call(
+        cell, xproj, h0, c0, w_hh, step_params, w_hr, lengths, /*save_workspace=*/true,
+        cuda_loop);
+    const auto item = [](at::TensorList list, int64_t d) {
+      return list.empty() ? Tensor() : list[d];
+    };
+    variable_list saved;
+    for (int64_t d = 0; d < 2; ++d) {
+      saved.insert(saved.end(),
+                   {w_hh[d], item(w_hr, d), item(step_params, d), h0[d], item(c0, d)});
+    }
+    saved.push_back(or_undefined(lengths));
+    saved.insert(saved.end(), workspace.begin(), workspace.end());
+    ctx->save_for_backward(saved);
+    ctx->saved_data["cell"] = std::string(cell);
+    ctx->saved_data["cuda_loop"] = cuda_loop;
+    ctx->saved_data["has_c0"] = !c0.empty();
+    ctx->saved_data["has_step_params"] = !step_params.empty();
+    ctx->saved_data["has_w_hr"] = !w_hr.empty();
+    ctx->mark_non_differentiable(workspace);
+    if (c0.empty()) ctx->mark_non_differentiable(c_n);
+    variable_list outputs = {out[0], out[1], h_n[0], h_n[1], c_n[0], c_n[1]};
+    outputs.insert(outputs.end(), workspace.begin(), workspace.end());
+    return outputs;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const variable_list saved = ctx->get_saved_variables();
+    const std::string& cell = ctx->saved_data["cell"].toStringRef();
+    const bool has_c0 = ctx->saved_data["has_c0"].toBool();
+    const bool has_step_params = ctx->saved_data["has_step_params"].toBool();
+    const bool has_w_hr = ctx->saved_data["has_w_hr"].toBool();
+    const auto at_d = [&](int64_t d, int role) -> const Tensor& {
+      return saved[d * kPerDirection + role];
+    };
+    // Per direction: d xproj, d h0, d c0, d w_hh, d step_params, d w_hr.
+    Differentiable g[2];
+    if (at::GradMode::is_enabled()) {  // create_graph=True
+      for (int64_t d = 0; d < 2; ++d) {
+        g[d] = differentiate_reference(
+            parse_cell(cell),
+            {recomputed_projection(ctx, d), at_d(d, kH0), at_d(d, kC0), at_d(d, kWhh),
+             at_d(d, kStepParams), at_d(d, kWhr)},
+            saved[kLengths], /*reverse=*/d == 1, {grads[d], grads[2 + d], grads[4 + d]});
+      }
+    } else {
+      limit_threads_until_backward_ends();
+      const std::vector<Tensor> workspace(saved.begin() + kWorkspace, saved.end());
+      const size_t parts = workspace.size() / 2;
+      std::vector<Tensor> grad_out, grad_h_n, grad_c_n, w_hh, w_hr, step_params;
+      for (int64_t d = 0; d < 2; ++d) {
+        const Tensor& hprev = workspace[(d + 1) * parts - 1];  // (T, B, P): the output's shape
+        grad_out.push_back(or_zeros(grads[d], hprev, at_d(d, kWhh)));
+        grad_h_n.push_back(or_zeros(grads[2 + d], at_d(d, kH0)));
+        if (has_c0) grad_c_n.push_back(or_zeros(grads[4 + d], at_d(d, kC0)));
+        w_hh.push_back(at_d(d, kWhh));
+        if (has_w_hr) w_hr.push_back(at_d(d, kWhr));
+        if (has_step_params) step_params.push_back(at_d(d, kStepParams));
+      }
+      auto [gx, gh0, gc0, gw, gp, gr] = ops::time_loop_pair_backward().call(
+          cell, grad_out, grad_h_n, grad_c_n, w_hh, w_hr, step_params, workspace,
+          as_optional(saved[kLengths]), ctx->saved_data["cuda_loop"].toInt());
+      for (int64_t d = 0; d < 2; ++d) {
+        const Tensor& params = at_d(d, kStepParams);
+        // Where the step parameters are a bias on xproj, their gradient is d xproj's sum.
+        if (params.defined() && params.requires_grad() &&
+            !spec(parse_cell(cell)).own_step_param_grad()) {
+          gp[d] = gx[d].sum(at::IntArrayRef{0, 1});
+        }
+        g[d] = {gx[d], gh0[d], gc0[d], gw[d], gp[d], gr[d]};
+      }
+    }
+    // Aligned with the inputs as autograd counts them (see above).
+    variable_list result{Tensor(), g[0].xproj, g[1].xproj, g[0].h0, g[1].h0};
+    if (has_c0) result.insert(result.end(), {g[0].c0, g[1].c0});
+    result.insert(result.end(), {g[0].w_hh, g[1].w_hh});
+    if (has_step_params) result.insert(result.end(), {g[0].step_params, g[1].step_params});
+    if (has_w_hr) result.insert(result.end(), {g[0].w_hr, g[1].w_hr});
+    result.insert(result.end(), {Tensor(), Tensor()});  // lengths, cuda_loop
+    return result;
+  }
+};
+
+TimeLoopPairForwardResult time_loop_pair_forward_autograd(
+    c10::string_view cell, at::TensorList xproj, at::TensorList h0, at::TensorList c0,
+    at::TensorList w_hh, at::TensorList step_params, at::TensorList w_hr,
+    const OptTensor& lengths, bool save_workspace, int64_t cuda_loop) {
+  bool needs_grad = false;
+  for (at::TensorList list : {xproj, h0, c0, w_hh, step_params, w_hr}) {
+    for (const Tensor& t : list) needs_grad = needs_grad || t.requires_grad();
+  }
+  if (!at::GradMode::is_enabled() || !needs_grad) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return ops::time_loop_pair_forward().call(cell, xproj, h0, c0, w_hh, step_params, w_hr,
+                                              lengths, save_workspace, cuda_loop);
+  }
+  const variable_list r = TimeLoopPairFunction::apply(cell, xproj, h0, c0, w_hh, step_params,
+                                                      w_hr, lengths, cuda_loop);
+  return {{r[0], r[1]}, {r[2], r[3]}, {r[4], r[5]}, std::vector<Tensor>(r.begin() + 6, r.end())};
 }
 
 // ============================================================================ one cell step
@@ -333,17 +459,23 @@ struct OneThreadLinear : torch::autograd::Function<OneThreadLinear> {
 }  // namespace
 
 void remember_projection(const Tensor& output, const Tensor& x, const Tensor& w_ih,
-                         const OptTensor& bias, const OptTensor& layer_norm_gain) {
+                         const OptTensor& bias, const OptTensor& layer_norm_gain,
+                         int64_t direction) {
   torch::autograd::Node* node = output.grad_fn().get();
   AutogradContext* ctx = nullptr;
   if (auto* loop = dynamic_cast<torch::autograd::CppNode<TimeLoopFunction>*>(node)) {
     ctx = &loop->ctx_;
+  } else if (auto* pair = dynamic_cast<torch::autograd::CppNode<TimeLoopPairFunction>*>(node)) {
+    ctx = &pair->ctx_;
   }
   if (ctx == nullptr) return;
-  ctx->saved_data["proj_x"] = x;
-  ctx->saved_data["proj_w_ih"] = w_ih;
-  ctx->saved_data["proj_bias"] = bias.has_value() ? c10::IValue(*bias) : c10::IValue();
-  ctx->saved_data["proj_layer_norm_gain"] =
+  auto saved = [&](const char* name) -> c10::IValue& {
+    return ctx->saved_data[projection_key(name, direction)];
+  };
+  saved("proj_x") = x;
+  saved("proj_w_ih") = w_ih;
+  saved("proj_bias") = bias.has_value() ? c10::IValue(*bias) : c10::IValue();
+  saved("proj_layer_norm_gain") =
       layer_norm_gain.has_value() ? c10::IValue(*layer_norm_gain) : c10::IValue();
 }
 
@@ -359,6 +491,7 @@ Tensor one_thread_linear(const Tensor& x, const Tensor& w, const OptTensor& bias
 // Every backend: the Autograd alias key covers AutogradCPU, AutogradCUDA, ...
 TORCH_LIBRARY_IMPL(fusedrnn, Autograd, m) {
   m.impl("time_loop_forward", &time_loop_forward_autograd);
+  m.impl("time_loop_pair_forward", &time_loop_pair_forward_autograd);
   m.impl("cell_forward", &cell_forward_autograd);
 }
 

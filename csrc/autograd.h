@@ -26,9 +26,11 @@ at::Tensor one_thread_linear(const at::Tensor& x, const at::Tensor& w,
 // by the functional ops right after the fused op; `output` is its first output. No effect where
 // the output has no fused autograd node (no grad needed, tracing). layer_norm_gain: where xproj
 // is LN(x W_ih^T) with that gain, plus bias after it (a normalised cell; csrc/functional.cpp).
+// For the pair op (both directions of a layer in one node), `direction` says whose projection.
 void remember_projection(const at::Tensor& output, const at::Tensor& x, const at::Tensor& w_ih,
                          const std::optional<at::Tensor>& bias,
-                         const std::optional<at::Tensor>& layer_norm_gain = std::nullopt);
+                         const std::optional<at::Tensor>& layer_norm_gain = std::nullopt,
+                         int64_t direction = 0);
 
 // A layer's biases b_ih, b_hh (G*H each, either may be absent) as its computation adds them:
 // {the input projection's, the time loop's `bias` (csrc/ops.cpp)}. Where b_hh enters the step

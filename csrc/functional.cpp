@@ -10,6 +10,7 @@
 #include <c10/core/impl/TorchDispatchModeTLS.h>
 #include <torch/library.h>
 
+#include <array>
 #include <optional>
 #include <string_view>
 #include <tuple>
@@ -71,6 +72,43 @@ std::pair<Tensor, Tensor> normalized_step_inputs(const Tensor& x, const Tensor& 
   return {xproj, at::cat(params)};
 }
 
+// Whether a layer's call is one cell step: one step without lengths or projection (a decoder
+// calling the layer once per token), where x's backend has the one-step op, which does it in one
+// call without packing W_hh for a single use. (The cell op takes both biases or neither, c only
+// for the LSTM, and a dense W_hh.)
+bool runs_as_cell_step(Cell cell, const Tensor& x, const OptTensor& lengths, bool has_w_hr,
+                       bool both_biases_or_neither) {
+  return x.sym_size(0) == 1 && !lengths.has_value() && !has_w_hr && both_biases_or_neither &&
+         !spec(cell).diagonal() && !spec(cell).normalized() && has_one_step_op(x);
+}
+
+// Whether x's backend runs a layer's two directions in one call (time_loop_pair_forward: the
+// CUDA backend, which launches both at once where it can; its fake kernel under tracing).
+bool has_pair_op(const Tensor& x) {
+  return ops::time_loop_pair_forward().hasKernelForDispatchKey(
+      c10::computeDispatchKey(std::nullopt, x.layout(), x.device()));
+}
+
+// A layer-direction's time-loop inputs, xproj (T, B, G*H) and the step parameters, and how xproj
+// was made (for double backward: remember_projection).
+struct LoopInputs {
+  Tensor xproj;
+  OptTensor step_params, projection_bias, layer_norm_gain;
+};
+LoopInputs loop_inputs(Cell cell, const Tensor& x, const Tensor& w_ih, const OptTensor& b_ih,
+                       const OptTensor& b_hh, at::TensorList extra) {
+  auto [projection_bias, step_params] = split_biases(cell, b_ih, b_hh);
+  if (spec(cell).normalized()) {
+    auto [xproj, params] = normalized_step_inputs(x, w_ih, projection_bias, step_params, extra);
+    return {xproj, params, projection_bias, extra[0]};
+  }
+  return {input_projection(x, w_ih, projection_bias), step_params, projection_bias,
+          std::nullopt};
+}
+
+// The fused ops' Autograd kernels (csrc/autograd.cpp) decide whether to save workspaces.
+constexpr bool kSaveWorkspace = false;
+
 // One layer, one direction. x (T, B, I); h0 (B, P); c0 (B, H) for LSTM; extra: the cell's extra
 // weights (csrc/cell_table.h).
 std::tuple<Tensor, Tensor, Tensor> layer(Cell cell, const Tensor& x, const Tensor& h0,
@@ -79,15 +117,8 @@ std::tuple<Tensor, Tensor, Tensor> layer(Cell cell, const Tensor& x, const Tenso
                                          const OptTensor& b_hh, const OptTensor& w_hr,
                                          const OptTensor& lengths, bool reverse,
                                          int64_t cuda_loop, at::TensorList extra = {}) {
-  // The fused ops' Autograd kernels (csrc/autograd.cpp) decide whether to save workspaces.
-  constexpr bool kSaveWorkspace = false;
-  // One step without lengths or projection is a cell step (a decoder calling the layer once per
-  // token): where x's backend has the one-step op, it does it in one call, without packing
-  // W_hh for a single use. (The cell op takes both biases or neither, c only for the LSTM, and
-  // a dense W_hh.)
-  if (x.sym_size(0) == 1 && !lengths.has_value() && !w_hr.has_value() &&
-      b_ih.has_value() == b_hh.has_value() && !spec(cell).diagonal() &&
-      !spec(cell).normalized() && has_one_step_op(x)) {
+  if (runs_as_cell_step(cell, x, lengths, w_hr.has_value(),
+                        b_ih.has_value() == b_hh.has_value())) {
     const bool has_c = spec(cell).has_cell_state();
     auto [h_n, c_n, workspace] =
         ops::cell_forward().call(spec(cell).name, x[0], h0, has_c ? c0 : std::nullopt, w_ih, w_hh,
@@ -95,22 +126,47 @@ std::tuple<Tensor, Tensor, Tensor> layer(Cell cell, const Tensor& x, const Tenso
     // The output is a copy: as with torch.nn, an in-place op on it must leave h_n alone.
     return {h_n.unsqueeze(0).clone(), h_n, has_c ? c_n : no_cell_state(h_n)};
   }
-  auto [projection_bias, step_params] = split_biases(cell, b_ih, b_hh);
-  Tensor xproj;
-  if (spec(cell).normalized()) {
-    std::tie(xproj, step_params) =
-        normalized_step_inputs(x, w_ih, projection_bias, step_params, extra);
-  } else {
-    xproj = input_projection(x, w_ih, projection_bias);
-  }
+  const LoopInputs in = loop_inputs(cell, x, w_ih, b_ih, b_hh, extra);
   // (c0 of a cell without a cell state is ignored, as the one-step path above does.)
   auto [out, h_n, c_n, workspace] = ops::time_loop_forward().call(
-      spec(cell).name, xproj, h0, spec(cell).has_cell_state() ? c0 : std::nullopt, w_hh,
-      step_params, w_hr, lengths, reverse, kSaveWorkspace, cuda_loop);
+      spec(cell).name, in.xproj, h0, spec(cell).has_cell_state() ? c0 : std::nullopt, w_hh,
+      in.step_params, w_hr, lengths, reverse, kSaveWorkspace, cuda_loop);
   // For double backward: xproj's recipe (a normalised one: normalized_step_inputs' γ_ih).
-  remember_projection(out, x, w_ih, projection_bias,
-                      spec(cell).normalized() ? OptTensor(extra[0]) : std::nullopt);
+  remember_projection(out, x, w_ih, in.projection_bias, in.layer_norm_gain);
   return {out, h_n, c_n};
+}
+
+// One layer's two directions (direction 1 reversed) in one call of the pair op; per direction
+// the weights of `layer`.
+struct DirectionWeights {
+  Tensor h0;
+  OptTensor c0;
+  Tensor w_ih, w_hh;
+  OptTensor b_ih, b_hh, w_hr;
+  at::TensorList extra;
+};
+std::array<std::tuple<Tensor, Tensor, Tensor>, 2> both_directions(
+    Cell cell, const Tensor& x, const std::array<DirectionWeights, 2>& w,
+    const OptTensor& lengths, int64_t cuda_loop) {
+  const bool has_c = spec(cell).has_cell_state();
+  std::array<LoopInputs, 2> in;
+  std::vector<Tensor> xproj, h0, c0, w_hh, step_params, w_hr;
+  for (int d = 0; d < 2; ++d) {
+    in[d] = loop_inputs(cell, x, w[d].w_ih, w[d].b_ih, w[d].b_hh, w[d].extra);
+    xproj.push_back(in[d].xproj);
+    h0.push_back(w[d].h0);
+    if (has_c) c0.push_back(*w[d].c0);
+    w_hh.push_back(w[d].w_hh);
+    if (in[d].step_params.has_value()) step_params.push_back(*in[d].step_params);
+    if (w[d].w_hr.has_value()) w_hr.push_back(*w[d].w_hr);
+  }
+  auto [out, h_n, c_n, workspace] = ops::time_loop_pair_forward().call(
+      spec(cell).name, xproj, h0, c0, w_hh, step_params, w_hr, lengths, kSaveWorkspace,
+      cuda_loop);
+  for (int d = 0; d < 2; ++d) {
+    remember_projection(out[0], x, w[d].w_ih, in[d].projection_bias, in[d].layer_norm_gain, d);
+  }
+  return {std::tuple{out[0], h_n[0], c_n[0]}, std::tuple{out[1], h_n[1], c_n[1]}};
 }
 
 std::tuple<Tensor, Tensor, Tensor> recurrent_layer(
@@ -212,22 +268,34 @@ std::tuple<Tensor, Tensor, Tensor> recurrent_stack(
       bidirectional &&
       directions_concurrently(x, h0_in, c0_in, flat_weights, lengths,
                               has_proj ? OptTensor(flat_weights[torch_per_group - 1]) : std::nullopt);
+  // A bidirectional layer in one call of the pair op where x's backend has it (CUDA), unless
+  // its steps are cell steps.
+  const bool pair = bidirectional && !concurrent && has_pair_op(x) &&
+                    !runs_as_cell_step(cell, x, lengths, has_proj, /*both_biases_or_neither=*/true);
   std::vector<Tensor> h_n, c_n;
   Tensor layer_input = x;
   for (int64_t l = 0; l < num_layers; ++l) {
-    std::tuple<Tensor, Tensor, Tensor> results[2];
-    auto run_direction = [&](int64_t d) {
+    std::array<std::tuple<Tensor, Tensor, Tensor>, 2> results;
+    auto weights = [&](int64_t d) {
       const int64_t g = l * num_directions + d;
       const Tensor* w = flat_weights.data() + g * per_group;
-      const OptTensor b_ih = bias ? OptTensor(w[2]) : std::nullopt;
-      const OptTensor b_hh = bias ? OptTensor(w[3]) : std::nullopt;
-      const OptTensor w_hr = has_proj ? OptTensor(w[torch_per_group - 1]) : std::nullopt;
-      const OptTensor c0_g = c0.has_value() ? OptTensor((*c0)[g]) : std::nullopt;
-      const at::TensorList extra(w + torch_per_group, spec(cell).extra_weights);
-      results[d] = layer(cell, layer_input, h0[g], c0_g, w[0], w[1], b_ih, b_hh, w_hr, lengths,
-                         d == 1, cuda_loop, extra);
+      return DirectionWeights{h0[g],
+                              c0.has_value() ? OptTensor((*c0)[g]) : std::nullopt,
+                              w[0],
+                              w[1],
+                              bias ? OptTensor(w[2]) : std::nullopt,
+                              bias ? OptTensor(w[3]) : std::nullopt,
+                              has_proj ? OptTensor(w[torch_per_group - 1]) : std::nullopt,
+                              at::TensorList(w + torch_per_group, spec(cell).extra_weights)};
     };
-    if (concurrent) {
+    auto run_direction = [&](int64_t d) {
+      const DirectionWeights w = weights(d);
+      results[d] = layer(cell, layer_input, w.h0, w.c0, w.w_ih, w.w_hh, w.b_ih, w.b_hh, w.w_hr,
+                         lengths, d == 1, cuda_loop, w.extra);
+    };
+    if (pair) {
+      results = both_directions(cell, layer_input, {weights(0), weights(1)}, lengths, cuda_loop);
+    } else if (concurrent) {
       // The caller's grad mode, dispatch exclusions etc. must hold in the pool thread too.
       const at::ThreadLocalState caller_state;
       at::parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {

@@ -35,6 +35,7 @@ inline void check_lengths(const std::optional<at::Tensor>& lengths, int64_t B) {
 // Sizes of one recurrent layer/direction; see csrc/ops.cpp for what each means.
 struct LayerSizes {
   int64_t T, B, H, P;
+  bool operator==(const LayerSizes&) const = default;
 };
 
 // The dtype the recurrence is carried in and the workspaces are saved in, for a storage dtype:

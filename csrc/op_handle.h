@@ -23,6 +23,16 @@ using TimeLoopBackward = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tens
     c10::string_view, const Tensor&, const Tensor&, const OptTensor&, const Tensor&,
     const OptTensor&, const OptTensor&, at::TensorList, const OptTensor&, bool, int64_t);
 
+using TimeLoopPairForward =
+    std::tuple<std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>>(
+        c10::string_view, at::TensorList, at::TensorList, at::TensorList, at::TensorList,
+        at::TensorList, at::TensorList, const OptTensor&, bool, int64_t);
+using TimeLoopPairBackward =
+    std::tuple<std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>,
+               std::vector<Tensor>, std::vector<Tensor>>(
+        c10::string_view, at::TensorList, at::TensorList, at::TensorList, at::TensorList,
+        at::TensorList, at::TensorList, at::TensorList, const OptTensor&, int64_t);
+
 using CellForward = std::tuple<Tensor, Tensor, Tensor>(
     c10::string_view, const Tensor&, const Tensor&, const OptTensor&, const Tensor&, const Tensor&,
     const OptTensor&, const OptTensor&, bool);
@@ -39,6 +49,10 @@ using CellBackward = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, 
   }
 FUSEDRNN_OP_HANDLE(time_loop_forward, TimeLoopForward, "fusedrnn::time_loop_forward")
 FUSEDRNN_OP_HANDLE(time_loop_backward, TimeLoopBackward, "fusedrnn::time_loop_backward")
+FUSEDRNN_OP_HANDLE(time_loop_pair_forward, TimeLoopPairForward,
+                   "fusedrnn::time_loop_pair_forward")
+FUSEDRNN_OP_HANDLE(time_loop_pair_backward, TimeLoopPairBackward,
+                   "fusedrnn::time_loop_pair_backward")
 FUSEDRNN_OP_HANDLE(cell_forward, CellForward, "fusedrnn::cell_forward")
 FUSEDRNN_OP_HANDLE(cell_backward, CellBackward, "fusedrnn::cell_backward")
 #undef FUSEDRNN_OP_HANDLE

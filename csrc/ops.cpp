@@ -3,7 +3,7 @@
 // csrc/autograd.cpp, the functional ops (recurrent_layer/_stack) in csrc/functional.cpp, fake
 // kernels in fusedrnn/_ops.py.
 //
-// The layer op pair (schemas in csrc/op_schemas.h), one layer and one direction of any cell
+// The layer ops (schemas in csrc/op_schemas.h), one layer and one direction of any cell
 // (`cell`: a name of csrc/cell.h's table). Shapes (T steps, B batch, H hidden, P = proj_size or
 // H, G = the cell's gates: RNN 1, GRU 3, LSTM 4):
 //   xproj    (T, B, G*H)  input projection W_ih x_t (plus b_ih where b_hh enters the step: GRU)
@@ -44,6 +44,14 @@
 //                        d w_hh, d step_params ((U*H) where b_hh enters the step or the step
 //                        normalises, else (0): there they are a bias on xproj, whose gradient is
 //                        d xproj summed over steps and rows), d w_hr ((0) without w_hr)
+//   time_loop_pair_forward / time_loop_pair_backward   a layer's two directions in one call:
+//                        every argument a list of direction 0's (forward) then direction 1's
+//                        (reversed), absent optional ones empty lists, the same cell and sizes;
+//                        results as lists of the two directions' (workspaces: 0's parts, then
+//                        1's). The CUDA backend runs both persistent loops in one launch where
+//                        they fit half the device each; no CPU kernel (the CPU runs a layer's
+//                        directions on two threads instead), so recurrent_stack calls it only
+//                        where x's backend has one.
 //
 // Functional ops (torch.nn's computation):
 //   recurrent_layer   one layer, one direction: x (T, B, I), w_ih (G*H, I), b_ih/b_hh (G*H)

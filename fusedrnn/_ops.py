@@ -52,6 +52,34 @@ def _time_loop_backward_fake(cell, grad_output, grad_h_n, grad_c_n, w_hh, w_hr, 
     )
 
 
+def _item(items, d):
+    return items[d] if items else None
+
+
+@torch.library.register_fake("fusedrnn::time_loop_pair_forward")
+def _time_loop_pair_forward_fake(cell, xproj, h0, c0, w_hh, step_params, w_hr, lengths,
+                                 save_workspace, cuda_loop=0):
+    outs, h_n, c_n, workspace = [], [], [], []
+    for d in range(2):
+        o, h, c, ws = _time_loop_forward_fake(cell, xproj[d], h0[d], _item(c0, d), w_hh[d],
+                                              _item(step_params, d), _item(w_hr, d), lengths,
+                                              d == 1, save_workspace)
+        outs.append(o), h_n.append(h), c_n.append(c)
+        workspace += ws
+    return outs, h_n, c_n, workspace
+
+
+@torch.library.register_fake("fusedrnn::time_loop_pair_backward")
+def _time_loop_pair_backward_fake(cell, grad_output, grad_h_n, grad_c_n, w_hh, w_hr,
+                                  step_params, workspace, lengths, cuda_loop=0):
+    parts = len(workspace) // 2
+    grads = [_time_loop_backward_fake(cell, grad_output[d], grad_h_n[d], _item(grad_c_n, d),
+                                      w_hh[d], _item(w_hr, d), _item(step_params, d),
+                                      workspace[d * parts:(d + 1) * parts], lengths, d == 1)
+             for d in range(2)]
+    return tuple(list(pair) for pair in zip(*grads))
+
+
 @torch.library.register_fake("fusedrnn::cell_forward")
 def _cell_forward_fake(cell, x, h, c, w_ih, w_hh, b_ih, b_hh, save_workspace):
     spec = CELLS[cell]

@@ -110,16 +110,18 @@ def test_default_dispatch_runs_cudnn_where_its_persistent_kernel_would(monkeypat
     lambda: fusedrnn.LayerNormLSTM(16, 64, num_layers=2, bidirectional=True),
 ], ids=["lstm", "lstm_proj", "layer_norm_gru", "layer_norm_lstm"])
 def test_the_persistent_path_runs_and_matches_the_per_step_path(make):
-    """A module call forced onto the persistent loops launches one per layer-direction and pass
-    (counted by the CUDA ops) and gives the per-step loops' numbers: an elementwise cell, a
+    """A module call forced onto the persistent loops runs every layer-direction's loops
+    persistently, a layer's two directions in one launch (counted by the CUDA ops), and gives
+    the per-step loops' numbers: an elementwise cell, a
     projected one (a second grid barrier a step) and the normalised ones (their rows behind a
     second barrier)."""
     torch.manual_seed(0)
     module = make().cuda()
     x = torch.randn(40, 4, 16, device="cuda", requires_grad=True)
     results = {}
+    both = torch.ops.fusedrnn.bidirectional_persistent_launches
     for path in ("per_step", "persistent"):
-        before = dispatch.persistent_launches()
+        before, before_both = dispatch.persistent_launches(), both()
         with dispatch.forcing(path):
             out, state = module(x)
             states = state if isinstance(state, tuple) else (state,)
@@ -127,6 +129,8 @@ def test_the_persistent_path_runs_and_matches_the_per_step_path(make):
                                         [x, *module.parameters()])
         launches = dispatch.persistent_launches() - before
         assert launches == (8 if path == "persistent" else 0)
+        # each layer's two directions in one launch, forward and backward
+        assert both() - before_both == (4 if path == "persistent" else 0)
         results[path] = (out, *states, *grads)
     for a, b in zip(*results.values()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -229,6 +229,72 @@ def test_persistent_projection_rows_over_the_blocks(emulated, monkeypatch, rever
     assert emulated.persistent_launches() - before == 3
 
 
+def run_pair(ops, case: OpCase, directions: list[dict], lengths):
+    """Forward (workspace saved) then backward of a layer's two directions (direction 1
+    reversed) through `ops`' pair op; per direction the named results of `run`."""
+    spec = spec_of(case.cell)
+    per = lambda key: [t[key] for t in directions]  # noqa: E731
+    opt = lambda key, present: per(key) if present else []  # noqa: E731
+    proj = case.cell == "lstm_proj"
+    outs, h_n, c_n, workspace = ops.time_loop_pair_forward(
+        spec.name, per("xproj"), per("h0"), opt("c0", spec.has_cell_state), per("w_hh"),
+        per("step_params"), opt("w_hr", proj), lengths, True)
+    gx, gh0, gc0, gw, gb, gwr = ops.time_loop_pair_backward(
+        spec.name, per("grad_output"), per("grad_h_n"), opt("grad_c_n", spec.has_cell_state),
+        per("w_hh"), opt("w_hr", proj), per("step_params"), workspace, lengths)
+    parts = len(workspace) // 2
+    results = []
+    for d in range(2):
+        r = {"output": outs[d], "h_n": h_n[d], "grad_xproj": gx[d], "grad_h0": gh0[d],
+             "grad_w_hh": gw[d]}
+        r.update({name: part for (name, _, _), part in
+                  zip(spec.workspace, workspace[d * parts:(d + 1) * parts], strict=True)})
+        if spec.has_cell_state:
+            r.update(c_n=c_n[d], grad_c0=gc0[d])
+        if spec.own_step_param_grad:
+            r["grad_step_params"] = gb[d]
+        if proj:
+            r["grad_w_hr"] = gwr[d]
+        results.append(r)
+    return results
+
+
+@pytest.mark.parametrize("persistent", [True, False], ids=["one_launch", "per_step"])
+@pytest.mark.parametrize("ragged", [False, True], ids=["full", "lengths"])
+@pytest.mark.parametrize("cell", list(GATES))
+def test_pair_op_runs_both_directions_as_the_single_ops(emulated, monkeypatch, cell, ragged,
+                                                         persistent):
+    """time_loop_pair_forward / _backward: both directions of a layer (direction 1 reversed)
+    with their own weights, bit for bit as two one-direction calls of the emulated op; with the
+    persistent loops, in ONE launch forward and one backward (each direction on 2 of the
+    emulation's 4 blocks, H = 40: 20 units a block), else each per step."""
+    monkeypatch.setenv("FUSEDRNN_CUDA_PERSISTENT", "1" if persistent else "0")
+    T, B = 6, 3
+    case = OpCase(cell, T=T, B=B, lengths=ragged_lengths(T, B) if ragged else None)
+    directions, lengths = [], None
+    for seed in (1, 2):
+        t, lengths = make_inputs(case, seed)
+        directions.append(cast(t, torch.float32))
+    loops, both = emulated.persistent_launches(), emulated.bidirectional_persistent_launches()
+    got = run_pair(emulated, case, directions, lengths)
+    assert emulated.persistent_launches() - loops == (4 if persistent else 0)
+    assert emulated.bidirectional_persistent_launches() - both == (2 if persistent else 0)
+    for d, t in enumerate(directions):
+        want = run(emulated, dataclasses.replace(case, reverse=d == 1), t, lengths)
+        assert got[d].keys() == want.keys()
+        for name, value in want.items():
+            assert torch.equal(got[d][name], value), f"direction {d}: {name} differs"
+
+
+def test_pair_op_checks_its_lists(emulated):
+    x, h, w = torch.randn(4, 2, 3), torch.randn(2, 3), torch.randn(3, 3)
+    with pytest.raises(RuntimeError, match=r"xproj must hold 2 tensors \(one per direction\)"):
+        emulated.time_loop_pair_forward("rnn_tanh", [x], [h, h], [], [w, w], [], [], None, False)
+    with pytest.raises(RuntimeError, match="w_hh has shape"):
+        emulated.time_loop_pair_forward("rnn_tanh", [x, x], [h, h], [], [w, w[:2]], [], [], None,
+                                        False)
+
+
 @pytest.mark.parametrize("shared", [48 << 10, 227 << 10], ids=["48KiB", "227KiB"])
 def test_persistent_loops_take_the_shared_memory_the_device_allows(emulated, monkeypatch, shared):
     """LSTM H = 128 over 4 blocks needs 64 KiB a block for its W_hh rows: past the 48 KiB that
@@ -358,7 +424,10 @@ def test_emulated_ops_report_bad_arguments_like_the_cpu_ops(emulated):
 
 # ------------------------------------------------------- the modules on the emulated CUDA ops
 
-TIME_LOOP_OPS = ("time_loop_forward", "time_loop_backward")
+# (with the pair ops registered for the CPU the modules run a bidirectional layer through them,
+# as on CUDA: csrc/functional.cpp, has_pair_op)
+TIME_LOOP_OPS = ("time_loop_forward", "time_loop_backward", "time_loop_pair_forward",
+                 "time_loop_pair_backward")
 
 
 @pytest.fixture
@@ -398,13 +467,33 @@ def test_modules_on_emulated_cuda_ops_match_torch_nn(cuda_ops_behind_the_modules
 def test_modules_on_the_persistent_loops_match_torch_nn(cuda_ops_behind_the_modules, emulated,
                                                         monkeypatch, cell):
     """The same through the persistent loops (FUSEDRNN_CUDA_PERSISTENT=1), packed unsorted:
-    every cell, lstm_proj and the normalised ones included, in the modules' autograd."""
+    every cell, lstm_proj and the normalised ones included, in the modules' autograd, each
+    layer's two directions in one launch (the pair op and its autograd node)."""
     monkeypatch.setenv("FUSEDRNN_CUDA_PERSISTENT", "1")
-    before = emulated.persistent_launches()
+    loops, both = emulated.persistent_launches(), emulated.bidirectional_persistent_launches()
     check_case(Case(cell, num_layers=2, bidirectional=True, input_kind="packed_unsorted", T=7,
                     H=16), torch.float32)
-    # at least 2 layers x 2 directions, forward and backward
-    assert emulated.persistent_launches() - before >= 8
+    # at least 2 layers x 2 directions, forward and backward, each layer's two in one launch
+    assert emulated.persistent_launches() - loops >= 8
+    assert emulated.bidirectional_persistent_launches() - both >= 4
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("name", ["rnn_tanh-2layers-bi", "gru-bi", "lstm_proj-bi"])
+def test_double_backward_through_the_pair_op(cuda_ops_behind_the_modules, emulated, monkeypatch,
+                                             name, packed):
+    """A gradient penalty's gradients (create_graph=True) through the pair op's autograd node
+    (each direction's projection remembered apart), fp64, vs torch.nn."""
+    from test_double_backward import LAYERS, _pair, _penalty_grads
+
+    monkeypatch.setenv("FUSEDRNN_CUDA_PERSISTENT", "1")
+    both = emulated.bidirectional_persistent_launches()
+    reference, fused = _pair(LAYERS[name])
+    x = torch.randn(4, 3, 2, dtype=torch.float64)
+    for got, want in zip(_penalty_grads(fused, x, packed), _penalty_grads(reference, x, packed),
+                         strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11)
+    assert emulated.bidirectional_persistent_launches() > both
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -430,3 +519,30 @@ def test_opcheck_on_emulated_cuda_ops(cuda_ops_behind_the_modules, lengths, dtyp
         torch.library.opcheck(op, args)
     for op, args in op_backward_samples(lengths, dtype=dtype):
         torch.library.opcheck(op, args)
+    if dtype == torch.float32:  # (the pair ops' checks cost more than the rest: once a dtype)
+        for op, args in pair_op_samples(lengths, dtype):
+            torch.library.opcheck(op, args)
+
+
+def pair_op_samples(lengths, dtype):
+    """(op, args) of the pair ops, forward and backward: each of op_samples' forwards as
+    direction 0, with a second set of tensors of its shapes as direction 1."""
+    def other(t):
+        return None if t is None else (t.detach() * 0.5 + 0.1).requires_grad_(t.requires_grad)
+
+    samples = []
+    for _, args in op_samples(lengths, reverse=False, dtype=dtype):
+        cell, xproj, h0, c0, w_hh, step_params, w_hr, lens, _, _ = args
+        pair = lambda t: [] if t is None else [t, other(t)]  # noqa: E731
+        forward = (cell, pair(xproj), pair(h0), pair(c0), pair(w_hh), pair(step_params),
+                   pair(w_hr), lens, True)
+        samples.append((torch.ops.fusedrnn.time_loop_pair_forward.default, forward))
+        with torch.no_grad():
+            outs, h_n, c_n, workspace = torch.ops.fusedrnn.time_loop_pair_forward(*forward)
+        grads = lambda ts: [torch.randn_like(t) for t in ts]  # noqa: E731
+        samples.append((torch.ops.fusedrnn.time_loop_pair_backward.default,
+                        (cell, grads(outs), grads(h_n), grads(c_n) if c0 is not None else [],
+                         [t.detach() for t in pair(w_hh)],
+                         [t.detach() for t in pair(w_hr)],
+                         [t.detach() for t in pair(step_params)], workspace, lens)))
+    return samples

@@ -37,10 +37,13 @@ TORCH_LIBRARY_IMPL(fusedrnn, CUDA, m) {
   loops::register_time_loops<CudaDevice>(m);
 }
 
-// How many persistent loops (one launch a loop, forward or backward) the CUDA ops ran: what bench
-// and tune read to say which loop ran (fusedrnn.dispatch.persistent_launches).
+// How many loops (forward or backward, a direction each) the CUDA ops ran persistently: what
+// bench and tune read to say which loop ran (fusedrnn.dispatch.persistent_launches); and how many
+// launches ran a layer's two directions at once.
 TORCH_LIBRARY_FRAGMENT(fusedrnn, m) {
   m.def("persistent_launches() -> int", [] { return loops::persistent_launches.load(); });
+  m.def("bidirectional_persistent_launches() -> int",
+        [] { return loops::bidirectional_persistent_launches.load(); });
 }
 
 }  // namespace cuda

@@ -497,7 +497,9 @@ __device__ __forceinline__ S warp_dot(const S* row, const S* v, int64_t n, int64
   return warp_sum(acc);
 }
 
-// The whole forward loop in one cooperative launch (PersistentForward). Block k owns the hidden
+// The whole forward loop in one cooperative launch (PersistentForward), of each direction of a
+// layer at once where two are given: the blocks of grid row y run loop y (the same cell and sizes,
+// so the same barriers a step; the grid barrier holds both). Block k of a row owns the hidden
 // units [k U, (k + 1) U) and keeps their rows of W_hh (every gate's) in shared memory for all T
 // steps; where h is projected, also the rows [k U_P, (k + 1) U_P) of W_hr. A step:
 //   1. each warp takes elements (b, j) of the block's units: their recurrent products from
@@ -510,8 +512,10 @@ __device__ __forceinline__ S warp_dot(const S* row, const S* v, int64_t n, int64
 //      elements (b, r) of the block's projection rows: h_t = W_hr[r] · (h before W_hr), output;
 //   3. a grid barrier: h_t (and c_t) complete before any block reads them.
 template <typename T, Cell C>
-__global__ void __launch_bounds__(kPersistentMaxThreads, 1) persistent_forward_kernel(PersistentForward q) {
+__global__ void __launch_bounds__(kPersistentMaxThreads, 1)
+    persistent_forward_kernel(PersistentLoops<PersistentForward> loops) {
   using S = typename State<T>::type;
+  const PersistentForward& q = loops.loop[blockIdx.y];  // this block's direction
   constexpr int64_t G = spec(C).gates;
   constexpr bool kDiagonal = spec(C).diagonal(), kNormalized = spec(C).normalized();
   const int64_t B = q.step.at.B, H = q.step.at.H, P = q.step.at.P;
@@ -596,8 +600,10 @@ __global__ void __launch_bounds__(kPersistentMaxThreads, 1) persistent_forward_k
 // grad_step alternates between two buffers, so the next step's writes never meet this step's
 // reads.
 template <typename T, Cell C>
-__global__ void __launch_bounds__(kPersistentMaxThreads, 1) persistent_backward_kernel(PersistentBackward q) {
+__global__ void __launch_bounds__(kPersistentMaxThreads, 1)
+    persistent_backward_kernel(PersistentLoops<PersistentBackward> loops) {
   using S = typename State<T>::type;
+  const PersistentBackward& q = loops.loop[blockIdx.y];  // this block's direction
   constexpr int64_t G = spec(C).gates;
   constexpr bool kDiagonal = spec(C).diagonal(), kNormalized = spec(C).normalized();
   const int64_t B = q.step.at.B, H = q.step.at.H, P = q.step.at.P;
@@ -788,37 +794,42 @@ struct PersistentBackwardKernel {
   };
 };
 
-// A persistent loop's cooperative launch (Loop: PersistentForwardKernel or
-// PersistentBackwardKernel).
+// A persistent launch of one or two loops (Loop: PersistentForwardKernel or
+// PersistentBackwardKernel): grid (blocks, directions).
 template <Cell C, template <Cell> class Loop, typename Params>
-cudaError_t launch_persistent(const Params& q, int64_t blocks, int threads, size_t shared_bytes,
-                              Dtype dtype, cudaStream_t stream) {
-  return launch_typed<Loop<C>::template Kernel>(q, dim3(static_cast<unsigned>(blocks)),
-                                                dim3(threads), shared_bytes,
-                                                /*cooperative=*/true, dtype, stream);
+cudaError_t launch_persistent(const Params* loops, int directions, int64_t blocks, int threads,
+                              size_t shared_bytes, Dtype dtype, cudaStream_t stream) {
+  if (directions < 1 || directions > kMaxDirections) return cudaErrorInvalidValue;
+  PersistentLoops<Params> all{};
+  for (int d = 0; d < directions; ++d) all.loop[d] = loops[d];
+  return launch_typed<Loop<C>::template Kernel>(
+      all, dim3(static_cast<unsigned>(blocks), static_cast<unsigned>(directions)), dim3(threads),
+      shared_bytes, /*cooperative=*/true, dtype, stream);
 }
 
 template <Cell C>
-cudaError_t persistent_forward(const PersistentForward& q, int64_t blocks, int threads,
-                               size_t shared_bytes, Dtype dtype, cudaStream_t stream) {
-  return launch_persistent<C, PersistentForwardKernel>(q, blocks, threads, shared_bytes, dtype,
-                                                       stream);
+cudaError_t persistent_forward(const PersistentForward* loops, int directions, int64_t blocks,
+                               int threads, size_t shared_bytes, Dtype dtype,
+                               cudaStream_t stream) {
+  return launch_persistent<C, PersistentForwardKernel>(loops, directions, blocks, threads,
+                                                       shared_bytes, dtype, stream);
 }
 template <Cell C>
-cudaError_t persistent_backward(const PersistentBackward& q, int64_t blocks, int threads,
-                                size_t shared_bytes, Dtype dtype, cudaStream_t stream) {
-  return launch_persistent<C, PersistentBackwardKernel>(q, blocks, threads, shared_bytes, dtype,
-                                                        stream);
+cudaError_t persistent_backward(const PersistentBackward* loops, int directions, int64_t blocks,
+                                int threads, size_t shared_bytes, Dtype dtype,
+                                cudaStream_t stream) {
+  return launch_persistent<C, PersistentBackwardKernel>(loops, directions, blocks, threads,
+                                                        shared_bytes, dtype, stream);
 }
 
 // The cells' kernels (one line per cell).
 #define FUSEDRNN_CELL_STEPS(cell)                                                          \
   template cudaError_t forward_step<cell>(const ForwardStep&, Dtype, cudaStream_t);      \
   template cudaError_t backward_step<cell>(const BackwardStep&, Dtype, cudaStream_t);    \
-  template cudaError_t persistent_forward<cell>(const PersistentForward&, int64_t, int,  \
-                                                size_t, Dtype, cudaStream_t);            \
-  template cudaError_t persistent_backward<cell>(const PersistentBackward&, int64_t, int, \
-                                                 size_t, Dtype, cudaStream_t)
+  template cudaError_t persistent_forward<cell>(const PersistentForward*, int, int64_t,  \
+                                                int, size_t, Dtype, cudaStream_t);       \
+  template cudaError_t persistent_backward<cell>(const PersistentBackward*, int, int64_t, \
+                                                 int, size_t, Dtype, cudaStream_t)
 FUSEDRNN_CELL_STEPS(Cell::RnnTanh);
 FUSEDRNN_CELL_STEPS(Cell::RnnRelu);
 FUSEDRNN_CELL_STEPS(Cell::Gru);

@@ -147,12 +147,24 @@ template <Cell C>
 cudaError_t forward_step(const ForwardStep& p, Dtype dtype, cudaStream_t stream);
 template <Cell C>
 cudaError_t backward_step(const BackwardStep& p, Dtype dtype, cudaStream_t stream);
+// The persistent loops of up to kMaxDirections directions of a layer, one launch: grid (blocks,
+// directions), row y of the grid running loop[y]. Every loop has the same cell and sizes (the
+// same steps and barriers), so one grid barrier serves them all.
+constexpr int kMaxDirections = 2;
+template <typename Loop>
+struct PersistentLoops {
+  Loop loop[kMaxDirections];
+};
+
+// `directions` loops (1 or 2), each on `blocks` blocks.
 template <Cell C>
-cudaError_t persistent_forward(const PersistentForward& q, int64_t blocks, int threads,
-                               size_t shared_bytes, Dtype dtype, cudaStream_t stream);
+cudaError_t persistent_forward(const PersistentForward* loops, int directions, int64_t blocks,
+                               int threads, size_t shared_bytes, Dtype dtype,
+                               cudaStream_t stream);
 template <Cell C>
-cudaError_t persistent_backward(const PersistentBackward& q, int64_t blocks, int threads,
-                                size_t shared_bytes, Dtype dtype, cudaStream_t stream);
+cudaError_t persistent_backward(const PersistentBackward* loops, int directions, int64_t blocks,
+                                int threads, size_t shared_bytes, Dtype dtype,
+                                cudaStream_t stream);
 cudaError_t projection_step(const ProjectionStep& p, Dtype dtype, cudaStream_t stream);
 cudaError_t backward_projection_step(const BackwardProjectionStep& p, Dtype dtype,
                                      cudaStream_t stream);

@@ -189,21 +189,24 @@ PersistentShape persistent_shape(const LayerSizes& sz, bool proj, bool backward,
   return {blocks, units, proj_units, threads, shared};
 }
 
-// Persistent launches so far, forward and backward (the emulation's tests read it: the path
-// they check ran).
+// Loops run persistently so far, forward and backward (each direction of a two-direction launch
+// counts), and the launches that ran a layer's two directions at once (the emulation's tests and
+// bench read them: the path they check ran).
 inline std::atomic<int64_t> persistent_launches{0};
+inline std::atomic<int64_t> bidirectional_persistent_launches{0};
 
-// Whether a persistent launch ran (its error checked), or left the loop to the per-step path:
-// a cooperative grid the device cannot keep resident (MPS limits, SMs another context holds) is
-// not an error of the op.
+// Whether a persistent launch of `directions` loops ran (its error checked), or left them to
+// their own launches: a cooperative grid the device cannot keep resident (MPS limits, SMs another
+// context holds) is not an error of the op.
 template <typename Device>
-bool persistent_ran(const Device& device, cudaError_t err) {
+bool persistent_ran(const Device& device, cudaError_t err, int directions) {
   if (err == cudaErrorCooperativeLaunchTooLarge) {
-    (void)cudaGetLastError();  // cleared: the per-step path runs instead
+    (void)cudaGetLastError();  // cleared: the loops run otherwise
     return false;
   }
   device.check(err);
-  persistent_launches.fetch_add(1, std::memory_order_relaxed);
+  persistent_launches.fetch_add(directions, std::memory_order_relaxed);
+  if (directions > 1) bidirectional_persistent_launches.fetch_add(1, std::memory_order_relaxed);
   return true;
 }
 
@@ -215,199 +218,339 @@ inline bool persistent_enabled(CudaLoop loop) {
   return value != nullptr && std::string_view(value) == "1";
 }
 
-// The persistent launch for this loop where one is asked for and applies, else none (blocks 0).
+// The persistent launch for a loop where one is asked for and applies, on 1 / `share` of the
+// blocks the device keeps resident (2: a layer's two directions at once), else none (blocks 0).
 template <Cell C, typename Device>
 PersistentShape persistent_plan(const Device& device, const LayerSizes& sz, bool proj,
-                                bool backward, const at::TensorOptions& state, CudaLoop loop) {
+                                bool backward, const at::TensorOptions& state, CudaLoop loop,
+                                int64_t share = 1) {
   if (!persistent_enabled(loop)) return {};
   return persistent_shape<C>(sz, proj, backward, state.dtype().itemsize(),
-                             device.max_cooperative_blocks(), device.max_shared_bytes());
+                             device.max_cooperative_blocks() / share, device.max_shared_bytes());
 }
 
-// One layer and direction of cell C: per step the recurrent product (recurrent_product), the
-// cell's step kernel, and where h is projected the W_hr GEMM and the projection kernel.
+// A loop's persistent launch (forward or backward) for one direction, or for both at once.
+template <Cell C, typename Device, typename Persistent>
+bool launch_persistent_loops(const Device& device, const Persistent* loops, int directions,
+                             const PersistentShape& shape, Dtype dtype) {
+  cudaError_t err;
+  if constexpr (std::is_same_v<Persistent, PersistentForward>) {
+    err = persistent_forward<C>(loops, directions, shape.blocks, shape.threads,
+                                shape.shared_bytes, dtype, device.stream());
+  } else {
+    err = persistent_backward<C>(loops, directions, shape.blocks, shape.threads,
+                                 shape.shared_bytes, dtype, device.stream());
+  }
+  return persistent_ran(device, err, directions);
+}
+
+// One layer and direction of cell C, forward: its buffers (made by the constructor), then one
+// persistent launch for every step (alone, or beside the other direction's: forward_both), or per
+// step the recurrent product (recurrent_product), the cell's step kernel, and where h is
+// projected the W_hr GEMM and the projection kernel.
 template <typename Device, Cell C>
-TimeLoopForwardResult forward(const ForwardArgs& a) {
-  constexpr CellSpec cell = spec(C);
-  constexpr int64_t G = cell.gates;
-  const LayerSizes& sz = a.sz;
-  const int64_t T = sz.T, B = sz.B, H = sz.H, P = sz.P;
-  const bool proj = a.w_hr.has_value(), save_workspace = a.save_workspace;
-  const Device device(a.xproj);
-  const Schedule sched = make_schedule(T, a.reverse, a.lengths, a.xproj);
-  const Tensor xproj = a.xproj.contiguous();
-  const Dtype dtype = dtype_of(xproj);
-  const at::TensorOptions state = state_options(xproj);
-  const Tensor w_hh = state_weight(a.w_hh, state);
-  const Tensor w_hr = proj ? state_weight(*a.w_hr, state) : Tensor();
-  // The step parameters (the bias first); zeros when absent (never for a normalized cell,
-  // whose gains the checks require), so the kernels add the bias without a branch.
-  const Tensor params = a.step_params.has_value() ? a.step_params->contiguous()
-                                                  : at::zeros({G * H}, xproj.options());
+class ForwardLoop {
+  static constexpr CellSpec cell = spec(C);
+  static constexpr int64_t G = cell.gates;
 
-  Tensor output = at::empty({T, B, P}, xproj.options());
-  std::vector<Tensor> saved;
-  for (int i = 0; i < cell.workspace_parts; ++i) {
-    saved.push_back(
-        state_workspace(save_workspace, state, T, B, workspace_width(cell.workspace[i], sz)));
-  }
-  const PingPong h(a.h0, state);  // h_{t-1} / h_t
-  const std::optional<PingPong> c =
-      cell.has_cell_state() ? std::optional<PingPong>(std::in_place, *a.c0, state)
-                            : std::nullopt;
-  Tensor pre_h = at::empty({B, G * H}, state);  // W_hh h_{t-1} (u ⊙ h_{t-1}: diagonal)
-  // h before W_hr; zeros, as the kernel writes active rows only and the GEMM reads all.
-  Tensor unprojected = at::zeros({proj ? B : 0, H}, state);
+ public:
+  static constexpr Cell kCell = C;
 
-  ForwardStep p{};
-  p.at = {sched, 0, B, H, P};
-  p.proj = proj;
-  p.x = xproj.data_ptr();
-  p.gh = pre_h.data_ptr();
-  p.params = params.data_ptr();
-  p.out = output.data_ptr();
-  p.unprojected = data_or_null(unprojected);
-  p.ws = step_workspace(cell, saved);
-  const PersistentShape persistent =
-      persistent_plan<C>(device, sz, proj, /*backward=*/false, state, a.cuda_loop);
-  bool ran = false;  // the persistent loop
-  if (persistent.blocks > 0 && T > 0) {  // one launch for every step
-    const PersistentForward q{p,
-                              T,
-                              pre_h.data_ptr(),
-                              w_hh.data_ptr(),
-                              proj ? w_hr.data_ptr() : nullptr,
-                              {h.data(0), h.data(1)},
-                              {c ? c->data(0) : nullptr, c ? c->data(1) : nullptr},
-                              persistent.units,
-                              persistent.proj_units};
-    ran = persistent_ran(device, persistent_forward<C>(q, persistent.blocks, persistent.threads,
-                                                       persistent.shared_bytes, dtype,
-                                                       device.stream()));
+  explicit ForwardLoop(const ForwardArgs& a)
+      : a_(a), sz_(a.sz), proj_(a.w_hr.has_value()), device_(a.xproj),
+        sched_(make_schedule(sz_.T, a.reverse, a.lengths, a.xproj)),
+        xproj_(a.xproj.contiguous()), dtype_(dtype_of(xproj_)), state_(state_options(xproj_)),
+        w_hh_(state_weight(a.w_hh, state_)),
+        w_hr_(proj_ ? state_weight(*a.w_hr, state_) : Tensor()),
+        // The step parameters (the bias first); zeros when absent (never for a normalized
+        // cell, whose gains the checks require), so the kernels add the bias without a branch.
+        params_(a.step_params.has_value() ? a.step_params->contiguous()
+                                          : at::zeros({G * sz_.H}, xproj_.options())),
+        output_(at::empty({sz_.T, sz_.B, sz_.P}, xproj_.options())),
+        h_(a.h0, state_),  // h_{t-1} / h_t
+        c_(cell.has_cell_state() ? std::optional<PingPong>(std::in_place, *a.c0, state_)
+                                 : std::nullopt),
+        pre_h_(at::empty({sz_.B, G * sz_.H}, state_)),  // W_hh h_{t-1} (u ⊙ h_{t-1}: diagonal)
+        // h before W_hr; zeros, as the kernel writes active rows only and the GEMM reads all.
+        unprojected_(at::zeros({proj_ ? sz_.B : 0, sz_.H}, state_)) {
+    for (int i = 0; i < cell.workspace_parts; ++i) {
+      saved_.push_back(state_workspace(a.save_workspace, state_, sz_.T, sz_.B,
+                                       workspace_width(cell.workspace[i], sz_)));
+    }
+    step_.at = {sched_, 0, sz_.B, sz_.H, sz_.P};
+    step_.proj = proj_;
+    step_.x = xproj_.data_ptr();
+    step_.gh = pre_h_.data_ptr();
+    step_.params = params_.data_ptr();
+    step_.out = output_.data_ptr();
+    step_.unprojected = data_or_null(unprojected_);
+    step_.ws = step_workspace(cell, saved_);
   }
-  for (int64_t s = 0; s < T && !ran; ++s) {
-    recurrent_product<cell.recurrence>(pre_h, h.slot(s), w_hh);
-    p.at.s = s;
-    p.h_cur = h.data(s);
-    p.h_next = h.data(s + 1);
-    p.c_cur = c ? c->data(s) : nullptr;
-    p.c_next = c ? c->data(s + 1) : nullptr;
-    device.check(forward_step<C>(p, dtype, device.stream()));
-    if (proj) {
-      // h_t = W_hr (h before W_hr); inactive rows keep h_{t-1}.
-      step_gemm(h.slot(s + 1), unprojected, w_hr, /*transposed=*/true, /*accumulate=*/false);
-      const ProjectionStep q{{sched, s, B, H, P}, h.data(s), h.data(s + 1), output.data_ptr()};
-      device.check(projection_step(q, dtype, device.stream()));
+
+  // The persistent plan of this loop on 1 / share of the device's blocks (none: blocks 0).
+  PersistentShape plan(int64_t share = 1) const {
+    if (sz_.T == 0) return {};
+    return persistent_plan<C>(device_, sz_, proj_, /*backward=*/false, state_, a_.cuda_loop,
+                              share);
+  }
+
+  PersistentForward persistent(const PersistentShape& shape) const {
+    return {step_,
+            sz_.T,
+            pre_h_.data_ptr(),
+            w_hh_.data_ptr(),
+            proj_ ? w_hr_.data_ptr() : nullptr,
+            {h_.data(0), h_.data(1)},
+            {c_ ? c_->data(0) : nullptr, c_ ? c_->data(1) : nullptr},
+            shape.units,
+            shape.proj_units};
+  }
+
+  // Every step: one persistent launch where planned and the device takes it, else per step.
+  void run() {
+    const PersistentShape shape = plan();
+    if (shape.blocks > 0) {
+      const PersistentForward q = persistent(shape);
+      if (launch_persistent_loops<C>(device_, &q, 1, shape, dtype_)) return;
+    }
+    run_per_step();
+  }
+
+  void run_per_step() {
+    ForwardStep p = step_;
+    for (int64_t s = 0; s < sz_.T; ++s) {
+      recurrent_product<cell.recurrence>(pre_h_, h_.slot(s), w_hh_);
+      p.at.s = s;
+      p.h_cur = h_.data(s);
+      p.h_next = h_.data(s + 1);
+      p.c_cur = c_ ? c_->data(s) : nullptr;
+      p.c_next = c_ ? c_->data(s + 1) : nullptr;
+      device_.check(forward_step<C>(p, dtype_, device_.stream()));
+      if (proj_) {
+        // h_t = W_hr (h before W_hr); inactive rows keep h_{t-1}.
+        step_gemm(h_.slot(s + 1), unprojected_, w_hr_, /*transposed=*/true,
+                  /*accumulate=*/false);
+        const ProjectionStep q{{sched_, s, sz_.B, sz_.H, sz_.P}, h_.data(s), h_.data(s + 1),
+                               output_.data_ptr()};
+        device_.check(projection_step(q, dtype_, device_.stream()));
+      }
     }
   }
-  Tensor c_n = c ? returned(c->slot(T), xproj) : at::empty({0}, xproj.options());
-  return {output, returned(h.slot(T), xproj), c_n,
-          save_workspace ? saved : std::vector<Tensor>{}};
-}
 
-// ============================================================================ backward
+  TimeLoopForwardResult result() const {
+    Tensor c_n = c_ ? returned(c_->slot(sz_.T), xproj_) : at::empty({0}, xproj_.options());
+    return {output_, returned(h_.slot(sz_.T), xproj_), c_n,
+            a_.save_workspace ? saved_ : std::vector<Tensor>{}};
+  }
 
-// One layer and direction of cell C, backward: per step, where h is projected, the d h_t kernel
-// and the W_hr GEMM; the cell's step kernel; d h_{t-1} += d(W_hh h_{t-1}) · W_hh
+  const Device& device() const { return device_; }
+  Dtype dtype() const { return dtype_; }
+
+ private:
+  const ForwardArgs& a_;
+  const LayerSizes& sz_;
+  const bool proj_;
+  const Device device_;
+  const Schedule sched_;
+  const Tensor xproj_;
+  const Dtype dtype_;
+  const at::TensorOptions state_;
+  const Tensor w_hh_, w_hr_, params_;
+  Tensor output_;
+  std::vector<Tensor> saved_;
+  const PingPong h_;
+  const std::optional<PingPong> c_;
+  Tensor pre_h_, unprojected_;
+  ForwardStep step_{};
+};
+
+// One layer and direction of cell C, backward: its buffers, then one persistent launch (alone
+// or beside the other direction's: backward_both), or per step: where h is projected the d h_t
+// kernel and the W_hr GEMM; the cell's step kernel; d h_{t-1} += d(W_hh h_{t-1}) · W_hh
 // (accumulate_recurrent_grad). The weight gradients are one GEMM over all steps at the end
 // (recurrent_weight_grad).
 template <typename Device, Cell C>
-TimeLoopBackwardResult backward(const BackwardArgs& a) {
-  constexpr CellSpec cell = spec(C);
-  constexpr int64_t G = cell.gates;
-  constexpr bool own_recurrent_grad = cell.own_recurrent_grad();
-  const LayerSizes& sz = a.sz;
-  const int64_t T = sz.T, B = sz.B, H = sz.H, P = sz.P;
-  const bool proj = a.w_hr.has_value();
-  const Device device(a.grad_output);
-  const Schedule sched = make_schedule(T, a.reverse, a.lengths, a.grad_output);
-  const Tensor grad_output = a.grad_output.contiguous();
-  std::vector<Tensor> saved;
-  for (const Tensor& t : a.workspace) saved.push_back(t.contiguous());
-  const Tensor& hprev = saved.back();
-  const Dtype dtype = dtype_of(grad_output);
-  const at::TensorOptions state = state_options(grad_output);
-  const at::TensorOptions storage = grad_output.options();
-  const Tensor w_hh = state_weight(a.w_hh, state);
-  const Tensor w_hr = proj ? state_weight(*a.w_hr, state) : Tensor();
-
-  Tensor grad_xproj = at::empty({T, B, G * H}, storage);  // every row written
-  Tensor grad_hproj = at::empty({own_recurrent_grad ? T : 0, B, G * H}, storage);
-  const PingPong carry(a.grad_h_n, state);  // d h_t / d h_{t-1}
-  Tensor grad_c = cell.has_cell_state()  // d c, updated in place
-                      ? a.grad_c_n->to(state.dtype(), /*non_blocking=*/false, /*copy=*/true)
-                            .contiguous()
-                      : at::empty({0}, state);
-  Tensor grad_step = at::empty({B, G * H}, state);
+class BackwardLoop {
+  static constexpr CellSpec cell = spec(C);
+  static constexpr int64_t G = cell.gates;
+  static constexpr bool own_recurrent_grad = cell.own_recurrent_grad();
   // Each row's share of d step_params where the cell's step writes it (zero where inactive).
-  constexpr int64_t U = cell.step_param_row_units();
-  Tensor grad_param_rows = at::empty({U > 0 ? T : 0, B, U * H}, state);
-  const Tensor params = a.step_params.has_value() ? a.step_params->contiguous() : Tensor();
-  // Where h is projected: d h_t and the h before W_hr for every slot (zero where inactive), for
-  // d W_hr; this step's d h_t and d(h before W_hr).
-  Tensor grad_h_all = at::empty({proj ? T : 0, B, P}, state);
-  Tensor unprojected_all = at::empty({proj ? T : 0, B, H}, state);
-  Tensor grad_h_step = at::empty({proj ? B : 0, P}, state);
-  Tensor grad_unproj = at::empty({proj ? B : 0, H}, state);
+  static constexpr int64_t U = cell.step_param_row_units();
 
-  BackwardStep p{};
-  p.at = {sched, 0, B, H, P};
-  p.proj = proj;
-  p.ws = step_workspace(cell, saved);
-  p.params = params.defined() ? params.data_ptr() : nullptr;
-  p.grad_params = data_or_null(grad_param_rows);
-  p.grad_out = grad_output.data_ptr();
-  p.grad_unproj = data_or_null(grad_unproj);
-  p.dc = data_or_null(grad_c);
-  p.grad_step = grad_step.data_ptr();
-  p.grad_x = grad_xproj.data_ptr();
-  p.grad_hproj = data_or_null(grad_hproj);
-  p.unprojected_all = data_or_null(unprojected_all);
-  const PersistentShape persistent =
-      persistent_plan<C>(device, sz, proj, /*backward=*/true, state, a.cuda_loop);
-  bool ran = false;  // the persistent loop
-  if (persistent.blocks > 0 && T > 0) {  // one launch for every step
-    Tensor grad_steps = at::empty({2, B, G * H}, state);  // by step parity
-    const PersistentBackward q{p,
-                               T,
-                               w_hh.data_ptr(),
-                               proj ? w_hr.data_ptr() : nullptr,
-                               {carry.data(0), carry.data(1)},
-                               {grad_steps[0].data_ptr(), grad_steps[1].data_ptr()},
-                               data_or_null(grad_h_step),
-                               data_or_null(grad_h_all),
-                               data_or_null(grad_unproj),
-                               persistent.units,
-                               persistent.proj_units};
-    ran = persistent_ran(device, persistent_backward<C>(q, persistent.blocks, persistent.threads,
-                                                        persistent.shared_bytes, dtype,
-                                                        device.stream()));
+ public:
+  static constexpr Cell kCell = C;
+
+  explicit BackwardLoop(const BackwardArgs& a)
+      : a_(a), sz_(a.sz), proj_(a.w_hr.has_value()), device_(a.grad_output),
+        sched_(make_schedule(sz_.T, a.reverse, a.lengths, a.grad_output)),
+        grad_output_(a.grad_output.contiguous()), dtype_(dtype_of(grad_output_)),
+        state_(state_options(grad_output_)), storage_(grad_output_.options()),
+        w_hh_(state_weight(a.w_hh, state_)),
+        w_hr_(proj_ ? state_weight(*a.w_hr, state_) : Tensor()),
+        params_(a.step_params.has_value() ? a.step_params->contiguous() : Tensor()) {
+    const int64_t T = sz_.T, B = sz_.B, H = sz_.H, P = sz_.P;
+    for (const Tensor& t : a.workspace) saved_.push_back(t.contiguous());
+    grad_xproj_ = at::empty({T, B, G * H}, storage_);  // every row written
+    grad_hproj_ = at::empty({own_recurrent_grad ? T : 0, B, G * H}, storage_);
+    carry_.emplace(a.grad_h_n, state_);  // d h_t / d h_{t-1}
+    grad_c_ = cell.has_cell_state()  // d c, updated in place
+                  ? a.grad_c_n->to(state_.dtype(), /*non_blocking=*/false, /*copy=*/true)
+                        .contiguous()
+                  : at::empty({0}, state_);
+    grad_steps_ = at::empty({2, B, G * H}, state_);  // by step parity (the persistent loop's)
+    grad_param_rows_ = at::empty({U > 0 ? T : 0, B, U * H}, state_);
+    // Where h is projected: d h_t and the h before W_hr for every slot (zero where inactive),
+    // for d W_hr; this step's d h_t and d(h before W_hr).
+    grad_h_all_ = at::empty({proj_ ? T : 0, B, P}, state_);
+    unprojected_all_ = at::empty({proj_ ? T : 0, B, H}, state_);
+    grad_h_step_ = at::empty({proj_ ? B : 0, P}, state_);
+    grad_unproj_ = at::empty({proj_ ? B : 0, H}, state_);
+
+    step_.at = {sched_, 0, B, H, P};
+    step_.proj = proj_;
+    step_.ws = step_workspace(cell, saved_);
+    step_.params = params_.defined() ? params_.data_ptr() : nullptr;
+    step_.grad_params = data_or_null(grad_param_rows_);
+    step_.grad_out = grad_output_.data_ptr();
+    step_.grad_unproj = data_or_null(grad_unproj_);
+    step_.dc = data_or_null(grad_c_);
+    step_.grad_step = grad_steps_[0].data_ptr();
+    step_.grad_x = grad_xproj_.data_ptr();
+    step_.grad_hproj = data_or_null(grad_hproj_);
+    step_.unprojected_all = data_or_null(unprojected_all_);
   }
-  for (int64_t step = 0; step < T && !ran; ++step) {
-    const int64_t s = T - 1 - step;
-    if (proj) {
-      const BackwardProjectionStep q{{sched, s, B, H, P}, grad_output.data_ptr(),
-                                     carry.data(step), grad_h_step.data_ptr(),
-                                     grad_h_all.data_ptr()};
-      device.check(backward_projection_step(q, dtype, device.stream()));
-      // d(h before W_hr) = d h_t · W_hr
-      step_gemm(grad_unproj, grad_h_step, w_hr, /*transposed=*/false, /*accumulate=*/false);
+
+  PersistentShape plan(int64_t share = 1) const {
+    if (sz_.T == 0) return {};
+    return persistent_plan<C>(device_, sz_, proj_, /*backward=*/true, state_, a_.cuda_loop,
+                              share);
+  }
+
+  PersistentBackward persistent(const PersistentShape& shape) const {
+    return {step_,
+            sz_.T,
+            w_hh_.data_ptr(),
+            proj_ ? w_hr_.data_ptr() : nullptr,
+            {carry_->data(0), carry_->data(1)},
+            {grad_steps_[0].data_ptr(), grad_steps_[1].data_ptr()},
+            data_or_null(grad_h_step_),
+            data_or_null(grad_h_all_),
+            data_or_null(grad_unproj_),
+            shape.units,
+            shape.proj_units};
+  }
+
+  void run() {
+    const PersistentShape shape = plan();
+    if (shape.blocks > 0) {
+      const PersistentBackward q = persistent(shape);
+      if (launch_persistent_loops<C>(device_, &q, 1, shape, dtype_)) return;
     }
-    p.at.s = s;
-    p.dh = carry.data(step);
-    p.dh_prev = carry.data(step + 1);
-    device.check(backward_step<C>(p, dtype, device.stream()));
-    // d h_{t-1} += d gates · W_hh   (inactive rows have zero gate grads and pass d h through)
-    accumulate_recurrent_grad<cell.recurrence>(carry.slot(step + 1), grad_step, w_hh);
+    run_per_step();
   }
-  const Tensor& recurrent_grad = own_recurrent_grad ? grad_hproj : grad_xproj;
-  const auto none = [&] { return at::empty({0}, storage); };  // one per output: no aliases
-  return {grad_xproj,
-          returned(carry.slot(T), grad_output),
-          cell.has_cell_state() ? returned(grad_c, grad_output) : none(),
-          recurrent_weight_grad(cell, recurrent_grad, as_storage(hprev, grad_output)),
-          step_param_grads(cell, grad_xproj, recurrent_grad, grad_param_rows),
-          proj ? as_storage(weight_grad(grad_h_all, unprojected_all), grad_output) : none()};
+
+  void run_per_step() {
+    BackwardStep p = step_;
+    const Tensor grad_step = grad_steps_[0];
+    const PingPong& carry = *carry_;
+    for (int64_t step = 0; step < sz_.T; ++step) {
+      const int64_t s = sz_.T - 1 - step;
+      if (proj_) {
+        const BackwardProjectionStep q{{sched_, s, sz_.B, sz_.H, sz_.P},
+                                       grad_output_.data_ptr(), carry.data(step),
+                                       grad_h_step_.data_ptr(), grad_h_all_.data_ptr()};
+        device_.check(backward_projection_step(q, dtype_, device_.stream()));
+        // d(h before W_hr) = d h_t · W_hr
+        step_gemm(grad_unproj_, grad_h_step_, w_hr_, /*transposed=*/false,
+                  /*accumulate=*/false);
+      }
+      p.at.s = s;
+      p.dh = carry.data(step);
+      p.dh_prev = carry.data(step + 1);
+      device_.check(backward_step<C>(p, dtype_, device_.stream()));
+      // d h_{t-1} += d gates · W_hh   (inactive rows have zero gate grads and pass d h through)
+      accumulate_recurrent_grad<cell.recurrence>(carry.slot(step + 1), grad_step, w_hh_);
+    }
+  }
+
+  TimeLoopBackwardResult result() const {
+    const Tensor& recurrent_grad = own_recurrent_grad ? grad_hproj_ : grad_xproj_;
+    const auto none = [&] { return at::empty({0}, storage_); };  // one per output: no aliases
+    const Tensor& hprev = saved_.back();
+    return {grad_xproj_,
+            returned(carry_->slot(sz_.T), grad_output_),
+            cell.has_cell_state() ? returned(grad_c_, grad_output_) : none(),
+            recurrent_weight_grad(cell, recurrent_grad, as_storage(hprev, grad_output_)),
+            step_param_grads(cell, grad_xproj_, recurrent_grad, grad_param_rows_),
+            proj_ ? as_storage(weight_grad(grad_h_all_, unprojected_all_), grad_output_)
+                  : none()};
+  }
+
+  const Device& device() const { return device_; }
+  Dtype dtype() const { return dtype_; }
+
+ private:
+  const BackwardArgs& a_;
+  const LayerSizes& sz_;
+  const bool proj_;
+  const Device device_;
+  const Schedule sched_;
+  const Tensor grad_output_;
+  const Dtype dtype_;
+  const at::TensorOptions state_, storage_;
+  const Tensor w_hh_, w_hr_, params_;
+  std::vector<Tensor> saved_;
+  Tensor grad_xproj_, grad_hproj_, grad_c_, grad_steps_, grad_param_rows_;
+  Tensor grad_h_all_, unprojected_all_, grad_h_step_, grad_unproj_;
+  std::optional<PingPong> carry_;
+  BackwardStep step_{};
+};
+
+template <typename Device, Cell C>
+TimeLoopForwardResult forward(const ForwardArgs& a) {
+  ForwardLoop<Device, C> loop(a);
+  loop.run();
+  return loop.result();
+}
+
+template <typename Device, Cell C>
+TimeLoopBackwardResult backward(const BackwardArgs& a) {
+  BackwardLoop<Device, C> loop(a);
+  loop.run();
+  return loop.result();
+}
+
+// A layer's two directions (the same cell and sizes): one persistent launch for both, each on
+// half the device's blocks, where both loops are planned on that half and the device takes the
+// grid; else each its own way (run()).
+template <typename Loop>
+void run_both(Loop& forward_direction, Loop& reverse_direction) {
+  const PersistentShape shape = forward_direction.plan(/*share=*/2);
+  if (shape.blocks > 0 && reverse_direction.plan(/*share=*/2).blocks == shape.blocks) {
+    const std::array loops{forward_direction.persistent(shape),
+                           reverse_direction.persistent(shape)};
+    if (launch_persistent_loops<Loop::kCell>(forward_direction.device(), loops.data(), 2, shape,
+                                             forward_direction.dtype())) {
+      return;
+    }
+  }
+  forward_direction.run();
+  reverse_direction.run();
+}
+
+template <typename Device, Cell C>
+std::array<TimeLoopForwardResult, 2> forward_both(const ForwardArgs& a0, const ForwardArgs& a1) {
+  ForwardLoop<Device, C> d0(a0), d1(a1);
+  run_both(d0, d1);
+  return {d0.result(), d1.result()};
+}
+
+template <typename Device, Cell C>
+std::array<TimeLoopBackwardResult, 2> backward_both(const BackwardArgs& a0,
+                                                   const BackwardArgs& a1) {
+  BackwardLoop<Device, C> d0(a0), d1(a1);
+  run_both(d0, d1);
+  return {d0.result(), d1.result()};
 }
 
 // The loops above as TimeLoopOps (csrc/time_loop_op.h) calls them.
@@ -421,14 +564,26 @@ struct DeviceLoops {
   static TimeLoopBackwardResult backward(const BackwardArgs& a) {
     return loops::backward<Device, C>(a);
   }
+  template <Cell C>
+  static std::array<TimeLoopForwardResult, 2> forward_both(const ForwardArgs& a0,
+                                                           const ForwardArgs& a1) {
+    return loops::forward_both<Device, C>(a0, a1);
+  }
+  template <Cell C>
+  static std::array<TimeLoopBackwardResult, 2> backward_both(const BackwardArgs& a0,
+                                                             const BackwardArgs& a1) {
+    return loops::backward_both<Device, C>(a0, a1);
+  }
 };
 
-// Registers the layer op pair of a library (fusedrnn's CUDA kernels, or the emulation's) as
-// these loops on `Device`.
+// Registers the layer ops of a library (fusedrnn's CUDA kernels, or the emulation's) as these
+// loops on `Device`.
 template <typename Device>
 void register_time_loops(torch::Library& m) {
   m.impl("time_loop_forward", &TimeLoopOps<DeviceLoops<Device>>::forward);
   m.impl("time_loop_backward", &TimeLoopOps<DeviceLoops<Device>>::backward);
+  m.impl("time_loop_pair_forward", &TimeLoopPairOps<DeviceLoops<Device>>::forward);
+  m.impl("time_loop_pair_backward", &TimeLoopPairOps<DeviceLoops<Device>>::backward);
 }
 
 }  // namespace loops

@@ -40,8 +40,11 @@ struct EmulatedDevice {
 
 TORCH_LIBRARY_FRAGMENT(fusedrnn_emulated, m) {
   for (const char* schema : kTimeLoopSchemas) m.def(schema);
-  // How many persistent loops (one launch a loop, forward or backward) the emulated ops ran.
+  // How many loops (forward or backward, a direction each) the emulated ops ran persistently.
   m.def("persistent_launches() -> int", [] { return loops::persistent_launches.load(); });
+  // How many of those launches ran a layer's two directions at once.
+  m.def("bidirectional_persistent_launches() -> int",
+        [] { return loops::bidirectional_persistent_launches.load(); });
 }
 
 TORCH_LIBRARY_IMPL(fusedrnn_emulated, CPU, m) {
