@@ -328,6 +328,31 @@ def test_persistent_loops_size_each_loop_for_the_shared_memory(emulated, monkeyp
     assert emulated.persistent_launches() - before == launches
 
 
+# fp16 LSTM, H = 40 over 4 blocks of 10 units: forward tiles 64 x 48 weights + 2 x 8 x 48 batch
+# (2 bytes) + 64 x 8 products (4) = 9,728 bytes, float layout 4 x 10 x 40 x 4 = 6,400; backward
+# tiles 32 x 160 + 2 x 8 x 160 (2) + 32 x 8 (4) = 16,384, float layout 10 x 160 x 4 = 6,400.
+@pytest.mark.parametrize("sm, shared, tensor_core_loops, loops", [
+    (90, 48 << 10, 3, 3),  # both on tensor cores (forward with and without workspace, backward)
+    (90, 9728, 2, 3),      # the backward's tiles do not fit: it runs the float layout
+    (90, 6400, 0, 3),      # neither's tiles fit: the float layout
+    (75, 48 << 10, 0, 3),  # no tensor cores before sm_80: the float layout
+    (90, 6399, 0, 0),      # nothing fits: per step
+])
+def test_tensor_cores_where_the_tiles_fit(emulated, monkeypatch, sm, shared, tensor_core_loops,
+                                          loops):
+    """Half types' persistent products on tensor cores where the device has them (sm_80 on) and
+    the tiles fit the shared memory, else as for float where that fits; the same rule either
+    way."""
+    monkeypatch.setenv("FUSEDRNN_CUDA_PERSISTENT", "1")
+    monkeypatch.setenv("FUSEDRNN_EMULATED_SM", str(sm))
+    monkeypatch.setenv("FUSEDRNN_EMULATED_SHARED", str(shared))
+    before_tc, before = emulated.tensor_core_loops(), emulated.persistent_launches()
+    check_against_cpu(emulated, OpCase("lstm", T=5, B=3, H=40, lengths=(5, 0, 3)),
+                      torch.float16, seed=4)
+    assert emulated.tensor_core_loops() - before_tc == tensor_core_loops
+    assert emulated.persistent_launches() - before == loops
+
+
 def test_persistent_loops_fall_back_where_the_grid_cannot_be_resident(emulated, monkeypatch):
     """A cooperative grid larger than the device keeps resident (here: the emulation's 256
     blocks, with 300 claimed) is refused at launch: the per-step path runs instead, same
@@ -381,12 +406,16 @@ LONG_MEMORY = {
 }
 
 
+@pytest.mark.parametrize("loop", ["per_step", "persistent"])
 @pytest.mark.parametrize("dtype", list(HALF_TYPES), ids=["fp16", "bf16"])
 @pytest.mark.parametrize("cell,regime", list(LONG_MEMORY), ids=[f"{c}-{r}" for c, r in LONG_MEMORY])
-def test_long_sequence_half_types_keep_the_recurrence_in_float(emulated, cell, regime, dtype):
+def test_long_sequence_half_types_keep_the_recurrence_in_float(emulated, monkeypatch, cell,
+                                                              regime, dtype, loop):
     """T = 1000 in long-memory regimes: rounding c or h (forward), or d c and d h (backward), to
     the half type every step loses the small per-step changes and drifts far outside the rule;
-    carrying them in float does not."""
+    carrying them in float does not. The persistent loops take h (d gates backward) into their
+    tensor-core products as 2 (fp16) or 3 (bf16) 16-bit terms: with one term they fail too."""
+    monkeypatch.setenv("FUSEDRNN_CUDA_PERSISTENT", "1" if loop == "persistent" else "0")
     case = OpCase(cell, T=1000, B=4, H=32, lengths=(1000, 0, 999, 517))
     check_against_cpu(emulated, case, dtype, seed=3, gate_offsets=LONG_MEMORY[cell, regime],
                       scale=0.5)

@@ -181,6 +181,22 @@ def test_half_and_bfloat16_conversions_match_torch(ops):
     assert torch.allclose(back[:, 1], bf.float(), rtol=0, atol=0, equal_nan=True)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_tensor_core_tile(ops, dtype):
+    """wmma m32n8k16: the product of the 16-bit tiles in float; read back before the
+    __syncwarp after the store, elements other lanes hold are unwritten (NaN); a misaligned
+    tile fails the launch."""
+    a = torch.randn(32, 16, generator=gen(7)).to(dtype)
+    b = torch.randn(16, 8, generator=gen(8)).to(dtype)
+    want = a.double() @ b.double()
+    got = call(ops.simt_tensor_core_tile, a, b, 0)
+    torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=1e-6)
+    unsynced = call(ops.simt_tensor_core_tile, a, b, 1)
+    assert unsynced.isnan().any()
+    with pytest.raises(RuntimeError, match="load_matrix_sync.*not 256-bit aligned"):
+        call(ops.simt_tensor_core_tile, a, b, 2)
+
+
 # ------------------------------------------------------------------------- cooperative grids
 
 def smooth_reference(x, iters):

@@ -7,7 +7,7 @@
 // Kernels are launched through fusedrnn::cuda::launch / launch_cooperative (not <<<...>>>, which
 // a host compiler cannot parse), take dynamic shared memory from dynamic_shared_memory<T>() and
 // synchronise a cooperative grid with grid_sync(). Everything else is CUDA's own spelling
-// (threadIdx, __syncthreads, __shfl_xor_sync, atomicAdd, __half, ...).
+// (threadIdx, __syncthreads, __shfl_xor_sync, atomicAdd, __half, nvcuda::wmma, ...).
 #pragma once
 
 #include <cstddef>
@@ -22,6 +22,7 @@
 #include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <mma.h>
 #endif
 #endif
 
@@ -76,13 +77,14 @@ cudaError_t launch_cooperative(void (*kernel)(Params...), dim3 grid, dim3 block,
 #endif
 }
 
-// The block's dynamic shared memory (the launch's shared_bytes), 16-byte aligned.
+// The block's dynamic shared memory (the launch's shared_bytes), 128-byte aligned (wmma tiles
+// need 256-bit alignment).
 template <typename T>
 __device__ __forceinline__ T* dynamic_shared_memory() {
 #ifdef FUSEDRNN_SIMT_EMULATION
   return static_cast<T*>(simt::dynamic_shared_memory());
 #else
-  extern __shared__ __align__(16) unsigned char fusedrnn_dynamic_shared[];
+  extern __shared__ __align__(128) unsigned char fusedrnn_dynamic_shared[];
   return reinterpret_cast<T*>(fusedrnn_dynamic_shared);
 #endif
 }

@@ -25,6 +25,10 @@ class CudaDevice {
   size_t max_shared_bytes() const {
     return at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
   }
+  int compute_capability() const {
+    const cudaDeviceProp* props = at::cuda::getCurrentDeviceProperties();
+    return 10 * props->major + props->minor;
+  }
 
  private:
   c10::cuda::CUDAGuard guard_;
@@ -38,12 +42,13 @@ TORCH_LIBRARY_IMPL(fusedrnn, CUDA, m) {
 }
 
 // How many loops (forward or backward, a direction each) the CUDA ops ran persistently: what
-// bench and tune read to say which loop ran (fusedrnn.dispatch.persistent_launches); and how many
-// launches ran a layer's two directions at once.
+// bench and tune read to say which loop ran (fusedrnn.dispatch.persistent_launches); how many
+// launches ran a layer's two directions at once; how many loops ran on tensor cores.
 TORCH_LIBRARY_FRAGMENT(fusedrnn, m) {
   m.def("persistent_launches() -> int", [] { return loops::persistent_launches.load(); });
   m.def("bidirectional_persistent_launches() -> int",
         [] { return loops::bidirectional_persistent_launches.load(); });
+  m.def("tensor_core_loops() -> int", [] { return loops::tensor_core_loops.load(); });
 }
 
 }  // namespace cuda

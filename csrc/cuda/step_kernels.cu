@@ -7,6 +7,7 @@
 // nvcc for the GPU, and by the host compiler under the SIMT emulation for the tests
 // (csrc/emulation/).
 #include <algorithm>
+#include <type_traits>
 
 #include "../gate_math.h"
 #include "step_kernels.h"
@@ -497,6 +498,90 @@ __device__ __forceinline__ S warp_dot(const S* row, const S* v, int64_t n, int64
   return warp_sum(acc);
 }
 
+// Whether a persistent block's recurrent products run on tensor cores (TensorCoreTiles), and
+// in how many 16-bit terms a state value enters them: where the loop's tensor_cores says so (the
+// time loops' plan: where the tiles fit the shared memory, on sm_80 on: both half types' wmma
+// need it for bf16; elsewhere the products run as for float). Code built for an older
+// architecture traps rather than run a loop planned for tensor cores another way.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+#define FUSEDRNN_TENSOR_CORES 0
+#else
+#define FUSEDRNN_TENSOR_CORES 1
+#endif
+template <typename T, Cell C>
+constexpr bool kHalfDense = !spec(C).diagonal() && (std::is_same_v<T, __half> ||
+                                                    std::is_same_v<T, __nv_bfloat16>);
+template <typename T, Cell C>
+constexpr bool kTensorCores = FUSEDRNN_TENSOR_CORES && kHalfDense<T, C>;
+template <typename T>
+constexpr int64_t kTensorCoreTerms =
+    tensor_core_terms(std::is_same_v<T, __half> ? Dtype::Half : Dtype::BFloat16);
+
+// A block's products on tensor cores: for each of its `rows` rows r of `a` (TensorCoreTiles'
+// layout, row-major, zero past rows x depth) and each batch row b < B, the dot product of row r
+// with v[b] (B, depth) in the state type, which other SMs wrote before the last grid barrier
+// (loaded past L1) and which enters as the sum of kTensorCoreTerms<T> values of the storage type
+// T (each the rounding of what the ones before it left); use(r, b, product) then runs once for
+// each, in some thread of the block. Every thread of the block calls it; it begins and ends
+// with all of them at a block barrier.
+template <typename T, typename S, typename Use>
+__device__ void block_products_on_tensor_cores(const T* a, int64_t rows, int64_t depth,
+                                               const S* v, int64_t B, Use use) {
+  namespace wmma = nvcuda::wmma;
+  constexpr int64_t kRows = TensorCoreTiles::kRows, kBatch = TensorCoreTiles::kBatch,
+                    kDepth = TensorCoreTiles::kDepth, kTerms = kTensorCoreTerms<T>;
+  const TensorCoreTiles tiles(rows, depth, kTerms);
+  // (kTerms, kBatch, depth_pad): term n of batch row b0 + b's value k at
+  // (n * kBatch + b) * depth_pad + k
+  T* batch = const_cast<T*>(a) + tiles.matrix_values();
+  float* products = reinterpret_cast<float*>(batch + tiles.batch_values());  // (rows_pad, kBatch)
+  const int64_t warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  const int64_t term_values = kBatch * tiles.depth_pad;
+  for (int64_t b0 = 0; b0 < B; b0 += kBatch) {
+    __syncthreads();  // the previous batch tile's products used
+    for (int64_t i = threadIdx.x; i < term_values; i += blockDim.x) {
+      const int64_t b = b0 + i / tiles.depth_pad, k = i % tiles.depth_pad;
+      S rest = b < B && k < depth ? __ldcg(v + b * depth + k) : S(0);
+      for (int64_t n = 0; n < kTerms; ++n) {
+        const T term = stored<T>(rest);
+        batch[n * term_values + i] = term;
+        rest -= to_state(term);
+      }
+    }
+    __syncthreads();
+    for (int64_t t = warp; t < tiles.rows_pad / kRows; t += warps) {
+      wmma::fragment<wmma::accumulator, kRows, kBatch, kDepth, float> acc;
+      wmma::fill_fragment(acc, 0.0f);
+      for (int64_t k0 = 0; k0 < tiles.depth_pad; k0 += kDepth) {
+        wmma::fragment<wmma::matrix_a, kRows, kBatch, kDepth, T, wmma::row_major> w;
+        wmma::load_matrix_sync(w, a + t * kRows * tiles.depth_pad + k0, tiles.depth_pad);
+        for (int64_t n = 0; n < kTerms; ++n) {  // the smallest terms' products are added last
+          wmma::fragment<wmma::matrix_b, kRows, kBatch, kDepth, T, wmma::col_major> x;
+          wmma::load_matrix_sync(x, batch + n * term_values + k0, tiles.depth_pad);
+          wmma::mma_sync(acc, w, x, acc);
+        }
+      }
+      wmma::store_matrix_sync(products + t * kRows * kBatch, acc, kBatch, wmma::mem_row_major);
+    }
+    __syncthreads();
+    for (int64_t i = threadIdx.x; i < rows * kBatch; i += blockDim.x) {
+      if (b0 + i % kBatch < B) use(i / kBatch, b0 + i % kBatch, S(products[i]));
+    }
+  }
+  __syncthreads();
+}
+
+// A block's rows of a weight matrix in TensorCoreTiles' layout: weight(r, k) for r < rows,
+// k < depth (state type), zero beyond.
+template <typename T, typename Weight>
+__device__ void load_tensor_core_rows(T* a, int64_t rows, int64_t depth, Weight weight) {
+  const TensorCoreTiles tiles(rows, depth, kTensorCoreTerms<T>);
+  for (int64_t i = threadIdx.x; i < tiles.matrix_values(); i += blockDim.x) {
+    const int64_t r = i / tiles.depth_pad, k = i % tiles.depth_pad;
+    a[i] = r < rows && k < depth ? stored<T>(weight(r, k)) : stored<T>(0.0f);
+  }
+}
+
 // The whole forward loop in one cooperative launch (PersistentForward), of each direction of a
 // layer at once where two are given: the blocks of grid row y run loop y (the same cell and sizes,
 // so the same barriers a step; the grid barrier holds both). Block k of a row owns the hidden
@@ -516,6 +601,8 @@ __global__ void __launch_bounds__(kPersistentMaxThreads, 1)
     persistent_forward_kernel(PersistentLoops<PersistentForward> loops) {
   using S = typename State<T>::type;
   const PersistentForward& q = loops.loop[blockIdx.y];  // this block's direction
+  const bool tensor_cores = kTensorCores<T, C> && q.tensor_cores;
+  if (kHalfDense<T, C> && !kTensorCores<T, C> && q.tensor_cores) __trap();  // (built < sm_80)
   constexpr int64_t G = spec(C).gates;
   constexpr bool kDiagonal = spec(C).diagonal(), kNormalized = spec(C).normalized();
   const int64_t B = q.step.at.B, H = q.step.at.H, P = q.step.at.P;
@@ -523,12 +610,26 @@ __global__ void __launch_bounds__(kPersistentMaxThreads, 1)
   const auto [u0, units] = block_share(q.units_per_block, H);
   const auto [r0, proj_rows] = block_share(proj ? q.proj_units_per_block : 0, P);
   const int64_t width = kDiagonal ? 1 : P;  // of a W_hh row (u: one value)
-  S* w = dynamic_shared_memory<S>();  // (G, units, width): the block's rows of W_hh
-  S* w_r = w + G * units * width;     // (proj_rows, H): its rows of W_hr, where projected
   const S* w_hh = in<S>(q.w_hh);
-  for (int64_t i = threadIdx.x; i < G * units * width; i += blockDim.x) {
-    const int64_t k = i / (units * width), u = i / width % units, c = i % width;
-    w[i] = w_hh[(k * H + u0 + u) * width + c];
+  // The block's rows of W_hh, row k * units + u for gate k's unit u0 + u: (G * units, width) in
+  // the state type, or on tensor cores TensorCoreTiles' layout in T; then (proj_rows, H): its
+  // rows of W_hr, where projected.
+  S* w = dynamic_shared_memory<S>();
+  S* w_r = w + G * units * width;
+  if (tensor_cores) {
+    if constexpr (kTensorCores<T, C>) {
+      T* tiles = dynamic_shared_memory<T>();
+      load_tensor_core_rows(tiles, G * units, P, [&](int64_t r, int64_t c) {
+        return w_hh[(r / units * H + u0 + r % units) * P + c];
+      });
+      w_r = reinterpret_cast<S*>(reinterpret_cast<unsigned char*>(tiles) +
+                                 TensorCoreTiles(G * units, P, kTensorCoreTerms<T>).bytes());
+    }
+  } else {
+    for (int64_t i = threadIdx.x; i < G * units * width; i += blockDim.x) {
+      const int64_t k = i / (units * width), u = i / width % units, c = i % width;
+      w[i] = w_hh[(k * H + u0 + u) * width + c];
+    }
   }
   for (int64_t i = threadIdx.x; i < proj_rows * H; i += blockDim.x) {
     w_r[i] = in<S>(q.w_hr)[r0 * H + i];
@@ -543,7 +644,21 @@ __global__ void __launch_bounds__(kPersistentMaxThreads, 1)
     p.c_cur = q.c[s & 1];
     p.c_next = q.c[(s + 1) & 1];
     const S* h = in<S>(p.h_cur);
-    FUSEDRNN_FOR_EACH_WARP_ELEMENT(B, units, b, u, lane) {
+    if (tensor_cores) {
+      if constexpr (kTensorCores<T, C>) {
+        // Every row's products (an inactive row's too, unread), then a thread an element.
+        block_products_on_tensor_cores(dynamic_shared_memory<T>(), G * units, P, h, B,
+                                       [&](int64_t r, int64_t b, S product) {
+                                         gh[b * G * H + r / units * H + u0 + r % units] =
+                                             product;
+                                       });
+        if constexpr (!kNormalized) {
+          for (int64_t i = threadIdx.x; i < B * units; i += blockDim.x) {
+            forward_element<T, C>(p, i / units, u0 + i % units);
+          }
+        }
+      }
+    } else FUSEDRNN_FOR_EACH_WARP_ELEMENT(B, units, b, u, lane) {
       const int64_t j = u0 + u;
       if (p.at.sched.active(s, b)) {  // (an inactive row's step reads no product)
         if constexpr (kDiagonal) {    // u ⊙ h_{t-1}: the unit's own value, no dot product
@@ -604,20 +719,34 @@ __global__ void __launch_bounds__(kPersistentMaxThreads, 1)
     persistent_backward_kernel(PersistentLoops<PersistentBackward> loops) {
   using S = typename State<T>::type;
   const PersistentBackward& q = loops.loop[blockIdx.y];  // this block's direction
+  const bool tensor_cores = kTensorCores<T, C> && q.tensor_cores;
+  if (kHalfDense<T, C> && !kTensorCores<T, C> && q.tensor_cores) __trap();  // (built < sm_80)
   constexpr int64_t G = spec(C).gates;
   constexpr bool kDiagonal = spec(C).diagonal(), kNormalized = spec(C).normalized();
   const int64_t B = q.step.at.B, H = q.step.at.H, P = q.step.at.P;
   const bool proj = q.step.proj;
   const auto [u0, units] = block_share(q.units_per_block, H);
   const auto [c0, columns] = block_share(q.proj_units_per_block, P);
-  // Dense: (columns, G*H), w[c][r] = W_hh[r][c0 + c]; diagonal: (G, units), the block's u.
+  // Dense: (columns, G*H), w[c][r] = W_hh[r][c0 + c] (on tensor cores TensorCoreTiles' layout
+  // in T); diagonal: (G, units), the block's u. Then (units, P): w_r[u][c] = W_hr[c][u0 + u],
+  // where projected.
   S* w = dynamic_shared_memory<S>();
   const int64_t w_size = kDiagonal ? G * units : columns * G * H;
-  S* w_r = w + w_size;  // (units, P): w_r[u][c] = W_hr[c][u0 + u], where projected
+  S* w_r = w + w_size;
   const S* w_hh = in<S>(q.w_hh);
-  for (int64_t i = threadIdx.x; i < w_size; i += blockDim.x) {
-    w[i] = kDiagonal ? w_hh[i / units * H + u0 + i % units]
-                     : w_hh[i % (G * H) * P + c0 + i / (G * H)];
+  if (tensor_cores) {
+    if constexpr (kTensorCores<T, C>) {
+      T* tiles = dynamic_shared_memory<T>();
+      load_tensor_core_rows(tiles, columns, G * H,
+                            [&](int64_t c, int64_t r) { return w_hh[r * P + c0 + c]; });
+      w_r = reinterpret_cast<S*>(reinterpret_cast<unsigned char*>(tiles) +
+                                 TensorCoreTiles(columns, G * H, kTensorCoreTerms<T>).bytes());
+    }
+  } else {
+    for (int64_t i = threadIdx.x; i < w_size; i += blockDim.x) {
+      w[i] = kDiagonal ? w_hh[i / units * H + u0 + i % units]
+                       : w_hh[i % (G * H) * P + c0 + i / (G * H)];
+    }
   }
   for (int64_t i = threadIdx.x; i < (proj ? units * P : 0); i += blockDim.x) {
     w_r[i] = in<S>(q.w_hr)[i % P * H + u0 + i / P];
@@ -659,7 +788,17 @@ __global__ void __launch_bounds__(kPersistentMaxThreads, 1)
     grid_sync();  // every unit's d gates written before any block reads them
     const S* gs = in<S>(p.grad_step);
     S* dh_prev = out<S>(p.dh_prev);
-    FUSEDRNN_FOR_EACH_WARP_ELEMENT(B, kDiagonal ? units : columns, b, c, lane) {
+    if (tensor_cores) {
+      if constexpr (kTensorCores<T, C>) {
+        block_products_on_tensor_cores(dynamic_shared_memory<T>(), columns, G * H, gs, B,
+                                       [&](int64_t c, int64_t b, S product) {
+                                         // (d gates 0 where inactive: d h passed through)
+                                         if (p.at.sched.active(s, b)) {
+                                           dh_prev[b * P + c0 + c] += product;
+                                         }
+                                       });
+      }
+    } else FUSEDRNN_FOR_EACH_WARP_ELEMENT(B, kDiagonal ? units : columns, b, c, lane) {
       if (!p.at.sched.active(s, b)) continue;  // d gates 0: d h passed through already
       const S* gs_row = gs + b * G * H;
       S acc;

@@ -107,6 +107,31 @@ struct BackwardStep {
 // static shared memory).
 constexpr int kPersistentMaxThreads = 256;
 
+// Where a persistent block's recurrent products run on tensor cores (16-bit storage, whose
+// weights are exact in it, and a dense recurrence; wmma's m32n8k16 tiles): its shared memory
+// holds its `rows` rows of `depth` weights in the storage type, zero-padded to whole tiles (32
+// rows, 16 deep), a batch tile (8 batch rows of `depth` state values, each split into `terms`
+// 16-bit values whose sum it is: the state is float, and one 16-bit value would round it) and
+// the tile's products (float), in that order; each part a multiple of 256 bytes, so every tile
+// is aligned. terms: 2 for fp16 (11 + 11 significant bits), 3 for bf16 (8 + 8 + 8), as many as
+// float's 24.
+struct TensorCoreTiles {
+  static constexpr int64_t kRows = 32, kBatch = 8, kDepth = 16;
+  int64_t rows_pad, depth_pad, terms;
+  constexpr TensorCoreTiles(int64_t rows, int64_t depth, int64_t terms)
+      : rows_pad((rows + kRows - 1) / kRows * kRows),
+        depth_pad((depth + kDepth - 1) / kDepth * kDepth), terms(terms) {}
+  constexpr int64_t matrix_values() const { return rows_pad * depth_pad; }
+  constexpr int64_t batch_values() const { return terms * kBatch * depth_pad; }
+  constexpr int64_t product_values() const { return rows_pad * kBatch; }
+  // (16-bit weights and batch tile, float products)
+  constexpr size_t bytes() const {
+    return static_cast<size_t>(matrix_values() + batch_values()) * 2 +
+           static_cast<size_t>(product_values()) * 4;
+  }
+};
+constexpr int64_t tensor_core_terms(Dtype storage) { return storage == Dtype::Half ? 2 : 3; }
+
 // A layer-direction's whole forward loop in one cooperative launch (any cell; see
 // persistent_forward_kernel): `blocks` blocks of `threads`, block k owning the hidden units
 // [k units_per_block, ...) and their W_hh rows (G * units_per_block * (P, or 1 for a diagonal
@@ -123,6 +148,7 @@ struct PersistentForward {
   void* c[2];                // [state] (B, H) each, cells with a cell state; else nullptr
   int64_t units_per_block;
   int64_t proj_units_per_block;  // of the P units (= units_per_block without a projection)
+  bool tensor_cores;             // W_hh's products on tensor cores (TensorCoreTiles' layout)
 };
 
 // Its backward: block k owns the same hidden units, W_hh's columns [k proj_units_per_block, ...)
@@ -141,6 +167,7 @@ struct PersistentBackward {
   void* grad_unproj;         // [state] (B, H) where projected: step.grad_unproj, written here
   int64_t units_per_block;
   int64_t proj_units_per_block;  // of the P units (= units_per_block without a projection)
+  bool tensor_cores;             // W_hh's products on tensor cores (TensorCoreTiles' layout)
 };
 
 template <Cell C>

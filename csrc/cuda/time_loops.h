@@ -13,8 +13,8 @@
 //     run by the SIMT emulation and the GEMMs by torch on the CPU.
 // A Device is constructed from a tensor of the op (device guard), and has stream(),
 // check(cudaError_t) (raises with the error's text), max_cooperative_blocks() (how many blocks
-// of a persistent kernel are resident at once) and max_shared_bytes() (a block's dynamic shared
-// memory at most).
+// of a persistent kernel are resident at once), max_shared_bytes() (a block's dynamic shared
+// memory at most) and compute_capability() (10 major + minor).
 //
 // fp16/bf16 storage: h, c, d h, d c, the recurrent GEMMs and the workspaces saved for backward
 // are float ("state" buffers of step_kernels.h), with W_hh / W_hr cast to float once per call;
@@ -154,16 +154,19 @@ inline StepWorkspace step_workspace(const CellSpec& cell, const std::vector<Tens
 //             W_hr's rows of its P units, proj_units * H, where projected;
 //   backward: W_hh's columns of its P units, proj_units * G*H (G * units: diagonal), and W_hr's
 //             columns of its units, units * P, where projected.
-// A normalised cell's blocks have kPersistentMaxThreads threads (its row reductions), and that
+// With tensor_cores > 0 (16-bit storage, a dense recurrence on sm_80 on: the terms a state value
+// enters the products in) W_hh's part is TensorCoreTiles in the storage type instead where they
+// fit (their rows padded to 32: a block of a few units may need more than the float layout). A normalised cell's blocks have kPersistentMaxThreads threads (its row reductions), and that
 // many doubles of static shared memory besides.
 struct PersistentShape {
   int64_t blocks = 0, units = 0, proj_units = 0;
   int threads = 0;
   size_t shared_bytes = 0;
+  bool tensor_cores = false;
 };
 template <Cell C>
 PersistentShape persistent_shape(const LayerSizes& sz, bool proj, bool backward,
-                                 size_t state_bytes, int64_t max_blocks,
+                                 size_t state_bytes, int64_t tensor_cores, int64_t max_blocks,
                                  size_t max_shared_bytes) {
   constexpr CellSpec cell = spec(C);
   constexpr int64_t G = cell.gates;
@@ -177,8 +180,17 @@ PersistentShape persistent_shape(const LayerSizes& sz, bool proj, bool backward,
     values = backward ? proj_units * G * H + (proj ? units * P : 0)
                       : G * units * P + (proj ? proj_units * H : 0);
   }
+  size_t shared = static_cast<size_t>(values) * state_bytes;
   const size_t reserved = cell.normalized() ? kPersistentMaxThreads * sizeof(double) : 0;
-  const size_t shared = static_cast<size_t>(values) * state_bytes;
+  bool on_tensor_cores = false;
+  if (tensor_cores > 0) {  // W_hh's part as tiles in the 16-bit storage type, where they fit
+    const TensorCoreTiles tiles = backward ? TensorCoreTiles(proj_units, G * H, tensor_cores)
+                                           : TensorCoreTiles(G * units, P, tensor_cores);
+    const int64_t w_r = proj ? (backward ? units * P : proj_units * H) : 0;
+    const size_t tiled = tiles.bytes() + static_cast<size_t>(w_r) * state_bytes;
+    on_tensor_cores = tiled + reserved <= max_shared_bytes;
+    if (on_tensor_cores) shared = tiled;
+  }
   if (shared + reserved > max_shared_bytes) return {};
   // A block's warp elements per step (b, unit): a warp each, up to kPersistentMaxThreads.
   const int64_t elements = sz.B * std::max(units, proj_units);
@@ -186,20 +198,21 @@ PersistentShape persistent_shape(const LayerSizes& sz, bool proj, bool backward,
                           ? kPersistentMaxThreads
                           : static_cast<int>(std::min<int64_t>(kPersistentMaxThreads,
                                                                32 * elements));
-  return {blocks, units, proj_units, threads, shared};
+  return {blocks, units, proj_units, threads, shared, on_tensor_cores};
 }
 
 // Loops run persistently so far, forward and backward (each direction of a two-direction launch
-// counts), and the launches that ran a layer's two directions at once (the emulation's tests and
-// bench read them: the path they check ran).
+// counts), the launches that ran a layer's two directions at once, and the loops whose products
+// ran on tensor cores (the emulation's tests and bench read them: the path they check ran).
 inline std::atomic<int64_t> persistent_launches{0};
 inline std::atomic<int64_t> bidirectional_persistent_launches{0};
+inline std::atomic<int64_t> tensor_core_loops{0};  // of those loops, the ones on tensor cores
 
 // Whether a persistent launch of `directions` loops ran (its error checked), or left them to
 // their own launches: a cooperative grid the device cannot keep resident (MPS limits, SMs another
 // context holds) is not an error of the op.
 template <typename Device>
-bool persistent_ran(const Device& device, cudaError_t err, int directions) {
+bool persistent_ran(const Device& device, cudaError_t err, int directions, bool tensor_cores) {
   if (err == cudaErrorCooperativeLaunchTooLarge) {
     (void)cudaGetLastError();  // cleared: the loops run otherwise
     return false;
@@ -207,6 +220,7 @@ bool persistent_ran(const Device& device, cudaError_t err, int directions) {
   device.check(err);
   persistent_launches.fetch_add(directions, std::memory_order_relaxed);
   if (directions > 1) bidirectional_persistent_launches.fetch_add(1, std::memory_order_relaxed);
+  if (tensor_cores) tensor_core_loops.fetch_add(directions, std::memory_order_relaxed);
   return true;
 }
 
@@ -222,10 +236,16 @@ inline bool persistent_enabled(CudaLoop loop) {
 // blocks the device keeps resident (2: a layer's two directions at once), else none (blocks 0).
 template <Cell C, typename Device>
 PersistentShape persistent_plan(const Device& device, const LayerSizes& sz, bool proj,
-                                bool backward, const at::TensorOptions& state, CudaLoop loop,
-                                int64_t share = 1) {
+                                bool backward, const at::TensorOptions& state, Dtype storage,
+                                CudaLoop loop, int64_t share = 1) {
   if (!persistent_enabled(loop)) return {};
-  return persistent_shape<C>(sz, proj, backward, state.dtype().itemsize(),
+  // (half types' wmma need sm_80: step_kernels.cu, kTensorCores)
+  const int64_t tensor_cores = !spec(C).diagonal() &&
+                                       (storage == Dtype::Half || storage == Dtype::BFloat16) &&
+                                       device.compute_capability() >= 80
+                                   ? tensor_core_terms(storage)
+                                   : 0;
+  return persistent_shape<C>(sz, proj, backward, state.dtype().itemsize(), tensor_cores,
                              device.max_cooperative_blocks() / share, device.max_shared_bytes());
 }
 
@@ -241,7 +261,7 @@ bool launch_persistent_loops(const Device& device, const Persistent* loops, int 
     err = persistent_backward<C>(loops, directions, shape.blocks, shape.threads,
                                  shape.shared_bytes, dtype, device.stream());
   }
-  return persistent_ran(device, err, directions);
+  return persistent_ran(device, err, directions, shape.tensor_cores);
 }
 
 // One layer and direction of cell C, forward: its buffers (made by the constructor), then one
@@ -290,8 +310,8 @@ class ForwardLoop {
   // The persistent plan of this loop on 1 / share of the device's blocks (none: blocks 0).
   PersistentShape plan(int64_t share = 1) const {
     if (sz_.T == 0) return {};
-    return persistent_plan<C>(device_, sz_, proj_, /*backward=*/false, state_, a_.cuda_loop,
-                              share);
+    return persistent_plan<C>(device_, sz_, proj_, /*backward=*/false, state_, dtype_,
+                              a_.cuda_loop, share);
   }
 
   PersistentForward persistent(const PersistentShape& shape) const {
@@ -303,7 +323,8 @@ class ForwardLoop {
             {h_.data(0), h_.data(1)},
             {c_ ? c_->data(0) : nullptr, c_ ? c_->data(1) : nullptr},
             shape.units,
-            shape.proj_units};
+            shape.proj_units,
+            shape.tensor_cores};
   }
 
   // Every step: one persistent launch where planned and the device takes it, else per step.
@@ -422,8 +443,8 @@ class BackwardLoop {
 
   PersistentShape plan(int64_t share = 1) const {
     if (sz_.T == 0) return {};
-    return persistent_plan<C>(device_, sz_, proj_, /*backward=*/true, state_, a_.cuda_loop,
-                              share);
+    return persistent_plan<C>(device_, sz_, proj_, /*backward=*/true, state_, dtype_,
+                              a_.cuda_loop, share);
   }
 
   PersistentBackward persistent(const PersistentShape& shape) const {
@@ -437,7 +458,8 @@ class BackwardLoop {
             data_or_null(grad_h_all_),
             data_or_null(grad_unproj_),
             shape.units,
-            shape.proj_units};
+            shape.proj_units,
+            shape.tensor_cores};
   }
 
   void run() {

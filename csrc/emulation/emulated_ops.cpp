@@ -30,6 +30,12 @@ struct EmulatedDevice {
     const char* bytes = std::getenv("FUSEDRNN_EMULATED_SHARED");
     return bytes ? std::strtoull(bytes, nullptr, 10) : 48 << 10;
   }
+  // sm_90 (its shared memory opt-in too); FUSEDRNN_EMULATED_SM claims another (75: no tensor
+  // cores for half types).
+  int compute_capability() const {
+    const char* sm = std::getenv("FUSEDRNN_EMULATED_SM");
+    return sm ? std::atoi(sm) : 90;
+  }
   void check(cudaError_t err) const {
     TORCH_CHECK(err == cudaSuccess, "fusedrnn_emulated: kernel launch failed: ",
                 cudaGetErrorString(err));
@@ -42,9 +48,11 @@ TORCH_LIBRARY_FRAGMENT(fusedrnn_emulated, m) {
   for (const char* schema : kTimeLoopSchemas) m.def(schema);
   // How many loops (forward or backward, a direction each) the emulated ops ran persistently.
   m.def("persistent_launches() -> int", [] { return loops::persistent_launches.load(); });
-  // How many of those launches ran a layer's two directions at once.
+  // How many of those launches ran a layer's two directions at once; how many of those loops
+  // ran their products on tensor cores.
   m.def("bidirectional_persistent_launches() -> int",
         [] { return loops::bidirectional_persistent_launches.load(); });
+  m.def("tensor_core_loops() -> int", [] { return loops::tensor_core_loops.load(); });
 }
 
 TORCH_LIBRARY_IMPL(fusedrnn_emulated, CPU, m) {

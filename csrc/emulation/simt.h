@@ -297,7 +297,9 @@ struct Worker {
   Context scheduler;
   std::vector<Fiber*> pool;
   Block block;
-  std::vector<std::max_align_t> shared;  // dynamic shared memory: 16-byte aligned
+  // Dynamic shared memory, 128-byte aligned (wmma's tiles need 256-bit alignment).
+  struct alignas(128) SharedLine { unsigned char bytes[128]; };
+  std::vector<SharedLine> shared;
 
   ~Worker() {
     SharedPool& shared_idle = shared_pool();
@@ -446,7 +448,7 @@ inline void run_block(Launch& L, uint64_t linear) {
   b.order_a = unsigned(h % b.n);
   while (std::gcd(b.order_a, b.n) != 1) b.order_a = (b.order_a + 1) % b.n;
   b.order_c = unsigned((h >> 32) % b.n);
-  w.shared.resize(std::max(w.shared.size(), L.shared_bytes / sizeof(std::max_align_t) + 1));
+  w.shared.resize(std::max(w.shared.size(), L.shared_bytes / sizeof(Worker::SharedLine) + 1));
   b.shared = reinterpret_cast<unsigned char*>(w.shared.data());
   std::memset(b.shared, 0xff, L.shared_bytes);  // unwritten shared memory reads as NaN
 
@@ -744,11 +746,127 @@ FUSEDRNN_SIMT_SHUFFLE(__shfl_down_sync, unsigned, ShflDown)
 FUSEDRNN_SIMT_SHUFFLE(__shfl_xor_sync, int, ShflXor)  // arg: laneMask
 #undef FUSEDRNN_SIMT_SHUFFLE
 
+// ---------------------------------------------------------- warp matrix multiply (wmma)
+// nvcuda::wmma for 16-bit (__half, __nv_bfloat16) operands and float accumulators, as
+// <mma.h> declares it. Each lane's fragment holds the whole tile (the hardware spreads a tile
+// over the lanes in a layout the program cannot rely on, so a whole copy a lane is what a
+// program may observe; an accumulator's elements are spread over the lanes, lane l holding
+// e = l, l + 32, ...); the products are exact float products summed in float. Loads and
+// mma_sync are warp collectives (every lane of the warp takes part, converged: a __syncwarp
+// each); store_matrix_sync writes element e of the tile from lane e % 32, so reading a stored
+// tile before a __syncwarp reads what other lanes have not written yet. Pointers must be 256-bit
+// aligned and ldm a multiple of 16 bytes, as CUDA requires; a violation fails the launch.
+namespace nvcuda {
+namespace wmma {
+
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+enum layout_t { mem_row_major, mem_col_major };
+
+namespace detail {
+template <typename Use, int M, int N, int K>
+struct tile;  // its rows and columns
+template <int M, int N, int K>
+struct tile<matrix_a, M, N, K> { static constexpr int rows = M, cols = K; };
+template <int M, int N, int K>
+struct tile<matrix_b, M, N, K> { static constexpr int rows = K, cols = N; };
+template <int M, int N, int K>
+struct tile<accumulator, M, N, K> { static constexpr int rows = M, cols = N; };
+
+inline float value(float v) { return v; }
+inline float value(__half v) { return __half2float(v); }
+inline float value(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T>
+inline void check(const T* p, unsigned ldm, const char* what) {
+  using namespace ::fusedrnn::simt::detail;
+  Block& b = current_block("wmma outside a kernel");
+  const char* error = reinterpret_cast<uintptr_t>(p) % 32 ? "pointer not 256-bit aligned"
+                      : (ldm * sizeof(T)) % 16      ? "ldm not a multiple of 16 bytes"
+                                                     : nullptr;
+  if (error) {
+    fail(b, format("simt: wmma::%s in %s: %s", what, where(b).c_str(), error));
+    abandon();
+  }
+}
+}  // namespace detail
+
+template <typename Use, int M, int N, int K, typename T, typename Layout = void>
+struct fragment {
+  static constexpr int rows = detail::tile<Use, M, N, K>::rows;
+  static constexpr int cols = detail::tile<Use, M, N, K>::cols;
+  T tile[rows * cols];  // element (i, j) at i * cols + j
+};
+
+template <typename Use, int M, int N, int K, typename T, typename Layout>
+inline void fill_fragment(fragment<Use, M, N, K, T, Layout>& f, T v) {
+  for (T& e : f.tile) e = v;
+}
+
+// A matrix_a / matrix_b tile from memory in the fragment's layout (row_major: element (i, j) at
+// p[i * ldm + j]; col_major: at p[j * ldm + i]).
+template <typename Use, int M, int N, int K, typename T, typename Layout>
+inline void load_matrix_sync(fragment<Use, M, N, K, T, Layout>& f, const T* p, unsigned ldm) {
+  using F = fragment<Use, M, N, K, T, Layout>;
+  detail::check(p, ldm, "load_matrix_sync");
+  __syncwarp();
+  for (int i = 0; i < F::rows; ++i) {
+    for (int j = 0; j < F::cols; ++j) {
+      f.tile[i * F::cols + j] = std::is_same_v<Layout, col_major> ? p[j * ldm + i]
+                                                                  : p[i * ldm + j];
+    }
+  }
+}
+
+// d = a b + c, for the accumulator elements this lane holds: e = lane, lane + 32, ... (the
+// ones store_matrix_sync writes from it; fill_fragment sets every element).
+template <int M, int N, int K, typename T, typename LayoutA, typename LayoutB>
+inline void mma_sync(fragment<accumulator, M, N, K, float>& d,
+                     const fragment<matrix_a, M, N, K, T, LayoutA>& a,
+                     const fragment<matrix_b, M, N, K, T, LayoutB>& b,
+                     const fragment<accumulator, M, N, K, float>& c) {
+  __syncwarp();
+  const int lane = int(::fusedrnn::simt::detail::t_fiber->linear % 32);
+  for (int e = lane; e < M * N; e += 32) {
+    const int i = e / N, j = e % N;
+    float sum = c.tile[e];
+    for (int k = 0; k < K; ++k) {
+      sum += detail::value(a.tile[i * K + k]) * detail::value(b.tile[k * N + j]);
+    }
+    d.tile[e] = sum;
+  }
+}
+
+template <int M, int N, int K>
+inline void store_matrix_sync(float* p, const fragment<accumulator, M, N, K, float>& f,
+                              unsigned ldm, layout_t layout) {
+  detail::check(p, ldm, "store_matrix_sync");
+  const unsigned lane = ::fusedrnn::simt::detail::t_fiber->linear % 32;
+  for (int e = int(lane); e < M * N; e += 32) {
+    const int i = e / N, j = e % N;
+    p[layout == mem_col_major ? j * ldm + i : i * ldm + j] = f.tile[e];
+  }
+}
+
+}  // namespace wmma
+}  // namespace nvcuda
+
 // Only the calling lane: lanes run diverged here (one at a time between collectives) and CUDA
 // guarantees no more. A shuffle mask built from it shows as wrong results.
 inline unsigned __activemask() {
   fusedrnn::simt::detail::current_block("__activemask outside a kernel");
   return 1u << fusedrnn::simt::detail::t_fiber->linear % 32;
+}
+
+// Ends the launch with an error, as the device's trap does.
+inline void __trap() {
+  using namespace fusedrnn::simt::detail;
+  Block& b = current_block("__trap outside a kernel");
+  fail(b, format("simt: __trap() in %s", where(b).c_str()));
+  abandon();
 }
 
 inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }

@@ -138,6 +138,35 @@ __global__ void halves_kernel(const float* x, int n, __half* h, __nv_bfloat16* b
   }
 }
 
+template <typename T>
+__global__ void tensor_core_tile_kernel(const unsigned short* a16, const unsigned short* b16,
+                                        float* out, int mode) {
+  namespace wmma = nvcuda::wmma;
+  // a (32 x 16, row-major) at 0, b (16 x 8, col-major: column j at 16 j) after it, the product
+  // (32 x 8, row-major) after that; mode 2 shifts a by 8 bytes.
+  unsigned char* shared = fusedrnn::cuda::dynamic_shared_memory<unsigned char>();
+  T* a = reinterpret_cast<T*>(shared + (mode == 2 ? 8 : 0));
+  T* b = reinterpret_cast<T*>(shared + 2048);
+  float* d = reinterpret_cast<float*>(shared + 4096);
+  const unsigned short* a_bits = a16;
+  unsigned short* a_dst = reinterpret_cast<unsigned short*>(a);
+  unsigned short* b_dst = reinterpret_cast<unsigned short*>(b);
+  for (int i = threadIdx.x; i < 32 * 16; i += blockDim.x) a_dst[i] = a_bits[i];
+  for (int i = threadIdx.x; i < 16 * 8; i += blockDim.x) b_dst[i] = b16[i];
+  __syncwarp();
+  wmma::fragment<wmma::matrix_a, 32, 8, 16, T, wmma::row_major> fa;
+  wmma::fragment<wmma::matrix_b, 32, 8, 16, T, wmma::col_major> fb;
+  wmma::fragment<wmma::accumulator, 32, 8, 16, float> acc;
+  wmma::fill_fragment(acc, 0.0f);
+  wmma::load_matrix_sync(fa, a, 16);
+  wmma::load_matrix_sync(fb, b, 16);
+  wmma::mma_sync(acc, fa, fb, acc);
+  wmma::store_matrix_sync(d, acc, 8, wmma::mem_row_major);
+  if (mode != 1) __syncwarp();
+  // Each lane copies elements its neighbour stored.
+  for (int i = threadIdx.x; i < 32 * 8; i += blockDim.x) out[(i + 1) % 256] = d[(i + 1) % 256];
+}
+
 __global__ void smooth_kernel(float* a, float* b, int n, int iters, int short_block) {
   const long long stride = (long long)gridDim.x * blockDim.x;
   const int phases = int(blockIdx.x) == short_block ? iters - 1 : iters;
@@ -230,6 +259,15 @@ cudaError_t reverse(const float* x, float* out, int n, int threads, bool broken)
 
 cudaError_t halves(const float* x, int n, __half* h, __nv_bfloat16* bf, float* back) {
   return cuda::launch(halves_kernel, dim3(4), dim3(96), 0, nullptr, x, n, h, bf, back);
+}
+
+cudaError_t tensor_core_tile(const unsigned short* a16, const unsigned short* b16, bool bf16,
+                             float* out, int mode) {
+  constexpr size_t kShared = 4096 + 32 * 8 * sizeof(float);
+  return bf16 ? cuda::launch(tensor_core_tile_kernel<__nv_bfloat16>, dim3(1), dim3(32), kShared,
+                             nullptr, a16, b16, out, mode)
+              : cuda::launch(tensor_core_tile_kernel<__half>, dim3(1), dim3(32), kShared, nullptr,
+                             a16, b16, out, mode);
 }
 
 cudaError_t smooth(float* a, float* b, int n, int iters, unsigned blocks, int threads,

@@ -51,6 +51,14 @@ cudaError_t reverse(const float* x, float* out, int n, int threads, bool broken)
 // __bfloat162float.
 cudaError_t halves(const float* x, int n, __half* h, __nv_bfloat16* bf, float* back);
 
+// One warp: out (32, 8) = a (32, 16) b (16, 8) on tensor cores (wmma m32n8k16, 16-bit a and b
+// as T = __half or __nv_bfloat16 bits in a16 / b16, float accumulation), staged through dynamic
+// shared memory; out is copied from the stored tile by every lane. mode 0: correct; 1: the
+// copy without the __syncwarp after store_matrix_sync (reads elements other lanes have not
+// stored yet); 2: a tile pointer off 256-bit alignment (the launch must fail).
+cudaError_t tensor_core_tile(const unsigned short* a16, const unsigned short* b16, bool bf16,
+                             float* out, int mode);
+
 // Cooperative: `iters` grid_sync phases of a 3-point average (ends clamped) over n elements,
 // grid-stride, ping-ponging between a (holding x at the start) and b: the result is in b for odd
 // iters, a for even. Broken: cooperative = false launches it plainly, which must fail at

@@ -77,6 +77,20 @@ Tensor reverse(const Tensor& x_, int64_t threads, bool broken) {
   return out;
 }
 
+// a (32, 16) and b (16, 8), both float16 or both bfloat16: their product on tensor cores.
+Tensor tensor_core_tile(const Tensor& a, const Tensor& b, int64_t mode) {
+  TORCH_CHECK(a.scalar_type() == b.scalar_type() &&
+                  (a.scalar_type() == at::kHalf || a.scalar_type() == at::kBFloat16),
+              "simt_tensor_core_tile: a and b both float16 or both bfloat16");
+  const Tensor a16 = a.contiguous().view(at::kShort), b16 = b.t().contiguous().view(at::kShort);
+  Tensor out = at::empty({32, 8}, a.options().dtype(at::kFloat));
+  check(st::tensor_core_tile(reinterpret_cast<const unsigned short*>(a16.data_ptr()),
+                             reinterpret_cast<const unsigned short*>(b16.data_ptr()),
+                             a.scalar_type() == at::kBFloat16, out.data_ptr<float>(),
+                             static_cast<int>(mode)));
+  return out;
+}
+
 std::tuple<Tensor, Tensor, Tensor> halves(const Tensor& x_) {
   const Tensor x = input(x_);
   Tensor h = at::empty_like(x, at::kHalf), bf = at::empty_like(x, at::kBFloat16);
@@ -124,6 +138,7 @@ TORCH_LIBRARY_FRAGMENT(fusedrnn_emulated, m) {
   m.def("simt_atomics(Tensor x, int bins, int blocks, int threads) -> Tensor[]");
   m.def("simt_reverse(Tensor x, int threads, bool broken) -> Tensor");
   m.def("simt_halves(Tensor x) -> (Tensor, Tensor, Tensor)");
+  m.def("simt_tensor_core_tile(Tensor a, Tensor b, int mode) -> Tensor");
   m.def("simt_smooth(Tensor x, int iters, int blocks, int threads, bool cooperative, "
         "int short_block=-1) -> Tensor");
   m.def("simt_prefix_sum(Tensor x, int threads) -> Tensor");
@@ -139,6 +154,7 @@ TORCH_LIBRARY_IMPL(fusedrnn_emulated, CPU, m) {
   m.impl("simt_atomics", &atomics);
   m.impl("simt_reverse", &reverse);
   m.impl("simt_halves", &halves);
+  m.impl("simt_tensor_core_tile", &tensor_core_tile);
   m.impl("simt_smooth", &smooth);
   m.impl("simt_prefix_sum", &prefix_sum);
 }
