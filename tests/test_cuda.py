@@ -136,6 +136,48 @@ def test_the_persistent_path_runs_and_matches_the_per_step_path(make):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("make", [
+    lambda: fusedrnn.LSTM(16, 64, num_layers=2, bidirectional=True),
+    lambda: fusedrnn.LSTM(16, 64, proj_size=24),
+    lambda: fusedrnn.LayerNormGRU(16, 64, bidirectional=True),
+], ids=["lstm", "lstm_proj", "layer_norm_gru"])
+def test_per_step_loops_through_cuda_graphs_match_the_eager_loops(monkeypatch, make):
+    """FUSEDRNN_CUDA_GRAPHS=1: each layer-direction's per-step loop (forward and backward) is
+    captured once per shape and replayed; the second call replays without capturing, with new
+    inputs and weights, and both give the eager per-step loops' numbers."""
+    torch.manual_seed(0)
+    module = make().cuda()
+    captures, replays = torch.ops.fusedrnn.graph_captures, torch.ops.fusedrnn.graph_replays
+
+    def run():
+        x = torch.randn(30, 4, 16, device="cuda", requires_grad=True)
+        out, state = module(x)
+        states = state if isinstance(state, tuple) else (state,)
+        grads = torch.autograd.grad(out.square().sum() + sum(s.sum() for s in states),
+                                    [x, *module.parameters()])
+        return (out, *states, *grads)
+
+    for call in range(2):
+        seed = torch.seed()
+        with dispatch.forcing("per_step"):
+            eager = run()
+            torch.manual_seed(seed)
+            monkeypatch.setenv("FUSEDRNN_CUDA_GRAPHS", "1")
+            before = captures(), replays()
+            graphed = run()
+            monkeypatch.delenv("FUSEDRNN_CUDA_GRAPHS")
+        # forward and backward of every layer-direction; layers of the same shapes (and
+        # options) share a graph, so the first call captures some, the second none
+        loops = 2 * module.num_layers * (2 if module.bidirectional else 1)
+        assert replays() - before[1] == loops
+        assert (0 < captures() - before[0] <= loops) if call == 0 else captures() == before[0]
+        for a, b in zip(eager, graphed, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        with torch.no_grad():  # new weights: the next call's graphs read them
+            for p in module.parameters():
+                p.mul_(0.9)
+
+
 def test_tune_measures_every_candidate_and_the_dispatch_takes_the_winner(monkeypatch, tmp_path):
     monkeypatch.setenv(dispatch.CACHE_ENV, str(tmp_path / "cuda_paths.json"))
     monkeypatch.setenv("FUSEDRNN_CUDA_PATH", "auto")

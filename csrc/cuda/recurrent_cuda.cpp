@@ -1,8 +1,11 @@
 // The CUDA implementations of the time-loop ops: the loops of time_loops.h driving real launches
-// on torch's current stream of the tensors' device.
+// on torch's current stream of the tensors' device (the per-step ones through CUDA graphs where
+// FUSEDRNN_CUDA_GRAPHS=1: captured_loops.h).
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+
+#include "captured_loops.h"
 #include "time_loops.h"
 
 namespace fusedrnn {
@@ -38,7 +41,7 @@ class CudaDevice {
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fusedrnn, CUDA, m) {
-  loops::register_time_loops<CudaDevice>(m);
+  loops::register_time_loops<graphs::CapturedLoops<CudaDevice>>(m);
 }
 
 // How many loops (forward or backward, a direction each) the CUDA ops ran persistently: what
@@ -49,6 +52,9 @@ TORCH_LIBRARY_FRAGMENT(fusedrnn, m) {
   m.def("bidirectional_persistent_launches() -> int",
         [] { return loops::bidirectional_persistent_launches.load(); });
   m.def("tensor_core_loops() -> int", [] { return loops::tensor_core_loops.load(); });
+  // The per-step loops captured as CUDA graphs, and their replays (FUSEDRNN_CUDA_GRAPHS=1).
+  m.def("graph_captures() -> int", [] { return graphs::captures.load(); });
+  m.def("graph_replays() -> int", [] { return graphs::replays.load(); });
 }
 
 }  // namespace cuda

@@ -249,6 +249,16 @@ PersistentShape persistent_plan(const Device& device, const LayerSizes& sz, bool
                              device.max_cooperative_blocks() / share, device.max_shared_bytes());
 }
 
+// Whether a loop over these sizes (storage like `like`) is planned persistent, on 1 / share of
+// the device's blocks.
+template <Cell C, typename Device>
+bool plans_persistent(const Device& device, const LayerSizes& sz, bool proj, bool backward,
+                      const Tensor& like, CudaLoop loop, int64_t share = 1) {
+  return sz.T > 0 && persistent_plan<C>(device, sz, proj, backward, state_options(like),
+                                        dtype_of(like), loop, share)
+                             .blocks > 0;
+}
+
 // A loop's persistent launch (forward or backward) for one direction, or for both at once.
 template <Cell C, typename Device, typename Persistent>
 bool launch_persistent_loops(const Device& device, const Persistent* loops, int directions,
@@ -599,13 +609,13 @@ struct DeviceLoops {
 };
 
 // Registers the layer ops of a library (fusedrnn's CUDA kernels, or the emulation's) as these
-// loops on `Device`.
-template <typename Device>
+// loops (DeviceLoops<Device>, or on CUDA graphs::CapturedLoops<Device> over them).
+template <typename Loops>
 void register_time_loops(torch::Library& m) {
-  m.impl("time_loop_forward", &TimeLoopOps<DeviceLoops<Device>>::forward);
-  m.impl("time_loop_backward", &TimeLoopOps<DeviceLoops<Device>>::backward);
-  m.impl("time_loop_pair_forward", &TimeLoopPairOps<DeviceLoops<Device>>::forward);
-  m.impl("time_loop_pair_backward", &TimeLoopPairOps<DeviceLoops<Device>>::backward);
+  m.impl("time_loop_forward", &TimeLoopOps<Loops>::forward);
+  m.impl("time_loop_backward", &TimeLoopOps<Loops>::backward);
+  m.impl("time_loop_pair_forward", &TimeLoopPairOps<Loops>::forward);
+  m.impl("time_loop_pair_backward", &TimeLoopPairOps<Loops>::backward);
 }
 
 }  // namespace loops

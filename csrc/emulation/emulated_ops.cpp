@@ -56,7 +56,7 @@ TORCH_LIBRARY_FRAGMENT(fusedrnn_emulated, m) {
 }
 
 TORCH_LIBRARY_IMPL(fusedrnn_emulated, CPU, m) {
-  loops::register_time_loops<EmulatedDevice>(m);
+  loops::register_time_loops<loops::DeviceLoops<EmulatedDevice>>(m);
 }
 
 }  // namespace cuda
