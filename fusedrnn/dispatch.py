@@ -7,7 +7,8 @@ A table measured on the GPU present decides first: `fusedrnn tune` (fusedrnn/tun
 the candidates per configuration and stores the winners per GPU model in a cache file
 (FUSEDRNN_TUNE_CACHE, default ~/.cache/fusedrnn/cuda_paths.json). A call takes the winner of
 the nearest measured configuration of the same cell, dtype, pass and direction count, within a
-factor of 2 in T, B and H; packed input and proj_size are never measured there.
+factor of 2 in T, B and H (an LSTM with proj_size: tune's "lstm_proj" entries); packed input is
+never measured there.
 
 Without a measured entry, the rule: torch.nn's cuDNN wherever ATen would run cuDNN's persistent
 algorithm (one launch for the whole sequence, CUDNN_RNN_ALGO_PERSIST_STATIC_SMALL_H: ATen's
@@ -161,11 +162,13 @@ def cuda_path(module, x: torch.Tensor, packed: bool, needs_grad: bool) -> str:
     choice = _requested()
     if choice == "auto":
         choice = None
-        if not packed and not module.proj_size:
+        if not packed:
             # x: (T, B, I), (B, T, I) batch_first, or (T, I) unbatched
             T, B = (x.size(0), 1) if x.dim() == 2 else \
                 (x.size(1), x.size(0)) if module.batch_first else (x.size(0), x.size(1))
-            key = CallKey(cell, str(x.dtype).removeprefix("torch."), needs_grad,
+            # (an LSTM with proj_size is bench's and tune's "lstm_proj" configuration)
+            measured_as = "lstm_proj" if getattr(module, "proj_size", 0) else cell
+            key = CallKey(measured_as, str(x.dtype).removeprefix("torch."), needs_grad,
                           module.bidirectional, T, B, module.hidden_size)
             choice = tuned_path(key, list(table_for(torch.cuda.get_device_name(x.device))))
         if choice is None:

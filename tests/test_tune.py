@@ -93,6 +93,21 @@ def test_tune_stores_winners_per_gpu_and_the_dispatch_takes_them(fake_gpu):
     assert dispatch.cuda_path(lstm, x, packed=False, needs_grad=False) == "per_step"
 
 
+def test_an_lstm_with_proj_size_takes_the_lstm_proj_entries(fake_gpu):
+    """tune measures proj_size as bench's "lstm_proj" configuration; a plain LSTM's entry of the
+    same sizes is not a projected one's, nor the other way round."""
+    x = FakeCudaInput(300, 1, 1)
+    projected, plain = fusedrnn.LSTM(1, 32, proj_size=8), fusedrnn.LSTM(1, 32)
+    assert dispatch.cuda_path(projected, x, packed=False, needs_grad=False) == "fused"  # the rule
+    tune.store(fake_gpu, GPU, [measurement({"cudnn": 0.9, "persistent": 0.4},
+                                           cfg=BenchConfig("lstm_proj", 300, 1, 1, 32))], {})
+    assert dispatch.cuda_path(projected, x, packed=False, needs_grad=False) == "persistent"
+    assert dispatch.cuda_path(plain, x, packed=False, needs_grad=False) == "cudnn"  # the rule
+    tune.store(fake_gpu, GPU, [measurement({"cudnn": 0.9, "per_step": 0.2})], {})
+    assert dispatch.cuda_path(plain, x, packed=False, needs_grad=False) == "per_step"
+    assert dispatch.cuda_path(projected, x, packed=False, needs_grad=False) == "persistent"
+
+
 def test_forced_paths_and_the_environment_override_the_table(fake_gpu, monkeypatch):
     lstm, x = fusedrnn.LSTM(1, 32), FakeCudaInput(300, 1, 1)
     tune.store(fake_gpu, GPU, [measurement({"cudnn": 0.9, "persistent": 0.4})], {})
