@@ -118,6 +118,12 @@ inline void check_pair_list(at::TensorList list, const char* name, bool optional
               " must hold 2 tensors (one per direction)", optional ? " or none" : "", ", got ",
               list.size());
 }
+// The two directions run as one (one launch on one device, one storage type).
+inline void check_pair_alike(const at::Tensor& a, const at::Tensor& b, const char* name) {
+  TORCH_CHECK(a.scalar_type() == b.scalar_type() && a.device() == b.device(), "fusedrnn: ",
+              name, " of the two directions must share a dtype and a device, got ",
+              a.scalar_type(), " on ", a.device(), " and ", b.scalar_type(), " on ", b.device());
+}
 inline std::optional<at::Tensor> pair_item(at::TensorList list, size_t d) {
   return list.empty() ? std::nullopt : std::optional<at::Tensor>(list[d]);
 }
@@ -149,6 +155,7 @@ struct TimeLoopPairOps {
                          check_time_loop_forward(cell, xproj[d], h0[d], c0s[d], w_hh[d],
                                                  params[d], w_hrs[d], lengths)};
     };
+    check_pair_alike(xproj[0], xproj[1], "xproj");
     const ForwardArgs a0 = args(0), a1 = args(1);
     TORCH_CHECK(a0.sz == a1.sz, "fusedrnn: the two directions' sizes differ");
     return visit_cell(cell.cell, [&](auto c) {
@@ -187,6 +194,7 @@ struct TimeLoopPairOps {
                           check_time_loop_backward(cell, grad_output[d], grad_h_n[d], grad_c[d],
                                                    w_hh[d], w_hrs[d], params[d], ws, lengths)};
     };
+    check_pair_alike(grad_output[0], grad_output[1], "grad_output");
     const BackwardArgs a0 = args(0), a1 = args(1);
     TORCH_CHECK(a0.sz == a1.sz, "fusedrnn: the two directions' sizes differ");
     return visit_cell(cell.cell, [&](auto c) {

@@ -293,6 +293,12 @@ def test_pair_op_checks_its_lists(emulated):
     with pytest.raises(RuntimeError, match="w_hh has shape"):
         emulated.time_loop_pair_forward("rnn_tanh", [x, x], [h, h], [], [w, w[:2]], [], [], None,
                                         False)
+    with pytest.raises(RuntimeError, match="xproj of the two directions must share a dtype"):
+        emulated.time_loop_pair_forward("rnn_tanh", [x, x.double()], [h, h.double()], [],
+                                        [w, w.double()], [], [], None, False)
+    with pytest.raises(RuntimeError, match="the two directions' sizes differ"):
+        emulated.time_loop_pair_forward("rnn_tanh", [x, x[:2]], [h, h], [], [w, w], [], [], None,
+                                        False)
 
 
 @pytest.mark.parametrize("shared", [48 << 10, 227 << 10], ids=["48KiB", "227KiB"])
@@ -329,11 +335,12 @@ def test_persistent_loops_size_each_loop_for_the_shared_memory(emulated, monkeyp
 
 
 # fp16 LSTM, H = 40 over 4 blocks of 10 units: forward tiles 64 x 48 weights + 2 x 8 x 48 batch
-# (2 bytes) + 64 x 8 products (4) = 9,728 bytes, float layout 4 x 10 x 40 x 4 = 6,400; backward
-# tiles 32 x 160 + 2 x 8 x 160 (2) + 32 x 8 (4) = 16,384, float layout 10 x 160 x 4 = 6,400.
+# (2 bytes) + 64 x 8 products + 64 scales (4) = 9,984 bytes, float layout 4 x 10 x 40 x 4 =
+# 6,400; backward tiles 32 x 160 + 2 x 8 x 160 (2) + 32 x 8 + 64 (4) = 16,640, float layout
+# 10 x 160 x 4 = 6,400.
 @pytest.mark.parametrize("sm, shared, tensor_core_loops, loops", [
     (90, 48 << 10, 3, 3),  # both on tensor cores (forward with and without workspace, backward)
-    (90, 9728, 2, 3),      # the backward's tiles do not fit: it runs the float layout
+    (90, 9984, 2, 3),      # the backward's tiles do not fit: it runs the float layout
     (90, 6400, 0, 3),      # neither's tiles fit: the float layout
     (75, 48 << 10, 0, 3),  # no tensor cores before sm_80: the float layout
     (90, 6399, 0, 0),      # nothing fits: per step
@@ -351,6 +358,30 @@ def test_tensor_cores_where_the_tiles_fit(emulated, monkeypatch, sm, shared, ten
                       torch.float16, seed=4)
     assert emulated.tensor_core_loops() - before_tc == tensor_core_loops
     assert emulated.persistent_launches() - before == loops
+
+
+@pytest.mark.parametrize("scale", [3e4, 1e-6], ids=["past_fp16_max", "fp16_subnormal"])
+def test_tensor_core_terms_keep_floats_range_for_fp16(emulated, monkeypatch, scale):
+    """fp16 storage, an RNN-relu state past fp16's largest (h_t = relu(x + 0.9 h_{t-1}) with x
+    = 3e4 reaches 1e5) or far below its normal range (1e-6): the float state the tensor cores
+    multiply (each batch row scaled by a power of two before its split into fp16 terms) is the
+    CPU float path's to float precision (the forward's float workspaces)."""
+    monkeypatch.setenv("FUSEDRNN_CUDA_PERSISTENT", "1")
+    T, B, H = 4, 3, 40
+    xproj = torch.full((T, B, H), scale, dtype=torch.float16)
+    xproj[:, 1] *= 0.5
+    w_hh = (torch.eye(H) * 0.9).to(torch.float16)  # (h: off fp16's subnormal grid)
+    h0 = torch.zeros(B, H, dtype=torch.float16)
+    args = ("rnn_relu", xproj, h0, None, w_hh, None, None, None, False, True)
+    before = emulated.tensor_core_loops()
+    got = emulated.time_loop_forward(*args)
+    want = CPU_OPS.time_loop_forward("rnn_relu", xproj.float(), h0.float(), None, w_hh.float(),
+                                     None, None, None, False, True)
+    assert emulated.tensor_core_loops() - before == 1
+    for g, w in zip(got[3], want[3], strict=True):  # the float workspaces: h_t and h_{t-1}
+        torch.testing.assert_close(g, w, rtol=1e-6, atol=0)
+    # (The backward's column products go through the same code; what it returns is rounded to
+    # fp16 storage, which at these magnitudes overflows or keeps a few bits: no float check.)
 
 
 def test_persistent_loops_fall_back_where_the_grid_cannot_be_resident(emulated, monkeypatch):

@@ -10,12 +10,15 @@
 // Everything the loop derives from its inputs (state-type weight copies, the initial state in
 // its ping-pong buffers, zeroed buffers, the weight-gradient GEMMs) is made inside the capture,
 // so a replay recomputes it. One graph per (loop, cell, sizes, dtype, options, device, stream):
-// two streams never replay the same buffers at once.
+// two streams never replay the same buffers at once. Each replay copies every input in and every
+// output (the workspaces too, under autograd) out, and a new T is a new capture: that traffic
+// against the launches saved is for a GPU timing to weigh before this becomes a default.
 #pragma once
 
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/CUDAEvent.h>
 #include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 
@@ -100,6 +103,8 @@ class Cache {
     }
     // Captured on a side stream (capture needs one that is not the legacy default), after the
     // caller's work, which the copies above are part of; the caller's stream then waits for it.
+    // Thread-local capture mode: other threads' CUDA calls (allocations, syncs) stay legal
+    // meanwhile.
     const at::cuda::CUDAStream caller = at::cuda::getCurrentCUDAStream();
     const at::cuda::CUDAStream side = at::cuda::getStreamFromPool();
     at::cuda::CUDAEvent ready, captured;
@@ -108,8 +113,16 @@ class Cache {
     {
       const c10::cuda::CUDAStreamGuard on_side(side);
       run(entry->inputs);  // once uncaptured: cuBLAS's handle and workspace set up first
-      entry->graph.capture_begin();
-      entry->outputs = run(entry->inputs);
+      entry->graph.capture_begin({0, 0}, cudaStreamCaptureModeThreadLocal);
+      try {
+        entry->outputs = run(entry->inputs);
+      } catch (...) {  // the stream leaves capture mode before the error goes on
+        cudaGraph_t partial = nullptr;
+        (void)cudaStreamEndCapture(side.stream(), &partial);
+        if (partial != nullptr) (void)cudaGraphDestroy(partial);
+        (void)cudaGetLastError();
+        throw;
+      }
       entry->graph.capture_end();
     }
     captured.record(side);
@@ -146,6 +159,14 @@ inline std::string loop_key(const char* kind, Cell cell, const std::vector<Tenso
 }
 
 inline OptTensor optional(const Tensor& t) { return t.defined() ? OptTensor(t) : std::nullopt; }
+
+// Whether a loop on `like`'s device (made current by the caller) may be captured: graphs asked
+// for, and the current stream not already being captured (inside torch.cuda.graph or
+// torch.compile's cudagraphs the loop is part of that graph, run as it is).
+inline bool may_capture() {
+  return enabled() &&
+         c10::cuda::currentStreamCaptureStatusMayInitCtx() == c10::cuda::CaptureStatus::None;
+}
 inline Tensor or_undefined(const OptTensor& t) { return t.has_value() ? *t : Tensor(); }
 
 // The loops of DeviceLoops<Device> (time_loops.h), each layer-direction's per-step loop through a
@@ -154,7 +175,8 @@ template <typename Device>
 struct CapturedLoops {
   template <Cell C>
   static TimeLoopForwardResult forward(const ForwardArgs& a) {
-    if (!enabled() || a.sz.T == 0 ||
+    const c10::cuda::CUDAGuard on_device(a.xproj.device());  // (streams and key: its device)
+    if (!may_capture() || a.sz.T == 0 ||
         plans_persistent<C>(Device(a.xproj), a.sz, a.w_hr.has_value(), /*backward=*/false,
                             a.xproj, a.cuda_loop)) {
       return loops::forward<Device, C>(a);
@@ -186,7 +208,8 @@ struct CapturedLoops {
 
   template <Cell C>
   static TimeLoopBackwardResult backward(const BackwardArgs& a) {
-    if (!enabled() || a.sz.T == 0 ||
+    const c10::cuda::CUDAGuard on_device(a.grad_output.device());
+    if (!may_capture() || a.sz.T == 0 ||
         plans_persistent<C>(Device(a.grad_output), a.sz, a.w_hr.has_value(), /*backward=*/true,
                             a.grad_output, a.cuda_loop)) {
       return loops::backward<Device, C>(a);
@@ -216,7 +239,8 @@ struct CapturedLoops {
   template <Cell C>
   static std::array<TimeLoopForwardResult, 2> forward_both(const ForwardArgs& a0,
                                                            const ForwardArgs& a1) {
-    if (!enabled() || plans_persistent<C>(Device(a0.xproj), a0.sz, a0.w_hr.has_value(),
+    const c10::cuda::CUDAGuard on_device(a0.xproj.device());
+    if (!may_capture() || plans_persistent<C>(Device(a0.xproj), a0.sz, a0.w_hr.has_value(),
                                           /*backward=*/false, a0.xproj, a0.cuda_loop,
                                           /*share=*/2)) {
       return loops::forward_both<Device, C>(a0, a1);
@@ -226,7 +250,8 @@ struct CapturedLoops {
   template <Cell C>
   static std::array<TimeLoopBackwardResult, 2> backward_both(const BackwardArgs& a0,
                                                              const BackwardArgs& a1) {
-    if (!enabled() || plans_persistent<C>(Device(a0.grad_output), a0.sz, a0.w_hr.has_value(),
+    const c10::cuda::CUDAGuard on_device(a0.grad_output.device());
+    if (!may_capture() || plans_persistent<C>(Device(a0.grad_output), a0.sz, a0.w_hr.has_value(),
                                           /*backward=*/true, a0.grad_output, a0.cuda_loop,
                                           /*share=*/2)) {
       return loops::backward_both<Device, C>(a0, a1);

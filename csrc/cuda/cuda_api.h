@@ -48,8 +48,9 @@ cudaError_t launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shar
 
 // A cooperative launch (cudaLaunchCooperativeKernel): every block is resident at once, so the
 // kernel may call grid_sync(). The grid must fit the device (cudaOccupancyMaxActiveBlocks...).
-// Over 48 KiB of dynamic shared memory the kernel is first allowed it (the device's opt-in
-// maximum, cudaDevAttrMaxSharedMemoryPerBlockOptin, bounds what may be asked).
+// The kernel is first allowed its dynamic shared memory (the device's opt-in maximum,
+// cudaDevAttrMaxSharedMemoryPerBlockOptin, less its static shared memory, bounds what may be
+// asked).
 template <typename... Params, typename... Args>
 cudaError_t launch_cooperative(void (*kernel)(Params...), dim3 grid, dim3 block,
                                size_t shared_bytes, cudaStream_t stream, Args&&... args) {
@@ -58,8 +59,9 @@ cudaError_t launch_cooperative(void (*kernel)(Params...), dim3 grid, dim3 block,
   return simt::launch(grid, block, shared_bytes, /*cooperative=*/true,
                       [&] { kernel(args...); });  // implicit conversions, as <<<>>>
 #else
-  constexpr size_t kDefaultSharedBytes = 48 << 10;
-  if (shared_bytes > kDefaultSharedBytes) {
+  // (always: the default allows 48 KiB less the kernel's static shared memory, which some of
+  // the kernels have)
+  if (shared_bytes > 0) {
     const cudaError_t err =
         cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
                              cudaFuncAttributeMaxDynamicSharedMemorySize,

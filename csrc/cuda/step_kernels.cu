@@ -501,8 +501,9 @@ __device__ __forceinline__ S warp_dot(const S* row, const S* v, int64_t n, int64
 // Whether a persistent block's recurrent products run on tensor cores (TensorCoreTiles), and
 // in how many 16-bit terms a state value enters them: where the loop's tensor_cores says so (the
 // time loops' plan: where the tiles fit the shared memory, on sm_80 on: both half types' wmma
-// need it for bf16; elsewhere the products run as for float). Code built for an older
-// architecture traps rather than run a loop planned for tensor cores another way.
+// need it for bf16, and code built for it: persistent_code_arch; elsewhere the products run as
+// for float). Code built for an older architecture traps rather than run a loop planned for
+// tensor cores another way (the plan never asks it to).
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
 #define FUSEDRNN_TENSOR_CORES 0
 #else
@@ -520,8 +521,9 @@ constexpr int64_t kTensorCoreTerms =
 // A block's products on tensor cores: for each of its `rows` rows r of `a` (TensorCoreTiles'
 // layout, row-major, zero past rows x depth) and each batch row b < B, the dot product of row r
 // with v[b] (B, depth) in the state type, which other SMs wrote before the last grid barrier
-// (loaded past L1) and which enters as the sum of kTensorCoreTerms<T> values of the storage type
-// T (each the rounding of what the ones before it left); use(r, b, product) then runs once for
+// (loaded past L1) and which enters scaled by its row's power of two and as the sum of
+// kTensorCoreTerms<T> values of the storage type T (each the rounding of what the ones before it
+// left; TensorCoreTiles); use(r, b, product) then runs once for
 // each, in some thread of the block. Every thread of the block calls it; it begins and ends
 // with all of them at a block barrier.
 template <typename T, typename S, typename Use>
@@ -535,13 +537,28 @@ __device__ void block_products_on_tensor_cores(const T* a, int64_t rows, int64_t
   // (n * kBatch + b) * depth_pad + k
   T* batch = const_cast<T*>(a) + tiles.matrix_values();
   float* products = reinterpret_cast<float*>(batch + tiles.batch_values());  // (rows_pad, kBatch)
-  const int64_t warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  float* scales = products + tiles.product_values();  // (kBatch): 2^-e, the row's largest < 2^e
+  const int64_t warp = threadIdx.x / 32, warps = blockDim.x / 32, lane = threadIdx.x % 32;
   const int64_t term_values = kBatch * tiles.depth_pad;
   for (int64_t b0 = 0; b0 < B; b0 += kBatch) {
-    __syncthreads();  // the previous batch tile's products used
+    __syncthreads();  // the previous batch tile's products and scales used
+    for (int64_t row = warp; row < kBatch; row += warps) {  // each row's largest, a warp's max
+      float largest = 0.0f;
+      for (int64_t k = lane; k < depth && b0 + row < B; k += 32) {
+        largest = fmaxf(largest, fabsf(float(__ldcg(v + (b0 + row) * depth + k))));
+      }
+      for (int offset = 16; offset > 0; offset /= 2) {
+        largest = fmaxf(largest, __shfl_xor_sync(0xffffffffu, largest, offset));
+      }
+      int e = 0;
+      (void)frexpf(largest, &e);  // largest = m 2^e, m in [0.5, 1) (e = 0 for 0, inf or NaN)
+      if (lane == 0) scales[row] = ldexpf(1.0f, -e);
+    }
+    __syncthreads();
     for (int64_t i = threadIdx.x; i < term_values; i += blockDim.x) {
       const int64_t b = b0 + i / tiles.depth_pad, k = i % tiles.depth_pad;
-      S rest = b < B && k < depth ? __ldcg(v + b * depth + k) : S(0);
+      S rest = b < B && k < depth ? __ldcg(v + b * depth + k) * S(scales[i / tiles.depth_pad])
+                                  : S(0);
       for (int64_t n = 0; n < kTerms; ++n) {
         const T term = stored<T>(rest);
         batch[n * term_values + i] = term;
@@ -565,7 +582,9 @@ __device__ void block_products_on_tensor_cores(const T* a, int64_t rows, int64_t
     }
     __syncthreads();
     for (int64_t i = threadIdx.x; i < rows * kBatch; i += blockDim.x) {
-      if (b0 + i % kBatch < B) use(i / kBatch, b0 + i % kBatch, S(products[i]));
+      if (b0 + i % kBatch < B) {
+        use(i / kBatch, b0 + i % kBatch, S(products[i] / scales[i % kBatch]));  // (exact)
+      }
     }
   }
   __syncthreads();
@@ -959,6 +978,20 @@ cudaError_t persistent_backward(const PersistentBackward* loops, int directions,
                                 cudaStream_t stream) {
   return launch_persistent<C, PersistentBackwardKernel>(loops, directions, blocks, threads,
                                                         shared_bytes, dtype, stream);
+}
+
+int persistent_code_arch() {
+#ifdef FUSEDRNN_SIMT_EMULATION
+  return 90;  // (the emulated device's sm_90)
+#else
+  cudaFuncAttributes attributes{};
+  const auto kernel = &persistent_forward_kernel<__half, Cell::Lstm>;
+  if (cudaFuncGetAttributes(&attributes, reinterpret_cast<const void*>(kernel)) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  return attributes.ptxVersion;
+#endif
 }
 
 // The cells' kernels (one line per cell).

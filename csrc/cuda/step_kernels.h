@@ -110,11 +110,12 @@ constexpr int kPersistentMaxThreads = 256;
 // Where a persistent block's recurrent products run on tensor cores (16-bit storage, whose
 // weights are exact in it, and a dense recurrence; wmma's m32n8k16 tiles): its shared memory
 // holds its `rows` rows of `depth` weights in the storage type, zero-padded to whole tiles (32
-// rows, 16 deep), a batch tile (8 batch rows of `depth` state values, each split into `terms`
-// 16-bit values whose sum it is: the state is float, and one 16-bit value would round it) and
-// the tile's products (float), in that order; each part a multiple of 256 bytes, so every tile
-// is aligned. terms: 2 for fp16 (11 + 11 significant bits), 3 for bf16 (8 + 8 + 8), as many as
-// float's 24.
+// rows, 16 deep), a batch tile (8 batch rows of `depth` state values, each row scaled by a power
+// of two that brings its largest into [0.5, 1) — fp16's range is narrow — and each value then
+// split into `terms` 16-bit values whose sum it is: the state is float, and one 16-bit value
+// would round it), the tile's products (float) and the rows' scales (float), in that order; each
+// part a multiple of 256 bytes, so every tile is aligned. terms: 2 for fp16 (11 + 11
+// significant bits), 3 for bf16 (8 + 8 + 8), about float's 24.
 struct TensorCoreTiles {
   static constexpr int64_t kRows = 32, kBatch = 8, kDepth = 16;
   int64_t rows_pad, depth_pad, terms;
@@ -124,13 +125,19 @@ struct TensorCoreTiles {
   constexpr int64_t matrix_values() const { return rows_pad * depth_pad; }
   constexpr int64_t batch_values() const { return terms * kBatch * depth_pad; }
   constexpr int64_t product_values() const { return rows_pad * kBatch; }
-  // (16-bit weights and batch tile, float products)
+  static constexpr int64_t kScaleValues = 64;  // kBatch used; 256 bytes
+  // (16-bit weights and batch tile, float products and scales)
   constexpr size_t bytes() const {
     return static_cast<size_t>(matrix_values() + batch_values()) * 2 +
-           static_cast<size_t>(product_values()) * 4;
+           static_cast<size_t>(product_values() + kScaleValues) * 4;
   }
 };
 constexpr int64_t tensor_core_terms(Dtype storage) { return storage == Dtype::Half ? 2 : 3; }
+
+// The architecture (10 major + minor) the persistent kernels' code for the device was built
+// from (its PTX version: JIT-compiled PTX of an older one has no tensor-core path), or 0 where
+// it cannot be read.
+int persistent_code_arch();
 
 // A layer-direction's whole forward loop in one cooperative launch (any cell; see
 // persistent_forward_kernel): `blocks` blocks of `threads`, block k owning the hidden units

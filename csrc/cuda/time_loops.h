@@ -239,10 +239,12 @@ PersistentShape persistent_plan(const Device& device, const LayerSizes& sz, bool
                                 bool backward, const at::TensorOptions& state, Dtype storage,
                                 CudaLoop loop, int64_t share = 1) {
   if (!persistent_enabled(loop)) return {};
-  // (half types' wmma need sm_80: step_kernels.cu, kTensorCores)
+  // (half types' wmma need sm_80, in the device and in the code that runs on it:
+  // step_kernels.cu, kTensorCores)
+  static const int code_arch = persistent_code_arch();
   const int64_t tensor_cores = !spec(C).diagonal() &&
                                        (storage == Dtype::Half || storage == Dtype::BFloat16) &&
-                                       device.compute_capability() >= 80
+                                       device.compute_capability() >= 80 && code_arch >= 80
                                    ? tensor_core_terms(storage)
                                    : 0;
   return persistent_shape<C>(sz, proj, backward, state.dtype().itemsize(), tensor_cores,
