@@ -276,8 +276,8 @@ bool launch_persistent_loops(const Device& device, const Persistent* loops, int 
   return persistent_ran(device, err, directions, shape.tensor_cores);
 }
 
-// One layer and direction of cell C, forward: its buffers (made by the constructor), then one
-// persistent launch for every step (alone, or beside the other direction's: forward_both), or per
+// One layer and direction of cell C, forward: its buffers (made by the constructor), then (run,
+// run_both) one persistent launch for every step, alone or beside the other direction's, or per
 // step the recurrent product (recurrent_product), the cell's step kernel, and where h is
 // projected the W_hr GEMM and the projection kernel.
 template <typename Device, Cell C>
@@ -339,16 +339,6 @@ class ForwardLoop {
             shape.tensor_cores};
   }
 
-  // Every step: one persistent launch where planned and the device takes it, else per step.
-  void run() {
-    const PersistentShape shape = plan();
-    if (shape.blocks > 0) {
-      const PersistentForward q = persistent(shape);
-      if (launch_persistent_loops<C>(device_, &q, 1, shape, dtype_)) return;
-    }
-    run_per_step();
-  }
-
   void run_per_step() {
     ForwardStep p = step_;
     for (int64_t s = 0; s < sz_.T; ++s) {
@@ -397,8 +387,8 @@ class ForwardLoop {
   ForwardStep step_{};
 };
 
-// One layer and direction of cell C, backward: its buffers, then one persistent launch (alone
-// or beside the other direction's: backward_both), or per step: where h is projected the d h_t
+// One layer and direction of cell C, backward: its buffers, then (run, run_both) one persistent
+// launch, alone or beside the other direction's, or per step: where h is projected the d h_t
 // kernel and the W_hr GEMM; the cell's step kernel; d h_{t-1} += d(W_hh h_{t-1}) · W_hh
 // (accumulate_recurrent_grad). The weight gradients are one GEMM over all steps at the end
 // (recurrent_weight_grad).
@@ -474,15 +464,6 @@ class BackwardLoop {
             shape.tensor_cores};
   }
 
-  void run() {
-    const PersistentShape shape = plan();
-    if (shape.blocks > 0) {
-      const PersistentBackward q = persistent(shape);
-      if (launch_persistent_loops<C>(device_, &q, 1, shape, dtype_)) return;
-    }
-    run_per_step();
-  }
-
   void run_per_step() {
     BackwardStep p = step_;
     const Tensor grad_step = grad_steps_[0];
@@ -540,23 +521,35 @@ class BackwardLoop {
   BackwardStep step_{};
 };
 
+// A loop's every step (Loop: ForwardLoop or BackwardLoop): one persistent launch where planned
+// and the device takes it, else per step.
+template <typename Loop>
+void run(Loop& loop) {
+  const PersistentShape shape = loop.plan();
+  if (shape.blocks > 0) {
+    const auto q = loop.persistent(shape);
+    if (launch_persistent_loops<Loop::kCell>(loop.device(), &q, 1, shape, loop.dtype())) return;
+  }
+  loop.run_per_step();
+}
+
 template <typename Device, Cell C>
 TimeLoopForwardResult forward(const ForwardArgs& a) {
   ForwardLoop<Device, C> loop(a);
-  loop.run();
+  run(loop);
   return loop.result();
 }
 
 template <typename Device, Cell C>
 TimeLoopBackwardResult backward(const BackwardArgs& a) {
   BackwardLoop<Device, C> loop(a);
-  loop.run();
+  run(loop);
   return loop.result();
 }
 
 // A layer's two directions (the same cell and sizes): one persistent launch for both, each on
 // half the device's blocks, where both loops are planned on that half and the device takes the
-// grid; else each its own way (run()).
+// grid; else each its own way (run).
 template <typename Loop>
 void run_both(Loop& forward_direction, Loop& reverse_direction) {
   const PersistentShape shape = forward_direction.plan(/*share=*/2);
@@ -568,8 +561,8 @@ void run_both(Loop& forward_direction, Loop& reverse_direction) {
       return;
     }
   }
-  forward_direction.run();
-  reverse_direction.run();
+  run(forward_direction);
+  run(reverse_direction);
 }
 
 template <typename Device, Cell C>
