@@ -42,7 +42,7 @@ namespace graphs {
 using at::Tensor;
 using loops::BackwardLoop;
 using loops::ForwardLoop;
-using loops::plans_persistent;
+using loops::persistent_plan;
 using OptTensor = std::optional<Tensor>;
 
 inline bool enabled() {
@@ -177,8 +177,8 @@ struct CapturedLoops {
   static TimeLoopForwardResult forward(const ForwardArgs& a) {
     const c10::cuda::CUDAGuard on_device(a.xproj.device());  // (streams and key: its device)
     if (!may_capture() || a.sz.T == 0 ||
-        plans_persistent<C>(Device(a.xproj), a.sz, a.w_hr.has_value(), /*backward=*/false,
-                            a.xproj, a.cuda_loop)) {
+        persistent_plan<C>(Device(a.xproj), a.sz, a.w_hr.has_value(), /*backward=*/false,
+                           a.xproj, a.cuda_loop).blocks > 0) {
       return loops::forward<Device, C>(a);
     }
     const std::vector<Tensor> inputs = {a.xproj, a.h0, or_undefined(a.c0), a.w_hh,
@@ -210,8 +210,8 @@ struct CapturedLoops {
   static TimeLoopBackwardResult backward(const BackwardArgs& a) {
     const c10::cuda::CUDAGuard on_device(a.grad_output.device());
     if (!may_capture() || a.sz.T == 0 ||
-        plans_persistent<C>(Device(a.grad_output), a.sz, a.w_hr.has_value(), /*backward=*/true,
-                            a.grad_output, a.cuda_loop)) {
+        persistent_plan<C>(Device(a.grad_output), a.sz, a.w_hr.has_value(), /*backward=*/true,
+                           a.grad_output, a.cuda_loop).blocks > 0) {
       return loops::backward<Device, C>(a);
     }
     std::vector<Tensor> inputs = {a.grad_output, a.grad_h_n, or_undefined(a.grad_c_n), a.w_hh,
@@ -240,9 +240,9 @@ struct CapturedLoops {
   static std::array<TimeLoopForwardResult, 2> forward_both(const ForwardArgs& a0,
                                                            const ForwardArgs& a1) {
     const c10::cuda::CUDAGuard on_device(a0.xproj.device());
-    if (!may_capture() || plans_persistent<C>(Device(a0.xproj), a0.sz, a0.w_hr.has_value(),
-                                          /*backward=*/false, a0.xproj, a0.cuda_loop,
-                                          /*share=*/2)) {
+    if (!may_capture() || persistent_plan<C>(Device(a0.xproj), a0.sz, a0.w_hr.has_value(),
+                                             /*backward=*/false, a0.xproj, a0.cuda_loop,
+                                             /*share=*/2).blocks > 0) {
       return loops::forward_both<Device, C>(a0, a1);
     }
     return {forward<C>(a0), forward<C>(a1)};
@@ -251,9 +251,10 @@ struct CapturedLoops {
   static std::array<TimeLoopBackwardResult, 2> backward_both(const BackwardArgs& a0,
                                                              const BackwardArgs& a1) {
     const c10::cuda::CUDAGuard on_device(a0.grad_output.device());
-    if (!may_capture() || plans_persistent<C>(Device(a0.grad_output), a0.sz, a0.w_hr.has_value(),
-                                          /*backward=*/true, a0.grad_output, a0.cuda_loop,
-                                          /*share=*/2)) {
+    if (!may_capture() ||
+        persistent_plan<C>(Device(a0.grad_output), a0.sz, a0.w_hr.has_value(),
+                           /*backward=*/true, a0.grad_output, a0.cuda_loop, /*share=*/2)
+                .blocks > 0) {
       return loops::backward_both<Device, C>(a0, a1);
     }
     return {backward<C>(a0), backward<C>(a1)};

@@ -514,6 +514,13 @@ constexpr bool kHalfDense = !spec(C).diagonal() && (std::is_same_v<T, __half> ||
                                                     std::is_same_v<T, __nv_bfloat16>);
 template <typename T, Cell C>
 constexpr bool kTensorCores = FUSEDRNN_TENSOR_CORES && kHalfDense<T, C>;
+// Whether a block runs its products on tensor cores: where its loop's plan says so (`planned`);
+// code built without them traps there (see above).
+template <typename T, Cell C>
+__device__ __forceinline__ bool on_tensor_cores(bool planned) {
+  if (kHalfDense<T, C> && !kTensorCores<T, C> && planned) __trap();  // (built for < sm_80)
+  return kTensorCores<T, C> && planned;
+}
 template <typename T>
 constexpr int64_t kTensorCoreTerms =
     tensor_core_terms(std::is_same_v<T, __half> ? Dtype::Half : Dtype::BFloat16);
@@ -523,19 +530,20 @@ constexpr int64_t kTensorCoreTerms =
 // with v[b] (B, depth) in the state type, which other SMs wrote before the last grid barrier
 // (loaded past L1) and which enters scaled by its row's power of two and as the sum of
 // kTensorCoreTerms<T> values of the storage type T (each the rounding of what the ones before it
-// left; TensorCoreTiles); use(r, b, product) then runs once for
-// each, in some thread of the block. Every thread of the block calls it; it begins and ends
-// with all of them at a block barrier.
+// left; TensorCoreTiles); use(r, b, product) then runs once for each, in some thread of the
+// block. `a` is the start of the block's tiles, whose batch tile and products come after the
+// weights. Every thread of the block calls it; it begins and ends with all of them at a block
+// barrier.
 template <typename T, typename S, typename Use>
-__device__ void block_products_on_tensor_cores(const T* a, int64_t rows, int64_t depth,
-                                               const S* v, int64_t B, Use use) {
+__device__ void block_products_on_tensor_cores(T* a, int64_t rows, int64_t depth, const S* v,
+                                               int64_t B, Use use) {
   namespace wmma = nvcuda::wmma;
   constexpr int64_t kRows = TensorCoreTiles::kRows, kBatch = TensorCoreTiles::kBatch,
                     kDepth = TensorCoreTiles::kDepth, kTerms = kTensorCoreTerms<T>;
   const TensorCoreTiles tiles(rows, depth, kTerms);
   // (kTerms, kBatch, depth_pad): term n of batch row b0 + b's value k at
   // (n * kBatch + b) * depth_pad + k
-  T* batch = const_cast<T*>(a) + tiles.matrix_values();
+  T* batch = a + tiles.matrix_values();
   float* products = reinterpret_cast<float*>(batch + tiles.batch_values());  // (rows_pad, kBatch)
   float* scales = products + tiles.product_values();  // (kBatch): 2^-e, the row's largest < 2^e
   const int64_t warp = threadIdx.x / 32, warps = blockDim.x / 32, lane = threadIdx.x % 32;
@@ -620,8 +628,7 @@ __global__ void __launch_bounds__(kPersistentMaxThreads, 1)
     persistent_forward_kernel(PersistentLoops<PersistentForward> loops) {
   using S = typename State<T>::type;
   const PersistentForward& q = loops.loop[blockIdx.y];  // this block's direction
-  const bool tensor_cores = kTensorCores<T, C> && q.tensor_cores;
-  if (kHalfDense<T, C> && !kTensorCores<T, C> && q.tensor_cores) __trap();  // (built < sm_80)
+  const bool tensor_cores = on_tensor_cores<T, C>(q.tensor_cores);
   constexpr int64_t G = spec(C).gates;
   constexpr bool kDiagonal = spec(C).diagonal(), kNormalized = spec(C).normalized();
   const int64_t B = q.step.at.B, H = q.step.at.H, P = q.step.at.P;
@@ -738,8 +745,7 @@ __global__ void __launch_bounds__(kPersistentMaxThreads, 1)
     persistent_backward_kernel(PersistentLoops<PersistentBackward> loops) {
   using S = typename State<T>::type;
   const PersistentBackward& q = loops.loop[blockIdx.y];  // this block's direction
-  const bool tensor_cores = kTensorCores<T, C> && q.tensor_cores;
-  if (kHalfDense<T, C> && !kTensorCores<T, C> && q.tensor_cores) __trap();  // (built < sm_80)
+  const bool tensor_cores = on_tensor_cores<T, C>(q.tensor_cores);
   constexpr int64_t G = spec(C).gates;
   constexpr bool kDiagonal = spec(C).diagonal(), kNormalized = spec(C).normalized();
   const int64_t B = q.step.at.B, H = q.step.at.H, P = q.step.at.P;

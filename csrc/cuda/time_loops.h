@@ -156,7 +156,8 @@ inline StepWorkspace step_workspace(const CellSpec& cell, const std::vector<Tens
 //             columns of its units, units * P, where projected.
 // With tensor_cores > 0 (16-bit storage, a dense recurrence on sm_80 on: the terms a state value
 // enters the products in) W_hh's part is TensorCoreTiles in the storage type instead where they
-// fit (their rows padded to 32: a block of a few units may need more than the float layout). A normalised cell's blocks have kPersistentMaxThreads threads (its row reductions), and that
+// fit (their rows padded to 32: a block of a few units may need more than the float layout).
+// A normalised cell's blocks have kPersistentMaxThreads threads (its row reductions), and that
 // many doubles of static shared memory besides.
 struct PersistentShape {
   int64_t blocks = 0, units = 0, proj_units = 0;
@@ -232,33 +233,26 @@ inline bool persistent_enabled(CudaLoop loop) {
   return value != nullptr && std::string_view(value) == "1";
 }
 
-// The persistent launch for a loop where one is asked for and applies, on 1 / `share` of the
-// blocks the device keeps resident (2: a layer's two directions at once), else none (blocks 0).
+// The persistent launch for a loop over these sizes (storage like `like`) where one is asked
+// for and applies, on 1 / `share` of the blocks the device keeps resident (2: a layer's two
+// directions at once), else none (blocks 0).
 template <Cell C, typename Device>
 PersistentShape persistent_plan(const Device& device, const LayerSizes& sz, bool proj,
-                                bool backward, const at::TensorOptions& state, Dtype storage,
-                                CudaLoop loop, int64_t share = 1) {
-  if (!persistent_enabled(loop)) return {};
+                                bool backward, const Tensor& like, CudaLoop loop,
+                                int64_t share = 1) {
+  if (sz.T == 0 || !persistent_enabled(loop)) return {};
   // (half types' wmma need sm_80, in the device and in the code that runs on it:
   // step_kernels.cu, kTensorCores)
   static const int code_arch = persistent_code_arch();
+  const Dtype storage = dtype_of(like);
   const int64_t tensor_cores = !spec(C).diagonal() &&
                                        (storage == Dtype::Half || storage == Dtype::BFloat16) &&
                                        device.compute_capability() >= 80 && code_arch >= 80
                                    ? tensor_core_terms(storage)
                                    : 0;
-  return persistent_shape<C>(sz, proj, backward, state.dtype().itemsize(), tensor_cores,
-                             device.max_cooperative_blocks() / share, device.max_shared_bytes());
-}
-
-// Whether a loop over these sizes (storage like `like`) is planned persistent, on 1 / share of
-// the device's blocks.
-template <Cell C, typename Device>
-bool plans_persistent(const Device& device, const LayerSizes& sz, bool proj, bool backward,
-                      const Tensor& like, CudaLoop loop, int64_t share = 1) {
-  return sz.T > 0 && persistent_plan<C>(device, sz, proj, backward, state_options(like),
-                                        dtype_of(like), loop, share)
-                             .blocks > 0;
+  return persistent_shape<C>(sz, proj, backward, state_options(like).dtype().itemsize(),
+                             tensor_cores, device.max_cooperative_blocks() / share,
+                             device.max_shared_bytes());
 }
 
 // A loop's persistent launch (forward or backward) for one direction, or for both at once.
@@ -321,9 +315,8 @@ class ForwardLoop {
 
   // The persistent plan of this loop on 1 / share of the device's blocks (none: blocks 0).
   PersistentShape plan(int64_t share = 1) const {
-    if (sz_.T == 0) return {};
-    return persistent_plan<C>(device_, sz_, proj_, /*backward=*/false, state_, dtype_,
-                              a_.cuda_loop, share);
+    return persistent_plan<C>(device_, sz_, proj_, /*backward=*/false, xproj_, a_.cuda_loop,
+                              share);
   }
 
   PersistentForward persistent(const PersistentShape& shape) const {
@@ -444,8 +437,7 @@ class BackwardLoop {
   }
 
   PersistentShape plan(int64_t share = 1) const {
-    if (sz_.T == 0) return {};
-    return persistent_plan<C>(device_, sz_, proj_, /*backward=*/true, state_, dtype_,
+    return persistent_plan<C>(device_, sz_, proj_, /*backward=*/true, grad_output_,
                               a_.cuda_loop, share);
   }
 
@@ -547,13 +539,14 @@ TimeLoopBackwardResult backward(const BackwardArgs& a) {
   return loop.result();
 }
 
-// A layer's two directions (the same cell and sizes): one persistent launch for both, each on
-// half the device's blocks, where both loops are planned on that half and the device takes the
-// grid; else each its own way (run).
+// A layer's two directions (the same cell, sizes, dtype, device and cuda_loop: the pair ops
+// check it, so one plan is both's): one persistent launch for both, each on half the device's
+// blocks, where the loops are planned on that half and the device takes the grid; else each its
+// own way (run).
 template <typename Loop>
 void run_both(Loop& forward_direction, Loop& reverse_direction) {
   const PersistentShape shape = forward_direction.plan(/*share=*/2);
-  if (shape.blocks > 0 && reverse_direction.plan(/*share=*/2).blocks == shape.blocks) {
+  if (shape.blocks > 0) {
     const std::array loops{forward_direction.persistent(shape),
                            reverse_direction.persistent(shape)};
     if (launch_persistent_loops<Loop::kCell>(forward_direction.device(), loops.data(), 2, shape,
