@@ -135,6 +135,17 @@ Tensor recomputed_projection(AutogradContext* ctx, int64_t direction = 0) {
   return at::layer_norm(xw, {xw.size(-1)}, gain.toTensor(), b, kLayerNormEps);
 }
 
+// d step_params of a time-loop node: the backward op's (`from_op`), or, where the step
+// parameters are a bias on xproj (not the cell's own_step_param_grad), d xproj's sum.
+Tensor step_params_grad(const std::string& cell, const Tensor& step_params,
+                        const Tensor& from_op, const Tensor& grad_xproj) {
+  if (step_params.defined() && step_params.requires_grad() &&
+      !spec(parse_cell(cell)).own_step_param_grad()) {
+    return grad_xproj.sum(at::IntArrayRef{0, 1});
+  }
+  return from_op;
+}
+
 // ============================================================================ layer time loop
 
 
@@ -193,11 +204,7 @@ struct TimeLoopFunction : torch::autograd::Function<TimeLoopFunction> {
                                        as_optional(step_params), workspace,
                                        as_optional(saved[kLengths]), reverse,
                                        ctx->saved_data["cuda_loop"].toInt());
-    // Where the step parameters are a bias on xproj, their gradient is d xproj's sum.
-    if (step_params.defined() && step_params.requires_grad() &&
-        !spec(parse_cell(cell)).own_step_param_grad()) {
-      grad_step_params = grad_xproj.sum(at::IntArrayRef{0, 1});
-    }
+    grad_step_params = step_params_grad(cell, step_params, grad_step_params, grad_xproj);
     const auto if_input = [](const Tensor& input, const Tensor& grad) {
       return input.defined() ? grad : Tensor();
     };
@@ -305,13 +312,8 @@ struct TimeLoopPairFunction : torch::autograd::Function<TimeLoopPairFunction> {
           cell, grad_out, grad_h_n, grad_c_n, w_hh, w_hr, step_params, workspace,
           as_optional(saved[kLengths]), ctx->saved_data["cuda_loop"].toInt());
       for (int64_t d = 0; d < 2; ++d) {
-        const Tensor& params = at_d(d, kStepParams);
-        // Where the step parameters are a bias on xproj, their gradient is d xproj's sum.
-        if (params.defined() && params.requires_grad() &&
-            !spec(parse_cell(cell)).own_step_param_grad()) {
-          gp[d] = gx[d].sum(at::IntArrayRef{0, 1});
-        }
-        g[d] = {gx[d], gh0[d], gc0[d], gw[d], gp[d], gr[d]};
+        g[d] = {gx[d], gh0[d], gc0[d], gw[d],
+                step_params_grad(cell, at_d(d, kStepParams), gp[d], gx[d]), gr[d]};
       }
     }
     // Aligned with the inputs as autograd counts them (see above).
