@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "autograd.h"
+#include "host_linear.h"
 #include "host_threads.h"
 #include "op_handle.h"
 #include "time_loop_op.h"
@@ -427,26 +428,34 @@ std::tuple<Tensor, Tensor, Tensor> cell_forward_autograd(
   return {r[0], r[1], r[2]};
 }
 
-// ============================================================================ small projection
+// ============================================================================ input projection
 
+// x·wᵀ + bias on the CPU backend's packed kernels where they run (host_linear::runs), else
+// torch's linear; on one thread when asked.
+Tensor projection_product(const Tensor& x, const Tensor& w, const OptTensor& bias,
+                          bool one_thread) {
+  const host_threads::OneThread limit(one_thread);
+  return host_linear::runs(x, w, bias) ? host_linear::linear(x, w, bias)
+                                       : at::linear(x, w, bias);
+}
 
-// torch's linear with its products on one thread, backward included (torch's own backward for
-// linear would take every pool thread for a tiny GEMM). The backward is written in ATen ops, so
-// create_graph=True differentiates it as it would torch's.
-struct OneThreadLinear : torch::autograd::Function<OneThreadLinear> {
+// projection_product as a node. The backward is torch's linear's, in ATen ops (so create_graph=True
+// differentiates it as it would torch's), on one thread where the forward was (torch's own
+// backward for linear would take every pool thread for a tiny GEMM).
+struct ProjectionLinear : torch::autograd::Function<ProjectionLinear> {
   static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& w,
-                        const OptTensor& bias) {
+                        const OptTensor& bias, bool one_thread) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    const host_threads::OneThread one_thread(true);
     ctx->save_for_backward({x, w});
     ctx->saved_data["bias"] = bias.has_value();  // without it the node has two inputs
-    return at::linear(x, w, bias);
+    ctx->saved_data["one_thread"] = one_thread;
+    return projection_product(x, w, bias, one_thread);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const variable_list saved = ctx->get_saved_variables();
     const Tensor &x = saved[0], &w = saved[1], &grad = grads[0];
-    const host_threads::OneThread one_thread(true);
+    const host_threads::OneThread one_thread(ctx->saved_data["one_thread"].toBool());
     const Tensor grad_rows = grad.flatten(0, -2);  // (T*B, G*H)
     Tensor grad_x, grad_w, grad_bias;
     if (ctx->needs_input_grad(0)) grad_x = at::matmul(grad, w);
@@ -454,7 +463,7 @@ struct OneThreadLinear : torch::autograd::Function<OneThreadLinear> {
     if (ctx->saved_data["bias"].toBool() && ctx->needs_input_grad(2)) {
       grad_bias = grad_rows.sum(0);
     }
-    return {grad_x, grad_w, grad_bias};
+    return {grad_x, grad_w, grad_bias, Tensor()};
   }
 };
 
@@ -481,13 +490,12 @@ void remember_projection(const Tensor& output, const Tensor& x, const Tensor& w_
       layer_norm_gain.has_value() ? c10::IValue(*layer_norm_gain) : c10::IValue();
 }
 
-Tensor one_thread_linear(const Tensor& x, const Tensor& w, const OptTensor& bias) {
-  if (!at::GradMode::is_enabled() ||
-      !any_requires_grad({&x, &w, &or_undefined(bias)})) {
-    const host_threads::OneThread one_thread(true);
-    return at::linear(x, w, bias);
+Tensor projection_linear(const Tensor& x, const Tensor& w, const OptTensor& bias,
+                         bool one_thread) {
+  if (!at::GradMode::is_enabled() || !any_requires_grad({&x, &w, &or_undefined(bias)})) {
+    return projection_product(x, w, bias, one_thread);
   }
-  return OneThreadLinear::apply(x, w, bias);
+  return ProjectionLinear::apply(x, w, bias, one_thread);
 }
 
 // Every backend: the Autograd alias key covers AutogradCPU, AutogradCUDA, ...

@@ -12,12 +12,13 @@
 
 namespace fusedrnn {
 
-// at::linear(x, w, bias) with its forward and backward products on one thread: the input
-// projection of a layer too small for two (host_threads::gemm_too_small_to_split).
-// x (T, B, I), w (G*H, I), bias (G*H). For real CPU tensors only (no tracing or functorch
-// wrapper: the autograd node is a C++ one).
-at::Tensor one_thread_linear(const at::Tensor& x, const at::Tensor& w,
-                             const std::optional<at::Tensor>& bias);
+// A layer's input projection x·wᵀ + bias, x (T, B, I), w (G*H, I), bias (G*H): the forward
+// product on the CPU backend's packed kernels where they beat torch's GEMM (csrc/host_linear.h),
+// else torch's linear; with one_thread (a product too small for two:
+// host_threads::gemm_too_small_to_split) forward and backward on one thread. For real CPU
+// tensors only (no tracing or functorch wrapper: the autograd node is a C++ one).
+at::Tensor projection_linear(const at::Tensor& x, const at::Tensor& w,
+                             const std::optional<at::Tensor>& bias, bool one_thread);
 
 // Double backward of a layer's fused op differentiates it again from its input projection,
 // recomputed from the projection's own inputs: the fused node does not save xproj, a (T, B, G*H)

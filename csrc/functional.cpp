@@ -40,12 +40,15 @@ bool plain_cpu(const Tensor& t) {
   return !t.defined() || allowed.isSupersetOf(t.key_set());
 }
 
-// x (T, B, I) @ w_ih (G*H, I)^T + bias: forward and backward on one thread when small
-// (host_threads::gemm_too_small_to_split).
+// x (T, B, I) @ w_ih (G*H, I)^T + bias: on real CPU tensors projection_linear (the CPU's packed
+// kernels where they beat torch's GEMM; forward and backward on one thread when small:
+// host_threads::gemm_too_small_to_split), elsewhere torch's linear.
 Tensor input_projection(const Tensor& x, const Tensor& w_ih, const OptTensor& bias) {
-  const bool small = plain_cpu(x) && plain_cpu(w_ih) && plain_cpu(bias.value_or(Tensor())) &&
-                     host_threads::gemm_too_small_to_split(x.numel() * w_ih.size(0));
-  return small ? one_thread_linear(x, w_ih, bias) : at::linear(x, w_ih, bias);
+  if (!plain_cpu(x) || !plain_cpu(w_ih) || !plain_cpu(bias.value_or(Tensor()))) {
+    return at::linear(x, w_ih, bias);
+  }
+  return projection_linear(x, w_ih, bias,
+                           host_threads::gemm_too_small_to_split(x.numel() * w_ih.size(0)));
 }
 
 // Whether x's backend implements the one-step op (cell_forward): the CPU; also the Meta key

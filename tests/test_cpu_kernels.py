@@ -27,6 +27,56 @@ def test_gemm_block_edges(cell, B, H, dtype):
     check_case(Case(cell, T=4, B=B, I=9, H=H, input_kind="packed_unsorted"), dtype)
 
 
+# The input projection on the packed kernels (torch.ops.fusedrnn_probes.packed_linear: the
+# product csrc/host_linear.h runs): (M rows, K depth, N columns). M from the fewest rows the
+# layers send there (64) to past one 256 KiB chunk of A (1024 rows at K = 64: 2001 = chunks of
+# 1000 and 1001); K inside one 256-deep slice, past one (300) and past two (600); N as 4 groups of
+# whole panels (4 x 32), 4 groups ending in a partial panel (4 x 20), 3 groups (GRU's 3 x 20) and
+# one (13).
+PROJECTION_SHAPES = [(64, 9, 128), (100, 300, 80), (2001, 64, 60), (97, 600, 13), (1030, 1, 80)]
+
+
+@pytest.mark.parametrize("M,K,N", PROJECTION_SHAPES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_packed_projection_matches_linear(M, K, N, bias):
+    """Against torch's linear in float64 (rows, with the bias, independent of M: a row's sum in
+    one fixed order), on a non-contiguous x (made contiguous by the op)."""
+    torch.manual_seed(0)
+    x = torch.randn(K, M).t()
+    w, b = torch.randn(N, K), (torch.randn(N) if bias else None)
+    out = torch.ops.fusedrnn_probes.packed_linear(x, w, b)
+    expected = torch.nn.functional.linear(x.double(), w.double(), None if b is None else b.double())
+    # float32 rounding of K products and a sum: well inside K ulps of the terms' magnitude.
+    scale = x.abs().double() @ w.abs().double().t() + (0 if b is None else b.abs().double())
+    assert out.dtype == torch.float32 and out.shape == (M, N)
+    assert ((out.double() - expected).abs() <= 4 * K * 2.0 ** -24 * scale + 1e-30).all()
+    first = torch.ops.fusedrnn_probes.packed_linear(x[:64], w, b)
+    assert torch.equal(first, out[:64])
+
+
+def test_packed_projection_thread_count_does_not_change_results():
+    """The same bits on one thread as on two: each (chunk, block) tile's arithmetic is fixed."""
+    torch.manual_seed(0)
+    x, w, b = torch.randn(3, 700, 40), torch.randn(4 * 48, 40), torch.randn(4 * 48)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = torch.ops.fusedrnn_probes.packed_linear(x, w, b)
+        torch.set_num_threads(2)
+        two = torch.ops.fusedrnn_probes.packed_linear(x, w, b)
+    finally:
+        torch.set_num_threads(threads)
+    assert one.shape == (3, 700, 4 * 48) and torch.equal(one, two)
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_layers_on_the_packed_projection_match_torch(cell):
+    """Layers whose input projections take the packed kernels (T * B = 120 rows >= 64; where the
+    CPU has AVX-512, csrc/host_linear.h): outputs and every gradient, two bidirectional layers
+    (the second projects 2H = 40 features)."""
+    check_case(Case(cell, num_layers=2, bidirectional=True, T=40, B=3, I=20, H=20), torch.float32)
+
+
 @pytest.mark.parametrize("disable", ["FUSEDRNN_DISABLE_AVX512", "FUSEDRNN_DISABLE_GATE_KERNEL"])
 def test_gemm_block_edges_other_kernels(disable):
     """The edge shapes, and the teams' bitwise equality with one worker (both splits), again with
@@ -38,7 +88,9 @@ def test_gemm_block_edges_other_kernels(disable):
     env = dict(os.environ, **{disable: "1"})
     subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
                     f"{here}/test_cpu_kernels.py::test_gemm_block_edges",
-                    f"{here}/test_cpu_kernels.py::test_thread_count_does_not_change_results"],
+                    f"{here}/test_cpu_kernels.py::test_thread_count_does_not_change_results",
+                    f"{here}/test_cpu_kernels.py::test_packed_projection_matches_linear",
+                    f"{here}/test_cpu_kernels.py::test_packed_projection_thread_count_does_not_change_results"],
                    check=True, env=env, cwd=os.path.dirname(here))
 
 

@@ -6,7 +6,7 @@
 #include "packed_gemm.h"
 #include "team.h"
 
-// No tensors: catch-all kernels.
+// Catch-all kernels.
 TORCH_LIBRARY(fusedrnn_probes, m) {
   // The cores' FMA rate in the packed kernel's vector form (the benchmark's GEMM floors).
   m.def("fma_peak_gflops(float seconds) -> float", &fusedrnn::cpu::fma_peak_gflops);
@@ -14,4 +14,7 @@ TORCH_LIBRARY(fusedrnn_probes, m) {
   m.def("team_counts() -> int[]", &fusedrnn::cpu::TeamContention::totals);
   // The machine's load as the ops read it (csrc/cpu/machine_load.h).
   m.def("machine_load() -> float[]", &fusedrnn::cpu::MachineLoad::summary);
+  // The input projection on the packed kernels, without autograd (csrc/cpu/packed_gemm.h).
+  m.def("packed_linear(Tensor x, Tensor w, Tensor? bias) -> Tensor",
+        &fusedrnn::cpu::packed_linear);
 }
