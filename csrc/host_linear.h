@@ -11,8 +11,9 @@ namespace fusedrnn {
 namespace host_linear {
 
 // Whether linear() runs x (..., K) · w (N, K)ᵀ + bias (N): float32 CPU tensors of those shapes,
-// on a CPU where the packed kernels take their AVX-512 form, and enough rows to pay for packing w. (With AVX2 only, torch's
-// MKL GEMM is as fast: 0.66-1.1x of it with FUSEDRNN_DISABLE_AVX512 on the project's Zen 5.)
+// on a CPU where the packed kernels take their AVX-512 form, and enough rows to pay for packing
+// w. (With AVX2 only, torch's MKL GEMM is as fast: 0.66-1.1x of it with FUSEDRNN_DISABLE_AVX512
+// on the project's Zen 5.)
 bool runs(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias);
 
 // x · wᵀ + bias, no autograd; where runs() says so.
