@@ -20,7 +20,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from . import dispatch
 from .cells import CELL_OF_MODE
-from .functional import recurrent_stack
+from .functional import _CPU_COMPUTE_DTYPES, _recurrent_stack_op, recurrent_stack
 from .reference import reference_stack
 
 __all__ = ["RNN", "GRU", "LSTM", "RNNCell", "GRUCell", "LSTMCell"]
@@ -206,15 +206,20 @@ class _FusedRNNBase(nn.RNNBase):
     _standard_checks = (nn.RNNBase.check_forward_args, nn.RNNBase.check_input,
                         nn.RNNBase.check_hidden_size)
 
+    def _standard_check_methods(self) -> bool:
+        """Whether this module checks its input with torch.nn's own methods (a subclass may
+        override them)."""
+        cls = type(self)
+        return (cls.check_forward_args, cls.check_input, cls.check_hidden_size) == \
+            self._standard_checks
+
     def _hx_plainly_fits(self, input: Tensor, hx, weights) -> bool:
         """Whether torch.nn's check_forward_args would pass on batched, unpacked input, seen at
         a glance: input (T, B, input_size) (batch_first: (B, T, ...)) in the weights' dtype, h
         (L*D, B, P) and c (L*D, B, H). ~0.2 us where the check takes ~1.7, at T = 1 a tenth of
         a step. False sends the call through torch.nn's check itself (its errors), as does a
         subclass with checks of its own."""
-        cls = type(self)
-        if (cls.check_forward_args, cls.check_input, cls.check_hidden_size) != \
-                self._standard_checks:
+        if not self._standard_check_methods():
             return False
         if self.mode == "LSTM":
             if not (isinstance(hx, tuple) and len(hx) == 2):
@@ -237,7 +242,10 @@ class _FusedRNNBase(nn.RNNBase):
         (torch.nn's checks read it): what _update_flat_weights does, with one dict look-up per
         weight instead of a hasattr and a getattr (~9 us a call at 4 weights). A
         torch.func.functional_call swap or a reassignment is seen all the same."""
-        weights = _read_weights(self, self._flat_weights_names, stale=self._flat_weights)
+        try:  # (the common case in one step: every weight a registered parameter)
+            weights = list(map(self._parameters.__getitem__, self._flat_weights_names))
+        except KeyError:
+            weights = _read_weights(self, self._flat_weights_names, stale=self._flat_weights)
         if any(map(operator.is_not, weights, self._flat_weights)):
             self._flat_weights = weights
         if _any_none(weights):  # the binding of torch.nn's _VF call
@@ -248,6 +256,9 @@ class _FusedRNNBase(nn.RNNBase):
     __prepare_scriptable__ = _prepare_scriptable
 
     def forward(self, input, hx=None):
+        plain = self._plain_forward(input, hx)
+        if plain is not None:
+            return plain
         if _under_torch_func():
             return self._torch_forward(input, hx)
         if _exporting_to_onnx():
@@ -256,6 +267,42 @@ class _FusedRNNBase(nn.RNNBase):
         if path == "cudnn":
             return self._torch_forward(input, hx)
         return self._forward(input, hx, cuda_loop=dispatch.CUDA_LOOP[path])
+
+    def _plain_forward(self, input, hx):
+        """forward for the common call in few Python steps (a module call of one step was ~8 us
+        of Python around a ~15 us op): batched (T, B, I) input (batch_first: (B, T, I)), a plain
+        CPU tensor in the weights' float32/float64; hx None or of exactly torch.nn's shapes
+        (_hx_plainly_fits) and dtype; no torch.func transform, ONNX export or autocast. None where any of
+        that does not hold: forward's full path then decides, with torch.nn's errors."""
+        if type(input) is not Tensor or not input.is_cpu or \
+                _peek_functorch_interpreter() is not None or _exporting_to_onnx() or \
+                torch._C._is_any_autocast_enabled():
+            return None
+        weights = self._current_weights()
+        dtype = input.dtype
+        if dtype is not weights[0].dtype or dtype not in _CPU_COMPUTE_DTYPES:
+            return None
+        if hx is None:
+            if not self._standard_check_methods() or input.dim() != 3 or \
+                    input.shape[2] != self.input_size:
+                return None
+            h0 = c0 = None
+        elif not self._hx_plainly_fits(input, hx, weights):
+            return None
+        else:
+            h0, c0 = hx if self.mode == "LSTM" else (hx, None)
+            if h0.dtype is not dtype or (c0 is not None and c0.dtype is not dtype):
+                return None  # (torch.nn's errors or promotions: the full path's)
+        batch_first = self.batch_first
+        if input.shape[1 if batch_first else 0] == 0:
+            return None
+        output, h_n, c_n = _recurrent_stack_op(
+            self._cell_name(), input.transpose(0, 1) if batch_first else input, h0, c0, weights,
+            self.num_layers, self.bidirectional, self.bias, self.proj_size, self.dropout,
+            self.training, None, 0)
+        if batch_first:
+            output = output.transpose(0, 1)
+        return output, ((h_n, c_n) if self.mode == "LSTM" else h_n)
 
     def _cuda_path(self, input) -> str:
         """What this call runs (fusedrnn.dispatch.PATHS): on CUDA torch.nn's cuDNN call or one of
@@ -417,6 +464,9 @@ class _FusedCellBase(nn.RNNCellBase):
     __prepare_scriptable__ = _prepare_scriptable
 
     def forward(self, input: Tensor, hx=None):
+        plain = self._plain_forward(input, hx)
+        if plain is not None:
+            return plain
         if _under_torch_func() or _exporting_to_onnx():
             return _TORCH_CELL_FORWARD[type(self)._name](self, input, hx)
         weights = self._current_weights()
@@ -428,6 +478,34 @@ class _FusedCellBase(nn.RNNCellBase):
 
     def _cell_name(self) -> str:
         return self._cell
+
+    def _plain_forward(self, input, hx):
+        """forward for the common call in few Python steps: batched (B, I) input, a plain CPU
+        tensor in the weights' float32/float64, hx of torch.nn's shapes in that dtype (LSTMCell:
+        a tuple (h, c)); no torch.func transform, ONNX export or autocast. None where any of that
+        does not hold: forward's full path then decides, with torch.nn's errors."""
+        if type(input) is not Tensor or not input.is_cpu or hx is None or \
+                _peek_functorch_interpreter() is not None or _exporting_to_onnx() or \
+                torch._C._is_any_autocast_enabled():
+            return None
+        w_ih, w_hh, b_ih, b_hh = weights = self._current_weights()
+        dtype, shape = input.dtype, input.shape
+        if len(shape) != 2 or shape[1] != self.input_size or dtype not in _CPU_CELL_DTYPES or \
+                dtype is not w_ih.dtype or dtype is not w_hh.dtype:
+            return None
+        state_shape = (shape[0], self.hidden_size)
+        if self._num_states == 2:
+            if type(hx) is not tuple or len(hx) != 2:
+                return None
+            h, c = hx
+            if type(c) is not Tensor or c.dtype is not dtype or c.shape != state_shape:
+                return None
+        else:
+            h, c = hx, None
+        if type(h) is not Tensor or h.dtype is not dtype or h.shape != state_shape:
+            return None
+        h_new, c_new, _ = _cell_forward(self._cell_name(), input, h, c, *weights, False)
+        return h_new if c is None else (h_new, c_new)
 
     def _current_weights(self) -> tuple[Tensor | None, ...]:
         """(weight_ih, weight_hh, bias_ih, bias_hh), biases None without bias. As torch.nn's

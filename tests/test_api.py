@@ -563,3 +563,82 @@ def test_cuda_dispatch_never_leaves_the_cpu_path(monkeypatch):
         monkeypatch.setenv("FUSEDRNN_CUDA_PATH", value)
         assert not use_cudnn(lstm, torch.randn(3, 2, 4), packed=False, needs_grad=True)
         assert not lstm._runs_cudnn(torch.randn(3, 2, 4))
+
+
+# (module, constructor kwargs, input shape, hx shapes or None): the calls the modules' short
+# path (_plain_forward) takes, incl. batch_first, two bidirectional layers, proj_size, hx None.
+PLAIN_CALLS = [
+    ("LSTM", dict(input_size=5, hidden_size=7), (1, 3, 5), [(1, 3, 7), (1, 3, 7)]),
+    ("LSTM", dict(input_size=5, hidden_size=7, proj_size=4, num_layers=2, bidirectional=True),
+     (6, 3, 5), [(4, 3, 4), (4, 3, 7)]),
+    ("GRU", dict(input_size=5, hidden_size=7, batch_first=True), (3, 6, 5), [(1, 3, 7)]),
+    ("RNN", dict(input_size=5, hidden_size=7, nonlinearity="relu", num_layers=2), (4, 2, 5),
+     None),
+    ("LSTMCell", dict(input_size=5, hidden_size=7), (3, 5), [(3, 7), (3, 7)]),
+    ("GRUCell", dict(input_size=5, hidden_size=7, bias=False), (3, 5), [(3, 7)]),
+    ("RNNCell", dict(input_size=5, hidden_size=7), (2, 5), [(2, 7)]),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name,kw,x_shape,hx_shapes", PLAIN_CALLS)
+def test_plain_calls_take_the_short_path_and_match_torch(name, kw, x_shape, hx_shapes, dtype,
+                                                         monkeypatch):
+    """A common call (plain CPU tensors of the right shapes and dtype) runs the modules' short
+    path, never the full one (made to fail here), and returns what torch.nn returns."""
+    torch.manual_seed(0)
+    fused = getattr(fusedrnn, name)(**kw).to(dtype)
+    ref = getattr(nn, name)(**kw).to(dtype)
+    ref.load_state_dict(fused.state_dict())
+    x = torch.randn(x_shape, dtype=dtype)
+    states = None if hx_shapes is None else [torch.randn(s, dtype=dtype) for s in hx_shapes]
+    hx = None if states is None else states[0] if len(states) == 1 else tuple(states)
+
+    def full_path(*args, **kwargs):
+        raise AssertionError("the full forward path ran")
+
+    for attr in ("_forward", "_prepare", "_cuda_path"):
+        if hasattr(fused, attr):
+            monkeypatch.setattr(fused, attr, full_path)
+    with torch.no_grad():
+        got, expected = fused(x, hx), ref(x, hx)
+    flat = lambda r: [t for item in (r if isinstance(r, tuple) else (r,))  # noqa: E731
+                      for t in (item if isinstance(item, tuple) else (item,))]
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
+    for g, e in zip(flat(got), flat(expected), strict=True):
+        torch.testing.assert_close(g, e, **tol)
+
+
+@pytest.mark.parametrize("call", ["wrong hx dtype", "hx list", "unbatched", "int input"])
+@pytest.mark.parametrize("name", ["LSTM", "GRUCell"])
+def test_uncommon_calls_leave_the_short_path(name, call):
+    """What the short path does not take goes the full way: torch.nn's result or error."""
+    torch.manual_seed(0)
+    layer = not name.endswith("Cell")
+    fused = getattr(fusedrnn, name)(5, 7)
+    ref = getattr(nn, name)(5, 7)
+    ref.load_state_dict(fused.state_dict())
+    x = torch.randn((1, 3, 5) if layer else (3, 5))
+    h = torch.randn((1, 3, 7) if layer else (3, 7))
+    hx = (h, h.clone()) if name == "LSTM" else h
+    if call == "wrong hx dtype":
+        hx = (h.double(), h.double()) if name == "LSTM" else h.double()
+    elif call == "hx list":
+        hx = list(hx) if name == "LSTM" else [h]
+    elif call == "unbatched":
+        x, hx = x[0] if layer else x[0], (h[:, 0], h[:, 0]) if name == "LSTM" else h[0]
+    else:
+        x = x.long()
+    outcomes = []
+    for module in (fused, ref):
+        try:
+            with torch.no_grad():
+                outcomes.append(module(x, hx))
+        except Exception as error:  # noqa: BLE001 (compared below)
+            outcomes.append((type(error), str(error)))
+    if isinstance(outcomes[1], tuple) and isinstance(outcomes[1][0], type):
+        assert outcomes[0][0] is outcomes[1][0]
+        if (name, call) != ("LSTM", "wrong hx dtype"):  # (torch.nn's message there: oneDNN's)
+            assert outcomes[0][1] == outcomes[1][1]
+    else:
+        torch.testing.assert_close(outcomes[0], outcomes[1], rtol=1e-5, atol=1e-5)
