@@ -440,8 +440,9 @@ Tensor projection_product(const Tensor& x, const Tensor& w, const OptTensor& bia
 }
 
 // projection_product as a node. The backward is torch's linear's, in ATen ops (so create_graph=True
-// differentiates it as it would torch's), on one thread where the forward was (torch's own
-// backward for linear would take every pool thread for a tiny GEMM).
+// differentiates it as it would torch's; d x otherwise on the packed kernels where they run), on
+// one thread where the forward was (torch's own backward for linear would take every pool
+// thread for a tiny GEMM).
 struct ProjectionLinear : torch::autograd::Function<ProjectionLinear> {
   static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& w,
                         const OptTensor& bias, bool one_thread) {
@@ -458,7 +459,12 @@ struct ProjectionLinear : torch::autograd::Function<ProjectionLinear> {
     const host_threads::OneThread one_thread(ctx->saved_data["one_thread"].toBool());
     const Tensor grad_rows = grad.flatten(0, -2);  // (T*B, G*H)
     Tensor grad_x, grad_w, grad_bias;
-    if (ctx->needs_input_grad(0)) grad_x = at::matmul(grad, w);
+    if (ctx->needs_input_grad(0)) {
+      // (Not where create_graph=True asks for a differentiable d x: the packed product has no
+      // autograd of its own.)
+      const bool packed = !at::GradMode::is_enabled() && host_linear::runs_matmul(grad, w);
+      grad_x = packed ? host_linear::matmul(grad, w) : at::matmul(grad, w);
+    }
     if (ctx->needs_input_grad(1)) grad_w = at::mm(grad_rows.t(), x.flatten(0, -2));
     if (ctx->saved_data["bias"].toBool() && ctx->needs_input_grad(2)) {
       grad_bias = grad_rows.sum(0);

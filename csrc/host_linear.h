@@ -20,5 +20,9 @@ bool runs(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tens
 at::Tensor linear(const at::Tensor& x, const at::Tensor& w,
                   const std::optional<at::Tensor>& bias);
 
+// The same for x (..., K) · w (K, N) (the projection's d x = d xproj · w_ih).
+bool runs_matmul(const at::Tensor& x, const at::Tensor& w);
+at::Tensor matmul(const at::Tensor& x, const at::Tensor& w);
+
 }  // namespace host_linear
 }  // namespace fusedrnn

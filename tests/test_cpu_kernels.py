@@ -37,20 +37,23 @@ PROJECTION_SHAPES = [(64, 9, 128), (100, 300, 80), (2001, 64, 60), (97, 600, 13)
 
 
 @pytest.mark.parametrize("M,K,N", PROJECTION_SHAPES)
-@pytest.mark.parametrize("bias", [True, False])
-def test_packed_projection_matches_linear(M, K, N, bias):
+@pytest.mark.parametrize("bias,w_is_nk", [(True, True), (False, True), (False, False)])
+def test_packed_projection_matches_linear(M, K, N, bias, w_is_nk):
     """Against torch's linear in float64 (rows, with the bias, independent of M: a row's sum in
-    one fixed order), on a non-contiguous x (made contiguous by the op)."""
+    one fixed order), on a non-contiguous x (made contiguous by the op); w (N, K) as the
+    forward's w_ih, or (K, N) as w_ih in the backward's d x = d xproj · w_ih."""
     torch.manual_seed(0)
     x = torch.randn(K, M).t()
     w, b = torch.randn(N, K), (torch.randn(N) if bias else None)
-    out = torch.ops.fusedrnn_probes.packed_linear(x, w, b)
+    out = torch.ops.fusedrnn_probes.packed_linear(x, w if w_is_nk else w.t().contiguous(), b,
+                                                  w_is_nk)
     expected = torch.nn.functional.linear(x.double(), w.double(), None if b is None else b.double())
     # float32 rounding of K products and a sum: well inside K ulps of the terms' magnitude.
     scale = x.abs().double() @ w.abs().double().t() + (0 if b is None else b.abs().double())
     assert out.dtype == torch.float32 and out.shape == (M, N)
     assert ((out.double() - expected).abs() <= 4 * K * 2.0 ** -24 * scale + 1e-30).all()
-    first = torch.ops.fusedrnn_probes.packed_linear(x[:64], w, b)
+    first = torch.ops.fusedrnn_probes.packed_linear(x[:64], w if w_is_nk else w.t().contiguous(),
+                                                    b, w_is_nk)
     assert torch.equal(first, out[:64])
 
 

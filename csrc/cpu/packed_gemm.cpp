@@ -552,12 +552,12 @@ void PackedWeight<T>::multiply_rows(int64_t M, const T* A, int64_t lda, const T*
 }
 
 at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& w,
-                         const std::optional<at::Tensor>& bias) {
+                         const std::optional<at::Tensor>& bias, bool w_is_nk) {
   TORCH_INTERNAL_ASSERT(x.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat &&
-                        x.is_cpu() && w.is_cpu() && packed_gemm_available());
-  const int64_t N = w.size(0), K = w.size(1);
-  TORCH_CHECK(x.size(-1) == K, "fusedrnn: input projection: x has ", x.size(-1),
-              " features, w_ih takes ", K);
+                        x.is_cpu() && w.is_cpu() && w.dim() == 2 && packed_gemm_available());
+  const int64_t N = w.size(w_is_nk ? 0 : 1), K = w.size(w_is_nk ? 1 : 0);
+  TORCH_CHECK(x.size(-1) == K, "fusedrnn: packed product: x has ", x.size(-1),
+              " columns, w takes ", K);
   const at::Tensor rows = x.reshape({-1, K}).contiguous(), weight = w.contiguous();
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
   std::vector<int64_t> out_shape = x.sizes().vec();
@@ -569,7 +569,8 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& w,
   const int64_t groups = N % 4 == 0 && N / 4 >= kBlockUnits ? 4
                          : N % 3 == 0 && N / 3 >= kBlockUnits ? 3
                                                               : 1;
-  const PackedWeight<float> packed(weight.data_ptr<float>(), N, K, /*transposed=*/true, groups);
+  const PackedWeight<float> packed(weight.data_ptr<float>(), N, K, /*transposed=*/w_is_nk,
+                                   groups);
   packed.multiply_rows(rows.size(0), rows.data_ptr<float>(), K,
                        b.defined() ? b.data_ptr<float>() : nullptr, out.data_ptr<float>(), N);
   return out;
@@ -583,20 +584,39 @@ namespace host_linear {
 // torch's linear: 16x512x2048 0.94x, 32x512x2048 1.15x, 64x64x1024 1.6x, 100x64x1024 3x).
 constexpr int64_t kMinRows = 64;
 
-bool runs(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias) {
-  // (Anything torch's linear would refuse goes to it, for its error.)
-  const auto fits = [](const at::Tensor& t, int64_t dim) {
-    return t.scalar_type() == at::kFloat && t.is_cpu() && t.dim() == dim &&
-           t.layout() == at::kStrided;
-  };
+namespace {
+
+// A strided float32 CPU tensor of `dim` dimensions.
+bool fits(const at::Tensor& t, int64_t dim) {
+  return t.scalar_type() == at::kFloat && t.is_cpu() && t.dim() == dim &&
+         t.layout() == at::kStrided;
+}
+
+// Whether x (..., K) times a (K-deep) w is for the packed kernels.
+bool product_runs(const at::Tensor& x, const at::Tensor& w, int64_t K) {
   return cpu::packed_gemm_avx512() && x.dim() >= 1 && fits(x, x.dim()) && fits(w, 2) &&
-         x.size(-1) == w.size(1) && x.size(-1) > 0 && x.numel() >= kMinRows * x.size(-1) &&
+         x.size(-1) == K && K > 0 && x.numel() >= kMinRows * K;
+}
+
+}  // namespace
+
+// (Anything torch would refuse goes to torch, for its error.)
+bool runs(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& bias) {
+  return w.dim() == 2 && product_runs(x, w, w.size(1)) &&
          (!bias.has_value() || (fits(*bias, 1) && bias->size(0) == w.size(0)));
 }
 
 at::Tensor linear(const at::Tensor& x, const at::Tensor& w,
                   const std::optional<at::Tensor>& bias) {
-  return cpu::packed_linear(x, w, bias);
+  return cpu::packed_linear(x, w, bias, /*w_is_nk=*/true);
+}
+
+bool runs_matmul(const at::Tensor& x, const at::Tensor& w) {
+  return w.dim() == 2 && product_runs(x, w, w.size(0));
+}
+
+at::Tensor matmul(const at::Tensor& x, const at::Tensor& w) {
+  return cpu::packed_linear(x, w, std::nullopt, /*w_is_nk=*/false);
 }
 
 }  // namespace host_linear

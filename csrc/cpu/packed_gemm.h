@@ -79,13 +79,14 @@ class PackedWeight {
   const float* packed_data_ = nullptr;  // packed_'s data (data_ptr costs ~20 ns: once, not per step)
 };
 
-// x (..., K) · wᵀ + bias with w (N, K) packed for this call and multiplied by multiply_rows:
-// a layer's input projection (all its steps at once) on the time loops' kernels, in float32.
-// torch's CPU GEMM is MKL's, which on AMD CPUs runs its AVX2 path: on the project's Zen 5 with 2
-// threads, 166 GFLOP/s at 6400x512x2048 where this reaches ~300 (6400x512x512: 202 vs ~450, the
-// FMA peak ~520). csrc/host_linear.h says where it runs; no autograd here.
+// x (..., K) · op(w) + bias with w packed for this call and multiplied by multiply_rows: a layer's
+// input projection (all its steps at once; w_is_nk: w (N, K), op(w) = wᵀ) or the d x of its
+// backward (w (K, N), op(w) = w) on the time loops' kernels, in float32. torch's CPU GEMM is
+// MKL's, which on AMD CPUs runs its AVX2 path: on the project's Zen 5 with 2 threads, 166
+// GFLOP/s at 6400x512x2048 where this reaches ~300 (6400x512x512: 202 vs ~450, the FMA peak
+// ~520). csrc/host_linear.h says where it runs; no autograd here.
 at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& w,
-                         const std::optional<at::Tensor>& bias);
+                         const std::optional<at::Tensor>& bias, bool w_is_nk);
 
 }  // namespace cpu
 }  // namespace fusedrnn

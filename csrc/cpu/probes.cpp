@@ -15,6 +15,6 @@ TORCH_LIBRARY(fusedrnn_probes, m) {
   // The machine's load as the ops read it (csrc/cpu/machine_load.h).
   m.def("machine_load() -> float[]", &fusedrnn::cpu::MachineLoad::summary);
   // The input projection on the packed kernels, without autograd (csrc/cpu/packed_gemm.h).
-  m.def("packed_linear(Tensor x, Tensor w, Tensor? bias) -> Tensor",
+  m.def("packed_linear(Tensor x, Tensor w, Tensor? bias, bool w_is_nk=True) -> Tensor",
         &fusedrnn::cpu::packed_linear);
 }
