@@ -116,6 +116,15 @@ def fused_ran(cfg: BenchConfig, bench_pass: str, fused_call) -> str:
     return "fused persistent" + ("" if launches == loops else f" ({launches} of {loops} loops)")
 
 
+def cpu_ran(cfg: BenchConfig, bench_pass: str) -> str:
+    """What fusedrnn's module runs for this configuration on the CPU: its fused kernels, or
+    torch.nn's own forward where fusedrnn.dispatch.cpu_runs_torch chooses it (bfloat16)."""
+    _, fused = make_pair(cfg.case(), getattr(torch, cfg.dtype), cfg.device)
+    torch_runs = dispatch.cpu_runs_torch(fused, getattr(torch, cfg.dtype), cfg.B,
+                                         needs_grad=bench_pass == "fwd+bwd")
+    return "torch.nn (dispatch)" if torch_runs else "fused"
+
+
 # Peers (other engines, fusedrnn.peers) are timed in blocks of their own between rounds of
 # fused and torch.nn, each block after this long of its own calls: one engine at a time, as its
 # users run it. Interleaved sample by sample, each engine's thread pool spinning after its calls
@@ -362,8 +371,8 @@ def run_config(cfg: BenchConfig, budget_s: float, seed: int = 0,
     timings = {bench_pass: time_interleaved(fused_fn, torch_fn, cfg.device, budget_s,
                                             peers=calls if bench_pass != "fwd+bwd" else None)
                for bench_pass, (fused_fn, torch_fn) in workloads.items()}
-    ran = {bench_pass: fused_ran(cfg, bench_pass, fused_fn)
-           for bench_pass, (fused_fn, _) in workloads.items()} if cfg.device != "cpu" else {}
+    ran = {bench_pass: fused_ran(cfg, bench_pass, fused_fn) if cfg.device != "cpu" else
+           cpu_ran(cfg, bench_pass) for bench_pass, (fused_fn, _) in workloads.items()}
     floors_ms = {} if cfg.stream else gemm_floors(cfg)
     return BenchResult(cfg, True, detail, timings, floors_ms, ran, peers_left_out)
 
@@ -433,6 +442,11 @@ def table_rows(results: list[BenchResult]) -> tuple[list[str], list[list[str]]]:
         columns += ["GEMM floor ms (shape sgemm / peak)", "fused at % of floor (sgemm / peak)"]
     if on_cuda:
         columns += ["torch.nn cuDNN algo (expected)", "fusedrnn ran"]
+    # On the CPU, which path ran only where some configuration ran torch.nn's (bfloat16).
+    cpu_dispatch = on_cpu and any(ran == "torch.nn (dispatch)" for r in results
+                                  for ran in r.ran.values())
+    if cpu_dispatch:
+        columns += ["fusedrnn ran"]
     rows = []
     for r in results:
         cfg = r.config
@@ -460,6 +474,8 @@ def table_rows(results: list[BenchResult]) -> tuple[list[str], list[list[str]]]:
                     f"{floor_percent(f['peak'], t.fused_ms, bound=True)}"]
             if on_cuda:
                 row += [expected_cudnn_algo(cfg, bench_pass), r.ran.get(bench_pass, "")]
+            if cpu_dispatch:
+                row += [r.ran.get(bench_pass, "")]
             rows.append(row)
     return columns, rows
 

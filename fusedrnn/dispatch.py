@@ -179,6 +179,51 @@ def cuda_path(module, x: torch.Tensor, packed: bool, needs_grad: bool) -> str:
     return "fused" if choice == "cudnn" and not has_cudnn else choice
 
 
+# ------------------------------------------------------------------------ CPU, bfloat16
+
+# Where torch.nn's own bfloat16 layers beat the fused ones on a CPU with native bf16 dot products
+# (the fused CPU kernels compute half types in float32; torch.nn's LSTM runs oneDNN's bf16 RNN
+# primitive, its GRU and RNN bf16 GEMMs). Measured on the project's Zen 5 (AVX512-BF16, 2 threads,
+# T=100 I=64 unless said; bench/results/cpu-epyc-zen5-2026-12-05-bf16-*), fused / torch.nn:
+# LSTM from B*H = 1024 or H = 128 up (B=16 H=64 0.99x forward / 0.88x training, B=32 H=32
+# 1.05x / 0.96x, B=64 H=64 0.69x / 0.55x, B=8 H=512 0.59x; fused ahead at B*H = 512: B=8 H=64
+# 1.17x, B=16 H=32 1.52x, and T=300 B=1 H=32 4.0x); GRU and RNN from B*H = 32768 up (B=64 H=512
+# T=100 I=512: 0.67-0.82x forward; B=8 H=512 2.4-2.9x), GRU training from B*H = 16384 (B=32
+# H=512: 0.84x; forward 1.46x there).
+_BF16_LSTM_MIN_BATCH_HIDDEN = 1024
+_BF16_LSTM_MIN_HIDDEN = 128
+_BF16_MIN_BATCH_HIDDEN = 32768
+_BF16_GRU_TRAINING_MIN_BATCH_HIDDEN = 16384
+_TORCH_CELLS = ("rnn_tanh", "rnn_relu", "gru", "lstm")
+
+
+@functools.cache
+def _native_bf16() -> bool:
+    return torch.ops.fusedrnn_probes.native_bf16()
+
+
+def cpu_runs_torch(module, dtype: torch.dtype, batch: int, needs_grad: bool) -> bool:
+    """Whether a CPU call of `module` (a fused layer module) on a batch of `batch` sequences runs
+    torch.nn's own forward: bfloat16 on a CPU with native bf16 dot products, a cell torch.nn has
+    (no proj_size), at the sizes above. FUSEDRNN_CPU_BF16_PATH=fused keeps the fused path
+    everywhere, =torch takes torch.nn's wherever it applies."""
+    if dtype != torch.bfloat16 or module._cell_name() not in _TORCH_CELLS or \
+            getattr(module, "proj_size", 0) or not _native_bf16():
+        return False
+    choice = os.environ.get("FUSEDRNN_CPU_BF16_PATH", "auto")
+    if choice not in ("auto", "fused", "torch"):
+        raise ValueError(f"fusedrnn: FUSEDRNN_CPU_BF16_PATH={choice!r}; expected one of "
+                         "('auto', 'fused', 'torch')")
+    if choice != "auto":
+        return choice == "torch"
+    H = module.hidden_size
+    if module.mode == "LSTM":
+        return H >= _BF16_LSTM_MIN_HIDDEN or batch * H >= _BF16_LSTM_MIN_BATCH_HIDDEN
+    least = _BF16_GRU_TRAINING_MIN_BATCH_HIDDEN if needs_grad and module.mode == "GRU" else \
+        _BF16_MIN_BATCH_HIDDEN
+    return batch * H >= least
+
+
 def persistent_launches() -> int:
     """Persistent loops the CUDA ops have launched in this process (0 without CUDA kernels)."""
     counter = getattr(torch.ops.fusedrnn, "persistent_launches", None)

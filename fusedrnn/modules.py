@@ -264,9 +264,23 @@ class _FusedRNNBase(nn.RNNBase):
         if _exporting_to_onnx():
             return _export_forward(self, input, hx)
         path = self._cuda_path(input)
-        if path == "cudnn":
+        if path == "cudnn" or self._cpu_runs_torch(input):
             return self._torch_forward(input, hx)
         return self._forward(input, hx, cuda_loop=dispatch.CUDA_LOOP[path])
+
+    def _cpu_runs_torch(self, input) -> bool:
+        """Whether this CPU call runs torch.nn's forward (fusedrnn.dispatch.cpu_runs_torch:
+        bfloat16 where torch.nn's own kernels are faster)."""
+        packed = isinstance(input, PackedSequence)
+        data = input.data if packed else input
+        if not isinstance(data, Tensor) or data.dtype != torch.bfloat16 or not data.is_cpu or \
+                torch.compiler.is_compiling():
+            return False
+        batch = int(input.batch_sizes[0]) if packed and input.batch_sizes.numel() else \
+            1 if data.dim() < 3 else data.size(0 if self.batch_first else 1)
+        needs_grad = torch.is_grad_enabled() and (
+            data.requires_grad or any(w.requires_grad for w in self._current_weights()))
+        return dispatch.cpu_runs_torch(self, data.dtype, batch, needs_grad)
 
     def _plain_forward(self, input, hx):
         """forward for the common call in few Python steps (a module call of one step was ~8 us

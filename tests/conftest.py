@@ -10,6 +10,9 @@ os.environ.setdefault("FUSEDRNN_TEAM_CHOICE", "rule")
 # dispatch.py); the tests' CUDA cases are there to check the fused kernels. (tests/test_api.py
 # checks the rule itself.)
 os.environ.setdefault("FUSEDRNN_CUDA_PATH", "fused")
+# Likewise bfloat16 on CPUs with native bf16 dot products, where larger layers run torch.nn's
+# forward (fusedrnn.dispatch.cpu_runs_torch; its own tests set what they need).
+os.environ.setdefault("FUSEDRNN_CPU_BF16_PATH", "fused")
 # torch.compile's on-disk caches in a directory of this run: they key compiled graphs on the op
 # schemas, not on fusedrnn's build, so graphs compiled by another build of fusedrnn (a stale
 # fake kernel, an op that no longer exists) would be replayed instead of traced.

@@ -642,3 +642,73 @@ def test_uncommon_calls_leave_the_short_path(name, call):
             assert outcomes[0][1] == outcomes[1][1]
     else:
         torch.testing.assert_close(outcomes[0], outcomes[1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name,kw,batch,needs_grad,expected", [
+    ("LSTM", dict(hidden_size=128), 1, False, True),      # H >= 128
+    ("LSTM", dict(hidden_size=64), 16, False, True),      # B*H >= 1024
+    ("LSTM", dict(hidden_size=64), 8, True, False),       # fused ahead
+    ("LSTM", dict(hidden_size=256, proj_size=64), 64, False, False),  # torch.nn's proj: slower
+    ("GRU", dict(hidden_size=512), 64, False, True),      # B*H >= 32768
+    ("GRU", dict(hidden_size=512), 32, False, False),
+    ("GRU", dict(hidden_size=512), 32, True, True),       # training from 16384
+    ("RNN", dict(hidden_size=512), 32, True, False),
+])
+def test_cpu_bfloat16_dispatch_rule(name, kw, batch, needs_grad, expected, monkeypatch):
+    """Where a bfloat16 CPU call runs torch.nn's own forward (CPUs with native bf16 dot
+    products), and that nothing else does: float32, CPUs without them, the override."""
+    from fusedrnn import dispatch
+    module = getattr(fusedrnn, name)(input_size=8, **kw)
+    monkeypatch.delenv("FUSEDRNN_CPU_BF16_PATH", raising=False)
+    monkeypatch.setattr(dispatch, "_native_bf16", lambda: True)
+    assert dispatch.cpu_runs_torch(module, torch.bfloat16, batch, needs_grad) == expected
+    assert not dispatch.cpu_runs_torch(module, torch.float32, batch, needs_grad)
+    assert not dispatch.cpu_runs_torch(module, torch.float16, batch, needs_grad)
+    monkeypatch.setenv("FUSEDRNN_CPU_BF16_PATH", "fused")
+    assert not dispatch.cpu_runs_torch(module, torch.bfloat16, batch, needs_grad)
+    monkeypatch.setenv("FUSEDRNN_CPU_BF16_PATH", "torch")
+    assert dispatch.cpu_runs_torch(module, torch.bfloat16, batch, needs_grad) == (
+        "proj_size" not in kw)
+    if "proj_size" not in kw:  # (an LSTM with proj_size never reads the setting)
+        monkeypatch.setenv("FUSEDRNN_CPU_BF16_PATH", "fast")
+        with pytest.raises(ValueError, match="FUSEDRNN_CPU_BF16_PATH"):
+            dispatch.cpu_runs_torch(module, torch.bfloat16, batch, needs_grad)
+    monkeypatch.delenv("FUSEDRNN_CPU_BF16_PATH")
+    monkeypatch.setattr(dispatch, "_native_bf16", lambda: False)
+    assert not dispatch.cpu_runs_torch(module, torch.bfloat16, batch, needs_grad)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_cpu_bfloat16_layer_runs_torch_where_the_rule_says(packed, monkeypatch):
+    """A bfloat16 LSTM the rule sends to torch.nn returns exactly torch.nn's results (its own
+    forward ran: the fused one is made to fail), gradients included; with the override, the
+    fused path runs again."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    from fusedrnn import dispatch
+    monkeypatch.setattr(dispatch, "_native_bf16", lambda: True)
+    monkeypatch.delenv("FUSEDRNN_CPU_BF16_PATH", raising=False)
+    torch.manual_seed(0)
+    fused = fusedrnn.LSTM(6, 128).bfloat16()
+    ref = nn.LSTM(6, 128).bfloat16()
+    ref.load_state_dict(fused.state_dict())
+    x = torch.randn(5, 3, 6, dtype=torch.bfloat16, requires_grad=True)
+    make_input = (lambda t: pack_padded_sequence(t, torch.tensor([5, 4, 2]))) if packed else \
+        (lambda t: t)
+
+    def fused_path(*args, **kwargs):
+        raise AssertionError("the fused path ran")
+
+    monkeypatch.setattr(fused, "_forward", fused_path)
+    out, (h, c) = fused(make_input(x))
+    out_ref, (h_ref, c_ref) = ref(make_input(x))
+    data = (lambda o: o.data) if packed else (lambda o: o)
+    for got, expected in ((data(out), data(out_ref)), (h, h_ref), (c, c_ref)):
+        assert torch.equal(got, expected)
+    grads = torch.autograd.grad(data(out).float().sum(), [x, *fused.parameters()])
+    grads_ref = torch.autograd.grad(data(out_ref).float().sum(), [x, *ref.parameters()])
+    for got, expected in zip(grads, grads_ref, strict=True):
+        assert torch.equal(got, expected)
+    monkeypatch.setenv("FUSEDRNN_CPU_BF16_PATH", "fused")
+    with pytest.raises(AssertionError, match="the fused path ran"):
+        fused(make_input(x))
