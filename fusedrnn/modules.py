@@ -286,8 +286,9 @@ class _FusedRNNBase(nn.RNNBase):
         """forward for the common call in few Python steps (a module call of one step was ~8 us
         of Python around a ~15 us op): batched (T, B, I) input (batch_first: (B, T, I)), a plain
         CPU tensor in the weights' float32/float64; hx None or of exactly torch.nn's shapes
-        (_hx_plainly_fits) and dtype; no torch.func transform, ONNX export or autocast. None where any of
-        that does not hold: forward's full path then decides, with torch.nn's errors."""
+        (_hx_plainly_fits) and dtype; no torch.func transform, ONNX export or autocast. None
+        where any of that does not hold: forward's full path then decides, with torch.nn's
+        errors."""
         if type(input) is not Tensor or not input.is_cpu or \
                 _peek_functorch_interpreter() is not None or _exporting_to_onnx() or \
                 torch._C._is_any_autocast_enabled():

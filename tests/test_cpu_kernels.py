@@ -82,18 +82,18 @@ def test_layers_on_the_packed_projection_match_torch(cell):
 
 @pytest.mark.parametrize("disable", ["FUSEDRNN_DISABLE_AVX512", "FUSEDRNN_DISABLE_GATE_KERNEL"])
 def test_gemm_block_edges_other_kernels(disable):
-    """The edge shapes, and the teams' bitwise equality with one worker (both splits), again with
-    another form of the packed GEMM forced: its AVX2 form (the GEMM CPUs without AVX-512 run;
+    """The edge shapes, the projection's packed products and the teams' bitwise equality with
+    one worker (both splits), again with another form of the packed GEMM forced: its AVX2 form (the GEMM CPUs without AVX-512 run;
     the gate row kernels keep their own load-time clone), or on AVX-512 the gate-by-gate 8x16
     kernel in place of the all-gates one for GRU/LSTM steps. The choice is made once per
     process, so in a fresh one."""
     here = os.path.dirname(os.path.abspath(__file__))
     env = dict(os.environ, **{disable: "1"})
+    tests = ["test_gemm_block_edges", "test_thread_count_does_not_change_results",
+             "test_packed_projection_matches_linear",
+             "test_packed_projection_thread_count_does_not_change_results"]
     subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-                    f"{here}/test_cpu_kernels.py::test_gemm_block_edges",
-                    f"{here}/test_cpu_kernels.py::test_thread_count_does_not_change_results",
-                    f"{here}/test_cpu_kernels.py::test_packed_projection_matches_linear",
-                    f"{here}/test_cpu_kernels.py::test_packed_projection_thread_count_does_not_change_results"],
+                    *(f"{here}/test_cpu_kernels.py::{name}" for name in tests)],
                    check=True, env=env, cwd=os.path.dirname(here))
 
 
