@@ -118,10 +118,12 @@ def fused_ran(cfg: BenchConfig, bench_pass: str, fused_call) -> str:
 
 def cpu_ran(cfg: BenchConfig, bench_pass: str) -> str:
     """What fusedrnn's module runs for this configuration on the CPU: its fused kernels, or
-    torch.nn's own forward where fusedrnn.dispatch.cpu_runs_torch chooses it (bfloat16)."""
+    torch.nn's own forward where fusedrnn.dispatch chooses it (bfloat16: cpu_runs_torch, for the
+    cells cpu_cell_runs_torch)."""
     _, fused = make_pair(cfg.case(), getattr(torch, cfg.dtype), cfg.device)
-    torch_runs = dispatch.cpu_runs_torch(fused, getattr(torch, cfg.dtype), cfg.B,
-                                         needs_grad=bench_pass == "fwd+bwd")
+    dtype = getattr(torch, cfg.dtype)
+    torch_runs = dispatch.cpu_cell_runs_torch(fused.cell, dtype) if cfg.cell_loop else \
+        dispatch.cpu_runs_torch(fused, dtype, cfg.B, needs_grad=bench_pass == "fwd+bwd")
     return "torch.nn (dispatch)" if torch_runs else "fused"
 
 

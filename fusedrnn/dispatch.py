@@ -202,18 +202,23 @@ def _native_bf16() -> bool:
     return torch.ops.fusedrnn_probes.native_bf16()
 
 
+def _bf16_choice() -> str:
+    choice = os.environ.get("FUSEDRNN_CPU_BF16_PATH", "auto")
+    if choice not in ("auto", "fused", "torch"):
+        raise ValueError(f"fusedrnn: FUSEDRNN_CPU_BF16_PATH={choice!r}; expected one of "
+                         "('auto', 'fused', 'torch')")
+    return choice
+
+
 def cpu_runs_torch(module, dtype: torch.dtype, batch: int, needs_grad: bool) -> bool:
     """Whether a CPU call of `module` (a fused layer module) on a batch of `batch` sequences runs
     torch.nn's own forward: bfloat16 on a CPU with native bf16 dot products, a cell torch.nn has
     (no proj_size), at the sizes above. FUSEDRNN_CPU_BF16_PATH=fused keeps the fused path
     everywhere, =torch takes torch.nn's wherever it applies."""
-    if dtype != torch.bfloat16 or module._cell_name() not in _TORCH_CELLS or \
-            getattr(module, "proj_size", 0) or not _native_bf16():
+    if dtype != torch.bfloat16 or not isinstance(module, torch.nn.RNNBase) or \
+            module._cell_name() not in _TORCH_CELLS or module.proj_size or not _native_bf16():
         return False
-    choice = os.environ.get("FUSEDRNN_CPU_BF16_PATH", "auto")
-    if choice not in ("auto", "fused", "torch"):
-        raise ValueError(f"fusedrnn: FUSEDRNN_CPU_BF16_PATH={choice!r}; expected one of "
-                         "('auto', 'fused', 'torch')")
+    choice = _bf16_choice()
     if choice != "auto":
         return choice == "torch"
     H = module.hidden_size
@@ -222,6 +227,23 @@ def cpu_runs_torch(module, dtype: torch.dtype, batch: int, needs_grad: bool) -> 
     least = _BF16_GRU_TRAINING_MIN_BATCH_HIDDEN if needs_grad and module.mode == "GRU" else \
         _BF16_MIN_BATCH_HIDDEN
     return batch * H >= least
+
+
+# The cells (RNNCell, GRUCell, LSTMCell) in bfloat16 there, one step a call (T=20 I=64, B 1-32,
+# H 64-512; bench/results/cpu-epyc-zen5-2026-12-05-bf16-cells.json), fused / torch.nn forward:
+# from H = 256 up 0.35-1.01x; RNNCell 0.41-0.98x at H = 64; GRU/LSTM at H = 64 0.86-1.26x.
+_BF16_CELL_MIN_HIDDEN = 128
+
+
+def cpu_cell_runs_torch(cell, dtype: torch.dtype) -> bool:
+    """The same for a fused cell module (RNNCell, GRUCell, LSTMCell): torch.nn's cell forward in
+    bfloat16 on a CPU with native bf16 dot products, for RNNCell and from H = 128 up."""
+    if dtype != torch.bfloat16 or cell._cell_name() not in _TORCH_CELLS or not _native_bf16():
+        return False
+    choice = _bf16_choice()
+    if choice != "auto":
+        return choice == "torch"
+    return cell._cell_name().startswith("rnn") or cell.hidden_size >= _BF16_CELL_MIN_HIDDEN
 
 
 def persistent_launches() -> int:

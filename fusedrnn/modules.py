@@ -290,12 +290,13 @@ class _FusedRNNBase(nn.RNNBase):
         where any of that does not hold: forward's full path then decides, with torch.nn's
         errors."""
         if type(input) is not Tensor or not input.is_cpu or \
+                input.dtype not in _CPU_COMPUTE_DTYPES or \
                 _peek_functorch_interpreter() is not None or _exporting_to_onnx() or \
                 torch._C._is_any_autocast_enabled():
             return None
         weights = self._current_weights()
         dtype = input.dtype
-        if dtype is not weights[0].dtype or dtype not in _CPU_COMPUTE_DTYPES:
+        if dtype is not weights[0].dtype:
             return None
         if hx is None:
             if not self._standard_check_methods() or input.dim() != 3 or \
@@ -482,7 +483,7 @@ class _FusedCellBase(nn.RNNCellBase):
         plain = self._plain_forward(input, hx)
         if plain is not None:
             return plain
-        if _under_torch_func() or _exporting_to_onnx():
+        if _under_torch_func() or _exporting_to_onnx() or self._cpu_runs_torch(input):
             return _TORCH_CELL_FORWARD[type(self)._name](self, input, hx)
         weights = self._current_weights()
         input, states, is_batched = self._prepare(input, hx, self._num_states, weights)
@@ -494,19 +495,26 @@ class _FusedCellBase(nn.RNNCellBase):
     def _cell_name(self) -> str:
         return self._cell
 
+    def _cpu_runs_torch(self, input) -> bool:
+        """Whether this CPU call runs torch.nn's cell (fusedrnn.dispatch.cpu_cell_runs_torch:
+        bfloat16 where torch.nn's own kernels are faster)."""
+        return isinstance(input, Tensor) and input.dtype == torch.bfloat16 and input.is_cpu and \
+            not torch.compiler.is_compiling() and dispatch.cpu_cell_runs_torch(self, input.dtype)
+
     def _plain_forward(self, input, hx):
         """forward for the common call in few Python steps: batched (B, I) input, a plain CPU
         tensor in the weights' float32/float64, hx of torch.nn's shapes in that dtype (LSTMCell:
         a tuple (h, c)); no torch.func transform, ONNX export or autocast. None where any of that
         does not hold: forward's full path then decides, with torch.nn's errors."""
         if type(input) is not Tensor or not input.is_cpu or hx is None or \
+                input.dtype not in _CPU_CELL_DTYPES or \
                 _peek_functorch_interpreter() is not None or _exporting_to_onnx() or \
                 torch._C._is_any_autocast_enabled():
             return None
         w_ih, w_hh, b_ih, b_hh = weights = self._current_weights()
         dtype, shape = input.dtype, input.shape
-        if len(shape) != 2 or shape[1] != self.input_size or dtype not in _CPU_CELL_DTYPES or \
-                dtype is not w_ih.dtype or dtype is not w_hh.dtype:
+        if len(shape) != 2 or shape[1] != self.input_size or dtype is not w_ih.dtype or \
+                dtype is not w_hh.dtype:
             return None
         state_shape = (shape[0], self.hidden_size)
         if self._num_states == 2:

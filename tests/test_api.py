@@ -712,3 +712,36 @@ def test_cpu_bfloat16_layer_runs_torch_where_the_rule_says(packed, monkeypatch):
     monkeypatch.setenv("FUSEDRNN_CPU_BF16_PATH", "fused")
     with pytest.raises(AssertionError, match="the fused path ran"):
         fused(make_input(x))
+
+
+@pytest.mark.parametrize("name,hidden,expected", [
+    ("LSTMCell", 64, False), ("GRUCell", 64, False), ("RNNCell", 64, True),
+    ("LSTMCell", 128, True), ("GRUCell", 256, True),
+])
+def test_cpu_bfloat16_cell_dispatch(name, hidden, expected, monkeypatch):
+    """The cells' rule (fusedrnn.dispatch.cpu_cell_runs_torch), and a cell it sends to torch.nn
+    returning exactly torch.nn's step; float32 and CPUs without native bf16 stay fused."""
+    from fusedrnn import dispatch
+    monkeypatch.delenv("FUSEDRNN_CPU_BF16_PATH", raising=False)
+    monkeypatch.setattr(dispatch, "_native_bf16", lambda: True)
+    torch.manual_seed(0)
+    fused = getattr(fusedrnn, name)(6, hidden).bfloat16()
+    ref = getattr(nn, name)(6, hidden).bfloat16()
+    ref.load_state_dict(fused.state_dict())
+    assert dispatch.cpu_cell_runs_torch(fused, torch.bfloat16) == expected
+    assert not dispatch.cpu_cell_runs_torch(fused, torch.float32)
+    x = torch.randn(3, 6, dtype=torch.bfloat16)
+    with torch.no_grad():
+        got, want = fused(x), ref(x)
+    flat = lambda r: r if isinstance(r, tuple) else (r,)  # noqa: E731
+    for g, w in zip(flat(got), flat(want), strict=True):
+        if expected:  # torch.nn's own step ran: its bits
+            assert torch.equal(g, w)
+        torch.testing.assert_close(g.float(), w.float(), rtol=0.05, atol=0.05)
+    monkeypatch.setenv("FUSEDRNN_CPU_BF16_PATH", "torch")
+    assert dispatch.cpu_cell_runs_torch(fused, torch.bfloat16)
+    monkeypatch.setenv("FUSEDRNN_CPU_BF16_PATH", "fused")
+    assert not dispatch.cpu_cell_runs_torch(fused, torch.bfloat16)
+    monkeypatch.delenv("FUSEDRNN_CPU_BF16_PATH")
+    monkeypatch.setattr(dispatch, "_native_bf16", lambda: False)
+    assert not dispatch.cpu_cell_runs_torch(fused, torch.bfloat16)
