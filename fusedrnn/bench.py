@@ -445,8 +445,8 @@ def table_rows(results: list[BenchResult]) -> tuple[list[str], list[list[str]]]:
     if on_cuda:
         columns += ["torch.nn cuDNN algo (expected)", "fusedrnn ran"]
     # On the CPU, which path ran only where some configuration ran torch.nn's (bfloat16).
-    cpu_dispatch = on_cpu and any(ran == "torch.nn (dispatch)" for r in results
-                                  for ran in r.ran.values())
+    cpu_dispatch = any(r.config.device == "cpu" and ran == "torch.nn (dispatch)"
+                       for r in results for ran in r.ran.values())
     if cpu_dispatch:
         columns += ["fusedrnn ran"]
     rows = []

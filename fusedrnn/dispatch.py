@@ -197,8 +197,15 @@ _BF16_GRU_TRAINING_MIN_BATCH_HIDDEN = 16384
 _TORCH_CELLS = ("rnn_tanh", "rnn_relu", "gru", "lstm")
 
 
-@functools.cache
 def _native_bf16() -> bool:
+    """Native bf16 dot products here, and oneDNN in torch and enabled (torch.nn's bf16 LSTM
+    runs it; without it torch.nn's bf16 layers take its slower generic kernels)."""
+    return _cpu_has_native_bf16() and torch.backends.mkldnn.is_available() and \
+        torch.backends.mkldnn.enabled
+
+
+@functools.cache
+def _cpu_has_native_bf16() -> bool:
     return torch.ops.fusedrnn_probes.native_bf16()
 
 

@@ -264,22 +264,28 @@ class _FusedRNNBase(nn.RNNBase):
         if _exporting_to_onnx():
             return _export_forward(self, input, hx)
         path = self._cuda_path(input)
-        if path == "cudnn" or self._cpu_runs_torch(input):
+        if path == "cudnn" or self._cpu_runs_torch(input, hx):
             return self._torch_forward(input, hx)
         return self._forward(input, hx, cuda_loop=dispatch.CUDA_LOOP[path])
 
-    def _cpu_runs_torch(self, input) -> bool:
+    def _cpu_runs_torch(self, input, hx) -> bool:
         """Whether this CPU call runs torch.nn's forward (fusedrnn.dispatch.cpu_runs_torch:
-        bfloat16 where torch.nn's own kernels are faster)."""
+        bfloat16 where torch.nn's own kernels are faster). Only where input, weights and states
+        are all bfloat16 and CPU autocast is off: torch.nn's results and errors with mixed
+        dtypes are not the fused path's, which must not change with the layer's size."""
         packed = isinstance(input, PackedSequence)
         data = input.data if packed else input
         if not isinstance(data, Tensor) or data.dtype != torch.bfloat16 or not data.is_cpu or \
-                torch.compiler.is_compiling():
+                torch.compiler.is_compiling() or torch.is_autocast_enabled("cpu"):
+            return False
+        states = () if hx is None else tuple(hx) if isinstance(hx, (tuple, list)) else (hx,)
+        tensors = [*self._current_weights(), *states]
+        if not all(isinstance(t, Tensor) and t.dtype == torch.bfloat16 for t in tensors):
             return False
         batch = int(input.batch_sizes[0]) if packed and input.batch_sizes.numel() else \
             1 if data.dim() < 3 else data.size(0 if self.batch_first else 1)
         needs_grad = torch.is_grad_enabled() and (
-            data.requires_grad or any(w.requires_grad for w in self._current_weights()))
+            data.requires_grad or any(t.requires_grad for t in tensors))
         return dispatch.cpu_runs_torch(self, data.dtype, batch, needs_grad)
 
     def _plain_forward(self, input, hx):
@@ -483,7 +489,7 @@ class _FusedCellBase(nn.RNNCellBase):
         plain = self._plain_forward(input, hx)
         if plain is not None:
             return plain
-        if _under_torch_func() or _exporting_to_onnx() or self._cpu_runs_torch(input):
+        if _under_torch_func() or _exporting_to_onnx() or self._cpu_runs_torch(input, hx):
             return _TORCH_CELL_FORWARD[type(self)._name](self, input, hx)
         weights = self._current_weights()
         input, states, is_batched = self._prepare(input, hx, self._num_states, weights)
@@ -495,11 +501,18 @@ class _FusedCellBase(nn.RNNCellBase):
     def _cell_name(self) -> str:
         return self._cell
 
-    def _cpu_runs_torch(self, input) -> bool:
+    def _cpu_runs_torch(self, input, hx) -> bool:
         """Whether this CPU call runs torch.nn's cell (fusedrnn.dispatch.cpu_cell_runs_torch:
-        bfloat16 where torch.nn's own kernels are faster)."""
-        return isinstance(input, Tensor) and input.dtype == torch.bfloat16 and input.is_cpu and \
-            not torch.compiler.is_compiling() and dispatch.cpu_cell_runs_torch(self, input.dtype)
+        bfloat16 where torch.nn's own kernels are faster), on the layers' terms (all bfloat16,
+        no CPU autocast) and for input of the dimensions torch.nn's cell takes."""
+        if not isinstance(input, Tensor) or input.dtype != torch.bfloat16 or not input.is_cpu or \
+                input.dim() not in (1, 2) or torch.compiler.is_compiling() or \
+                torch.is_autocast_enabled("cpu"):
+            return False
+        states = () if hx is None else tuple(hx) if isinstance(hx, (tuple, list)) else (hx,)
+        tensors = [w for w in self._current_weights() if w is not None] + list(states)
+        return all(isinstance(t, Tensor) and t.dtype == torch.bfloat16 for t in tensors) and \
+            dispatch.cpu_cell_runs_torch(self, input.dtype)
 
     def _plain_forward(self, input, hx):
         """forward for the common call in few Python steps: batched (B, I) input, a plain CPU

@@ -745,3 +745,25 @@ def test_cpu_bfloat16_cell_dispatch(name, hidden, expected, monkeypatch):
     monkeypatch.delenv("FUSEDRNN_CPU_BF16_PATH")
     monkeypatch.setattr(dispatch, "_native_bf16", lambda: False)
     assert not dispatch.cpu_cell_runs_torch(fused, torch.bfloat16)
+
+
+@pytest.mark.parametrize("case", ["float32 hx", "autocast"])
+def test_cpu_bfloat16_dispatch_leaves_mixed_dtypes_to_the_fused_path(case, monkeypatch):
+    """Mixed dtypes (bf16 input, float32 states) and CPU autocast keep the fused path whatever the
+    size: torch.nn's results and errors there differ, and must not change with the layer's."""
+    from fusedrnn import dispatch
+    monkeypatch.setattr(dispatch, "_native_bf16", lambda: True)
+    monkeypatch.delenv("FUSEDRNN_CPU_BF16_PATH", raising=False)
+    for module in (fusedrnn.LSTM(6, 128), fusedrnn.GRUCell(6, 128)):
+        layer = isinstance(module, nn.RNNBase)
+        x = torch.randn((5, 3, 6) if layer else (3, 6))
+        h = torch.zeros((1, 3, 128) if layer else (3, 128))
+        hx = (h, h) if layer else h
+        if case == "float32 hx":
+            module = module.bfloat16()
+            x = x.bfloat16()
+        else:
+            x = x.bfloat16()
+            hx = None
+        with torch.autocast("cpu", enabled=case == "autocast"):
+            assert not module._cpu_runs_torch(x, hx)

@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+import fusedrnn
 from fusedrnn.verification import spec_of
 from helpers import CELLS, Case, check_case, check_teams_ran
 
@@ -36,6 +37,13 @@ def test_gemm_block_edges(cell, B, H, dtype):
 PROJECTION_SHAPES = [(64, 9, 128), (100, 300, 80), (2001, 64, 60), (97, 600, 13), (1030, 1, 80)]
 
 
+# The packed kernels run (AVX2+FMA x86, FUSEDRNN_DISABLE_PACKED_GEMM unset): their FMA-rate
+# probe answers 0 otherwise.
+packed_kernels = pytest.mark.skipif(torch.ops.fusedrnn_probes.fma_peak_gflops(0.0) == 0,
+                                    reason="the packed kernels do not run here")
+
+
+@packed_kernels
 @pytest.mark.parametrize("M,K,N", PROJECTION_SHAPES)
 @pytest.mark.parametrize("bias,w_is_nk", [(True, True), (False, True), (False, False)])
 def test_packed_projection_matches_linear(M, K, N, bias, w_is_nk):
@@ -57,6 +65,38 @@ def test_packed_projection_matches_linear(M, K, N, bias, w_is_nk):
     assert torch.equal(first, out[:64])
 
 
+@packed_kernels
+def test_packed_projection_refuses_bad_operands():
+    """The probe checks what the layers' own checks guarantee them: a bias of N float32 values,
+    float32 operands of matching depth."""
+    probe = torch.ops.fusedrnn_probes.packed_linear
+    x, w = torch.randn(64, 8), torch.randn(64, 8)
+    for bias in (torch.zeros(3), torch.zeros(2, 64), torch.zeros(64, dtype=torch.float64)):
+        with pytest.raises(RuntimeError, match="bias must be float32"):
+            probe(x, w, bias, True)
+    with pytest.raises(RuntimeError, match="x has 8 columns, w takes 7"):
+        probe(x, torch.randn(64, 7), None, True)
+    with pytest.raises(RuntimeError, match="float32 CPU x"):
+        probe(x.double(), w.double(), None, True)
+
+
+def test_layers_under_a_dispatch_mode_see_torch_linear():
+    """Under a Python dispatch mode (FakeTensorMode, FlopCounterMode) the input projection is
+    torch's linear whatever its size: the mode must see it, and fake tensors have no data."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.utils.flop_counter import FlopCounterMode
+    lstm = fusedrnn.LSTM(32, 32)
+    x = torch.randn(16, 8, 32)  # 128 rows: the packed kernels' size
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        out, _ = lstm(x)
+        assert out.shape == (16, 8, 32)
+    with FlopCounterMode(display=False) as counter:
+        with torch.no_grad():
+            lstm(x)
+    assert counter.get_total_flops() >= 2 * 16 * 8 * 32 * 4 * 32  # the projection's, at least
+
+
+@packed_kernels
 def test_packed_projection_thread_count_does_not_change_results():
     """The same bits on one thread as on two: each (chunk, block) tile's arithmetic is fixed."""
     torch.manual_seed(0)
@@ -72,6 +112,7 @@ def test_packed_projection_thread_count_does_not_change_results():
     assert one.shape == (3, 700, 4 * 48) and torch.equal(one, two)
 
 
+@packed_kernels
 @pytest.mark.parametrize("cell", list(CELLS))
 def test_layers_on_the_packed_projection_match_torch(cell):
     """Layers whose input projections take the packed kernels (T * B = 120 rows >= 64; where the

@@ -12,6 +12,9 @@
 #include <type_traits>
 #include <vector>
 
+#include <ATen/autocast_mode.h>
+#include <c10/core/impl/TorchDispatchModeTLS.h>
+
 #include "isa.h"
 
 namespace fusedrnn {
@@ -530,7 +533,8 @@ void PackedWeight<T>::multiply_rows(int64_t M, const T* A, int64_t lda, const T*
                      ldc);
     return;
   }
-  // Chunks of about kRowChunkBytes of A (at least 48 rows), the rows spread evenly over them:
+  // Chunks of about kRowChunkBytes of A (chunk_rows, at least 48; the rows spread evenly, so a
+  // chunk may hold fewer):
   // from M = 3 on no chunk is left one or two rows (multiply_block's other kernels), so a row's
   // arithmetic does not depend on M.
   const int64_t chunk_rows =
@@ -553,11 +557,16 @@ void PackedWeight<T>::multiply_rows(int64_t M, const T* A, int64_t lda, const T*
 
 at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& w,
                          const std::optional<at::Tensor>& bias, bool w_is_nk) {
-  TORCH_INTERNAL_ASSERT(x.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat &&
-                        x.is_cpu() && w.is_cpu() && w.dim() == 2 && packed_gemm_available());
+  TORCH_CHECK(packed_gemm_available(), "fusedrnn: the packed kernels do not run on this CPU");
+  TORCH_CHECK(x.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat && x.is_cpu() &&
+                  w.is_cpu() && x.dim() >= 1 && w.dim() == 2,
+              "fusedrnn: packed product: float32 CPU x (..., K) and w of 2 dimensions expected");
   const int64_t N = w.size(w_is_nk ? 0 : 1), K = w.size(w_is_nk ? 1 : 0);
-  TORCH_CHECK(x.size(-1) == K, "fusedrnn: packed product: x has ", x.size(-1),
+  TORCH_CHECK(x.size(-1) == K && K > 0, "fusedrnn: packed product: x has ", x.size(-1),
               " columns, w takes ", K);
+  TORCH_CHECK(!bias.has_value() || (bias->scalar_type() == at::kFloat && bias->is_cpu() &&
+                                    bias->dim() == 1 && bias->size(0) == N),
+              "fusedrnn: packed product: the bias must be float32 (", N, ")");
   const at::Tensor rows = x.reshape({-1, K}).contiguous(), weight = w.contiguous();
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
   std::vector<int64_t> out_shape = x.sizes().vec();
@@ -586,16 +595,22 @@ constexpr int64_t kMinRows = 64;
 
 namespace {
 
-// A strided float32 CPU tensor of `dim` dimensions.
+// A real, strided float32 CPU tensor of `dim` dimensions: no tracing, functionalization or
+// functorch wrapper, no Python subclass (their kernels must see torch's ops).
 bool fits(const at::Tensor& t, int64_t dim) {
+  static const c10::DispatchKeySet allowed{c10::DispatchKey::CPU, c10::DispatchKey::ADInplaceOrView,
+                                           c10::DispatchKey::AutogradCPU,
+                                           c10::DispatchKey::AutocastCPU};
   return t.scalar_type() == at::kFloat && t.is_cpu() && t.dim() == dim &&
-         t.layout() == at::kStrided;
+         t.layout() == at::kStrided && allowed.isSupersetOf(t.key_set());
 }
 
-// Whether x (..., K) times a (K-deep) w is for the packed kernels.
+// Whether x (..., K) times a (K-deep) w is for the packed kernels: not while a Python dispatch
+// mode (FakeTensorMode, FlopCounterMode, ...) or CPU autocast should see torch's linear.
 bool product_runs(const at::Tensor& x, const at::Tensor& w, int64_t K) {
-  return cpu::packed_gemm_avx512() && x.dim() >= 1 && fits(x, x.dim()) && fits(w, 2) &&
-         x.size(-1) == K && K > 0 && x.numel() >= kMinRows * K;
+  return cpu::packed_gemm_avx512() && c10::impl::TorchDispatchModeTLS::stack_len() == 0 &&
+         !at::autocast::is_autocast_enabled(at::kCPU) && x.dim() >= 1 && fits(x, x.dim()) &&
+         fits(w, 2) && x.size(-1) == K && K > 0 && x.numel() >= kMinRows * K;
 }
 
 }  // namespace

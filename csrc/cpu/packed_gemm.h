@@ -59,15 +59,15 @@ class PackedWeight {
 
   // C[M, N] = A[M, K] · op(W) + bias (bias: N values added to every row, or null) for a large
   // M (a layer's input projection, M = T*B): rows in chunks that stay in L2 while every block's
-  // panels stream past them, (chunk, block) tiles split over the intra-op threads, the bias
-  // written into each tile just before its products accumulate onto it.
+  // panels stream past them, (chunk, block) tiles split over the intra-op threads, the bias the
+  // gate kernel's starting value (copied into the tile first for the other kernels).
   void multiply_rows(int64_t M, const T* A, int64_t lda, const T* bias, T* C, int64_t ldc) const;
 
   // Block u only, on the calling thread: for every group g and unit c < block_units(u),
   // C[m, g*group_stride + c] (+)= (A[M, K] · op(W))[m, g*U + 16u + c]. The result does not depend
   // on which thread runs which block (the block's arithmetic is fixed), nor, from M = 3 rows on,
   // on which other rows of A share the call (a loop may split the rows among workers).
-  // bias (or null, and then beta must be 0): N values, op(W)'s columns', added to every row.
+  // bias: null, or N values (op(W)'s columns') added to every row, and then beta must be 0.
   void multiply_block(int64_t u, int64_t M, const T* A, int64_t lda, T beta, T* C, int64_t ldc,
                       int64_t group_stride, const T* bias = nullptr) const;
 
@@ -81,8 +81,8 @@ class PackedWeight {
 
 // x (..., K) · op(w) + bias with w packed for this call and multiplied by multiply_rows: a layer's
 // input projection (all its steps at once; w_is_nk: w (N, K), op(w) = wᵀ) or the d x of its
-// backward (w (K, N), op(w) = w) on the time loops' kernels, in float32. torch's CPU GEMM is
-// MKL's, which on AMD CPUs runs its AVX2 path: on the project's Zen 5 with 2 threads, 166
+// backward (w (K, N), op(w) = w) on the time loops' kernels, in float32. torch's CPU GEMM (MKL's
+// in the pip wheels) runs its AVX2 path on AMD CPUs: on the project's Zen 5 with 2 threads, 166
 // GFLOP/s at 6400x512x2048 where this reaches ~300 (6400x512x512: 202 vs ~450, the FMA peak
 // ~520). csrc/host_linear.h says where it runs; no autograd here.
 at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& w,
