@@ -19,6 +19,10 @@ larger H), where cuDNN falls back to its standard algorithm too.
 FUSEDRNN_CUDA_PATH overrides both: "fused" (the fused kernels' default loop: the test suite's
 setting, its CUDA cases are there to check the fused kernels), "per_step", "persistent",
 "cudnn" (torch.nn's call wherever it has the cell), "auto" (the table, then the rule).
+
+On the CPU one choice only: in bfloat16, on CPUs with native bf16 dot products, the sizes where
+torch.nn's own bf16 kernels beat the fused ones (which compute half types in float32) run
+torch.nn's forward (cpu_runs_torch, cpu_cell_runs_torch below; FUSEDRNN_CPU_BF16_PATH).
 """
 from __future__ import annotations
 
