@@ -45,6 +45,21 @@ def _any_none(values) -> bool:
     return any(map(operator.is_, values, itertools.repeat(None)))
 
 
+def _cpu_bfloat16_call(data, read_weights, hx) -> list[Tensor] | None:
+    """The weights (read_weights(); absent biases left out) and states of a CPU call on input
+    data where all of them are bfloat16 and neither torch.compile nor CPU autocast runs: the
+    only calls the CPU bfloat16 dispatch (fusedrnn.dispatch) may send to torch.nn, whose
+    results and errors with mixed dtypes are not the fused path's (they must not change with
+    a layer's size). None otherwise."""
+    if not isinstance(data, Tensor) or data.dtype != torch.bfloat16 or not data.is_cpu or \
+            torch.compiler.is_compiling() or torch.is_autocast_enabled("cpu"):
+        return None
+    states = () if hx is None else tuple(hx) if isinstance(hx, (tuple, list)) else (hx,)
+    tensors = [w for w in read_weights() if w is not None] + list(states)
+    bf16 = all(isinstance(t, Tensor) and t.dtype == torch.bfloat16 for t in tensors)
+    return tensors if bf16 else None
+
+
 def _well_formed_batch_sizes(data: Tensor, batch_sizes: Tensor) -> bool:
     """Whether a (possibly hand-built) PackedSequence can go to the fused path, checked before
     anything reads its data (ATen's _pad_packed_sequence corrupts the heap on, e.g., batch_sizes
@@ -206,12 +221,16 @@ class _FusedRNNBase(nn.RNNBase):
     _standard_checks = (nn.RNNBase.check_forward_args, nn.RNNBase.check_input,
                         nn.RNNBase.check_hidden_size)
 
-    def _standard_check_methods(self) -> bool:
-        """Whether this module checks its input with torch.nn's own methods (a subclass may
-        override them)."""
+    def _input_plainly_fits(self, input: Tensor, weights) -> bool:
+        """Whether torch.nn's check_input would pass, seen at a glance: batched, unpacked input
+        (T, B, input_size) (batch_first: (B, T, ...)) in the weights' dtype, and this module
+        checks with torch.nn's own methods (a subclass may override them)."""
         cls = type(self)
-        return (cls.check_forward_args, cls.check_input, cls.check_hidden_size) == \
-            self._standard_checks
+        if (cls.check_forward_args, cls.check_input, cls.check_hidden_size) != \
+                self._standard_checks:
+            return False
+        shape = input.shape  # (one call: each Tensor.size(d) costs ~0.15 us)
+        return len(shape) == 3 and shape[2] == self.input_size and input.dtype == weights[0].dtype
 
     def _hx_plainly_fits(self, input: Tensor, hx, weights) -> bool:
         """Whether torch.nn's check_forward_args would pass on batched, unpacked input, seen at
@@ -219,7 +238,7 @@ class _FusedRNNBase(nn.RNNBase):
         (L*D, B, P) and c (L*D, B, H). ~0.2 us where the check takes ~1.7, at T = 1 a tenth of
         a step. False sends the call through torch.nn's check itself (its errors), as does a
         subclass with checks of its own."""
-        if not self._standard_check_methods():
+        if not self._input_plainly_fits(input, weights):
             return False
         if self.mode == "LSTM":
             if not (isinstance(hx, tuple) and len(hx) == 2):
@@ -229,10 +248,7 @@ class _FusedRNNBase(nn.RNNBase):
             h, c = hx, None
         if not isinstance(h, Tensor) or not (c is None or isinstance(c, Tensor)):
             return False
-        shape = input.shape  # (one call: each Tensor.size(d) costs ~0.15 us)
-        if len(shape) != 3 or shape[2] != self.input_size or input.dtype != weights[0].dtype:
-            return False
-        batch = shape[0] if self.batch_first else shape[1]
+        batch = input.shape[0 if self.batch_first else 1]
         layers = self.num_layers * (2 if self.bidirectional else 1)
         return h.shape == (layers, batch, self.proj_size or self.hidden_size) and (
             c is None or c.shape == (layers, batch, self.hidden_size))
@@ -270,17 +286,11 @@ class _FusedRNNBase(nn.RNNBase):
 
     def _cpu_runs_torch(self, input, hx) -> bool:
         """Whether this CPU call runs torch.nn's forward (fusedrnn.dispatch.cpu_runs_torch:
-        bfloat16 where torch.nn's own kernels are faster). Only where input, weights and states
-        are all bfloat16 and CPU autocast is off: torch.nn's results and errors with mixed
-        dtypes are not the fused path's, which must not change with the layer's size."""
+        bfloat16 where torch.nn's own kernels are faster; _cpu_bfloat16_call's calls only)."""
         packed = isinstance(input, PackedSequence)
         data = input.data if packed else input
-        if not isinstance(data, Tensor) or data.dtype != torch.bfloat16 or not data.is_cpu or \
-                torch.compiler.is_compiling() or torch.is_autocast_enabled("cpu"):
-            return False
-        states = () if hx is None else tuple(hx) if isinstance(hx, (tuple, list)) else (hx,)
-        tensors = [*self._current_weights(), *states]
-        if not all(isinstance(t, Tensor) and t.dtype == torch.bfloat16 for t in tensors):
+        tensors = _cpu_bfloat16_call(data, self._current_weights, hx)
+        if tensors is None:
             return False
         batch = int(input.batch_sizes[0]) if packed and input.batch_sizes.numel() else \
             1 if data.dim() < 3 else data.size(0 if self.batch_first else 1)
@@ -302,11 +312,8 @@ class _FusedRNNBase(nn.RNNBase):
             return None
         weights = self._current_weights()
         dtype = input.dtype
-        if dtype is not weights[0].dtype:
-            return None
         if hx is None:
-            if not self._standard_check_methods() or input.dim() != 3 or \
-                    input.shape[2] != self.input_size:
+            if not self._input_plainly_fits(input, weights):
                 return None
             h0 = c0 = None
         elif not self._hx_plainly_fits(input, hx, weights):
@@ -503,15 +510,11 @@ class _FusedCellBase(nn.RNNCellBase):
 
     def _cpu_runs_torch(self, input, hx) -> bool:
         """Whether this CPU call runs torch.nn's cell (fusedrnn.dispatch.cpu_cell_runs_torch:
-        bfloat16 where torch.nn's own kernels are faster), on the layers' terms (all bfloat16,
-        no CPU autocast) and for input of the dimensions torch.nn's cell takes."""
-        if not isinstance(input, Tensor) or input.dtype != torch.bfloat16 or not input.is_cpu or \
-                input.dim() not in (1, 2) or torch.compiler.is_compiling() or \
-                torch.is_autocast_enabled("cpu"):
+        bfloat16 where torch.nn's own kernels are faster; _cpu_bfloat16_call's calls only), for
+        input of the dimensions torch.nn's cell takes."""
+        if not isinstance(input, Tensor) or input.dim() not in (1, 2):
             return False
-        states = () if hx is None else tuple(hx) if isinstance(hx, (tuple, list)) else (hx,)
-        tensors = [w for w in self._current_weights() if w is not None] + list(states)
-        return all(isinstance(t, Tensor) and t.dtype == torch.bfloat16 for t in tensors) and \
+        return _cpu_bfloat16_call(input, self._current_weights, hx) is not None and \
             dispatch.cpu_cell_runs_torch(self, input.dtype)
 
     def _plain_forward(self, input, hx):
