@@ -505,10 +505,32 @@ Tensor projection_linear(const Tensor& x, const Tensor& w, const OptTensor& bias
 }
 
 // Every backend: the Autograd alias key covers AutogradCPU, AutogradCUDA, ...
+// layer_step (inference only, csrc/ops.cpp): where a gradient is needed, the same step through
+// cell_forward's autograd, reshaped as layer_step returns it (the output a copy, so an in-place
+// op on it leaves h_n alone, as with torch.nn).
+std::tuple<Tensor, Tensor, Tensor> layer_step_autograd(
+    c10::string_view cell, const Tensor& x, const Tensor& h0, const OptTensor& c0,
+    const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh) {
+  if (!at::GradMode::is_enabled() ||
+      !any_requires_grad({&x, &h0, &or_undefined(c0), &w_ih, &w_hh, &or_undefined(b_ih),
+                          &or_undefined(b_hh)})) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return ops::layer_step().call(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh);
+  }
+  TORCH_CHECK(x.dim() == 3 && h0.dim() == 3 && (!c0.has_value() || c0->dim() == 3),
+              "fusedrnn: layer_step takes x (1, B, I) and states (1, B, H)");
+  auto [h_new, c_new, workspace] = cell_forward_autograd(
+      cell, x[0], h0[0], c0.has_value() ? OptTensor((*c0)[0]) : std::nullopt, w_ih, w_hh, b_ih,
+      b_hh, false);
+  const Tensor h_n = h_new.unsqueeze(0);
+  return {h_n.clone(), h_n, c0.has_value() ? c_new.unsqueeze(0) : at::empty({0}, x.options())};
+}
+
 TORCH_LIBRARY_IMPL(fusedrnn, Autograd, m) {
   m.impl("time_loop_forward", &time_loop_forward_autograd);
   m.impl("time_loop_pair_forward", &time_loop_pair_forward_autograd);
   m.impl("cell_forward", &cell_forward_autograd);
+  m.impl("layer_step", &layer_step_autograd);
 }
 
 }  // namespace fusedrnn

@@ -267,6 +267,15 @@ std::tuple<Tensor, Tensor, Tensor> recurrent_stack(
   if (spec(cell).has_cell_state() && !c0.has_value()) {
     c0 = at::zeros_symint({groups, x.sym_size(1), H}, x.options());
   }
+  // One step of one layer and direction (a decoder calling its layer once per token): the
+  // layer_step op returns the stack's shapes directly.
+  if (groups == 1 && spec(cell).extra_weights == 0 &&
+      runs_as_cell_step(cell, x, lengths, has_proj, /*both_biases_or_neither=*/true)) {
+    return ops::layer_step().call(
+        cell_name, x, h0, spec(cell).has_cell_state() ? c0 : std::nullopt, flat_weights[0],
+        flat_weights[1], bias ? OptTensor(flat_weights[2]) : std::nullopt,
+        bias ? OptTensor(flat_weights[3]) : std::nullopt);
+  }
   const bool concurrent =
       bidirectional &&
       directions_concurrently(x, h0_in, c0_in, flat_weights, lengths,

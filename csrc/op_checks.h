@@ -176,26 +176,35 @@ struct CellSizes {
 };
 
 // Checks a cell step's inputs against x (B, I) and w_hh (G*H, H); c only for cells with a cell
-// state; biases both or neither. The one-step op runs cells with a dense W_hh only.
+// state; biases both or neither. The one-step ops run cells with a dense W_hh only. layer_step:
+// x (1, B, I) and the states (1, B, H), as the layer_step op takes them.
 inline CellSizes check_cell_inputs(const CellSpec& cell, const at::Tensor& x, const at::Tensor& h,
                                    const std::optional<at::Tensor>& c, const at::Tensor& w_ih,
                                    const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
-                                   const std::optional<at::Tensor>& b_hh) {
+                                   const std::optional<at::Tensor>& b_hh,
+                                   bool layer_step = false) {
   const int64_t num_gates = cell.gates;
   const bool needs_c = cell.has_cell_state();
   TORCH_CHECK_NOT_IMPLEMENTED(!cell.diagonal() && !cell.normalized(),
                               "fusedrnn: the one-step op runs cells with a dense W_hh and no "
                               "normalisation; ", cell.name, " runs through time_loop_forward");
-  TORCH_CHECK(x.dim() == 2, "fusedrnn: x must be (B, I), got ", x.sizes());
+  if (layer_step) {
+    TORCH_CHECK(x.dim() == 3 && x.size(0) == 1, "fusedrnn: x must be (1, B, I), got ",
+                x.sizes());
+  } else {
+    TORCH_CHECK(x.dim() == 2, "fusedrnn: x must be (B, I), got ", x.sizes());
+  }
   TORCH_CHECK(at::isFloatingType(x.scalar_type()), "fusedrnn: x must be floating point");
   TORCH_CHECK(w_hh.dim() == 2 && w_hh.size(0) == num_gates * w_hh.size(1),
               "fusedrnn: w_hh must be (", num_gates, "*H, H), got ", w_hh.sizes());
-  const CellSizes s{x.size(0), x.size(1), w_hh.size(1)};
+  const CellSizes s{x.size(-2), x.size(-1), w_hh.size(1)};
   check_tensor(w_hh, x, "w_hh", {num_gates * s.H, s.H});
   check_tensor(w_ih, x, "w_ih", {num_gates * s.H, s.I});
-  check_tensor(h, x, "h", {s.B, s.H});
+  const std::vector<int64_t> state_shape =
+      layer_step ? std::vector<int64_t>{1, s.B, s.H} : std::vector<int64_t>{s.B, s.H};
+  check_tensor(h, x, "h", state_shape);
   TORCH_CHECK(c.has_value() == needs_c, "fusedrnn: c is ", needs_c ? "needed" : "only for lstm");
-  if (needs_c) check_tensor(*c, x, "c", {s.B, s.H});
+  if (needs_c) check_tensor(*c, x, "c", state_shape);
   TORCH_CHECK(b_ih.has_value() == b_hh.has_value(), "fusedrnn: give both biases or neither");
   if (b_ih.has_value()) {
     check_tensor(*b_ih, x, "b_ih", {num_gates * s.H});

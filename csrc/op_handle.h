@@ -36,6 +36,9 @@ using TimeLoopPairBackward =
 using CellForward = std::tuple<Tensor, Tensor, Tensor>(
     c10::string_view, const Tensor&, const Tensor&, const OptTensor&, const Tensor&, const Tensor&,
     const OptTensor&, const OptTensor&, bool);
+using LayerStep = std::tuple<Tensor, Tensor, Tensor>(
+    c10::string_view, const Tensor&, const Tensor&, const OptTensor&, const Tensor&, const Tensor&,
+    const OptTensor&, const OptTensor&);
 using CellBackward = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
     c10::string_view, const Tensor&, const OptTensor&, const Tensor&, const Tensor&,
     const OptTensor&, const Tensor&, const Tensor&, const Tensor&, bool, bool, bool);
@@ -55,6 +58,7 @@ FUSEDRNN_OP_HANDLE(time_loop_pair_backward, TimeLoopPairBackward,
                    "fusedrnn::time_loop_pair_backward")
 FUSEDRNN_OP_HANDLE(cell_forward, CellForward, "fusedrnn::cell_forward")
 FUSEDRNN_OP_HANDLE(cell_backward, CellBackward, "fusedrnn::cell_backward")
+FUSEDRNN_OP_HANDLE(layer_step, LayerStep, "fusedrnn::layer_step")
 #undef FUSEDRNN_OP_HANDLE
 
 }  // namespace ops

@@ -68,6 +68,11 @@
 //                     workspace (B, W) when saved, else (0): the layer workspace's parts but
 //                     hprev, side by side: RNN W = H: h';  GRU W = 4H: r, z, n, hn;
 //                     LSTM W = 6H: i, f, g, o, c', c
+//   layer_step        one step of a one-layer, one-direction stack shaped as recurrent_stack
+//                     takes and returns it (a decoder calling its layer once per token):
+//                     x (1, B, I), h0/c0 (1, B, H), the cell's weights; returns output (1, B, H),
+//                     h_n (1, B, H), c_n (1, B, H) (LSTM; else (0)). cell_forward's arithmetic
+//                     without the selects, copies and stacking around it
 //   cell_backward     d h' (B, H), d c' (B, H) for LSTM, and the forward's inputs and workspace;
 //                     returns d x, d h, d c ((0) unless LSTM), d w_ih, d w_hh, d b_ih, d b_hh
 //                     ((0) without bias); d x / d h are (0) when need_grad_x / need_grad_h is
@@ -95,6 +100,9 @@ TORCH_LIBRARY(fusedrnn, m) {
       "cell_forward(str cell, Tensor x, Tensor h, Tensor? c, Tensor w_ih, Tensor w_hh, "
       "Tensor? b_ih, Tensor? b_hh, bool save_workspace) "
       "-> (Tensor h_new, Tensor c_new, Tensor workspace)");
+  m.def(
+      "layer_step(str cell, Tensor x, Tensor h0, Tensor? c0, Tensor w_ih, Tensor w_hh, "
+      "Tensor? b_ih, Tensor? b_hh) -> (Tensor output, Tensor h_n, Tensor c_n)");
   m.def(
       "cell_backward(str cell, Tensor grad_h_new, Tensor? grad_c_new, Tensor x, Tensor h, "
       "Tensor? c, Tensor w_ih, Tensor w_hh, Tensor workspace, bool bias, bool need_grad_x=True, "

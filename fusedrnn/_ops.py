@@ -92,6 +92,15 @@ def _cell_forward_fake(cell, x, h, c, w_ih, w_hh, b_ih, b_hh, save_workspace):
     return x.new_empty((B, H)), c_new, workspace
 
 
+@torch.library.register_fake("fusedrnn::layer_step")
+def _layer_step_fake(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+    _cell_forward_fake(cell, x[0], h0[0], None if c0 is None else c0[0], w_ih, w_hh, b_ih, b_hh,
+                       False)  # (its errors)
+    state = (1, x.shape[1], w_hh.shape[1])
+    c_n = x.new_empty(state if CELLS[cell].has_cell_state else (0,))
+    return x.new_empty(state), x.new_empty(state), c_n
+
+
 @torch.library.register_fake("fusedrnn::cell_backward")
 def _cell_backward_fake(cell, grad_h_new, grad_c_new, x, h, c, w_ih, w_hh, workspace, bias,
                         need_grad_x=True, need_grad_h=True):

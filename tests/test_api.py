@@ -206,6 +206,47 @@ def test_opcheck_cell_ops(cell, bias):
         ops.cell_backward(*bargs[:8], workspace.new_empty(0), bias)
 
 
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("cell", DENSE_CELLS)
+def test_layer_step_op(cell, bias):
+    """layer_step (one step of a one-layer stack, CPU): torch.library's checks (schema, fake
+    kernel, autograd registration, AOT dispatch), recurrent_stack's numbers at T = 1 shaped
+    (1, B, H), three tensors of their own (an in-place op on the output leaves h_n alone), and
+    its checks."""
+    g = torch.Generator().manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    B, I, H = 3, 5, 4
+    spec = cells.CELLS[cell]
+    G = spec.gates
+    x, h0 = r(1, B, I), r(1, B, H)
+    c0 = r(1, B, H) if spec.has_cell_state else None
+    weights = [r(G * H, I), r(G * H, H)] + ([r(G * H), r(G * H)] if bias else [None, None])
+    ops = torch.ops.fusedrnn
+    grad_args = [t.clone().requires_grad_() if isinstance(t, torch.Tensor) else t
+                 for t in (x, h0, c0, *weights)]
+    torch.library.opcheck(ops.layer_step.default, (cell, *grad_args))
+    torch.library.opcheck(ops.layer_step.default, (cell, x, h0, c0, *weights))
+    output, h_n, c_n = ops.layer_step(cell, x, h0, c0, *weights)
+    h_new, c_new, _ = ops.cell_forward(cell, x[0], h0[0], c0, *weights, False) if c0 is None \
+        else ops.cell_forward(cell, x[0], h0[0], c0[0], *weights, False)
+    assert output.shape == h_n.shape == (1, B, H)
+    assert torch.equal(output[0], h_new) and torch.equal(h_n[0], h_new)
+    if spec.has_cell_state:
+        assert c_n.shape == (1, B, H) and torch.equal(c_n[0], c_new)
+    else:
+        assert c_n.shape == (0,)
+    storages = {t.untyped_storage().data_ptr() for t in (output, h_n, c_n) if t.numel()}
+    assert len(storages) == 2 + spec.has_cell_state
+    output.add_(1)
+    assert torch.equal(h_n[0], h_new)
+    with pytest.raises(RuntimeError, match=r"x must be \(1, B, I\)"):
+        ops.layer_step(cell, torch.cat([x, x]), h0, c0, *weights)
+    with pytest.raises(RuntimeError, match="h has shape"):
+        ops.layer_step(cell, x, h0[0], c0, *weights)
+    with pytest.raises(RuntimeError, match="c is (needed|only for lstm)"):
+        ops.layer_step(cell, x, h0, None if spec.has_cell_state else h0, *weights)
+
+
 @pytest.mark.parametrize("cell", sorted(set(cells.CELLS) - set(DENSE_CELLS)))
 def test_one_step_op_refuses_a_diagonal_recurrence(cell):
     """cell_forward multiplies by a dense W_hh (G*H, H) and normalises nothing; a cell with a
@@ -577,6 +618,10 @@ PLAIN_CALLS = [
     ("LSTMCell", dict(input_size=5, hidden_size=7), (3, 5), [(3, 7), (3, 7)]),
     ("GRUCell", dict(input_size=5, hidden_size=7, bias=False), (3, 5), [(3, 7)]),
     ("RNNCell", dict(input_size=5, hidden_size=7), (2, 5), [(2, 7)]),
+    # one step of one layer (a decoder's call per token): the layer_step op
+    ("GRU", dict(input_size=5, hidden_size=7, batch_first=True, bias=False), (3, 1, 5),
+     [(1, 3, 7)]),
+    ("RNN", dict(input_size=5, hidden_size=7), (1, 2, 5), [(1, 2, 7)]),
 ]
 
 
@@ -607,6 +652,27 @@ def test_plain_calls_take_the_short_path_and_match_torch(name, kw, x_shape, hx_s
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
     for g, e in zip(flat(got), flat(expected), strict=True):
         torch.testing.assert_close(g, e, **tol)
+
+
+@pytest.mark.parametrize("name", ["RNN", "GRU", "LSTM"])
+def test_one_step_of_one_layer_calls_the_layer_step_op(name, monkeypatch):
+    """A module call of one step on one layer and direction with a state (a decoder's call per
+    token) runs the layer_step op, not the stack op; without a state, the stack op (which makes
+    the zero state)."""
+    from fusedrnn import modules
+    fused = getattr(fusedrnn, name)(5, 7)
+    x, h = torch.randn(1, 3, 5), torch.randn(1, 3, 7)
+    hx = (h, h.clone()) if name == "LSTM" else h
+    calls = []
+    for attr in ("_layer_step", "_recurrent_stack_op"):
+        op = getattr(modules, attr)
+        monkeypatch.setattr(modules, attr,
+                            lambda *args, op=op, attr=attr: calls.append(attr) or op(*args))
+    with torch.no_grad():
+        fused(x, hx)
+        fused(x)
+        fused(torch.randn(2, 3, 5), hx)
+    assert calls == ["_layer_step", "_recurrent_stack_op", "_recurrent_stack_op"]
 
 
 @pytest.mark.parametrize("call", ["wrong hx dtype", "hx list", "unbatched", "int input"])

@@ -86,51 +86,44 @@ void for_each_row(int64_t B, int64_t units_per_row, const Fn& fn) {
   });
 }
 
-std::tuple<Tensor, Tensor, Tensor> cell_forward(
-    c10::string_view cell_name, const Tensor& x_in, const Tensor& h_in,
-    const std::optional<Tensor>& c_in, const Tensor& w_ih_in, const Tensor& w_hh_in,
-    const std::optional<Tensor>& b_ih_in, const std::optional<Tensor>& b_hh_in,
-    bool save_workspace) {
-  const Cell cell = parse_cell(cell_name);
+// One forward step of `cell` into buffers the caller allocated, every tensor contiguous with
+// the (B, *) rows of csrc/ops.cpp (a leading dimension of 1 changes nothing): x (B, I), h (B, H),
+// c (B, H) for LSTM (else undefined), the weights, b_ih/b_hh (G*H) or undefined; writes h_new
+// (B, H), c_new (B, H) for LSTM, the workspace ws (B, W) and out_rows (B, H), the copy of h' a
+// layer returns as its output (these two undefined: written to scratch).
+void forward_step(Cell cell, const CellSizes& sz, const Tensor& x, const Tensor& h,
+                  const Tensor& c, const Tensor& w_ih, const Tensor& w_hh, const Tensor& b_ih,
+                  const Tensor& b_hh, const Tensor& h_new, const Tensor& c_new, const Tensor& ws,
+                  const Tensor& out_rows_in) {
   const CellSpec& cs = spec(cell);
-  const bool lstm = cs.has_cell_state(), gru = cs.b_hh_in_step, bias = b_ih_in.has_value();
+  const bool lstm = cs.has_cell_state(), gru = cs.b_hh_in_step, bias = b_ih.defined();
   const int64_t G = cs.gates;
-  const CellSizes sz =
-      check_cell_inputs(cs, x_in, h_in, c_in, w_ih_in, w_hh_in, b_ih_in, b_hh_in);
   const int64_t B = sz.B, I = sz.I, H = sz.H, GH = G * H, W = cs.step_workspace_units() * H;
-  const Tensor x = x_in.contiguous(), h = h_in.contiguous(), w_ih = w_ih_in.contiguous(),
-               w_hh = w_hh_in.contiguous();
-  const Tensor c = lstm ? c_in->contiguous() : Tensor();
-  const Tensor b_ih = bias ? b_ih_in->contiguous() : Tensor();
-  const Tensor b_hh = bias ? b_hh_in->contiguous() : Tensor();
-  const at::TensorOptions options = x.options();
-
-  Tensor h_new = at::empty({B, H}, options);
-  Tensor c_new = at::empty({lstm ? B : 0, H}, options);
-  Tensor ws = at::empty({B, W}, options);  // a scratch when not saved: the row kernels write it
-  // x·W_ihᵀ (GRU: + b_ih) and h·W_hhᵀ, each (B, G*H); the copy of h' the row kernels also
-  // write (as a layer's output row); the row kernels' step bias (G*H) where it is not GRU's b_hh:
-  // b_ih + b_hh, or zeros without bias (as the layer loops add it: csrc/autograd.h split_biases).
-  Tensor scratch = at::empty({2 * B * GH + B * H + GH}, options);
+  // x·W_ihᵀ (GRU: + b_ih) and h·W_hhᵀ, each (B, G*H); the copy of h' unless the caller keeps
+  // it; the row kernels' step bias (G*H) where it is not GRU's b_hh: b_ih + b_hh, or zeros
+  // without bias (as the layer loops add it: csrc/autograd.h split_biases).
+  const int64_t scratch_out_rows = out_rows_in.defined() ? 0 : B * H;
+  const int64_t scratch_ws = ws.defined() ? 0 : B * W;
+  Tensor scratch = at::empty({2 * B * GH + scratch_out_rows + GH + scratch_ws}, x.options());
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fusedrnn::cell_forward", [&] {
     scalar_t* xg = scratch.data_ptr<scalar_t>();
     scalar_t* hg = xg + B * GH;
-    scalar_t* out_rows = hg + B * GH;
+    scalar_t* out_rows = out_rows_in.defined() ? out_rows_in.data_ptr<scalar_t>() : hg + B * GH;
     const scalar_t* bi = bias ? b_ih.data_ptr<scalar_t>() : nullptr;
     const scalar_t* bh = bias ? b_hh.data_ptr<scalar_t>() : nullptr;
     const bool b_ih_in_x = gru && bias;  // the GRU's b_hn sits in r * (.): b_ih goes with x
     if (b_ih_in_x) {
       for (int64_t b = 0; b < B; ++b) std::copy(bi, bi + GH, xg + b * GH);
     }
-    scalar_t* combined = out_rows + B * H;
+    scalar_t* combined = hg + B * GH + scratch_out_rows;
     for (int64_t j = 0; j < GH; ++j) combined[j] = bias ? bi[j] + bh[j] : scalar_t(0);
     const scalar_t* step_bias = b_ih_in_x ? bh : combined;
     const scalar_t* h_cur = h.data_ptr<scalar_t>();
     const scalar_t* c_cur = lstm ? c.data_ptr<scalar_t>() : nullptr;
     scalar_t* h_next = h_new.data_ptr<scalar_t>();
     scalar_t* c_next = lstm ? c_new.data_ptr<scalar_t>() : nullptr;
-    scalar_t* ws_data = ws.data_ptr<scalar_t>();
+    scalar_t* ws_data = ws.defined() ? ws.data_ptr<scalar_t>() : combined + GH;
     visit_cell(cell, [&](auto c_) {
       constexpr Cell C = decltype(c_)::value;
       // The row kernels of batch row b on units [u0, u1).
@@ -166,7 +159,65 @@ std::tuple<Tensor, Tensor, Tensor> cell_forward(
       for_each_row(B, GH, [&](int64_t b) { row(b, 0, H); });
     });
   });
+}
+
+// A cell step's inputs made contiguous (c and the biases undefined where absent).
+struct StepInputs {
+  Tensor x, h, c, w_ih, w_hh, b_ih, b_hh;
+};
+StepInputs contiguous_inputs(const Tensor& x, const Tensor& h, const std::optional<Tensor>& c,
+                             const Tensor& w_ih, const Tensor& w_hh,
+                             const std::optional<Tensor>& b_ih,
+                             const std::optional<Tensor>& b_hh) {
+  auto or_undefined = [](const std::optional<Tensor>& t) {
+    return t.has_value() ? t->contiguous() : Tensor();
+  };
+  return {x.contiguous(), h.contiguous(), or_undefined(c),     w_ih.contiguous(),
+          w_hh.contiguous(), or_undefined(b_ih), or_undefined(b_hh)};
+}
+
+std::tuple<Tensor, Tensor, Tensor> cell_forward(
+    c10::string_view cell_name, const Tensor& x_in, const Tensor& h_in,
+    const std::optional<Tensor>& c_in, const Tensor& w_ih_in, const Tensor& w_hh_in,
+    const std::optional<Tensor>& b_ih_in, const std::optional<Tensor>& b_hh_in,
+    bool save_workspace) {
+  const Cell cell = parse_cell(cell_name);
+  const CellSpec& cs = spec(cell);
+  const CellSizes sz =
+      check_cell_inputs(cs, x_in, h_in, c_in, w_ih_in, w_hh_in, b_ih_in, b_hh_in);
+  const StepInputs in = contiguous_inputs(x_in, h_in, c_in, w_ih_in, w_hh_in, b_ih_in, b_hh_in);
+  const at::TensorOptions options = in.x.options();
+  Tensor h_new = at::empty({sz.B, sz.H}, options);
+  Tensor c_new = at::empty({cs.has_cell_state() ? sz.B : 0, sz.H}, options);
+  Tensor ws = save_workspace ? at::empty({sz.B, cs.step_workspace_units() * sz.H}, options)
+                             : Tensor();
+  forward_step(cell, sz, in.x, in.h, in.c, in.w_ih, in.w_hh, in.b_ih, in.b_hh, h_new, c_new, ws,
+               Tensor());
   return {h_new, c_new, save_workspace ? ws : at::empty({0}, options)};
+}
+
+// One step of a one-layer, one-direction stack, shaped as recurrent_stack returns it (a decoder
+// calling its layer once per token): x (1, B, I), h0/c0 (1, B, H); returns output (1, B, H),
+// h_n (1, B, H) and c_n (1, B, H) for LSTM, else (0). The step's arithmetic is cell_forward's;
+// what it saves at T = 1 is the selects, unsqueezes, the output's copy and the stacking of
+// states around a cell_forward call. Where a gradient is needed its Autograd kernel
+// (csrc/autograd.cpp) takes cell_forward's differentiable path instead.
+std::tuple<Tensor, Tensor, Tensor> layer_step(
+    c10::string_view cell_name, const Tensor& x_in, const Tensor& h_in,
+    const std::optional<Tensor>& c_in, const Tensor& w_ih_in, const Tensor& w_hh_in,
+    const std::optional<Tensor>& b_ih_in, const std::optional<Tensor>& b_hh_in) {
+  const Cell cell = parse_cell(cell_name);
+  const CellSpec& cs = spec(cell);
+  const CellSizes sz = check_cell_inputs(cs, x_in, h_in, c_in, w_ih_in, w_hh_in, b_ih_in,
+                                         b_hh_in, /*layer_step=*/true);
+  const StepInputs in = contiguous_inputs(x_in, h_in, c_in, w_ih_in, w_hh_in, b_ih_in, b_hh_in);
+  const at::TensorOptions options = in.x.options();
+  Tensor output = at::empty({1, sz.B, sz.H}, options);
+  Tensor h_n = at::empty({1, sz.B, sz.H}, options);
+  Tensor c_n = cs.has_cell_state() ? at::empty({1, sz.B, sz.H}, options) : at::empty({0}, options);
+  forward_step(cell, sz, in.x, in.h, in.c, in.w_ih, in.w_hh, in.b_ih, in.b_hh, h_n, c_n, Tensor(),
+               output);
+  return {output, h_n, c_n};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cell_backward(
@@ -277,6 +328,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cell_backward
 
 TORCH_LIBRARY_IMPL(fusedrnn, CPU, m) {
   m.impl("cell_forward", &thread_limited<&cell_forward>::call);
+  m.impl("layer_step", &thread_limited<&layer_step>::call);
   m.impl("cell_backward", &thread_limited<&cell_backward>::call);
 }
 
