@@ -340,13 +340,14 @@ def peer_calls(cfg: BenchConfig, names: list[str], seed: int = 0) -> tuple[dict,
     why = None
     if cfg.cell not in peers.ONNX_CELLS or cfg.cell_loop:
         why = "runs the layers of torch.nn's cells only (ONNX RNN/GRU/LSTM operators)"
-    elif cfg.dtype != "float32" or cfg.device != "cpu":
-        why = "timed in float32 on the CPU only"
+    elif cfg.dtype not in ("float32", "bfloat16") or cfg.device != "cpu":
+        why = "timed in float32 and bfloat16 on the CPU only"
     if why:
         return {}, {name: why for name in names}
     torch.manual_seed(seed)
-    ref, _ = make_pair(cfg.case(), torch.float32, "cpu")
-    x = torch.randn(cfg.T, cfg.B, cfg.I)
+    dtype = getattr(torch, cfg.dtype)
+    ref, _ = make_pair(cfg.case(), dtype, "cpu")
+    x = torch.randn(cfg.T, cfg.B, cfg.I, dtype=dtype)
     return peers.bench_calls(ref, x, names, cfg.stream, torch.get_num_threads())
 
 

@@ -2,8 +2,9 @@
 OpenVINO, each running the ONNX RNN/GRU/LSTM operators of a model built here from the torch.nn
 module's own weights (gate orders converted), on the same input as the fused and torch.nn calls.
 
-Optional: `pip install onnx onnxruntime openvino` (or the `peers` extra). float32, layers of
-torch.nn's cells (RNN tanh/relu, GRU, LSTM without proj_size), any layer count and direction.
+Optional: `pip install onnx onnxruntime openvino` (or the `peers` extra). Layers of torch.nn's
+cells (RNN tanh/relu, GRU, LSTM without proj_size), any layer count and direction; float32, and
+bfloat16 where an engine has a low-precision mode for these operators (LOW_PRECISION).
 """
 from __future__ import annotations
 
@@ -21,6 +22,14 @@ _OPSET = 17
 
 # torch's gate blocks in the ONNX operator's order: LSTM i,f,g,o -> i,o,f,c; GRU r,z,n -> z,r,h.
 _GATE_ORDER = {"LSTM": [0, 3, 1, 2], "GRU": [1, 0, 2], "RNN": [0]}
+
+# Each engine's low-precision mode for the RNN/GRU/LSTM operators on the CPU, run against
+# fusedrnn's bfloat16 (the model's weights the bf16 module's, exactly; float32 in and out, as
+# the engine's user feeds it): OpenVINO's bf16 inference precision (its CPU plugin computes in
+# bf16 where the CPU has bf16 units, AVX512-BF16 or AMX, else in f32). ONNX Runtime's CPU
+# kernels for these operators are float32 only; its int8 dynamic quantization (LSTM only)
+# is another number format, not compared here.
+LOW_PRECISION = {"openvino": "bf16"}
 
 
 def missing(peers: list[str]) -> list[str]:
@@ -118,9 +127,12 @@ def onnx_model(module: nn.RNNBase) -> bytes:
 
 class Peer:
     """One engine running onnx_model(module): call(x, h, c) -> (Y, Y_h, Y_c or None), numpy
-    float32 arrays in and out (what a user of the engine passes), on `threads` threads."""
+    float32 arrays in and out (what a user of the engine passes), on `threads` threads, computing
+    in `precision` ("f32", or the engine's LOW_PRECISION mode)."""
 
-    def __init__(self, name: str, model: bytes, threads: int, lstm: bool):
+    def __init__(self, name: str, model: bytes, threads: int, lstm: bool, precision: str = "f32"):
+        if precision != "f32" and LOW_PRECISION.get(name) != precision:
+            raise ValueError(f"{PEERS.get(name, name)} has no {precision} mode here")
         self.name, self.lstm = name, lstm
         if name == "ort":
             import onnxruntime as ort
@@ -134,13 +146,13 @@ class Peer:
                 path = os.path.join(tmp, "model.onnx")
                 with open(path, "wb") as f:
                     f.write(model)
-                # f32 precision: on CPUs with bf16 units OpenVINO otherwise infers in bf16.
+                # The precision given: on CPUs with bf16 units OpenVINO otherwise infers in bf16.
                 # No thread pinning: its pinned workers held a core that the engines timed
                 # after it needed (2 cores: fused LSTM stream B=1 H=256 33.8 -> 27.1 us a step
                 # with OpenVINO in the process; OpenVINO's own times unchanged within noise).
                 compiled = ov.Core().compile_model(
                     path, "CPU", {"INFERENCE_NUM_THREADS": threads,
-                                  "INFERENCE_PRECISION_HINT": "f32",
+                                  "INFERENCE_PRECISION_HINT": precision,
                                   "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False})
             request = compiled.create_infer_request()
             self._run = lambda feeds: list(request.infer(feeds).values())
@@ -155,20 +167,22 @@ class Peer:
         return results[0], results[1], results[2] if self.lstm else None
 
 
-def peers_for(module: nn.RNNBase, names: list[str], threads: int) -> dict[str, Peer]:
+def peers_for(module: nn.RNNBase, names: list[str], threads: int,
+              precision: str = "f32") -> dict[str, Peer]:
     model = onnx_model(module)
-    return {n: Peer(n, model, threads, module.mode == "LSTM") for n in names}
+    return {n: Peer(n, model, threads, module.mode == "LSTM", precision) for n in names}
 
 
 # ----------------------------------------------------------------------- bench's peer columns
 
 def _check(name: str, peer_out: np.ndarray, torch_out: torch.Tensor, out64: torch.Tensor
            ) -> str | None:
-    """None where the peer's result is within verify's rule of the fp64 reference (its error at
-    most twice torch.nn's float32 error, plus the rule's atol), else why not."""
+    """None where the peer's result is within verify's rule of the fp64 reference for the dtype
+    torch.nn ran in (its error at most twice torch.nn's error, plus the rule's atol), else why
+    not."""
     from .verification import max_abs_diff, rule_bound
     peer_err = max_abs_diff(torch.from_numpy(np.asarray(peer_out)), out64)
-    bound = rule_bound(max_abs_diff(torch_out, out64), out64.abs().max().item(), torch.float32)
+    bound = rule_bound(max_abs_diff(torch_out, out64), out64.abs().max().item(), torch_out.dtype)
     if peer_err <= bound:
         return None
     return f"{PEERS[name]} disagrees: error {peer_err:.3g} > {bound:.3g} (not timed)"
@@ -179,20 +193,31 @@ def bench_calls(ref: nn.RNNBase, x: torch.Tensor, names: list[str], stream: bool
     """The peers' calls for bench: ({name: call}, {name: why it is not timed}). Each engine runs
     the module's configuration on input x (T, B, I) from zero state: the whole sequence in one
     call, or (stream) T calls of one step, the state carried as its user would carry it. Its
-    result is checked against an fp64 reference first."""
+    result is checked against an fp64 reference first. A bfloat16 module and x: the engines'
+    low-precision modes (LOW_PRECISION), on x's values in float32; engines without one are left
+    out."""
+    low = x.dtype == torch.bfloat16
+    rejected = {}
+    if low:
+        rejected = {n: "no bfloat16 mode for these operators on the CPU (float32 only)"
+                    for n in names if n not in LOW_PRECISION}
+        names = [n for n in names if n in LOW_PRECISION]
     L = ref.num_layers * (2 if ref.bidirectional else 1)
     B = x.size(1)
     h0 = np.zeros((L, B, ref.proj_size or ref.hidden_size), dtype=np.float32)
     c0 = np.zeros((L, B, ref.hidden_size), dtype=np.float32) if ref.mode == "LSTM" else None
-    x_np = x.numpy()
+    x_np = x.float().numpy()
     steps = [x_np[t:t + 1] for t in range(x_np.shape[0])]
+    model = onnx_model(ref)  # (weights in float32: a bf16 module's exactly)
     with torch.no_grad():
         out, hidden = ref(x)
         out64, hidden64 = copy.deepcopy(ref).double()(x.double())
     h_n = hidden[0] if isinstance(hidden, tuple) else hidden
     h_n64 = hidden64[0] if isinstance(hidden64, tuple) else hidden64
-    calls, rejected = {}, {}
-    for name, peer in peers_for(ref, names, threads).items():
+    calls = {}
+    for name in names:
+        peer = Peer(name, model, threads, ref.mode == "LSTM",
+                    LOW_PRECISION[name] if low else "f32")
         if stream:
             def call(peer=peer):
                 h, c = h0, c0

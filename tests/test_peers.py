@@ -59,9 +59,25 @@ def test_a_peer_that_disagrees_is_reported_not_timed(monkeypatch, engine, stream
     assert calls == {} and "disagrees: error" in left_out[engine]
 
 
+@pytest.mark.skipif(peers.missing(["openvino"]) != [], reason="openvino or onnx not installed")
+@pytest.mark.parametrize("stream", [False, True], ids=["fwd", "stream"])
+def test_bfloat16_runs_the_engines_low_precision_modes(monkeypatch, stream):
+    """bfloat16 configurations: OpenVINO in its bf16 inference precision, checked with the
+    bfloat16 rule (and left out when it misses it); ONNX Runtime, float32 only for these
+    operators, left out with why."""
+    cfg = bench.BenchConfig("lstm", 6, 2, 3, 5, dtype="bfloat16", stream=stream)
+    calls, left_out = bench.peer_calls(cfg, ["ort", "openvino"])
+    assert list(calls) == ["openvino"] and "float32 only" in left_out["ort"]
+    monkeypatch.setitem(peers._GATE_ORDER, "LSTM", [0, 1, 3, 2])
+    calls, left_out = bench.peer_calls(cfg, ["openvino"])
+    assert calls == {} and "disagrees: error" in left_out["openvino"]
+    with pytest.raises(ValueError, match="no bf16 mode"):
+        peers.Peer("ort", b"", 1, True, "bf16")
+
+
 def test_peers_time_only_what_they_run():
     for cfg, why in [(bench.BenchConfig("indrnn_tanh", 6, 2, 3, 5), "torch.nn's cells"),
-                     (bench.BenchConfig("lstm", 6, 2, 3, 5, dtype="float64"), "float32"),
+                     (bench.BenchConfig("lstm", 6, 2, 3, 5, dtype="float64"), "float32 and"),
                      (bench.BenchConfig("lstm", 6, 2, 3, 5, cell_loop=True), "torch.nn's cells")]:
         calls, left_out = bench.peer_calls(cfg, ["ort", "openvino"])
         assert calls == {} and all(why in w for w in left_out.values())
