@@ -504,10 +504,9 @@ Tensor projection_linear(const Tensor& x, const Tensor& w, const OptTensor& bias
   return ProjectionLinear::apply(x, w, bias, one_thread);
 }
 
-// Every backend: the Autograd alias key covers AutogradCPU, AutogradCUDA, ...
-// layer_step (inference only, csrc/ops.cpp): where a gradient is needed, the same step through
-// cell_forward's autograd, reshaped as layer_step returns it (the output a copy, so an in-place
-// op on it leaves h_n alone, as with torch.nn).
+// layer_step (csrc/ops.cpp): the backend's kernel where no gradient is needed; else the same
+// step through cell_forward's autograd, reshaped as layer_step returns it (the output a copy, so
+// an in-place op on it leaves h_n alone, as with torch.nn).
 std::tuple<Tensor, Tensor, Tensor> layer_step_autograd(
     c10::string_view cell, const Tensor& x, const Tensor& h0, const OptTensor& c0,
     const Tensor& w_ih, const Tensor& w_hh, const OptTensor& b_ih, const OptTensor& b_hh) {
@@ -526,6 +525,7 @@ std::tuple<Tensor, Tensor, Tensor> layer_step_autograd(
   return {h_n.clone(), h_n, c0.has_value() ? c_new.unsqueeze(0) : at::empty({0}, x.options())};
 }
 
+// Every backend: the Autograd alias key covers AutogradCPU, AutogradCUDA, ...
 TORCH_LIBRARY_IMPL(fusedrnn, Autograd, m) {
   m.impl("time_loop_forward", &time_loop_forward_autograd);
   m.impl("time_loop_pair_forward", &time_loop_pair_forward_autograd);
