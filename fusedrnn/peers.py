@@ -167,10 +167,9 @@ class Peer:
         return results[0], results[1], results[2] if self.lstm else None
 
 
-def peers_for(module: nn.RNNBase, names: list[str], threads: int,
-              precision: str = "f32") -> dict[str, Peer]:
+def peers_for(module: nn.RNNBase, names: list[str], threads: int) -> dict[str, Peer]:
     model = onnx_model(module)
-    return {n: Peer(n, model, threads, module.mode == "LSTM", precision) for n in names}
+    return {n: Peer(n, model, threads, module.mode == "LSTM") for n in names}
 
 
 # ----------------------------------------------------------------------- bench's peer columns

@@ -210,9 +210,8 @@ def test_opcheck_cell_ops(cell, bias):
 @pytest.mark.parametrize("cell", DENSE_CELLS)
 def test_layer_step_op(cell, bias):
     """layer_step (one step of a one-layer stack, CPU): torch.library's checks (schema, fake
-    kernel, autograd registration, AOT dispatch), recurrent_stack's numbers at T = 1 shaped
-    (1, B, H), three tensors of their own (an in-place op on the output leaves h_n alone), and
-    its checks."""
+    kernel, autograd registration, AOT dispatch), cell_forward's numbers shaped (1, B, H), three
+    tensors of their own (an in-place op on the output leaves h_n alone), and its checks."""
     g = torch.Generator().manual_seed(0)
     r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
     B, I, H = 3, 5, 4
