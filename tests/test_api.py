@@ -621,6 +621,9 @@ PLAIN_CALLS = [
     ("GRU", dict(input_size=5, hidden_size=7, batch_first=True, bias=False), (3, 1, 5),
      [(1, 3, 7)]),
     ("RNN", dict(input_size=5, hidden_size=7), (1, 2, 5), [(1, 2, 7)]),
+    # one step of two layers, and of LSTM with proj_size: the stack op
+    ("GRU", dict(input_size=5, hidden_size=7, num_layers=2), (1, 3, 5), [(2, 3, 7)]),
+    ("LSTM", dict(input_size=5, hidden_size=7, proj_size=4), (1, 3, 5), [(1, 3, 4), (1, 3, 7)]),
 ]
 
 
