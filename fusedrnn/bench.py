@@ -116,15 +116,18 @@ def fused_ran(cfg: BenchConfig, bench_pass: str, fused_call) -> str:
     return "fused persistent" + ("" if launches == loops else f" ({launches} of {loops} loops)")
 
 
-def cpu_ran(cfg: BenchConfig, bench_pass: str) -> str:
-    """What fusedrnn's module runs for this configuration on the CPU: its fused kernels, or
-    torch.nn's own forward where fusedrnn.dispatch chooses it (bfloat16: cpu_runs_torch, for the
-    cells cpu_cell_runs_torch)."""
-    _, fused = make_pair(cfg.case(), getattr(torch, cfg.dtype), cfg.device)
+def cpu_ran(cfg: BenchConfig, passes) -> dict[str, str]:
+    """pass -> what fusedrnn's module runs for this configuration on the CPU: its fused kernels,
+    or torch.nn's own forward where fusedrnn.dispatch chooses it (bfloat16: cpu_runs_torch, for
+    the cells cpu_cell_runs_torch)."""
     dtype = getattr(torch, cfg.dtype)
-    torch_runs = dispatch.cpu_cell_runs_torch(fused.cell, dtype) if cfg.cell_loop else \
-        dispatch.cpu_runs_torch(fused, dtype, cfg.B, needs_grad=bench_pass == "fwd+bwd")
-    return "torch.nn (dispatch)" if torch_runs else "fused"
+    _, fused = make_pair(cfg.case(), dtype, cfg.device)
+
+    def torch_runs(bench_pass: str) -> bool:
+        if cfg.cell_loop:
+            return dispatch.cpu_cell_runs_torch(fused.cell, dtype)
+        return dispatch.cpu_runs_torch(fused, dtype, cfg.B, needs_grad=bench_pass == "fwd+bwd")
+    return {p: "torch.nn (dispatch)" if torch_runs(p) else "fused" for p in passes}
 
 
 # Peers (other engines, fusedrnn.peers) are timed in blocks of their own between rounds of
@@ -374,8 +377,9 @@ def run_config(cfg: BenchConfig, budget_s: float, seed: int = 0,
     timings = {bench_pass: time_interleaved(fused_fn, torch_fn, cfg.device, budget_s,
                                             peers=calls if bench_pass != "fwd+bwd" else None)
                for bench_pass, (fused_fn, torch_fn) in workloads.items()}
-    ran = {bench_pass: fused_ran(cfg, bench_pass, fused_fn) if cfg.device != "cpu" else
-           cpu_ran(cfg, bench_pass) for bench_pass, (fused_fn, _) in workloads.items()}
+    ran = cpu_ran(cfg, workloads) if cfg.device == "cpu" else \
+        {bench_pass: fused_ran(cfg, bench_pass, fused_fn)
+         for bench_pass, (fused_fn, _) in workloads.items()}
     floors_ms = {} if cfg.stream else gemm_floors(cfg)
     return BenchResult(cfg, True, detail, timings, floors_ms, ran, peers_left_out)
 

@@ -100,3 +100,6 @@ CELLS: dict[str, CellSpec] = {spec.name: spec for spec in (
 )}
 
 CELL_OF_MODE: dict[str, str] = {spec.mode: spec.name for spec in CELLS.values()}
+# The cells torch.nn has (RNN tanh/relu, GRU, LSTM): those with torch.nn's own kernels to compare
+# with or hand a call to, and ONNX's RNN/GRU/LSTM operators.
+TORCH_NN_CELLS: frozenset[str] = frozenset(n for n, spec in CELLS.items() if spec.in_torch_nn)

@@ -36,6 +36,8 @@ from pathlib import Path
 
 import torch
 
+from .cells import TORCH_NN_CELLS
+
 # cuDNN's small-H persistent kernel (cuDNN >= 8.2.1, compute capability >= 6.0): the largest
 # hidden size per mode, forward and backward, as ATen's use_rnn_persist_small_h.
 _SMALL_H_LIMITS = {  # mode: (forward, backward)
@@ -198,7 +200,6 @@ _BF16_LSTM_MIN_BATCH_HIDDEN = 1024
 _BF16_LSTM_MIN_HIDDEN = 128
 _BF16_MIN_BATCH_HIDDEN = 32768
 _BF16_GRU_TRAINING_MIN_BATCH_HIDDEN = 16384
-_TORCH_CELLS = ("rnn_tanh", "rnn_relu", "gru", "lstm")
 
 
 def _native_bf16() -> bool:
@@ -213,12 +214,17 @@ def _cpu_has_native_bf16() -> bool:
     return torch.ops.fusedrnn_probes.native_bf16()
 
 
-def _bf16_choice() -> str:
+def _bf16_forced(dtype: torch.dtype, cell_name: str) -> bool | None:
+    """For the CPU bfloat16 choice of a call: False where torch.nn's path is not a candidate
+    (another dtype, a cell torch.nn lacks, no native bf16); FUSEDRNN_CPU_BF16_PATH's answer
+    where it forces one (fused: False, torch: True); None where the measured rule decides."""
+    if dtype != torch.bfloat16 or cell_name not in TORCH_NN_CELLS or not _native_bf16():
+        return False
     choice = os.environ.get("FUSEDRNN_CPU_BF16_PATH", "auto")
     if choice not in ("auto", "fused", "torch"):
         raise ValueError(f"fusedrnn: FUSEDRNN_CPU_BF16_PATH={choice!r}; expected one of "
                          "('auto', 'fused', 'torch')")
-    return choice
+    return None if choice == "auto" else choice == "torch"
 
 
 def cpu_runs_torch(module, dtype: torch.dtype, batch: int, needs_grad: bool) -> bool:
@@ -226,12 +232,11 @@ def cpu_runs_torch(module, dtype: torch.dtype, batch: int, needs_grad: bool) -> 
     torch.nn's own forward: bfloat16 on a CPU with native bf16 dot products, a cell torch.nn has
     (no proj_size), at the sizes above. FUSEDRNN_CPU_BF16_PATH=fused keeps the fused path
     everywhere, =torch takes torch.nn's wherever it applies."""
-    if dtype != torch.bfloat16 or not isinstance(module, torch.nn.RNNBase) or \
-            module._cell_name() not in _TORCH_CELLS or module.proj_size or not _native_bf16():
+    if not isinstance(module, torch.nn.RNNBase) or module.proj_size:
         return False
-    choice = _bf16_choice()
-    if choice != "auto":
-        return choice == "torch"
+    forced = _bf16_forced(dtype, module._cell_name())
+    if forced is not None:
+        return forced
     H = module.hidden_size
     if module.mode == "LSTM":
         return H >= _BF16_LSTM_MIN_HIDDEN or batch * H >= _BF16_LSTM_MIN_BATCH_HIDDEN
@@ -249,11 +254,9 @@ _BF16_CELL_MIN_HIDDEN = 128
 def cpu_cell_runs_torch(cell, dtype: torch.dtype) -> bool:
     """The same for a fused cell module (RNNCell, GRUCell, LSTMCell): torch.nn's cell forward in
     bfloat16 on a CPU with native bf16 dot products, for RNNCell and from H = 128 up."""
-    if dtype != torch.bfloat16 or cell._cell_name() not in _TORCH_CELLS or not _native_bf16():
-        return False
-    choice = _bf16_choice()
-    if choice != "auto":
-        return choice == "torch"
+    forced = _bf16_forced(dtype, cell._cell_name())
+    if forced is not None:
+        return forced
     return cell._cell_name().startswith("rnn") or cell.hidden_size >= _BF16_CELL_MIN_HIDDEN
 
 

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from . import dispatch
-from .cells import CELL_OF_MODE
+from .cells import CELL_OF_MODE, TORCH_NN_CELLS
 from .functional import _CPU_COMPUTE_DTYPES, _recurrent_stack_op, recurrent_stack
 from .reference import reference_stack
 
@@ -30,7 +30,6 @@ _CPU_CELL_DTYPES = (torch.float32, torch.float64)
 _cell_forward = torch.ops.fusedrnn.cell_forward.default
 # One step of a one-layer, one-direction stack (a decoder's call per token) for torch.nn's cells.
 _layer_step = torch.ops.fusedrnn.layer_step.default
-_LAYER_STEP_CELLS = frozenset(("rnn_tanh", "rnn_relu", "gru", "lstm"))
 
 
 def _read_weights(module: nn.Module, names, stale=None) -> list[Tensor | None]:
@@ -332,7 +331,7 @@ class _FusedRNNBase(nn.RNNBase):
         cell = self._cell_name()
         x = input.transpose(0, 1) if batch_first else input  # (T, B, I)
         if steps == 1 and h0 is not None and self.num_layers == 1 and not self.bidirectional \
-                and not self.proj_size and cell in _LAYER_STEP_CELLS:
+                and not self.proj_size and cell in TORCH_NN_CELLS:
             # (~2 us less than the stack op's call at T = 1; the stack op itself runs this op too)
             w_ih, w_hh, b_ih, b_hh = weights if self.bias else (*weights, None, None)
             output, h_n, c_n = _layer_step(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh)

@@ -16,8 +16,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from .cells import TORCH_NN_CELLS
+
 PEERS = {"ort": "ONNX Runtime", "openvino": "OpenVINO"}
-ONNX_CELLS = ("rnn_tanh", "rnn_relu", "gru", "lstm")
+ONNX_CELLS = TORCH_NN_CELLS  # ONNX's RNN/GRU/LSTM operators are torch.nn's cells
 _OPSET = 17
 
 # torch's gate blocks in the ONNX operator's order: LSTM i,f,g,o -> i,o,f,c; GRU r,z,n -> z,r,h.
